@@ -1,0 +1,31 @@
+# Set-up and main jobs. `make demo` and `make test` create .venv when it is missing.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: demo test install bench-foundation clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet -e '.[test]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+# Fit FINER to scikit-image's astronaut (shipped with the package) on the CPU in about a minute.
+demo: $(STAMP)
+	$(BIN)/finer fit image --size 128 --steps 300 --eval-every 50 --out runs/demo --overwrite
+	@echo "outputs in runs/demo: reconstruction.png error_map.png psnr_curve.png metrics.json curve.csv checkpoint.pt"
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q
+
+# The image comparison recorded in docs/results/foundation-images (see docs/results/README.md).
+bench-foundation: $(STAMP)
+	$(BIN)/finer bench images ../shared/data/images/div2k_train --limit 4 --crop 256 --size 128 \
+		--steps 1000 --hidden-layers 3 --width 128 \
+		--models finer,official-finer,siren,gauss,pemlp,wire --out docs/results/foundation-images --quiet
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache

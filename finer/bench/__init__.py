@@ -1,0 +1,1 @@
+"""Benchmarks: grids of runs, the eager reference of the official code, and their reports."""

@@ -1,0 +1,223 @@
+"""The ``finer`` command: argument parsing only; the work is done by the library."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Sequence
+
+from finer.errors import DivergedError, FinerError
+
+EXIT_ERROR, EXIT_DIVERGED, EXIT_INTERRUPTED = 2, 3, 130
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def _non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
+    return value
+
+
+def _add_common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="where to compute (default: auto)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--debug", action="store_true", help="show tracebacks")
+
+
+def _model_options(args: argparse.Namespace) -> dict:
+    options = {
+        "width": args.width,
+        "hidden_layers": args.hidden_layers,
+        "lr": args.lr,
+        "first_bias_scale": args.first_bias_scale,
+        "first_omega": args.first_omega,
+        "hidden_omega": args.hidden_omega,
+    }
+    options = {k: v for k, v in options.items() if v is not None}
+    if args.scale_grad:
+        options["scale_grad"] = True
+    for item in args.option or []:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise FinerError(f"--option expects KEY=VALUE, got {item!r}")
+        try:
+            options[key.replace("-", "_")] = json.loads(value)
+        except json.JSONDecodeError:
+            options[key.replace("-", "_")] = value
+    return options
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="finer", description="FINER and its rivals as implicit neural representations.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("models", help="list the registered models and their defaults")
+    p.add_argument("--json", action="store_true", help="print the defaults as JSON")
+    p.add_argument("--debug", action="store_true", help=argparse.SUPPRESS)
+
+    fit = sub.add_parser("fit", help="fit a signal")
+    fit_sub = fit.add_subparsers(dest="task", required=True, metavar="TASK")
+    p = fit_sub.add_parser("image", help="fit a 2-D image (PNG, JPEG, ...)")
+    p.add_argument("path", nargs="?", default=None, help="image file (default: scikit-image's astronaut)")
+    p.add_argument("--model", default="finer", help="registry name (see `finer models`; default finer)")
+    p.add_argument("--steps", type=_positive_int, default=1000, help="optimisation steps (default 1000)")
+    p.add_argument("--hidden-layers", type=_non_negative_int, help="hidden-to-hidden layers (paper: 3)")
+    p.add_argument("--width", type=_positive_int, help="hidden units per layer (paper: 256)")
+    p.add_argument("--lr", type=_positive_float, help="learning rate (default: the method's own)")
+    p.add_argument("--first-bias-scale", type=float, metavar="K", help="FINER: first-layer bias ~ U(-K, K)")
+    p.add_argument("--first-omega", type=_positive_float, help="SIREN/FINER: omega of the first layer")
+    p.add_argument("--hidden-omega", type=_positive_float, help="SIREN/FINER: omega of the hidden layers")
+    p.add_argument("--scale-grad", action="store_true", help="FINER: backpropagate through |z|+1 (true derivative)")
+    p.add_argument("--option", action="append", metavar="KEY=VALUE", help="any other model option (repeatable)")
+    p.add_argument("--size", type=_positive_int, help="resize so the longer side has SIZE pixels")
+    p.add_argument("--crop", help="centre crop N or HxW (before resizing)")
+    p.add_argument("--alpha", default="white", choices=["white", "black", "keep", "drop"],
+                   help="RGBA images: composite over white (default) or black, keep or drop alpha")
+    p.add_argument("--aspect", default="stretch", choices=["stretch", "preserve"],
+                   help="coordinates: each axis in [-1,1] (default) or keep the aspect ratio")
+    p.add_argument("--batch-size", type=_positive_int, help="random pixels per step (default: all, if they fit)")
+    p.add_argument("--eval-every", type=_non_negative_int, default=100, help="steps between full-image PSNR (default 100)")
+    p.add_argument("--checkpoint-every", type=_non_negative_int, default=500, help="steps between checkpoints (default 500)")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    p.add_argument("--out", help="run folder (default runs/image-NAME-MODEL-TIME)")
+    p.add_argument("--overwrite", action="store_true", help="allow writing into a non-empty --out")
+    _add_common(p)
+
+    p = sub.add_parser("resume", help="continue an interrupted run from its checkpoint")
+    p.add_argument("run_dir", help="the run folder")
+    p.add_argument("--steps", type=_positive_int, help="new total number of steps (default: as planned)")
+    _add_common(p)
+
+    p = sub.add_parser("render", help="render an image model from its checkpoint at any resolution")
+    p.add_argument("checkpoint", help="checkpoint.pt or the run folder")
+    p.add_argument("--scale", type=_positive_float, default=2.0, help="times the training resolution (default 2)")
+    p.add_argument("--out", help="output PNG (default: next to the checkpoint)")
+    _add_common(p)
+
+    p = sub.add_parser("bench", help="benchmarks")
+    bench_sub = p.add_subparsers(dest="bench", required=True, metavar="BENCH")
+    p = bench_sub.add_parser("images", help="fit a folder of images with several models; write a table")
+    p.add_argument("directory", help="folder of images")
+    p.add_argument("--models", default="finer,siren,gauss,wire,pemlp,official-finer",
+                   help="comma-separated registry names; official-finer is the eager reference")
+    p.add_argument("--steps", type=_positive_int, default=1000)
+    p.add_argument("--hidden-layers", type=_non_negative_int, default=3)
+    p.add_argument("--width", type=_positive_int, default=128)
+    p.add_argument("--crop", default="256", help="centre crop of every image (default 256)")
+    p.add_argument("--size", type=_positive_int, help="then resize so the longer side has SIZE pixels")
+    p.add_argument("--limit", type=_positive_int, help="only the first N images")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", required=True, help="results folder (finished runs are skipped on a rerun)")
+    _add_common(p)
+    return parser
+
+
+def _run(args: argparse.Namespace) -> int:
+    if args.command == "models":
+        from finer.models import models
+
+        table = models()
+        if args.json:
+            print(json.dumps(table, indent=2))
+        else:
+            for name, defaults in table.items():
+                print(f"{name:12s} " + ", ".join(f"{k}={v}" for k, v in defaults.items()))
+        return 0
+    if args.command == "fit":
+        from finer.runs import ImageRunConfig, fit_image
+
+        cfg = ImageRunConfig(
+            image=args.path, model=args.model, model_options=_model_options(args), steps=args.steps,
+            seed=args.seed, crop=args.crop, size=args.size, alpha=args.alpha, aspect=args.aspect,
+            batch_size=args.batch_size, eval_every=args.eval_every, checkpoint_every=args.checkpoint_every,
+            device=args.device,
+        )
+        log = (lambda *_: None) if args.quiet else (lambda msg: print(msg, file=sys.stderr))
+        return _report(lambda: fit_image(cfg, args.out, progress=not args.quiet, overwrite=args.overwrite, log=log))
+    if args.command == "resume":
+        from finer.runs import resume_image
+
+        return _report(lambda: resume_image(args.run_dir, steps=args.steps, progress=not args.quiet))
+    if args.command == "render":
+        from finer.runs import render_checkpoint
+
+        out = render_checkpoint(args.checkpoint, scale=args.scale, out=args.out, device=args.device)
+        print(out)
+        return 0
+    if args.command == "bench":
+        from finer.bench.images import run_image_bench
+
+        run_image_bench(
+            args.directory, models=[m for m in args.models.split(",") if m], steps=args.steps,
+            hidden_layers=args.hidden_layers, width=args.width, crop=args.crop, size=args.size, limit=args.limit,
+            seed=args.seed, out=args.out, device=args.device, progress=not args.quiet,
+        )
+        return 0
+    raise AssertionError(args.command)
+
+
+def _report(job) -> int:
+    metrics = job()
+    print(json.dumps({k: metrics[k] for k in ("model", "status", "psnr", "ssim", "steps", "seconds_per_step")}))
+    if metrics["status"] == "interrupted":
+        print(f"error: {metrics.get('message', 'interrupted')}; continue with `finer resume DIR`", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return _run(args)
+    except DivergedError as exc:
+        if args.debug:
+            raise
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_DIVERGED
+    except FinerError as exc:
+        if args.debug:
+            raise
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except MemoryError:
+        if args.debug:
+            raise
+        print("error: out of memory; use a smaller image (--size/--crop) or --batch-size", file=sys.stderr)
+        return EXIT_ERROR
+    except Exception as exc:  # anything unexpected: one line unless --debug
+        if args.debug:
+            raise
+        print(f"error: {type(exc).__name__}: {exc} (rerun with --debug for the traceback)", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

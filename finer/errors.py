@@ -1,0 +1,13 @@
+"""Exceptions that carry a message meant for the user (the CLI prints them on one line)."""
+
+
+class FinerError(Exception):
+    """A problem with the user's input or environment, explained in the message."""
+
+
+class ConfigError(FinerError, ValueError):
+    """An unknown name, an unknown option, or a value out of range."""
+
+
+class DivergedError(FinerError):
+    """Training produced a non-finite loss; the message names the last good step."""

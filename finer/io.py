@@ -1,0 +1,113 @@
+"""Files: atomic writes, JSON and CSV outputs, and self-describing checkpoints."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Iterable
+
+import torch
+
+from finer.errors import FinerError
+from finer.models import MODELS, build_from_config, make_config
+
+CHECKPOINT_FORMAT = "finer-inr checkpoint"
+CHECKPOINT_VERSION = 1
+
+
+def atomic_write(path: str | os.PathLike, write) -> None:
+    """Call ``write(tmp_path)`` then rename into place, so ``path`` is never half-written."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=path.suffix)
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None if math.isnan(value) else ("inf" if value > 0 else "-inf")
+    if isinstance(value, dict):
+        return {k: _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, Path):
+        return str(value)
+    return value
+
+
+def write_json(path: str | os.PathLike, data: Any) -> None:
+    """Write ``data`` as indented JSON (non-finite floats become null or "inf")."""
+    text = json.dumps(_jsonable(data), indent=2, sort_keys=False) + "\n"
+    atomic_write(path, lambda tmp: Path(tmp).write_text(text))
+
+
+def read_json(path: str | os.PathLike) -> Any:
+    try:
+        return json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise FinerError(f"file not found: {path}") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise FinerError(f"{path} is not valid JSON: {exc}") from None
+
+
+def write_csv(path: str | os.PathLike, rows: Iterable[dict]) -> None:
+    """Write dict rows as CSV; the header is the union of keys in first-seen order."""
+    rows = list(rows)
+    keys: list[str] = []
+    for row in rows:
+        keys += [k for k in row if k not in keys]
+
+    def write(tmp):
+        with open(tmp, "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=keys, restval="")
+            writer.writeheader()
+            writer.writerows(rows)
+
+    atomic_write(path, write)
+
+
+def save_checkpoint(path: str | os.PathLike, *, model: torch.nn.Module, extra: dict[str, Any]) -> None:
+    """Save weights together with everything needed to rebuild the model without other files."""
+    import dataclasses
+
+    payload = {
+        "format": CHECKPOINT_FORMAT,
+        "version": CHECKPOINT_VERSION,
+        "method": model.method,
+        "model_config": dataclasses.asdict(model.config),
+        "in_features": model.in_features,
+        "out_features": model.out_features,
+        **extra,
+    }
+    atomic_write(path, lambda tmp: torch.save(payload, tmp))
+
+
+def load_checkpoint(path: str | os.PathLike) -> tuple[torch.nn.Module, dict[str, Any]]:
+    """Rebuild the model stored in a checkpoint; returns ``(model, payload)``."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / "checkpoint.pt"
+    if not path.exists():
+        raise FinerError(f"checkpoint not found: {path}")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises many kinds for a bad file
+        raise FinerError(f"cannot read checkpoint {path}: {exc}") from None
+    if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
+        raise FinerError(f"{path} is not a finer-inr checkpoint")
+    if payload["method"] not in MODELS:
+        raise FinerError(f"{path} holds unknown model {payload['method']!r}")
+    cfg = make_config(payload["method"], **payload["model_config"])
+    model = build_from_config(payload["method"], cfg, payload["in_features"], payload["out_features"])
+    model.load_state_dict(payload["model"])
+    return model, payload

@@ -1,0 +1,52 @@
+"""Image-quality metrics as pure functions of arrays in [0, 1]."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from skimage.metrics import structural_similarity
+
+
+def psnr(pred: np.ndarray, target: np.ndarray, clip: bool = True) -> float:
+    """Peak signal-to-noise ratio in dB of images with values in [0, 1].
+
+    ``pred`` is clipped to [0, 1] first (the honest choice, finer-notes.md §4).
+    A perfect reconstruction returns ``inf``.
+    """
+    pred = np.asarray(pred, dtype=np.float64)
+    target = np.asarray(target, dtype=np.float64)
+    if pred.shape != target.shape:
+        raise ValueError(f"shape mismatch: {pred.shape} vs {target.shape}")
+    if clip:
+        pred = np.clip(pred, 0.0, 1.0)
+    mse = float(np.mean((pred - target) ** 2))
+    return math.inf if mse == 0.0 else -10.0 * math.log10(mse)
+
+
+def psnr_from_mse(mse: float, data_range: float = 1.0) -> float:
+    """PSNR in dB of a mean squared error measured on values spanning ``data_range``."""
+    if not mse > 0.0:
+        return math.inf if mse == 0.0 else math.nan
+    return 10.0 * math.log10(data_range**2 / mse)
+
+
+def ssim(pred: np.ndarray, target: np.ndarray) -> float:
+    """Structural similarity (scikit-image, uniform 7x7 window) of ``(H, W[, C])`` images in [0, 1].
+
+    Images smaller than 7 pixels use the largest odd window that fits; below 3 pixels: NaN.
+    """
+    pred = np.clip(np.asarray(pred, dtype=np.float64), 0.0, 1.0)
+    target = np.asarray(target, dtype=np.float64)
+    if pred.shape != target.shape:
+        raise ValueError(f"shape mismatch: {pred.shape} vs {target.shape}")
+    channel_axis = -1 if pred.ndim == 3 else None
+    if pred.ndim == 3 and pred.shape[-1] == 1:
+        pred, target, channel_axis = pred[..., 0], target[..., 0], None
+    side = min(pred.shape[0], pred.shape[1])
+    if side < 3:
+        return math.nan  # no SSIM window fits
+    win = min(7, side if side % 2 else side - 1)
+    return float(
+        structural_similarity(pred, target, data_range=1.0, channel_axis=channel_axis, win_size=win)
+    )

@@ -1,0 +1,337 @@
+"""One config dataclass per method, the registry of methods, and :func:`build_model`.
+
+Defaults are the papers' image-fitting defaults (finer-notes.md §1-3). Every config also carries
+the method's default learning rate and the range its targets are scaled to, so a fit with
+``finer fit image --model NAME`` uses the method as its authors ran it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+from finer.errors import ConfigError
+from finer.nn import activations as A
+from finer.nn.encodings import IdentityEncoding, PositionalEncoding
+from finer.nn.layers import Layer
+from finer.nn.mlp import CoordinateMLP
+
+
+@dataclass(frozen=True)
+class LayerSpec:
+    """How one activated layer is made: its activation and its initialisation."""
+
+    activation: Callable
+    weight_init: str = "torch"
+    init_omega: float = 1.0
+    bias_range: float | None = None
+
+
+@dataclass
+class MLPConfig:
+    """Options common to every method.
+
+    Depth: ``hidden_layers`` counts the hidden-to-hidden layers, so the paper's image network
+    "3 x 256" is ``in -> 256``, three ``256 -> 256`` and a linear ``256 -> out``.
+    """
+
+    hidden_layers: int = 3
+    """Number of hidden-to-hidden layers (the paper's image network: 3)."""
+    width: int = 256
+    """Hidden units per layer."""
+    lr: float = 5e-4
+    """Adam learning rate at step 0; decayed exponentially to 0.1x at the last step."""
+    target_range: tuple[float, float] = (-1.0, 1.0)
+    """The range signal values are scaled to before fitting."""
+
+    complex_weights = False  # class constant: WIRE-family hidden layers are complex
+
+    # -- what a method changes -------------------------------------------------------------
+    def encoding(self, in_features: int) -> nn.Module:
+        return IdentityEncoding(in_features)
+
+    def layer(self, first: bool) -> LayerSpec:
+        return LayerSpec(A.relu)
+
+    def final(self) -> LayerSpec:
+        return LayerSpec(A.identity)
+
+    def hidden_width(self) -> int:
+        return self.width
+
+    # -- shared machinery ----------------------------------------------------------------------
+    def validate(self) -> None:
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            _check_value(type(self).__name__, f.name, value)
+
+    def build(self, in_features: int, out_features: int, generator: torch.Generator | None = None) -> CoordinateMLP:
+        """Build the network ``(..., in_features) -> (..., out_features)``."""
+        self.validate()
+        encoding = self.encoding(in_features)
+        width = self.hidden_width()
+        sizes = [encoding.out_features] + [width] * (self.hidden_layers + 1)
+        layers = []
+        for i in range(self.hidden_layers + 1):
+            spec = self.layer(first=i == 0)
+            layers.append(self._make(sizes[i], sizes[i + 1], spec, i == 0, generator))
+        layers.append(self._make(width, out_features, self.final(), False, generator))
+        return CoordinateMLP(encoding, layers)
+
+    def _make(self, n_in: int, n_out: int, spec: LayerSpec, first: bool, generator) -> Layer:
+        return Layer(
+            n_in,
+            n_out,
+            spec.activation,
+            weight_init=spec.weight_init,
+            init_omega=spec.init_omega,
+            is_first=first,
+            bias_range=spec.bias_range,
+            complex_weights=self.complex_weights and not first,
+            generator=generator,
+        )
+
+
+_POSITIVE = {"width", "lr", "first_omega", "hidden_omega", "omega", "omega_w", "scale", "n_freqs"}
+_NON_NEGATIVE = {"hidden_layers", "first_bias_scale", "hidden_bias_scale"}
+
+
+def _check_value(owner: str, name: str, value: Any) -> None:
+    if name == "target_range":
+        ok = (
+            isinstance(value, (tuple, list))
+            and len(value) == 2
+            and all(isinstance(v, (int, float)) and math.isfinite(v) for v in value)
+            and value[0] < value[1]
+        )
+        if not ok:
+            raise ConfigError(f"{owner}.target_range must be two finite numbers (low, high) with low < high, got {value!r}")
+        return
+    if value is None and name in _NON_NEGATIVE:
+        return
+    if isinstance(value, bool):
+        return
+    if name in _POSITIVE | _NON_NEGATIVE:
+        if not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise ConfigError(f"{owner}.{name} must be a finite number, got {value!r}")
+        if name in _POSITIVE and value <= 0:
+            raise ConfigError(f"{owner}.{name} must be positive, got {value!r}")
+        if name in _NON_NEGATIVE and value < 0:
+            raise ConfigError(f"{owner}.{name} must be zero or positive, got {value!r}")
+    if name in {"width", "hidden_layers", "n_freqs"} and not isinstance(value, int):
+        raise ConfigError(f"{owner}.{name} must be an integer, got {value!r}")
+
+
+@dataclass
+class SirenConfig(MLPConfig):
+    """SIREN (Sitzmann et al. 2020): ``sin(omega z)`` with the SIREN initialisation."""
+
+    first_omega: float = 30.0
+    """omega of the first layer."""
+    hidden_omega: float = 30.0
+    """omega of the hidden layers (also scales the final layer's init)."""
+    lr: float = 5e-4
+
+    def layer(self, first: bool) -> LayerSpec:
+        omega = self.first_omega if first else self.hidden_omega
+        return LayerSpec(functools.partial(A.sine, omega=omega), "siren", omega)
+
+    def final(self) -> LayerSpec:
+        return LayerSpec(A.identity, "siren", self.hidden_omega)
+
+
+@dataclass
+class FinerConfig(SirenConfig):
+    """FINER: ``sin(omega (|z|+1) z)``; the first-layer bias range ``k`` tunes the spectral bias."""
+
+    first_bias_scale: float | None = None
+    """k: first-layer bias ~ U(-k, k); None keeps PyTorch's U(-1/sqrt(n_in), 1/sqrt(n_in))."""
+    hidden_bias_scale: float | None = None
+    """Bias range of the hidden layers; None keeps PyTorch's default."""
+    scale_grad: bool = False
+    """False: |z|+1 is detached as in the official code; True: the true derivative (Eq. 2)."""
+
+    def layer(self, first: bool) -> LayerSpec:
+        omega = self.first_omega if first else self.hidden_omega
+        act = functools.partial(A.finer, omega=omega, detach=not self.scale_grad)
+        bias = self.first_bias_scale if first else self.hidden_bias_scale
+        return LayerSpec(act, "siren", omega, bias)
+
+
+@dataclass
+class GaussConfig(MLPConfig):
+    """Gaussian activation ``exp(-(s z)^2)`` with PyTorch's initialisation."""
+
+    scale: float = 30.0
+    """s, the inverse width of the Gaussian."""
+    lr: float = 5e-3
+
+    def layer(self, first: bool) -> LayerSpec:
+        return LayerSpec(functools.partial(A.gauss, scale=self.scale))
+
+
+@dataclass
+class WireConfig(MLPConfig):
+    """WIRE (Saragadam et al. 2023): complex Gabor ``exp(i omega z - |s z|^2)``.
+
+    The first layer has real weights, the others complex ones; the output is the real part.
+    With ``complex_parity`` the hidden width is ``int(width / sqrt(2))`` (181 for 256), since a
+    complex unit holds two real numbers; this matches the official code's parameter budget.
+    """
+
+    omega: float = 20.0
+    """Frequency of the Gabor wavelet."""
+    scale: float = 10.0
+    """s, the inverse width of its envelope."""
+    complex_parity: bool = True
+    """Shrink the hidden width by sqrt(2) for parameter parity with real networks."""
+    lr: float = 5e-3
+
+    complex_weights = True
+
+    def hidden_width(self) -> int:
+        return int(self.width / math.sqrt(2)) if self.complex_parity else self.width
+
+    def layer(self, first: bool) -> LayerSpec:
+        return LayerSpec(functools.partial(A.gabor, omega=self.omega, scale=self.scale))
+
+
+@dataclass
+class PEMLPConfig(MLPConfig):
+    """ReLU MLP on the NeRF positional encoding (10 frequencies ``2^j``, no pi); targets in [0, 1]."""
+
+    n_freqs: int = 10
+    """Number of octaves of the encoding."""
+    lr: float = 1e-3
+    target_range: tuple[float, float] = (0.0, 1.0)
+
+    def encoding(self, in_features: int) -> nn.Module:
+        return PositionalEncoding(in_features, self.n_freqs)
+
+
+@dataclass
+class GaussFinerConfig(MLPConfig):
+    """FINER++ Gauss-FINER: ``exp(-(s u)^2)``, ``u = sin(omega (|z|+1) z)``; SIREN init with omega."""
+
+    omega: float = 10.0
+    """omega of the inner FINER sine."""
+    scale: float = 3.0
+    """s of the Gaussian."""
+    first_bias_scale: float | None = 1.0
+    """k: first-layer bias ~ U(-k, k); None keeps PyTorch's default."""
+    scale_grad: bool = False
+    """False: |z|+1 detached (official); True: the true derivative."""
+    lr: float = 1e-3
+
+    def layer(self, first: bool) -> LayerSpec:
+        act = functools.partial(A.gauss_finer, omega=self.omega, scale=self.scale, detach=not self.scale_grad)
+        return LayerSpec(act, "siren", self.omega, self.first_bias_scale if first else None)
+
+    def final(self) -> LayerSpec:
+        return LayerSpec(A.identity, "siren", self.omega)
+
+
+@dataclass
+class WireFinerConfig(WireConfig):
+    """FINER++ Wire-FINER: Gabor of the (complex) FINER sine; SIREN init with ``omega * omega_w``."""
+
+    omega: float = 5.0
+    """omega of the inner FINER sine."""
+    omega_w: float = 4.0
+    """Frequency of the Gabor wavelet."""
+    scale: float = 2.0
+    """s, the inverse width of its envelope."""
+    first_bias_scale: float | None = 1.0
+    """k: first-layer bias ~ U(-k, k); None keeps PyTorch's default."""
+    scale_grad: bool = False
+    """False: |z|+1 detached (official); True: the true derivative."""
+    lr: float = 1e-3
+
+    def layer(self, first: bool) -> LayerSpec:
+        act = functools.partial(
+            A.gabor_finer, omega=self.omega, omega_w=self.omega_w, scale=self.scale, detach=not self.scale_grad
+        )
+        return LayerSpec(act, "siren", self.omega * self.omega_w, self.first_bias_scale if first else None)
+
+    def final(self) -> LayerSpec:
+        return LayerSpec(A.identity, "siren", self.omega * self.omega_w)
+
+
+MODELS: dict[str, type[MLPConfig]] = {
+    "finer": FinerConfig,
+    "siren": SirenConfig,
+    "wire": WireConfig,
+    "gauss": GaussConfig,
+    "pemlp": PEMLPConfig,
+    "gauss-finer": GaussFinerConfig,
+    "wire-finer": WireFinerConfig,
+}
+
+
+def _lookup(name: str) -> type[MLPConfig]:
+    if name not in MODELS:
+        raise ConfigError(f"unknown model {name!r}; choose one of: {', '.join(MODELS)}")
+    return MODELS[name]
+
+
+def make_config(name: str, **overrides: Any) -> MLPConfig:
+    """The config of method ``name`` with its paper defaults, except for ``overrides``.
+
+    Overrides set to ``None`` for options whose default is not ``None`` are ignored, so CLI
+    flags that were not given can be passed through unchanged.
+    """
+    cls = _lookup(name)
+    names = [f.name for f in dataclasses.fields(cls)]
+    unknown = sorted(set(overrides) - set(names))
+    if unknown:
+        raise ConfigError(f"model {name!r} has no option {', '.join(unknown)}; its options are: {', '.join(names)}")
+    if "target_range" in overrides and overrides["target_range"] is not None:
+        overrides["target_range"] = tuple(overrides["target_range"])
+    cfg = cls(**overrides)
+    cfg.validate()
+    return cfg
+
+
+def models() -> dict[str, dict[str, Any]]:
+    """Every registered method with its default options."""
+    return {name: dataclasses.asdict(cls()) for name, cls in MODELS.items()}
+
+
+def build_model(
+    name: str, in_features: int, out_features: int, *, seed: int | None = None, **overrides: Any
+) -> CoordinateMLP:
+    """Build method ``name`` as an ``nn.Module`` mapping ``(..., in_features) -> (..., out_features)``.
+
+    ``seed`` fixes the initialisation (drawn from its own generator, not the global one).
+    The returned module carries ``.method`` (the name) and ``.config`` (the resolved config).
+
+    >>> net = build_model("finer", 2, 3, width=64, first_bias_scale=5.0, seed=0)
+    """
+    for label, n in (("in_features", in_features), ("out_features", out_features)):
+        if not isinstance(n, int) or n <= 0:
+            raise ConfigError(f"{label} must be a positive integer, got {n!r}")
+    cfg = make_config(name, **overrides)
+    return build_from_config(name, cfg, in_features, out_features, seed)
+
+
+def build_from_config(
+    name: str, cfg: MLPConfig, in_features: int, out_features: int, seed: int | None = None
+) -> CoordinateMLP:
+    """Build a network from an already resolved config (used when loading checkpoints)."""
+    generator = torch.Generator().manual_seed(seed) if seed is not None else None
+    model = cfg.build(in_features, out_features, generator)
+    model.method = name
+    model.config = cfg
+    return model
+
+
+def count_parameters(model: nn.Module) -> int:
+    """Real-valued parameter count (a complex weight counts twice)."""
+    return sum(p.numel() * (2 if p.is_complex() else 1) for p in model.parameters())
+

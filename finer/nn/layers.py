@@ -1,0 +1,63 @@
+"""The one layer class: a linear map, its initialisation, and an injected activation."""
+
+from __future__ import annotations
+
+import functools
+from typing import Callable
+
+import torch
+from torch import Tensor, nn
+
+from finer.nn import init as inits
+from finer.nn.activations import identity
+
+
+class Layer(nn.Module):
+    """``y = activation(W x + b)`` with ``W`` of shape ``(out_features, in_features)``.
+
+    Args:
+        activation: a pure function of the pre-activation (e.g. ``partial(finer, omega=30)``);
+            the default identity makes this the final linear layer.
+        weight_init: a key of :data:`finer.nn.init.WEIGHT_INITS` (``"siren"`` or ``"torch"``).
+        init_omega: the frequency factor the SIREN init divides by (ignored by ``"torch"``).
+        is_first: use the SIREN first-layer bound ``1/n_in`` instead.
+        bias_range: ``k`` for a ``U(-k, k)`` bias (FINER's knob); ``None`` keeps PyTorch's default.
+        complex_weights: complex64 weights (WIRE hidden and final layers).
+        generator: the random generator the initialisers draw from.
+    Shapes: ``(..., in_features) -> (..., out_features)``.
+    """
+
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        activation: Callable[[Tensor], Tensor] = identity,
+        *,
+        weight_init: str = "torch",
+        init_omega: float = 1.0,
+        is_first: bool = False,
+        bias_range: float | None = None,
+        complex_weights: bool = False,
+        generator: torch.Generator | None = None,
+    ):
+        super().__init__()
+        dtype = torch.complex64 if complex_weights else torch.float32
+        self.linear = nn.Linear(in_features, out_features, dtype=dtype)
+        self.activation = activation
+        inits.WEIGHT_INITS[weight_init](
+            self.linear.weight, omega=init_omega, is_first=is_first, generator=generator
+        )
+        if bias_range is None:
+            inits.torch_bias(self.linear.bias, in_features, generator)
+        else:
+            inits.range_bias(self.linear.bias, bias_range, generator)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.activation(self.linear(x))
+
+    def extra_repr(self) -> str:
+        act = self.activation
+        if isinstance(act, functools.partial):
+            params = ", ".join(f"{k}={v}" for k, v in act.keywords.items())
+            return f"activation={act.func.__name__}({params})"
+        return f"activation={getattr(act, '__name__', repr(act))}"

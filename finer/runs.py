@@ -1,0 +1,276 @@
+"""Image-fitting runs: a run folder in, a fitted model and self-describing outputs out.
+
+A run folder holds ``config.json`` (the resolved config), ``checkpoint.pt`` (weights, optimiser,
+progress and everything needed to rebuild the model), ``curve.csv`` (per-step loss/PSNR),
+``reconstruction.png``, ``error_map.png``, ``psnr_curve.png`` and ``metrics.json``, whose
+``status`` says whether the run is ``complete``, ``interrupted`` or ``diverged``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import platform
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from finer import io
+from finer.errors import ConfigError, DivergedError, FinerError
+from finer.metrics import psnr, ssim
+from finer.models import build_model, count_parameters
+from finer.plots import error_map, psnr_curve
+from finer.tasks import image as img
+from finer.train import FitState, TrainConfig, fit
+
+DEVICE_CHOICES = ("auto", "cpu", "cuda")
+
+
+@dataclass
+class ImageRunConfig:
+    """Everything that defines an image fit; saved as ``config.json`` in the run folder."""
+
+    image: str | None = None
+    """Path of the image; None fits scikit-image's astronaut."""
+    model: str = "finer"
+    """A registry name (``finer models`` lists them)."""
+    model_options: dict[str, Any] = field(default_factory=dict)
+    """Overrides of the method's defaults (width, hidden_layers, lr, first_bias_scale, ...)."""
+    steps: int = 1000
+    """Optimisation steps."""
+    seed: int = 0
+    """Seed of the initialisation and of random pixel batches."""
+    crop: str | None = None
+    """Centre crop, N or HxW, applied before resizing."""
+    size: int | None = None
+    """Resize so that the longer side has this many pixels."""
+    alpha: str = "white"
+    """RGBA images: composite over white/black, keep or drop the alpha channel."""
+    aspect: str = "stretch"
+    """Coordinates: each axis in [-1, 1] (stretch), or the longer axis only (preserve)."""
+    batch_size: int | None = None
+    """Pixels per step; None = all pixels (full batch) when they fit in memory."""
+    eval_chunk: int = 65536
+    """Pixels per forward pass when evaluating."""
+    eval_every: int = 100
+    """Steps between full-image PSNR evaluations."""
+    log_every: int = 10
+    """Steps between progress updates."""
+    checkpoint_every: int = 500
+    """Steps between checkpoints (0: only at the end)."""
+    device: str = "auto"
+    """auto, cpu or cuda."""
+
+    def validate(self) -> None:
+        for name in ("steps", "eval_chunk", "log_every"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value <= 0:
+                raise ConfigError(f"{name.replace('_', '-')} must be a positive integer, got {value!r}")
+        for name in ("eval_every", "checkpoint_every"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 0:
+                raise ConfigError(f"{name.replace('_', '-')} must be zero or a positive integer, got {value!r}")
+        if self.batch_size is not None and (not isinstance(self.batch_size, int) or self.batch_size <= 0):
+            raise ConfigError(f"batch-size must be a positive integer, got {self.batch_size!r}")
+        if self.device not in DEVICE_CHOICES:
+            raise ConfigError(f"unknown device {self.device!r}; choose one of: {', '.join(DEVICE_CHOICES)}")
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` picks CUDA when available; asking for CUDA without one is an error."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise FinerError("--device cuda was asked for, but PyTorch sees no CUDA device")
+    if name not in DEVICE_CHOICES:
+        raise ConfigError(f"unknown device {name!r}; choose one of: {', '.join(DEVICE_CHOICES)}")
+    return torch.device(name)
+
+
+def default_out_dir(cfg: ImageRunConfig) -> Path:
+    stem = Path(cfg.image).stem if cfg.image and not cfg.image.startswith("skimage:") else "astronaut"
+    return Path("runs") / f"image-{stem}-{cfg.model}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+def _prepare_out(out: Path, overwrite: bool) -> None:
+    if out.exists() and not out.is_dir():
+        raise FinerError(f"--out {out} exists and is not a directory")
+    if out.exists() and any(out.iterdir()) and not overwrite:
+        raise FinerError(
+            f"output folder {out} is not empty; choose another --out, pass --overwrite, "
+            f"or continue it with `finer resume {out}`"
+        )
+    out.mkdir(parents=True, exist_ok=True)
+
+
+class _Run:
+    """The pieces of one image run, shared by a fresh fit and a resumed one."""
+
+    def __init__(self, cfg: ImageRunConfig, out: Path, progress: bool):
+        cfg.validate()
+        self.cfg, self.out, self.progress = cfg, out, progress
+        self.device = resolve_device(cfg.device)
+        budget = img.memory_budget(self.device)
+        self.image = img.load_image(cfg.image, crop=cfg.crop, size=cfg.size, alpha=cfg.alpha, max_bytes=budget)
+        h, w, c = self.image.shape
+        self.model = build_model(cfg.model, 2, c, seed=cfg.seed, **cfg.model_options).to(self.device)
+        mcfg = self.model.config
+        self.batch_size = cfg.batch_size
+        self.note = ""
+        if self.batch_size is None:
+            full = img.full_batch_bytes(h * w, mcfg.width, mcfg.hidden_layers + 1, mcfg.complex_weights)
+            self.batch_size = img.choose_batch_size(h * w, full, budget)
+            if self.batch_size is not None:
+                self.note = (
+                    f"a full batch of {h}x{w} pixels needs about {full / 2**30:.1f} GiB "
+                    f"(> {budget / 2**30:.1f} GiB available): training on random batches of {self.batch_size} pixels"
+                )
+        self.task = img.ImageTask(
+            self.image,
+            tuple(mcfg.target_range),
+            self.device,
+            batch_size=self.batch_size,
+            aspect=cfg.aspect,
+            eval_chunk=cfg.eval_chunk,
+            seed=cfg.seed,
+        )
+        self.train_cfg = TrainConfig(
+            steps=cfg.steps,
+            lr=mcfg.lr,
+            log_every=cfg.log_every,
+            eval_every=cfg.eval_every,
+            checkpoint_every=cfg.checkpoint_every,
+        )
+
+    def resolved(self) -> dict[str, Any]:
+        h, w, c = self.image.shape
+        return {
+            "task": "image",
+            "run": dataclasses.asdict(self.cfg),
+            "image": {"source": self.cfg.image or img.DEFAULT_IMAGE, "height": h, "width": w, "channels": c},
+            "model": {"name": self.cfg.model, **dataclasses.asdict(self.model.config)},
+            "train": {**dataclasses.asdict(self.train_cfg), "optimizer": "Adam", "loss": "MSE",
+                      "batch_size": self.batch_size or h * w, "full_batch": self.batch_size is None},
+            "device": str(self.device),
+            "versions": {"torch": torch.__version__, "python": platform.python_version()},
+        }
+
+    def save_checkpoint(self, state: FitState, snapshot: dict) -> None:
+        extra = {
+            "model": snapshot["model"],
+            "optimizer": snapshot["optimizer"],
+            "fit": {"step": state.step, "history": state.history, "train_seconds": state.train_seconds,
+                    "first_loss": state.first_loss, "status": state.status},
+            "task": {"kind": "image", "height": self.task.height, "width": self.task.width,
+                     "channels": self.task.channels, "target_range": list(self.task.target_range),
+                     "aspect": self.task.aspect, "rng": self.task.state_dict()},
+        }
+        io.save_checkpoint(self.out / "checkpoint.pt", model=self.model, extra=extra)
+        io.write_csv(self.out / "curve.csv", state.history)
+        if state.status == "running":
+            self.write_metrics(state, final=False)
+
+    def write_metrics(self, state: FitState, final: bool) -> dict[str, Any]:
+        h, w, c = self.image.shape
+        metrics: dict[str, Any] = {
+            "task": "image",
+            "model": self.cfg.model,
+            "status": state.status if final else "running",
+            "params": count_parameters(self.model),
+            "steps": state.step,
+            "steps_planned": self.cfg.steps,
+            "psnr": None,
+            "ssim": None,
+            "seconds": round(state.train_seconds, 3),
+            "seconds_per_step": round(state.train_seconds / max(state.step, 1), 5),
+            "device": str(self.device),
+            "image": self.cfg.image or img.DEFAULT_IMAGE,
+            "height": h,
+            "width": w,
+            "channels": c,
+            "lr": self.train_cfg.lr,
+            "seed": self.cfg.seed,
+            "batch_size": self.batch_size or h * w,
+        }
+        if final:
+            pred = self.task.predict(self.model)
+            metrics["psnr"] = round(psnr(pred, self.image), 4)
+            metrics["ssim"] = round(ssim(pred, self.image), 5)
+            img.save_image(pred, self.out / "reconstruction.png")
+            error_map(pred, self.image, self.out / "error_map.png")
+            psnr_curve(state.history, self.out / "psnr_curve.png", title=f"{self.cfg.model} on {metrics['image']}")
+        if state.message:
+            metrics["message"] = state.message
+        io.write_json(self.out / "metrics.json", metrics)
+        return metrics
+
+    def run(self, state: FitState | None = None, optimizer_state: dict | None = None) -> dict[str, Any]:
+        state = fit(
+            self.model,
+            self.task,
+            self.train_cfg,
+            state=state,
+            optimizer_state=optimizer_state,
+            on_checkpoint=self.save_checkpoint,
+            progress=self.progress,
+            desc=f"{self.cfg.model}",
+        )
+        metrics = self.write_metrics(state, final=True)
+        if state.status == "diverged":
+            raise DivergedError(f"{state.message}; checkpoint of step {state.step} kept in {self.out}")
+        return metrics
+
+
+def fit_image(cfg: ImageRunConfig, out: str | Path | None = None, *, progress: bool = True,
+              overwrite: bool = False, log=print) -> dict[str, Any]:
+    """Fit one image; returns the metrics (also written to ``out/metrics.json``)."""
+    cfg.validate()
+    out = Path(out) if out is not None else default_out_dir(cfg)
+    _prepare_out(out, overwrite)
+    run = _Run(cfg, out, progress)
+    if run.note:
+        log(run.note)
+    io.write_json(out / "config.json", run.resolved())
+    return run.run()
+
+
+def resume_image(run_dir: str | Path, *, steps: int | None = None, progress: bool = True) -> dict[str, Any]:
+    """Continue an interrupted run (or extend a finished one to ``steps``) from its checkpoint."""
+    run_dir = Path(run_dir)
+    config = io.read_json(run_dir / "config.json")
+    known = {f.name for f in dataclasses.fields(ImageRunConfig)}
+    cfg = ImageRunConfig(**{k: v for k, v in config.get("run", {}).items() if k in known})
+    if steps is not None:
+        cfg.steps = steps
+    run = _Run(cfg, run_dir, progress)
+    _, payload = io.load_checkpoint(run_dir / "checkpoint.pt")
+    done = payload["fit"]["step"]
+    if done >= cfg.steps:
+        raise FinerError(f"{run_dir} already reached step {done} of {cfg.steps}; pass --steps to train longer")
+    run.model.load_state_dict(payload["model"])
+    run.task.load_state_dict(payload["task"]["rng"])
+    state = FitState(step=done, history=payload["fit"]["history"], train_seconds=payload["fit"]["train_seconds"],
+                     first_loss=payload["fit"]["first_loss"])
+    io.write_json(run_dir / "config.json", run.resolved())
+    return run.run(state, payload["optimizer"])
+
+
+def render_checkpoint(checkpoint: str | Path, *, scale: float = 2.0, out: str | Path | None = None,
+                      device: str = "auto", chunk: int = 65536) -> Path:
+    """Render an image model at ``scale`` times its training resolution from the checkpoint alone."""
+    if not scale > 0:
+        raise ConfigError(f"scale must be positive, got {scale!r}")
+    model, payload = io.load_checkpoint(checkpoint)
+    task = payload.get("task", {})
+    if task.get("kind") != "image":
+        raise FinerError(f"{checkpoint} is not an image model (task {task.get('kind')!r})")
+    dev = resolve_device(device)
+    h, w = max(1, round(task["height"] * scale)), max(1, round(task["width"] * scale))
+    pred = img.predict_image(model.to(dev).eval(), h, w, target_range=tuple(task["target_range"]),
+                             aspect=task["aspect"], chunk=chunk, device=dev)
+    ckpt = Path(checkpoint)
+    out = Path(out) if out else (ckpt if ckpt.is_dir() else ckpt.parent) / f"render_x{scale:g}.png"
+    io.atomic_write(out, lambda tmp: img.save_image(pred, tmp))
+    return out

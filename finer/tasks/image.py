@@ -1,0 +1,319 @@
+"""2-D image fitting: loading, coordinates, the training task, and prediction.
+
+Coordinates: pixel centres on ``linspace(-1, 1)`` per axis, as ``(x, y)`` with x along the width.
+With ``aspect="preserve"`` the longer axis spans [-1, 1] and the shorter one proportionally less.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+from torch import Tensor
+
+from finer.errors import FinerError
+from finer.metrics import psnr_from_mse
+
+ALPHA_CHOICES = ("white", "black", "keep", "drop")
+ASPECT_CHOICES = ("stretch", "preserve")
+DEFAULT_IMAGE = "skimage:astronaut"
+"""The image fitted when no path is given: scikit-image's astronaut (512x512 RGB, public domain)."""
+
+
+# -- loading ---------------------------------------------------------------------------------------
+def _parse_hw(value: int | str | tuple[int, int], what: str) -> tuple[int, int]:
+    if isinstance(value, (tuple, list)):
+        h, w = value
+    elif isinstance(value, int):
+        h = w = value
+    else:
+        parts = str(value).lower().split("x")
+        try:
+            h, w = (int(parts[0]), int(parts[0])) if len(parts) == 1 else (int(parts[0]), int(parts[1]))
+        except ValueError:
+            raise FinerError(f"{what} must be N or HxW with positive integers, got {value!r}") from None
+        if len(parts) > 2:
+            raise FinerError(f"{what} must be N or HxW with positive integers, got {value!r}")
+    if h <= 0 or w <= 0:
+        raise FinerError(f"{what} must be positive, got {value!r}")
+    return int(h), int(w)
+
+
+def _to_float(im: Image.Image) -> np.ndarray:
+    """PIL image -> float32 ``(H, W, C)`` array in [0, 1], keeping an alpha channel if present."""
+    if im.mode in ("I;16", "I;16B", "I;16L", "I"):
+        arr = np.asarray(im, dtype=np.float64)
+        top = 65535.0 if arr.max() > 255 or im.mode.startswith("I;16") else 255.0
+        return (np.clip(arr / top, 0, 1)[..., None]).astype(np.float32)
+    if im.mode == "F":
+        arr = np.asarray(im, dtype=np.float32)
+        return np.clip(arr, 0, 1)[..., None]
+    has_alpha = im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info)
+    if im.mode in ("L", "1"):
+        im = im.convert("L")
+    elif im.mode == "LA":
+        pass
+    else:
+        im = im.convert("RGBA" if has_alpha else "RGB")
+    arr = np.asarray(im, dtype=np.float32) / 255.0
+    return arr[..., None] if arr.ndim == 2 else arr
+
+
+def _apply_alpha(arr: np.ndarray, alpha: str) -> np.ndarray:
+    if arr.shape[-1] not in (2, 4):
+        return arr
+    color, a = arr[..., :-1], arr[..., -1:]
+    if alpha == "keep":
+        return arr
+    if alpha == "drop":
+        return color
+    background = 1.0 if alpha == "white" else 0.0
+    return color * a + background * (1.0 - a)
+
+
+def memory_budget(device: torch.device) -> int:
+    """Bytes a run may use: half the available RAM on CPU, 80% of the free memory on CUDA."""
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        return int(free * 0.8)
+    try:
+        with open("/proc/meminfo") as f:
+            info = {line.split(":")[0]: int(line.split()[1]) * 1024 for line in f}
+        return int(info.get("MemAvailable", info["MemTotal"]) * 0.5)
+    except (OSError, KeyError, ValueError):
+        return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") * 0.5)
+
+
+def load_image(
+    path: str | os.PathLike | None = None,
+    *,
+    crop: int | str | None = None,
+    size: int | None = None,
+    alpha: str = "white",
+    max_bytes: int | None = None,
+) -> np.ndarray:
+    """Read an image as a float32 ``(H, W, C)`` array in [0, 1].
+
+    Args:
+        path: a PNG/JPEG/... file, or ``None`` (or ``"skimage:NAME"``) for a scikit-image sample.
+        crop: centre crop to ``N`` x ``N`` or ``"HxW"`` (applied first).
+        size: resize (anti-aliased) so that the longer side is ``size`` pixels.
+        alpha: RGBA/LA images: ``"white"`` or ``"black"`` composite over that background
+            (default white), ``"keep"`` fits the alpha channel too, ``"drop"`` ignores it.
+        max_bytes: refuse images whose decoded float array would exceed this many bytes.
+    Grey images have one channel, colour images three (four with ``alpha="keep"``).
+    """
+    if alpha not in ALPHA_CHOICES:
+        raise FinerError(f"unknown alpha mode {alpha!r}; choose one of: {', '.join(ALPHA_CHOICES)}")
+    path = DEFAULT_IMAGE if path is None else str(path)
+    if path.startswith("skimage:"):
+        arr = _sample_image(path.split(":", 1)[1])
+    else:
+        arr = _read_file(Path(path), max_bytes)
+    arr = _apply_alpha(arr, alpha)
+    if crop is not None:
+        h, w = _parse_hw(crop, "crop")
+        if h > arr.shape[0] or w > arr.shape[1]:
+            raise FinerError(f"crop {h}x{w} is larger than the image ({arr.shape[0]}x{arr.shape[1]})")
+        top, left = (arr.shape[0] - h) // 2, (arr.shape[1] - w) // 2
+        arr = arr[top : top + h, left : left + w]
+    if size is not None:
+        if not isinstance(size, int) or size <= 0:
+            raise FinerError(f"size must be a positive integer, got {size!r}")
+        scale = size / max(arr.shape[:2])
+        shape = (max(1, round(arr.shape[0] * scale)), max(1, round(arr.shape[1] * scale)))
+        if shape != arr.shape[:2]:
+            from skimage.transform import resize
+
+            arr = resize(arr, shape + arr.shape[2:], anti_aliasing=scale < 1, preserve_range=True)
+    return np.ascontiguousarray(np.clip(arr, 0.0, 1.0), dtype=np.float32)
+
+
+def _sample_image(name: str) -> np.ndarray:
+    import skimage.data
+
+    fn = getattr(skimage.data, name, None)
+    if fn is None or not callable(fn):
+        raise FinerError(f"scikit-image has no sample image {name!r} (try skimage:astronaut)")
+    arr = np.asarray(fn())
+    arr = arr.astype(np.float32) / (255.0 if arr.dtype == np.uint8 else float(np.iinfo(arr.dtype).max))
+    return arr[..., None] if arr.ndim == 2 else arr
+
+
+def _read_file(path: Path, max_bytes: int | None) -> np.ndarray:
+    if not path.exists():
+        raise FinerError(f"image file not found: {path}")
+    if path.is_dir():
+        raise FinerError(f"expected an image file, got a directory: {path}")
+    Image.MAX_IMAGE_PIXELS = None  # we check the size ourselves, before decoding
+    try:
+        with Image.open(path) as im:
+            w, h = im.size
+            needed = w * h * 4 * 4 * 3  # float32, up to 4 channels, a few copies while converting
+            if max_bytes is not None and needed > max_bytes:
+                raise FinerError(
+                    f"image {path} is {w}x{h} pixels: decoding it needs about {needed / 2**30:.1f} GiB, "
+                    f"more than the {max_bytes / 2**30:.1f} GiB available; crop or downscale it first"
+                )
+            im.load()
+            return _to_float(im)
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+        raise FinerError(f"cannot read image {path}: {exc}") from None
+
+
+def save_image(arr: np.ndarray, path: str | os.PathLike) -> None:
+    """Write a ``(H, W, C)`` array in [0, 1] as an 8-bit PNG (grey, RGB or RGBA)."""
+    arr = np.clip(np.asarray(arr), 0.0, 1.0)
+    data = (arr * 255.0 + 0.5).astype(np.uint8)
+    if data.ndim == 3 and data.shape[-1] == 1:
+        data = data[..., 0]
+    elif data.ndim == 3 and data.shape[-1] == 2:  # grey + alpha
+        data = np.concatenate([data[..., :1]] * 3 + [data[..., 1:]], axis=-1)
+    Image.fromarray(data).save(path)
+
+
+# -- coordinates -----------------------------------------------------------------------------------
+def coordinate_grid(height: int, width: int, aspect: str = "stretch") -> Tensor:
+    """Pixel coordinates ``(height * width, 2)`` as ``(x, y)``, row-major (y outer, x inner)."""
+    if aspect not in ASPECT_CHOICES:
+        raise FinerError(f"unknown aspect mode {aspect!r}; choose one of: {', '.join(ASPECT_CHOICES)}")
+    sx = sy = 1.0
+    if aspect == "preserve":
+        longest = max(height, width)
+        sx, sy = width / longest, height / longest
+    ys = torch.linspace(-sy, sy, height)
+    xs = torch.linspace(-sx, sx, width)
+    grid_y, grid_x = torch.meshgrid(ys, xs, indexing="ij")
+    return torch.stack([grid_x, grid_y], dim=-1).reshape(-1, 2)
+
+
+def to_range(values: Tensor, low: float, high: float) -> Tensor:
+    """Map values in [0, 1] to [low, high]."""
+    return values * (high - low) + low
+
+
+def from_range(values: Tensor, low: float, high: float) -> Tensor:
+    """Map values in [low, high] back to [0, 1]."""
+    return (values - low) / (high - low)
+
+
+@torch.no_grad()
+def predict_image(
+    model: torch.nn.Module,
+    height: int,
+    width: int,
+    *,
+    target_range: tuple[float, float],
+    aspect: str = "stretch",
+    chunk: int = 65536,
+    device: torch.device | str = "cpu",
+) -> np.ndarray:
+    """Evaluate ``model`` on a ``height x width`` grid in chunks; returns ``(H, W, C)`` in [0, 1], clipped."""
+    coords = coordinate_grid(height, width, aspect)
+    outs = []
+    for start in range(0, coords.shape[0], chunk):
+        outs.append(model(coords[start : start + chunk].to(device)).float().cpu())
+    values = from_range(torch.cat(outs), *target_range).clamp(0.0, 1.0)
+    return values.reshape(height, width, -1).numpy()
+
+
+# -- the training task -----------------------------------------------------------------------------
+@dataclass
+class ImageTask:
+    """Fit pixel values from coordinates with MSE; full batch unless ``batch_size`` is given.
+
+    ``image`` is ``(H, W, C)`` in [0, 1]; targets are scaled to ``target_range``.
+    """
+
+    image: np.ndarray
+    target_range: tuple[float, float]
+    device: torch.device
+    batch_size: int | None = None
+    aspect: str = "stretch"
+    eval_chunk: int = 65536
+    seed: int = 0
+
+    def __post_init__(self):
+        h, w, c = self.image.shape
+        self.height, self.width, self.channels = h, w, c
+        self.coords = coordinate_grid(h, w, self.aspect).to(self.device)
+        pixels = torch.from_numpy(self.image.reshape(-1, c))
+        self.targets = to_range(pixels, *self.target_range).to(self.device)
+        self.generator = torch.Generator(device=self.device).manual_seed(self.seed)
+        n = h * w
+        if self.batch_size is not None and self.batch_size >= n:
+            self.batch_size = None
+
+    @property
+    def in_features(self) -> int:
+        return 2
+
+    @property
+    def out_features(self) -> int:
+        return self.channels
+
+    def batch(self, step: int) -> tuple[Tensor, Tensor]:
+        if self.batch_size is None:
+            return self.coords, self.targets
+        idx = torch.randint(
+            0, self.coords.shape[0], (self.batch_size,), device=self.device, generator=self.generator
+        )
+        return self.coords[idx], self.targets[idx]
+
+    def loss(self, pred: Tensor, target: Tensor) -> Tensor:
+        return torch.mean((pred - target) ** 2)
+
+    def train_psnr(self, loss: float) -> float:
+        """PSNR on the [0, 1] scale of a training loss (unclipped prediction)."""
+        low, high = self.target_range
+        return psnr_from_mse(loss / (high - low) ** 2)
+
+    def predict(self, model: torch.nn.Module) -> np.ndarray:
+        return predict_image(
+            model,
+            self.height,
+            self.width,
+            target_range=self.target_range,
+            aspect=self.aspect,
+            chunk=self.eval_chunk,
+            device=self.device,
+        )
+
+    def evaluate(self, model: torch.nn.Module) -> dict[str, float]:
+        """PSNR of the clipped full-image prediction (chunked, no gradients)."""
+        from finer.metrics import psnr
+
+        was_training = model.training
+        model.eval()
+        pred = self.predict(model)
+        model.train(was_training)
+        return {"psnr": psnr(pred, self.image)}
+
+    def state_dict(self) -> dict:
+        return {"generator": self.generator.get_state()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.generator.set_state(state["generator"])
+
+
+def full_batch_bytes(n_pixels: int, width: int, activated_layers: int, complex_weights: bool) -> int:
+    """Rough memory of one full-batch training step: saved activations of every layer.
+
+    About eight float32 tensors of ``n_pixels x width`` per activated layer (pre-activation,
+    the activation's intermediates, output and their gradients); twice that for complex layers.
+    """
+    per = n_pixels * width * 4 * 8 * (2 if complex_weights else 1)
+    return int(per * activated_layers)
+
+
+def choose_batch_size(n_pixels: int, bytes_full: int, budget: int) -> int | None:
+    """``None`` (full batch) if it fits in ``budget``; else the largest power of two that does."""
+    if bytes_full <= budget:
+        return None
+    per_pixel = bytes_full / n_pixels
+    return max(1024, 2 ** int(math.log2(max(1.0, budget / per_pixel))))

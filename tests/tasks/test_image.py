@@ -1,0 +1,92 @@
+"""Image loading (grey, RGB, RGBA, 16-bit), crop/resize, coordinates, and bad files."""
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from finer.errors import FinerError
+from finer.tasks import image as img
+
+
+def test_default_image_is_a_real_sample():
+    arr = img.load_image(None)
+    assert arr.shape == (512, 512, 3) and arr.dtype == np.float32
+    assert 0.0 <= arr.min() and arr.max() <= 1.0 and arr.std() > 0.1
+
+
+def test_grey_rgb_rgba_and_16_bit(tmp_path):
+    grey = np.arange(64, dtype=np.uint8).reshape(8, 8) * 4
+    Image.fromarray(grey).save(tmp_path / "g.png")
+    assert img.load_image(tmp_path / "g.png").shape == (8, 8, 1)
+    np.testing.assert_allclose(img.load_image(tmp_path / "g.png")[..., 0], grey / 255, atol=1e-6)
+
+    rgba = np.zeros((4, 4, 4), dtype=np.uint8)
+    rgba[..., 0] = 255
+    rgba[..., 3] = 0  # fully transparent red
+    Image.fromarray(rgba).save(tmp_path / "a.png")
+    white = img.load_image(tmp_path / "a.png")
+    assert white.shape == (4, 4, 3) and np.allclose(white, 1.0)
+    assert np.allclose(img.load_image(tmp_path / "a.png", alpha="black"), 0.0)
+    assert img.load_image(tmp_path / "a.png", alpha="keep").shape == (4, 4, 4)
+    assert np.allclose(img.load_image(tmp_path / "a.png", alpha="drop")[..., 0], 1.0)
+
+    deep = (np.arange(16, dtype=np.uint16).reshape(4, 4) * 4000).astype(np.uint16)
+    Image.fromarray(deep).save(tmp_path / "d.png")
+    np.testing.assert_allclose(img.load_image(tmp_path / "d.png")[..., 0], deep / 65535, atol=1e-6)
+
+
+def test_crop_and_resize(png_path):
+    assert img.load_image(png_path, crop=16).shape == (16, 16, 3)
+    assert img.load_image(png_path, crop="10x20").shape == (10, 20, 3)
+    assert img.load_image(png_path, size=12).shape == (12, 12, 3)
+    full = img.load_image(png_path)
+    np.testing.assert_array_equal(img.load_image(png_path, crop=8), full[8:16, 8:16])
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [({"crop": 100}, "larger than the image"), ({"crop": "ax3"}, "crop must be"), ({"alpha": "pink"}, "unknown alpha")],
+)
+def test_bad_options(png_path, kwargs, message):
+    with pytest.raises(FinerError, match=message):
+        img.load_image(png_path, **kwargs)
+
+
+def test_bad_files(tmp_path):
+    with pytest.raises(FinerError, match="not found"):
+        img.load_image(tmp_path / "missing.png")
+    (tmp_path / "junk.png").write_bytes(b"not an image at all")
+    with pytest.raises(FinerError, match="cannot read image"):
+        img.load_image(tmp_path / "junk.png")
+    with pytest.raises(FinerError, match="directory"):
+        img.load_image(tmp_path)
+
+
+def test_too_large_for_memory_is_refused_before_decoding(png_path):
+    with pytest.raises(FinerError, match="more than the .* GiB available"):
+        img.load_image(png_path, max_bytes=1000)
+
+
+def test_coordinate_grid():
+    grid = img.coordinate_grid(3, 5)
+    assert grid.shape == (15, 2)
+    assert torch.allclose(grid[0], torch.tensor([-1.0, -1.0])) and torch.allclose(grid[-1], torch.tensor([1.0, 1.0]))
+    assert torch.allclose(grid[1], torch.tensor([-0.5, -1.0]))  # x varies fastest
+    kept = img.coordinate_grid(2, 4, aspect="preserve")
+    assert kept[:, 0].abs().max() == 1.0 and kept[:, 1].abs().max() == pytest.approx(0.5)
+
+
+def test_task_batches_and_ranges(astronaut_small):
+    task = img.ImageTask(astronaut_small, (-1.0, 1.0), torch.device("cpu"))
+    x, y = task.batch(0)
+    assert x.shape == (24 * 24, 2) and y.min() >= -1 and y.max() <= 1
+    batched = img.ImageTask(astronaut_small, (0.0, 1.0), torch.device("cpu"), batch_size=50, seed=3)
+    bx, by = batched.batch(0)
+    assert bx.shape == (50, 2) and by.shape == (50, 3)
+    assert task.train_psnr(0.04) == pytest.approx(20.0)  # MSE 0.04 on [-1,1] = 0.01 on [0,1]
+
+
+def test_batch_size_choice():
+    assert img.choose_batch_size(1000, 10_000, 20_000) is None
+    assert img.choose_batch_size(1_000_000, 10**10, 10**8) == 8192

@@ -1,0 +1,143 @@
+"""The command line end to end: outputs present and well-formed, bad input, interrupt and resume."""
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from finer.cli import main
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_fit_image_writes_a_complete_run_folder(png_path, tmp_path, capsys):
+    out = tmp_path / "run"
+    code = main(["fit", "image", str(png_path), "--model", "finer", "--steps", "20", "--width", "32",
+                 "--hidden-layers", "1", "--eval-every", "10", "--out", str(out), "--quiet"])
+    assert code == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert summary["status"] == "complete"
+    for name in ("config.json", "metrics.json", "curve.csv", "reconstruction.png", "error_map.png",
+                 "psnr_curve.png", "checkpoint.pt"):
+        assert (out / name).is_file(), name
+    metrics = json.loads((out / "metrics.json").read_text())
+    for key in ("task", "model", "params", "steps", "psnr", "ssim", "seconds", "seconds_per_step", "device"):
+        assert key in metrics, key
+    assert metrics["steps"] == 20 and metrics["status"] == "complete" and metrics["psnr"] > 10
+    rows = list(csv.DictReader((out / "curve.csv").open()))
+    assert len(rows) == 20 and float(rows[-1]["eval_psnr"]) == pytest.approx(metrics["psnr"], abs=1e-3)
+    config = json.loads((out / "config.json").read_text())
+    assert config["model"]["width"] == 32 and config["model"]["name"] == "finer"
+    assert Image.open(out / "reconstruction.png").size == (24, 24)
+    # render from the checkpoint alone, at twice the resolution
+    assert main(["render", str(out / "checkpoint.pt"), "--scale", "2", "--out", str(tmp_path / "x2.png")]) == 0
+    assert Image.open(tmp_path / "x2.png").size == (48, 48)
+
+
+def test_default_image_and_models_listing(tmp_path, capsys):
+    assert main(["models"]) == 0
+    listing = capsys.readouterr().out
+    assert "finer" in listing and "wire-finer" in listing
+    assert main(["fit", "image", "--size", "16", "--steps", "2", "--width", "8", "--out", str(tmp_path / "d"),
+                 "--quiet"]) == 0
+    assert json.loads((tmp_path / "d" / "metrics.json").read_text())["image"] == "skimage:astronaut"
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["fit", "image", "/no/such/file.png"], "image file not found"),
+        (["fit", "image", "--model", "nope"], "unknown model 'nope'; choose one of"),
+        (["fit", "image", "--model", "gauss", "--first-omega", "3"], "has no option first_omega"),
+        (["render", "/no/such/checkpoint.pt"], "checkpoint not found"),
+    ],
+)
+def test_bad_input_gives_one_line_and_nonzero_exit(args, message, tmp_path, capsys):
+    code = main([*args, "--out", str(tmp_path / "o")] if args[0] == "fit" else args)
+    err = capsys.readouterr().err
+    assert code != 0 and message in err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("flag, value", [("--width", "0"), ("--steps", "0"), ("--steps", "-3"), ("--lr", "nan")])
+def test_non_positive_values_are_rejected(flag, value, capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["fit", "image", flag, value])
+    assert exc.value.code != 0 and "expected a positive" in capsys.readouterr().err
+
+
+def test_unreadable_file_and_occupied_output(tmp_path, png_path, capsys):
+    junk = tmp_path / "junk.jpg"
+    junk.write_bytes(b"\x00" * 100)
+    assert main(["fit", "image", str(junk), "--out", str(tmp_path / "o")]) == 2
+    assert "cannot read image" in capsys.readouterr().err
+    busy = tmp_path / "busy"
+    busy.mkdir()
+    (busy / "keep.txt").write_text("precious")
+    assert main(["fit", "image", str(png_path), "--out", str(busy)]) == 2
+    assert "is not empty" in capsys.readouterr().err
+    assert (busy / "keep.txt").read_text() == "precious"
+
+
+def test_image_too_large_for_memory(png_path, tmp_path, monkeypatch, capsys):
+    import finer.tasks.image as img
+
+    monkeypatch.setattr(img, "memory_budget", lambda device: 10_000)
+    assert main(["fit", "image", str(png_path), "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert "GiB available" in err and len(err.strip().splitlines()) == 1
+
+
+def test_divergence_keeps_last_good_checkpoint(png_path, tmp_path, capsys):
+    out = tmp_path / "div"
+    code = main(["fit", "image", str(png_path), "--lr", "1e4", "--steps", "50", "--width", "16", "--out", str(out),
+                 "--quiet"])
+    assert code == 3
+    assert "last good step" in capsys.readouterr().err
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["status"] == "diverged" and "last good step" in metrics["message"]
+    assert (out / "checkpoint.pt").is_file()
+
+
+def test_ctrl_c_leaves_a_consistent_folder_that_resumes(png_path, tmp_path):
+    out = tmp_path / "int"
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    cmd = [sys.executable, "-m", "finer.cli", "fit", "image", str(png_path), "--steps", "1000000", "--width", "16",
+           "--hidden-layers", "1", "--eval-every", "0", "--checkpoint-every", "20", "--out", str(out), "--quiet"]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 60
+    while not (out / "checkpoint.pt").exists() and time.time() < deadline:  # the loop is running
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert "finer resume" in err
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["status"] == "interrupted" and 0 < metrics["steps"] < 1_000_000
+    done = metrics["steps"]
+    assert len(list(csv.DictReader((out / "curve.csv").open()))) == done
+    assert main(["resume", str(out), "--steps", str(done + 5), "--quiet"]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["status"] == "complete" and metrics["steps"] == done + 5
+    assert len(list(csv.DictReader((out / "curve.csv").open()))) == done + 5
+
+
+def test_make_test_is_what_ci_runs():
+    assert "make test" in (ROOT / ".ci" / "run").read_text()
+    assert "make test" in (ROOT / "README.md").read_text()
+
+
+def test_grey_image_end_to_end(tmp_path):
+    grey = (np.linspace(0, 1, 144).reshape(12, 12) * 255).astype(np.uint8)
+    Image.fromarray(grey).save(tmp_path / "g.png")
+    assert main(["fit", "image", str(tmp_path / "g.png"), "--model", "pemlp", "--steps", "5", "--width", "8",
+                 "--out", str(tmp_path / "o"), "--quiet"]) == 0
+    assert Image.open(tmp_path / "o" / "reconstruction.png").mode == "L"

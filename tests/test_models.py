@@ -1,0 +1,113 @@
+"""Every registered model: build, shape, a two-step fit on a tiny real image, state-dict round trip."""
+
+import dataclasses
+
+import pytest
+import torch
+
+import finer
+from finer.models import MODELS, build_model, count_parameters, make_config
+from finer.tasks.image import ImageTask
+from finer.train import TrainConfig, fit
+
+
+@pytest.mark.parametrize("name", list(MODELS))
+def test_build_and_output_shape(name):
+    net = build_model(name, 2, 3, width=32, hidden_layers=2, seed=0)
+    out = net(torch.rand(5, 2) * 2 - 1)
+    assert out.shape == (5, 3) and out.dtype == torch.float32
+    assert torch.isfinite(out).all()
+    assert net.method == name and isinstance(net.config, MODELS[name])
+
+
+@pytest.mark.parametrize("name", list(MODELS))
+def test_two_step_fit_on_a_real_image_lowers_the_loss(name, astronaut_small):
+    net = build_model(name, 2, 3, width=32, hidden_layers=1, seed=0)
+    task = ImageTask(astronaut_small, tuple(net.config.target_range), torch.device("cpu"))
+    state = fit(net, task, TrainConfig(steps=2, lr=net.config.lr, eval_every=0, log_every=1), progress=False)
+    assert state.status == "complete" and len(state.history) == 2
+    x, y = task.batch(0)
+    with torch.no_grad():
+        after = task.loss(net(x), y).item()
+    assert after < state.history[0]["loss"]
+
+
+@pytest.mark.parametrize("name", list(MODELS))
+def test_state_dict_round_trip(name):
+    a = build_model(name, 3, 1, width=16, seed=1)
+    b = build_model(name, 3, 1, width=16, seed=2)
+    x = torch.rand(6, 3)
+    assert not torch.allclose(a(x), b(x))
+    b.load_state_dict(a.state_dict())
+    assert torch.equal(a(x), b(x))
+
+
+def test_same_seed_same_network():
+    x = torch.rand(4, 2)
+    assert torch.equal(build_model("finer", 2, 3, seed=7)(x), build_model("finer", 2, 3, seed=7)(x))
+
+
+def test_paper_image_network_parameter_count():
+    """finer-notes.md §1: the 3 x 256 image network has 198,915 parameters."""
+    assert count_parameters(build_model("finer", 2, 3)) == 198_915
+    wire = build_model("wire", 2, 3)
+    assert wire.layers[1].linear.in_features == 181  # int(256 / sqrt 2), parameter parity
+
+
+def test_first_bias_scale_sets_the_first_layer_bias_range():
+    net = build_model("finer", 2, 3, width=4096, first_bias_scale=10.0, seed=0)
+    bias = net.layers[0].linear.bias
+    assert 9.5 < bias.abs().max() <= 10.0
+    default = build_model("finer", 2, 3, width=4096, seed=0).layers[0].linear.bias
+    assert default.abs().max() <= 2**-0.5 + 1e-6  # PyTorch's 1/sqrt(n_in) for n_in = 2
+
+
+def test_scale_grad_switches_the_derivative():
+    x = torch.rand(16, 2)
+    grads = []
+    for scale_grad in (False, True):
+        net = build_model("finer", 2, 1, width=8, seed=0, scale_grad=scale_grad)
+        net(x).sum().backward()
+        grads.append(net.layers[0].linear.weight.grad.clone())
+    assert not torch.allclose(grads[0], grads[1])
+
+
+def test_defaults_per_method():
+    table = finer.models()
+    assert table["pemlp"]["target_range"] == (0.0, 1.0)
+    assert table["finer"]["target_range"] == (-1.0, 1.0)
+    assert table["wire"]["lr"] == 5e-3 and table["siren"]["lr"] == 5e-4
+    assert set(table) == set(MODELS)
+
+
+def test_unknown_name_lists_the_choices():
+    with pytest.raises(finer.ConfigError, match="unknown model 'nope'.*finer.*siren"):
+        build_model("nope", 2, 3)
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        ({"width": 0}, "width must be positive"),
+        ({"width": 2.5}, "width must be an integer"),
+        ({"hidden_layers": -1}, "hidden_layers must be zero or positive"),
+        ({"lr": -1.0}, "lr must be positive"),
+        ({"first_omega": float("nan")}, "finite"),
+        ({"target_range": (1.0, 0.0)}, "low < high"),
+        ({"omega_w": 3.0}, "no option omega_w.*its options are"),
+    ],
+)
+def test_bad_values_raise_clear_errors(overrides, message):
+    with pytest.raises(finer.ConfigError, match=message):
+        build_model("finer", 2, 3, **overrides)
+
+
+def test_bad_feature_counts():
+    with pytest.raises(finer.ConfigError, match="in_features must be a positive integer"):
+        build_model("siren", 0, 3)
+
+
+def test_config_is_plain_data():
+    cfg = make_config("gauss-finer", width=64)
+    assert dataclasses.asdict(cfg)["width"] == 64
+    assert dataclasses.asdict(cfg)["first_bias_scale"] == 1.0

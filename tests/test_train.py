@@ -1,0 +1,76 @@
+"""The generic loop: schedule, NaN guard with the last good state kept, resume equivalence."""
+
+import math
+
+import pytest
+import torch
+
+from finer.models import build_model
+from finer.tasks.image import ImageTask
+from finer.train import FitState, TrainConfig, exponential_decay, fit
+
+
+def test_schedule_reaches_a_tenth_at_the_last_step():
+    decay = exponential_decay(1000, 0.1)
+    assert decay(0) == 1.0 and decay(1000) == pytest.approx(0.1) and decay(500) == pytest.approx(0.1**0.5)
+
+
+class PoisonedTask(ImageTask):
+    """Targets turn NaN from a given step on."""
+
+    poison_at = 7
+
+    def batch(self, step):
+        x, y = super().batch(step)
+        return (x, y * math.nan) if step >= self.poison_at else (x, y)
+
+
+def test_nan_stops_the_run_and_restores_the_last_good_state(astronaut_small):
+    net = build_model("finer", 2, 3, width=16, hidden_layers=1, seed=0)
+    task = PoisonedTask(astronaut_small, (-1.0, 1.0), torch.device("cpu"))
+    saved = []
+    state = fit(net, task, TrainConfig(steps=20, log_every=5, eval_every=0), progress=False,
+                on_checkpoint=lambda st, snap: saved.append((st.status, st.step, snap)))
+    assert state.status == "diverged"
+    assert "step 8" in state.message and "last good step 5" in state.message
+    assert state.step == 5 and [h["step"] for h in state.history] == [1, 2, 3, 4, 5]
+    status, step, snap = saved[-1]
+    assert status == "diverged" and step == 5
+    assert all(torch.isfinite(v).all() for v in snap["model"].values())
+    for key, value in net.state_dict().items():  # the model itself was restored too
+        assert torch.equal(value, snap["model"][key])
+
+
+def test_resumed_fit_equals_an_uninterrupted_one(astronaut_small):
+    cfg = TrainConfig(steps=12, log_every=3, eval_every=0)
+
+    def fresh():
+        net = build_model("siren", 2, 3, width=16, hidden_layers=1, seed=0)
+        return net, ImageTask(astronaut_small, (-1.0, 1.0), torch.device("cpu"), batch_size=100, seed=0)
+
+    net, task = fresh()
+    straight = fit(net, task, cfg, progress=False)
+
+    net2, task2 = fresh()
+    snaps = []
+    half = fit(net2, task2, TrainConfig(steps=12, log_every=3, eval_every=0, checkpoint_every=6), progress=False,
+               on_checkpoint=lambda st, snap: snaps.append((st.step, snap, task2.state_dict())))
+    step, snap, rng = snaps[0]
+    assert step == 6 and half.status == "complete"
+    net3, task3 = fresh()
+    net3.load_state_dict(snap["model"])
+    task3.load_state_dict(rng)
+    resumed = fit(net3, task3, cfg, state=FitState(step=6, history=[h for h in straight.history if h["step"] <= 6]),
+                  optimizer_state=snap["optimizer"], progress=False)
+    a = [h["loss"] for h in straight.history]
+    b = [h["loss"] for h in resumed.history]
+    assert a == pytest.approx(b, rel=1e-5)
+
+
+def test_evaluation_is_recorded(astronaut_small):
+    net = build_model("finer", 2, 3, width=16, hidden_layers=1, seed=0)
+    task = ImageTask(astronaut_small, (-1.0, 1.0), torch.device("cpu"))
+    state = fit(net, task, TrainConfig(steps=10, log_every=4, eval_every=5), progress=False)
+    evals = [h["step"] for h in state.history if "eval_psnr" in h]
+    assert evals == [5, 10]
+    assert state.history[-1]["eval_psnr"] > 5
