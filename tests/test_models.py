@@ -55,10 +55,10 @@ def test_paper_image_network_parameter_count():
 
 
 def test_first_bias_scale_sets_the_first_layer_bias_range():
-    net = build_model("finer", 2, 3, width=4096, first_bias_scale=10.0, seed=0)
+    net = build_model("finer", 2, 3, width=4096, hidden_layers=0, first_bias_scale=10.0, seed=0)
     bias = net.layers[0].linear.bias
     assert 9.5 < bias.abs().max() <= 10.0
-    default = build_model("finer", 2, 3, width=4096, seed=0).layers[0].linear.bias
+    default = build_model("finer", 2, 3, width=4096, hidden_layers=0, seed=0).layers[0].linear.bias
     assert default.abs().max() <= 2**-0.5 + 1e-6  # PyTorch's 1/sqrt(n_in) for n_in = 2
 
 

@@ -1,0 +1,35 @@
+"""Checkpoints rebuild the model from the file alone; JSON/CSV outputs are written atomically."""
+
+import json
+
+import pytest
+import torch
+
+from finer import io
+from finer.errors import FinerError
+from finer.models import MODELS, build_model
+
+
+@pytest.mark.parametrize("name", list(MODELS))
+def test_checkpoint_round_trip(name, tmp_path):
+    net = build_model(name, 2, 3, width=16, hidden_layers=1, seed=3, lr=1e-3)
+    io.save_checkpoint(tmp_path / "c.pt", model=net, extra={"model": net.state_dict(), "task": {"kind": "x"}})
+    loaded, payload = io.load_checkpoint(tmp_path / "c.pt")
+    x = torch.rand(9, 2)
+    assert torch.equal(loaded(x), net(x))
+    assert loaded.config == net.config and payload["task"] == {"kind": "x"}
+
+
+def test_bad_checkpoints(tmp_path):
+    (tmp_path / "junk.pt").write_bytes(b"junk")
+    with pytest.raises(FinerError, match="cannot read checkpoint"):
+        io.load_checkpoint(tmp_path / "junk.pt")
+    torch.save({"hello": 1}, tmp_path / "other.pt")
+    with pytest.raises(FinerError, match="not a finer-inr checkpoint"):
+        io.load_checkpoint(tmp_path / "other.pt")
+
+
+def test_json_handles_non_finite_numbers(tmp_path):
+    io.write_json(tmp_path / "m.json", {"psnr": float("inf"), "x": float("nan"), "t": (1, 2)})
+    assert json.loads((tmp_path / "m.json").read_text()) == {"psnr": "inf", "x": None, "t": [1, 2]}
+    assert [p.name for p in tmp_path.iterdir()] == ["m.json"]  # no temporary file left behind
