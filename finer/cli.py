@@ -118,6 +118,33 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="output PNG (default: next to the checkpoint)")
     _add_common(p)
 
+    p = sub.add_parser("analyze", help="NTK, activation statistics, learned neurons")
+    an_sub = p.add_subparsers(dest="analysis", required=True, metavar="ANALYSIS")
+    p = an_sub.add_parser("ntk", help="empirical NTK of the supplement's shallow networks vs the bias range k")
+    p.add_argument("--models", default="siren,finer", help="comma-separated registry names (default siren,finer)")
+    p.add_argument("--k", default="1,5,10,20", help="first-layer bias ranges for the FINER family (default 1,5,10,20)")
+    p.add_argument("--width", type=_positive_int, default=256)
+    p.add_argument("--points", type=_positive_int, default=1024)
+    p.add_argument("--params", choices=["all", "first"], default="all", help="parameters the kernel is taken over")
+    p.add_argument("--threshold", type=_positive_float, default=1.0, help="count eigenvalues above this (default 1)")
+    p.add_argument("--steps", type=_positive_int, default=1000, help="steps of the 1-D fit (default 1000)")
+    p.add_argument("--mc-samples", type=_positive_int, default=200_000, help="Monte-Carlo samples for Eq. (5)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", required=True)
+    p.add_argument("--debug", action="store_true", help="show tracebacks")
+    p = an_sub.add_parser("activations", help="supplement Fig. 5: activation statistics at initialisation")
+    p.add_argument("--k", default="default,1,5,10,20", help="bias ranges ('default' = PyTorch's)")
+    p.add_argument("--layers", type=_positive_int, default=2)
+    p.add_argument("--resolution", type=_positive_int, default=128)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", required=True)
+    p.add_argument("--debug", action="store_true", help="show tracebacks")
+    p = an_sub.add_parser("neurons", help="first-layer neurons of a trained image model")
+    p.add_argument("checkpoint", help="checkpoint.pt or the run folder")
+    p.add_argument("--count", type=_positive_int, default=64, help="neurons in the picture (default 64)")
+    p.add_argument("--out", help="folder (default: CHECKPOINT_DIR/neurons)")
+    p.add_argument("--debug", action="store_true", help="show tracebacks")
+
     p = sub.add_parser("bench", help="benchmarks")
     bench_sub = p.add_subparsers(dest="bench", required=True, metavar="BENCH")
     p = bench_sub.add_parser("images", help="fit a folder of images with several models; write a table")
@@ -168,6 +195,8 @@ def _run(args: argparse.Namespace) -> int:
         out = render_checkpoint(args.checkpoint, scale=args.scale, out=args.out, device=args.device)
         print(out)
         return 0
+    if args.command == "analyze":
+        return _analyze(args)
     if args.command == "bench":
         from finer.bench.images import run_image_bench
 
@@ -178,6 +207,37 @@ def _run(args: argparse.Namespace) -> int:
         )
         return 0
     raise AssertionError(args.command)
+
+
+def _floats(text: str, allow_default: bool = False) -> list:
+    values = []
+    for item in text.split(","):
+        item = item.strip()
+        if allow_default and item == "default":
+            values.append(None)
+            continue
+        try:
+            values.append(float(item))
+        except ValueError:
+            raise FinerError(f"expected a comma-separated list of numbers, got {text!r}") from None
+        if not values[-1] >= 0:
+            raise FinerError(f"bias ranges must be >= 0, got {item!r}")
+    return values
+
+
+def _analyze(args: argparse.Namespace) -> int:
+    from finer.analysis import run
+
+    if args.analysis == "ntk":
+        run.analyze_ntk(args.out, models=[m for m in args.models.split(",") if m], ks=_floats(args.k),
+                        width=args.width, points=args.points, params=args.params, threshold=args.threshold,
+                        steps=args.steps, mc_samples=args.mc_samples, seed=args.seed)
+    elif args.analysis == "activations":
+        run.analyze_activations(args.out, ks=_floats(args.k, allow_default=True), layers=args.layers,
+                                resolution=args.resolution, seed=args.seed)
+    else:
+        print(json.dumps(run.analyze_neurons(args.checkpoint, args.out, count=args.count)))
+    return 0
 
 
 def _report(job) -> int:

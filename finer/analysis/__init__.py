@@ -1,0 +1,1 @@
+"""Analysis of the networks the library trains: NTK, activation statistics, learned neurons."""

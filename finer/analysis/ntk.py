@@ -1,0 +1,157 @@
+"""Neural tangent kernels: the empirical kernel of any model, and the supplement's Eq. (5).
+
+The empirical NTK of a scalar network ``f(x; theta)`` on points ``x_1..x_N`` is
+``K = J J^T`` with ``J[i, p] = d f(x_i) / d theta_p`` (supplement §4, Jacot et al. 2018).
+Networks with several outputs get the sum of the per-output kernels.
+"""
+
+from __future__ import annotations
+
+
+import torch
+from torch import Tensor, nn
+from torch.func import functional_call, jacrev, vmap
+
+
+def _selected(model: nn.Module, params: str) -> dict[str, Tensor]:
+    named = dict(model.named_parameters())
+    if params == "all":
+        return named
+    if params == "first":  # the supplement's shallow analysis varies only the first layer
+        first = [n for n in named if n.startswith("layers.0.")]
+        return {n: named[n] for n in first}
+    raise ValueError(f"params must be 'all' or 'first', got {params!r}")
+
+
+def empirical_ntk(model: nn.Module, x: Tensor, *, params: str = "all", chunk: int = 256) -> Tensor:
+    """``(N, N)`` kernel ``sum_p J_p J_p^T`` of ``model`` at the points ``x`` ``(N, in_features)``.
+
+    Jacobians are computed with ``torch.func`` (vmap over points, reverse mode over the
+    parameters), ``chunk`` points at a time, one parameter tensor at a time, so memory stays at
+    ``N x chunk`` plus one Jacobian block.
+    """
+    selected = _selected(model, params)
+    complex_names = {n for n, p in selected.items() if p.is_complex()}
+    # complex weights (WIRE) count as two real parameters: differentiate their real views
+    theta = {n: torch.view_as_real(p.detach()) if n in complex_names else p.detach() for n, p in selected.items()}
+    frozen = {n: p.detach() for n, p in model.named_parameters() if n not in theta}
+    buffers = dict(model.named_buffers())
+
+    def f(th: dict[str, Tensor], xi: Tensor) -> Tensor:
+        th = {n: torch.view_as_complex(v) if n in complex_names else v for n, v in th.items()}
+        out = functional_call(model, {**frozen, **th, **buffers}, (xi[None],))
+        return out.reshape(-1)  # (out_features,)
+
+    jac = vmap(jacrev(f), in_dims=(None, 0))
+    blocks = []
+    for start in range(0, x.shape[0], chunk):
+        j = jac(theta, x[start : start + chunk])  # name -> (c, out, *shape)
+        blocks.append(torch.cat([v.reshape(v.shape[0], v.shape[1], -1) for v in j.values()], dim=-1))
+    J = torch.cat(blocks)  # (N, out, P)
+    return torch.einsum("iop,jop->ij", J, J)
+
+
+def explicit_jacobian(model: nn.Module, x: Tensor) -> Tensor:
+    """``(N, P)`` Jacobian of a scalar model by one backward pass per point (slow; for checks)."""
+    rows = []
+    for xi in x:
+        model.zero_grad(set_to_none=True)
+        model(xi[None]).sum().backward()
+        rows.append(torch.cat([p.grad.reshape(-1) for p in model.parameters()]))
+    return torch.stack(rows)
+
+
+def finer_derivative(z: Tensor, omega: float = 1.0) -> Tensor:
+    """True derivative of ``sin(omega (|z|+1) z)``: ``omega (2|z|+1) cos(omega (|z|+1) z)`` (Eq. 2)."""
+    return omega * (2 * z.abs() + 1) * torch.cos(omega * (z.abs() + 1) * z)
+
+
+def eq5_monte_carlo(
+    x: Tensor, *, k: float, omega: float = 1.0, weight_bound: float = 1.0, samples: int = 100_000,
+    generator: torch.Generator | None = None, batch: int = 4096,
+) -> tuple[Tensor, Tensor]:
+    """Supplement Eq. (5) by Monte Carlo over the first-layer initialisation.
+
+    ``K(x_i, x_j) = (x_i x_j + 1) E[sigma'(w x_i + b) sigma'(w x_j + b)]`` for 1-D points ``x``
+    ``(N,)``, ``w ~ U(-weight_bound, weight_bound)``, ``b ~ U(-k, k)`` and ``sum_k c_k^2 = 1``.
+    Returns ``(kernel, standard_error)``, both ``(N, N)``.
+    """
+    x = x.reshape(-1).double()
+    total = torch.zeros(x.numel(), x.numel(), dtype=torch.float64)
+    total_sq = torch.zeros_like(total)
+    done = 0
+    while done < samples:
+        m = min(batch, samples - done)
+        w = (torch.rand(m, generator=generator, dtype=torch.float64) * 2 - 1) * weight_bound
+        b = (torch.rand(m, generator=generator, dtype=torch.float64) * 2 - 1) * k
+        d = finer_derivative(w[:, None] * x[None, :] + b[:, None], omega)  # (m, N)
+        total += d.T @ d
+        total_sq += (d.T**2) @ (d**2)
+        done += m
+    mean = total / samples
+    var = (total_sq / samples - mean**2).clamp_min(0)
+    scale = x[:, None] * x[None, :] + 1
+    return scale * mean, scale * (var / samples).sqrt()
+
+
+def diag_dominance(kernel: Tensor) -> float:
+    """Mean absolute diagonal entry over mean absolute off-diagonal entry."""
+    n = kernel.shape[0]
+    diag = kernel.diagonal().abs().mean()
+    off = (kernel.abs().sum() - kernel.diagonal().abs().sum()) / (n * n - n)
+    return float(diag / off)
+
+
+def eigenvalues(kernel: Tensor) -> Tensor:
+    """Eigenvalues of a symmetric kernel, largest first."""
+    sym = 0.5 * (kernel + kernel.T)
+    return torch.linalg.eigvalsh(sym.double()).flip(0)
+
+
+def count_large(eigs: Tensor, threshold: float) -> int:
+    """Number of eigenvalues above ``threshold``."""
+    return int((eigs > threshold).sum())
+
+
+def shallow_network(model: str, k: float | None, *, width: int = 256, omega: float = 1.0, seed: int = 0):
+    """The supplement's network: 1-D input, one activated layer of ``width``, linear output.
+
+    As in the official NTK notebook: first-layer omega 1, final-layer init with omega 30,
+    first-layer bias ``U(-k, k)`` (FINER family; other methods keep their default bias).
+    """
+    from finer.models import build_model, make_config
+
+    options: dict = {"width": width, "hidden_layers": 0}
+    fields = set(make_config(model).__dataclass_fields__)
+    if "first_omega" in fields:
+        options.update(first_omega=omega, hidden_omega=30.0)
+    if k is not None and "first_bias_scale" in fields:
+        options["first_bias_scale"] = k
+    return build_model(model, 1, 1, seed=seed, **options)
+
+
+def ntk_grid(n: int = 1024) -> Tensor:
+    """The official notebook's points: ``linspace(0, 1, n + 1)[:-1]`` as ``(n, 1)``."""
+    return torch.linspace(0, 1, n + 1)[:-1, None]
+
+
+
+
+def first_layer_kernel_net(k: float, width: int, seed: int = 0):
+    """Shallow FINER with the true derivative and fixed output weights ``c = +-1/sqrt(n)``.
+
+    Its first-layer empirical NTK is a ``width``-sample estimate of Eq. (5).
+    """
+    net = shallow_network_true_grad(k, width, seed)
+    g = torch.Generator().manual_seed(seed + 1)
+    signs = torch.randint(0, 2, (1, width), generator=g).float() * 2 - 1
+    with torch.no_grad():
+        net.layers[-1].linear.weight.copy_(signs / width**0.5)
+    return net
+
+
+def shallow_network_true_grad(k: float, width: int, seed: int):
+    from finer.models import build_model
+
+    return build_model("finer", 1, 1, seed=seed, width=width, hidden_layers=0, first_omega=1.0,
+                       hidden_omega=30.0, first_bias_scale=k, scale_grad=True)

@@ -1,0 +1,204 @@
+"""``finer analyze``: write the NTK, activation and neuron studies as figures, tables and JSON."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from finer import io  # noqa: E402
+from finer.analysis import ntk as N  # noqa: E402
+from finer.analysis.activations import layer_statistics  # noqa: E402
+from finer.analysis.neurons import first_layer_outputs, neuron_grid, radial_spectrum  # noqa: E402
+from finer.analysis.signal1d import fit_curve, sum_of_sines  # noqa: E402
+from finer.errors import FinerError  # noqa: E402
+from finer.models import MODELS, build_model, make_config  # noqa: E402
+from finer.tasks.image import coordinate_grid  # noqa: E402
+
+
+def _save(fig, path: Path) -> None:
+    fig.tight_layout()
+    io.atomic_write(path, lambda tmp: fig.savefig(tmp, format="png"))
+    plt.close(fig)
+
+
+def _label(model: str, k) -> str:
+    return model if k is None else f"{model} k={k:g}"
+
+
+def _cases(models: list[str], ks: list[float]) -> list[tuple[str, float | None]]:
+    cases = []
+    for m in models:
+        if m not in MODELS:
+            raise FinerError(f"unknown model {m!r}; choose from: {', '.join(MODELS)}")
+        has_k = "first_bias_scale" in make_config(m).__dataclass_fields__
+        cases += [(m, k) for k in ks] if has_k else [(m, None)]
+    return cases
+
+
+def analyze_ntk(out, *, models=("siren", "finer"), ks=(1.0, 5.0, 10.0, 20.0), width=256, points=1024,
+                params="all", threshold=1.0, steps=1000, lr=1e-3, seed=0, mc_samples=200_000,
+                log=print) -> list[dict]:
+    """Kernels, spectra, the dominance table, Eq. (5) check and 1-D convergence; returns the rows."""
+    out = Path(out)
+    x = N.ntk_grid(points)
+    y = sum_of_sines(x)
+    rows, kernels, spectra, curves = [], {}, {}, {}
+    for model, k in _cases(list(models), list(ks)):
+        net = N.shallow_network(model, k, width=width, seed=seed)
+        K = N.empirical_ntk(net, x, params=params)
+        eigs = N.eigenvalues(K)
+        label = _label(model, k)
+        kernels[label], spectra[label] = K.numpy(), eigs.clamp_min(1e-12).numpy()
+        curves[label] = fit_curve(N.shallow_network(model, k, width=width, seed=seed), x, y, steps=steps, lr=lr)
+        rows.append({"model": model, "k": k, "diag_dominance": N.diag_dominance(K),
+                     "n_large_eigenvalues": N.count_large(eigs, threshold), "largest_eigenvalue": float(eigs[0]),
+                     "trace": float(K.trace()), "final_loss": curves[label][-1],
+                     "steps_to_1e-3": next((i + 1 for i, v in enumerate(curves[label]) if v < 1e-3), None)})
+        log(f"{label:16s} diag/off {rows[-1]['diag_dominance']:.3f}  eigenvalues > {threshold:g}: "
+            f"{rows[-1]['n_large_eigenvalues']}  fit loss {curves[label][-1]:.2e}")
+    checks = _eq5_checks([k for m, k in _cases(["finer"], list(ks))], seed, mc_samples)
+    setting = {"points": points, "grid": "linspace(0, 1, points + 1)[:-1]", "width": width, "hidden_layers": 0,
+               "first_omega": 1.0, "final_init_omega": 30.0, "params": params, "threshold": threshold,
+               "fit": {"signal": "mean of sin(2 pi f x), f = 1, 3, 6, 10", "optimizer": "Adam", "lr": lr,
+                       "steps": steps}, "seed": seed}
+    io.write_json(out / "ntk.json", rows)
+    io.write_json(out / "ntk_setting.json", {"setting": setting, "eq5_check": checks})
+    _plot_kernels(kernels, out / "ntk_kernels.png")
+    _plot_lines(spectra, out / "ntk_eigenvalues.png", "eigenvalue index", "eigenvalue", logy=True, logx=True)
+    _plot_lines({k: np.asarray(v) for k, v in curves.items()}, out / "ntk_fit_loss.png", "step", "MSE", logy=True)
+    (out / "ntk.md").write_text(_ntk_markdown(rows, setting, checks))
+    return rows
+
+
+def _eq5_checks(ks, seed, samples, width=4096, points=48, seeds=4) -> list[dict]:
+    """Averaged empirical first-layer kernel vs the Monte-Carlo Eq. (5), per k."""
+    x = torch.linspace(0, 1, points + 1)[:-1, None]
+    checks = []
+    for k in ks:
+        emp = torch.stack([N.empirical_ntk(N.first_layer_kernel_net(k, width, seed + s), x, params="first")
+                           for s in range(seeds)]).mean(0).double()
+        mc, se = N.eq5_monte_carlo(x[:, 0], k=k, samples=samples, generator=torch.Generator().manual_seed(seed))
+        checks.append({"k": k, "relative_error": float((emp - mc).norm() / mc.norm()),
+                       "mc_relative_standard_error": float(se.norm() / mc.norm()),
+                       "empirical_neurons": width * seeds, "mc_samples": samples, "points": points})
+    return checks
+
+
+def _plot_kernels(kernels: dict, path: Path) -> None:
+    n = len(kernels)
+    fig, axes = plt.subplots(1, n, figsize=(3 * n, 3.2), dpi=110, squeeze=False)
+    for ax, (label, K) in zip(axes[0], kernels.items()):
+        ax.imshow(K, cmap="inferno")
+        ax.set_title(label, fontsize=9)
+        ax.axis("off")
+    _save(fig, path)
+
+
+def _plot_lines(series: dict, path: Path, xlabel: str, ylabel: str, logy=False, logx=False) -> None:
+    fig, ax = plt.subplots(figsize=(6, 4), dpi=110)
+    for label, values in series.items():
+        ax.plot(np.arange(1, len(values) + 1), values, label=label, lw=1.2)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    if logy:
+        ax.set_yscale("log")
+    if logx:
+        ax.set_xscale("log")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    _save(fig, path)
+
+
+def _ntk_markdown(rows, setting, checks) -> str:
+    lines = [
+        f"Setting: 1-D input, {setting['points']} points on [0, 1), one activated layer of width "
+        f"{setting['width']} (first omega 1, final-layer init omega 30), NTK over {setting['params']} "
+        f"parameters; eigenvalues counted above {setting['threshold']:g}. Fit: {setting['fit']['signal']}, "
+        f"Adam lr {setting['fit']['lr']}, {setting['fit']['steps']} full-batch steps.",
+        "",
+        "| model | k | diag/off-diag | eigenvalues > threshold | largest eigenvalue | fit loss | steps to 1e-3 |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        k = "default" if r["k"] is None else f"{r['k']:g}"
+        lines.append(f"| {r['model']} | {k} | {r['diag_dominance']:.3f} | {r['n_large_eigenvalues']} | "
+                     f"{r['largest_eigenvalue']:.3g} | {r['final_loss']:.2e} | {r['steps_to_1e-3'] or '-'} |")
+    lines += ["", "Eq. (5) by Monte Carlo vs the averaged empirical first-layer kernel (true derivative):", "",
+              "| k | relative error | MC standard error | neurons | MC samples |", "|---|---|---|---|---|"]
+    for c in checks:
+        lines.append(f"| {c['k']:g} | {c['relative_error']:.4f} | {c['mc_relative_standard_error']:.4f} | "
+                     f"{c['empirical_neurons']} | {c['mc_samples']} |")
+    return "\n".join(lines) + "\n"
+
+
+def analyze_activations(out, *, ks=(None, 1.0, 5.0, 10.0, 20.0), layers=2, resolution=128, seed=0,
+                        log=print) -> list[dict]:
+    """Fig. 5: distributions of z, y and local frequencies of the first layers of the image FINER."""
+    out = Path(out)
+    coords = coordinate_grid(resolution, resolution)
+    rows, stats = [], {}
+    for k in ks:
+        net = build_model("finer", 2, 3, seed=seed, **({} if k is None else {"first_bias_scale": k}))
+        stats[k] = layer_statistics(net, coords, layers)
+        for i, s in enumerate(stats[k]):
+            rows.append({"k": k, "layer": i + 1, "z_abs_max": float(s["z"].abs().max()),
+                         "max_freq_z": float(s["freq_z"].max()), "max_freq_x": float(s["freq_x"].max()),
+                         "p99_freq_x": float(torch.quantile(s["freq_x"][:: max(1, s["freq_x"].numel() // 1_000_000)],
+                                                            0.99))})
+            log(f"k={k} layer {i + 1}: max omega(2|z|+1) {rows[-1]['max_freq_z']:.1f}, "
+                f"max frequency in x {rows[-1]['max_freq_x']:.1f}")
+    fig, axes = plt.subplots(layers, 3, figsize=(12, 3.2 * layers), dpi=100, squeeze=False)
+    for k, layer_stats in stats.items():
+        label = "default" if k is None else f"k={k:g}"
+        for i, s in enumerate(layer_stats):
+            for j, (key, name) in enumerate([("z", "pre-activation z"), ("y", "activation y"),
+                                             ("freq_x", "local frequency in x")]):
+                axes[i][j].hist(s[key].numpy(), bins=200, histtype="step", density=True, label=label)
+                axes[i][j].set_title(f"layer {i + 1}: {name}", fontsize=9)
+                axes[i][j].set_yscale("log")
+    axes[0][0].legend(fontsize=8)
+    _save(fig, out / "activations.png")
+    io.write_json(out / "activations.json", rows)
+    lines = [f"FINER image network (3 x 256, omega 30) at initialisation, seed {seed}, on a "
+             f"{resolution}x{resolution} grid of [-1, 1]^2. Frequencies in radians per unit of input.", "",
+             "| k | layer | max \\|z\\| | max ω(2\\|z\\|+1) | max frequency in x | 99th pct frequency in x |",
+             "|---|---|---|---|---|---|"]
+    for r in rows:
+        k = "default" if r["k"] is None else f"{r['k']:g}"
+        lines.append(f"| {k} | {r['layer']} | {r['z_abs_max']:.2f} | {r['max_freq_z']:.1f} | {r['max_freq_x']:.1f} "
+                     f"| {r['p99_freq_x']:.1f} |")
+    (out / "activations.md").write_text("\n".join(lines) + "\n")
+    return rows
+
+
+def analyze_neurons(checkpoint, out=None, *, count=64) -> dict:
+    """Pictures of the first-layer neurons of an image checkpoint and their mean radial spectrum."""
+    model, payload = io.load_checkpoint(checkpoint)
+    task = payload.get("task", {})
+    if task.get("kind") != "image":
+        raise FinerError(f"{checkpoint} is not an image model")
+    ckpt = Path(checkpoint)
+    out = Path(out) if out else (ckpt if ckpt.is_dir() else ckpt.parent) / "neurons"
+    outputs = first_layer_outputs(model.eval(), task["height"], task["width"], task["aspect"])
+    grid = neuron_grid(outputs, count)
+    io.atomic_write(out / "neurons.png", lambda tmp: plt.imsave(tmp, grid, cmap="gray", format="png"))
+    freq, power = radial_spectrum(outputs)
+    fig, ax = plt.subplots(figsize=(6, 4), dpi=110)
+    ax.semilogy(freq[1:], power[1:])
+    ax.set_xlabel("radial frequency (cycles per image side)")
+    ax.set_ylabel("mean power of first-layer neurons")
+    ax.grid(alpha=0.3)
+    _save(fig, out / "neuron_spectrum.png")
+    centroid = float((freq * power).sum() / power.sum())
+    summary = {"checkpoint": str(checkpoint), "method": payload["method"], "units": int(outputs.shape[0]),
+               "spectral_centroid": centroid}
+    io.write_json(out / "neurons.json", {**summary, "frequency": freq.tolist(), "power": power.tolist()})
+    return {**summary, "out": str(out)}
+
+

@@ -1,0 +1,36 @@
+import numpy as np
+import pytest
+import torch
+
+from finer.analysis.activations import layer_statistics
+from finer.analysis.neurons import neuron_grid, radial_spectrum
+from finer.models import build_model
+
+
+def test_local_frequency_matches_autograd():
+    net = build_model("finer", 2, 3, width=8, hidden_layers=1, seed=0, first_bias_scale=2.0)
+    coords = torch.rand(5, 2) * 2 - 1
+    stats = layer_statistics(net, coords, layers=2)
+    w = net.layers[0].linear.weight
+    z1 = net.layers[0].linear(coords)
+    expected1 = 30 * (2 * z1.abs() + 1) * w.norm(dim=1)
+    torch.testing.assert_close(stats[0]["freq_x"], expected1.detach().flatten())
+    # layer 2: omega (2|z2|+1) |grad_x z2| with the gradient from autograd
+    x = coords[:1].clone().requires_grad_(True)
+    z2 = net.layers[1].linear(net.layers[0](x))[0, 3]
+    (grad,) = torch.autograd.grad(z2, x)
+    expected2 = 30 * (2 * z2.abs() + 1) * grad.norm()
+    assert stats[1]["freq_x"][3].item() == pytest.approx(expected2.item(), rel=1e-4)
+
+
+def test_radial_spectrum_peaks_at_the_sinusoid_frequency():
+    h = w = 32
+    yy, xx = np.meshgrid(np.arange(h), np.arange(w), indexing="ij")
+    outputs = np.stack([np.sin(2 * np.pi * 5 * xx / w), np.cos(2 * np.pi * 5 * yy / h)])
+    freq, power = radial_spectrum(outputs)
+    assert freq[np.argmax(power)] == 5
+
+
+def test_neuron_grid_tiles_normalised_images():
+    grid = neuron_grid(np.random.default_rng(0).normal(size=(5, 4, 4)), count=5)
+    assert grid.shape == (3 * 6, 3 * 6) and grid.min() >= 0 and grid.max() <= 1

@@ -1,0 +1,28 @@
+"""`finer analyze` end to end at a tiny size: the outputs exist and describe themselves."""
+
+import json
+
+from finer.cli import main
+
+
+def test_analyze_ntk_and_activations(tmp_path):
+    assert main(["analyze", "ntk", "--points", "32", "--width", "32", "--steps", "5", "--k", "1,20",
+                 "--mc-samples", "2000", "--out", str(tmp_path / "ntk")]) == 0
+    rows = json.loads((tmp_path / "ntk" / "ntk.json").read_text())
+    assert [(r["model"], r["k"]) for r in rows] == [("siren", None), ("finer", 1.0), ("finer", 20.0)]
+    assert {"model", "k", "diag_dominance", "n_large_eigenvalues"} <= set(rows[0])
+    for name in ("ntk_kernels.png", "ntk_eigenvalues.png", "ntk_fit_loss.png", "ntk.md", "ntk_setting.json"):
+        assert (tmp_path / "ntk" / name).is_file()
+    assert main(["analyze", "activations", "--resolution", "8", "--k", "default,5",
+                 "--out", str(tmp_path / "act")]) == 0
+    rows = json.loads((tmp_path / "act" / "activations.json").read_text())
+    assert len(rows) == 4 and rows[2]["k"] == 5.0
+
+
+def test_analyze_neurons_from_a_checkpoint(tmp_path, png_path, capsys):
+    run = tmp_path / "run"
+    assert main(["fit", "image", str(png_path), "--steps", "3", "--width", "16", "--out", str(run), "--quiet"]) == 0
+    capsys.readouterr()
+    assert main(["analyze", "neurons", str(run), "--count", "9"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["units"] == 16 and (run / "neurons" / "neurons.png").is_file()
