@@ -94,7 +94,7 @@ def default_out_dir(cfg: ImageRunConfig) -> Path:
     return Path("runs") / f"image-{stem}-{cfg.model}-{time.strftime('%Y%m%d-%H%M%S')}"
 
 
-def _prepare_out(out: Path, overwrite: bool) -> None:
+def _prepare_out(out: Path, overwrite: bool, create: bool = True) -> None:
     if out.exists() and not out.is_dir():
         raise FinerError(f"--out {out} exists and is not a directory")
     if out.exists() and any(out.iterdir()) and not overwrite:
@@ -102,7 +102,8 @@ def _prepare_out(out: Path, overwrite: bool) -> None:
             f"output folder {out} is not empty; choose another --out, pass --overwrite, "
             f"or continue it with `finer resume {out}`"
         )
-    out.mkdir(parents=True, exist_ok=True)
+    if create:
+        out.mkdir(parents=True, exist_ok=True)
 
 
 class _Run:
@@ -228,8 +229,9 @@ def fit_image(cfg: ImageRunConfig, out: str | Path | None = None, *, progress: b
     """Fit one image; returns the metrics (also written to ``out/metrics.json``)."""
     cfg.validate()
     out = Path(out) if out is not None else default_out_dir(cfg)
-    _prepare_out(out, overwrite)
-    run = _Run(cfg, out, progress)
+    _prepare_out(out, overwrite, create=False)
+    run = _Run(cfg, out, progress)  # reads the image and builds the model before anything is written
+    out.mkdir(parents=True, exist_ok=True)
     if run.note:
         log(run.note)
     io.write_json(out / "config.json", run.resolved())

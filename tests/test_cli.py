@@ -65,6 +65,7 @@ def test_bad_input_gives_one_line_and_nonzero_exit(args, message, tmp_path, caps
     err = capsys.readouterr().err
     assert code != 0 and message in err
     assert "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "o").exists()  # nothing written for a run that could not start
 
 
 @pytest.mark.parametrize("flag, value", [("--width", "0"), ("--steps", "0"), ("--steps", "-3"), ("--lr", "nan")])
