@@ -154,12 +154,12 @@ def analyze_activations(out, *, ks=(None, 1.0, 5.0, 10.0, 20.0), layers=2, resol
                                                             0.99))})
             log(f"k={k} layer {i + 1}: max omega(2|z|+1) {rows[-1]['max_freq_z']:.1f}, "
                 f"max frequency in x {rows[-1]['max_freq_x']:.1f}")
-    fig, axes = plt.subplots(layers, 3, figsize=(12, 3.2 * layers), dpi=100, squeeze=False)
+    fig, axes = plt.subplots(layers, 4, figsize=(16, 3.2 * layers), dpi=100, squeeze=False)
     for k, layer_stats in stats.items():
         label = "default" if k is None else f"k={k:g}"
         for i, s in enumerate(layer_stats):
             for j, (key, name) in enumerate([("z", "pre-activation z"), ("y", "activation y"),
-                                             ("freq_x", "local frequency in x")]):
+                                             ("freq_z", "ω(2|z|+1)"), ("freq_x", "local frequency in x")]):
                 axes[i][j].hist(s[key].numpy(), bins=200, histtype="step", density=True, label=label)
                 axes[i][j].set_title(f"layer {i + 1}: {name}", fontsize=9)
                 axes[i][j].set_yscale("log")
