@@ -20,6 +20,7 @@ from finer.errors import ConfigError
 from finer.nn import activations as A
 from finer.nn.encodings import IdentityEncoding, PositionalEncoding
 from finer.nn.layers import Layer
+from finer.nn.learnable import MetaSin, ModulatedSine, Modulator, SineComposition
 from finer.nn.mlp import CoordinateMLP
 
 
@@ -65,6 +66,14 @@ class MLPConfig:
     def hidden_width(self) -> int:
         return self.width
 
+    def build_context(self, generator: torch.Generator | None) -> Any:
+        """Modules shared by several layers (MPA's modulator); None for most methods."""
+        return None
+
+    def layer_at(self, index: int, context: Any) -> LayerSpec:
+        """The spec of activated layer ``index`` (0 = first)."""
+        return self.layer(first=index == 0)
+
     # -- shared machinery ----------------------------------------------------------------------
     def validate(self) -> None:
         for f in dataclasses.fields(self):
@@ -77,9 +86,10 @@ class MLPConfig:
         encoding = self.encoding(in_features)
         width = self.hidden_width()
         sizes = [encoding.out_features] + [width] * (self.hidden_layers + 1)
+        context = self.build_context(generator)
         layers = []
         for i in range(self.hidden_layers + 1):
-            spec = self.layer(first=i == 0)
+            spec = self.layer_at(i, context)
             layers.append(self._make(sizes[i], sizes[i + 1], spec, i == 0, generator))
         layers.append(self._make(width, out_features, self.final(), False, generator))
         return CoordinateMLP(encoding, layers)
@@ -98,7 +108,8 @@ class MLPConfig:
         )
 
 
-_POSITIVE = {"width", "lr", "first_omega", "hidden_omega", "omega", "omega_w", "scale", "n_freqs"}
+_POSITIVE = {"width", "lr", "first_omega", "hidden_omega", "omega", "omega_w", "scale", "n_freqs", "n_sines",
+             "max_frequency", "omega_min", "omega_max", "latent_dim"}
 _NON_NEGATIVE = {"hidden_layers", "first_bias_scale", "hidden_bias_scale"}
 
 
@@ -124,7 +135,7 @@ def _check_value(owner: str, name: str, value: Any) -> None:
             raise ConfigError(f"{owner}.{name} must be positive, got {value!r}")
         if name in _NON_NEGATIVE and value < 0:
             raise ConfigError(f"{owner}.{name} must be zero or positive, got {value!r}")
-    if name in {"width", "hidden_layers", "n_freqs"} and not isinstance(value, int):
+    if name in {"width", "hidden_layers", "n_freqs", "n_sines", "latent_dim"} and not isinstance(value, int):
         raise ConfigError(f"{owner}.{name} must be an integer, got {value!r}")
 
 
@@ -263,6 +274,69 @@ class WireFinerConfig(WireConfig):
         return LayerSpec(A.identity, "siren", self.omega * self.omega_w)
 
 
+@dataclass
+class MetaSinConfig(MLPConfig):
+    """MS-MLP: a ReLU MLP whose activations are MetaSin, ``relu(z) + sum_k a_k sin(f_k z + p_k)``.
+
+    *Unverified against the MetaSin code* (finer-notes.md §3): one learnable set of ``n_sines``
+    sinusoids per layer, frequencies initialised on ``[1, max_frequency]``, PyTorch init.
+    """
+
+    n_sines: int = 8
+    """K, the number of learnable sinusoids per layer."""
+    max_frequency: float = 30.0
+    """The highest initial frequency of the sinusoids."""
+    lr: float = 1e-3
+
+    def layer(self, first: bool) -> LayerSpec:
+        return LayerSpec(MetaSin(self.n_sines, self.max_frequency))
+
+
+@dataclass
+class SCMLPConfig(MLPConfig):
+    """SC-MLP: NeuRBF's sinusoidal composition ``z + sin(omega z)`` in the first layer of a ReLU MLP.
+
+    ``omega`` is fixed per unit, log-spaced over ``[omega_min, omega_max]`` (finer-notes.md §3);
+    the first layer has no other non-linearity (an assumption), the others are ReLU.
+    """
+
+    omega_min: float = 10.0
+    """Lowest composition frequency."""
+    omega_max: float = 100.0
+    """Highest composition frequency."""
+    lr: float = 1e-3
+
+    def layer(self, first: bool) -> LayerSpec:
+        if first:
+            return LayerSpec(SineComposition(self.width, self.omega_min, self.omega_max))
+        return LayerSpec(A.relu)
+
+
+@dataclass
+class MPAConfig(MLPConfig):
+    """MPA (Mehta et al. 2021): SIREN synthesis layers ``m_i * sin(omega (W_i h + b_i))`` whose amplitudes
+    ``m_i`` come from a ReLU modulator fed with a learned latent code.
+
+    *Unverified* (finer-notes.md §3): the auto-encoder is replaced by one learned latent per signal,
+    the modulator is as wide as the synthesis network, SIREN init with omega 30.
+    """
+
+    omega: float = 30.0
+    """omega of every synthesis layer."""
+    latent_dim: int = 64
+    """Size of the learned latent code."""
+    lr: float = 5e-4
+
+    def build_context(self, generator):
+        return Modulator(self.latent_dim, self.width, self.hidden_layers + 1, generator)
+
+    def layer_at(self, index: int, context) -> LayerSpec:
+        return LayerSpec(ModulatedSine(context, index, self.omega), "siren", self.omega)
+
+    def final(self) -> LayerSpec:
+        return LayerSpec(A.identity, "siren", self.omega)
+
+
 MODELS: dict[str, type[MLPConfig]] = {
     "finer": FinerConfig,
     "siren": SirenConfig,
@@ -271,6 +345,9 @@ MODELS: dict[str, type[MLPConfig]] = {
     "pemlp": PEMLPConfig,
     "gauss-finer": GaussFinerConfig,
     "wire-finer": WireFinerConfig,
+    "mpa": MPAConfig,
+    "metasin": MetaSinConfig,
+    "sc-mlp": SCMLPConfig,
 }
 
 

@@ -105,3 +105,19 @@ ACTIVATIONS: dict[str, Activation] = {
     "gauss_finer": Activation(gauss_finer, "siren"),
     "gabor_finer": Activation(gabor_finer, "siren", complex_output=True),
 }
+
+
+def metasin(z: Tensor, amplitudes: Tensor, frequencies: Tensor, phases: Tensor) -> Tensor:
+    """MetaSin: ``relu(z) + sum_k a_k sin(f_k z + p_k)`` with ``K`` learnable sinusoids (shapes ``(K,)``)."""
+    waves = torch.sin(z[..., None] * frequencies + phases)  # (..., K)
+    return torch.relu(z) + waves @ amplitudes
+
+
+def sine_composition(z: Tensor, omega: Tensor) -> Tensor:
+    """NeuRBF's sinusoidal composition ``z + sin(omega * z)``, ``omega`` fixed per unit (shape ``(units,)``)."""
+    return z + torch.sin(omega * z)
+
+
+def modulated_sine(z: Tensor, amplitude: Tensor, omega: float = 30.0) -> Tensor:
+    """MPA synthesis activation ``amplitude * sin(omega z)``, ``amplitude`` per unit (shape ``(units,)``)."""
+    return amplitude * torch.sin(omega * z)

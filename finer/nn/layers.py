@@ -57,6 +57,8 @@ class Layer(nn.Module):
 
     def extra_repr(self) -> str:
         act = self.activation
+        if isinstance(act, nn.Module):
+            return ""  # shown as a child module
         if isinstance(act, functools.partial):
             params = ", ".join(f"{k}={v}" for k, v in act.keywords.items())
             return f"activation={act.func.__name__}({params})"

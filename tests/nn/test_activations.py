@@ -72,3 +72,32 @@ def test_activation_table_pairs_each_function_with_a_known_init():
         assert entry.init in WEIGHT_INITS, name
         out = entry.fn(torch.zeros(3, dtype=torch.float32))
         assert out.is_complex() == entry.complex_output, name
+
+
+def test_learnable_activation_functions_match_numpy():
+    a, f, p = np.array([0.5, -0.2]), np.array([3.0, 11.0]), np.array([0.1, -1.0])
+    ref = np.maximum(Z, 0) + np.sin(Z[:, None] * f + p) @ a
+    out = A.metasin(_t(Z), _t(a), _t(f), _t(p)).numpy()
+    np.testing.assert_allclose(out, ref, rtol=1e-10, atol=1e-12)
+    z2 = np.stack([Z, Z * 0.5], axis=1)
+    omega = np.array([10.0, 100.0])
+    np.testing.assert_allclose(A.sine_composition(_t(z2), _t(omega)).numpy(), z2 + np.sin(omega * z2), atol=1e-12)
+    amp = np.array([0.3, 2.0])
+    np.testing.assert_allclose(A.modulated_sine(_t(z2), _t(amp), 30.0).numpy(), amp * np.sin(30 * z2), atol=1e-12)
+
+
+def test_sine_composition_frequencies_are_log_spaced():
+    from finer.nn.learnable import SineComposition
+
+    omega = SineComposition(5, 10.0, 100.0).omega
+    np.testing.assert_allclose(omega.numpy(), np.logspace(1, 2, 5), rtol=1e-6)
+
+
+def test_mpa_amplitudes_come_from_one_shared_modulator():
+    from finer.models import build_model
+
+    net = build_model("mpa", 2, 1, width=8, hidden_layers=2, seed=0)
+    mods = {id(layer.activation.modulator) for layer in net.layers[:-1]}
+    assert len(mods) == 1
+    net(torch.rand(5, 2)).sum().backward()
+    assert net.layers[0].activation.modulator.latent.grad.abs().sum() > 0  # the latent is learned
