@@ -23,8 +23,7 @@ test: $(STAMP)
 
 # The image comparison recorded in docs/results/foundation-images (see docs/results/README.md).
 bench-foundation: $(STAMP)
-	$(BIN)/finer bench images ../shared/data/images/div2k_train --limit 4 --crop 256 --size 128 \
-		--steps 1000 --hidden-layers 3 --width 128 \
+	$(BIN)/finer bench images ../shared/data/images/div2k_train --preset quick --limit 4 \
 		--models finer,official-finer,siren,gauss,pemlp,wire --out docs/results/foundation-images --quiet
 
 clean:

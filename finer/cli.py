@@ -147,19 +147,25 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("bench", help="benchmarks")
     bench_sub = p.add_subparsers(dest="bench", required=True, metavar="BENCH")
-    p = bench_sub.add_parser("images", help="fit a folder of images with several models; write a table")
-    p.add_argument("directory", help="folder of images")
-    p.add_argument("--models", default="finer,siren,gauss,wire,pemlp,official-finer",
-                   help="comma-separated registry names; official-finer is the eager reference")
-    p.add_argument("--steps", type=_positive_int, default=1000)
-    p.add_argument("--hidden-layers", type=_non_negative_int, default=3)
-    p.add_argument("--width", type=_positive_int, default=128)
-    p.add_argument("--crop", default="256", help="centre crop of every image (default 256)")
-    p.add_argument("--size", type=_positive_int, help="then resize so the longer side has SIZE pixels")
-    p.add_argument("--limit", type=_positive_int, help="only the first N images")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", required=True, help="results folder (finished runs are skipped on a rerun)")
-    _add_common(p)
+    for name, help_text in (("images", "fit a folder of images with several models; write a table"),
+                            ("width", "supplement Fig. 2: PSNR against hidden width (two hidden layers)")):
+        p = bench_sub.add_parser(name, help=help_text)
+        p.add_argument("directory", help="folder of images")
+        p.add_argument("--models", default="finer,siren,gauss,wire,pemlp,official-finer",
+                       help="comma-separated registry names; official-finer is the eager reference")
+        p.add_argument("--preset", default="quick", choices=["quick", "paper"],
+                       help="quick: 256-px crops downscaled to 128, 3x128, 1000 steps; paper: 512^2, 3x256, 5000")
+        p.add_argument("--steps", type=_positive_int, help="override the preset's steps")
+        p.add_argument("--hidden-layers", type=_non_negative_int, help="override the preset's hidden layers")
+        p.add_argument("--width", type=_positive_int, help="override the preset's width")
+        p.add_argument("--crop", help="override the preset's centre crop (N, HxW, or none)")
+        p.add_argument("--size", type=_positive_int, help="override the preset's resize")
+        if name == "width":
+            p.add_argument("--widths", default="32,64,128,256,512", help="hidden widths (default 32..512)")
+        p.add_argument("--limit", type=_positive_int, help="only the first N images")
+        p.add_argument("--seeds", default="0", help="comma-separated seeds (default 0)")
+        p.add_argument("--out", required=True, help="results folder (finished runs are skipped on a rerun)")
+        _add_common(p)
     return parser
 
 
@@ -198,14 +204,7 @@ def _run(args: argparse.Namespace) -> int:
     if args.command == "analyze":
         return _analyze(args)
     if args.command == "bench":
-        from finer.bench.images import run_image_bench
-
-        run_image_bench(
-            args.directory, models=[m for m in args.models.split(",") if m], steps=args.steps,
-            hidden_layers=args.hidden_layers, width=args.width, crop=args.crop, size=args.size, limit=args.limit,
-            seed=args.seed, out=args.out, device=args.device, progress=not args.quiet,
-        )
-        return 0
+        return _bench(args)
     raise AssertionError(args.command)
 
 
@@ -237,6 +236,34 @@ def _analyze(args: argparse.Namespace) -> int:
                                 resolution=args.resolution, seed=args.seed)
     else:
         print(json.dumps(run.analyze_neurons(args.checkpoint, args.out, count=args.count)))
+    return 0
+
+
+def _ints(text: str, what: str) -> list[int]:
+    try:
+        values = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise FinerError(f"{what} must be comma-separated integers, got {text!r}") from None
+    if not values:
+        raise FinerError(f"{what} must list at least one value")
+    return values
+
+
+def _bench(args: argparse.Namespace) -> int:
+    from finer.bench import images as bench
+
+    protocol = bench.resolve_protocol(args.preset, steps=args.steps, hidden_layers=args.hidden_layers,
+                                      width=args.width, crop=args.crop, size=args.size)
+    common = dict(models=[m for m in args.models.split(",") if m], protocol=protocol,
+                  seeds=_ints(args.seeds, "--seeds"), limit=args.limit, out=args.out, device=args.device,
+                  progress=not args.quiet)
+    if args.bench == "images":
+        bench.run_image_bench(args.directory, **common)
+    else:
+        widths = _ints(args.widths, "--widths")
+        if min(widths) <= 0:
+            raise FinerError("--widths must be positive")
+        bench.run_width_bench(args.directory, widths=widths, **common)
     return 0
 
 

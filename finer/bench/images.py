@@ -1,16 +1,18 @@
-"""``finer bench images``: fit every image of a folder with several models and tabulate the results.
+"""Image benchmarks: a grid of fits (methods x images x seeds, or x widths) and its tables.
 
-Each (image, model) run writes ``runs/IMAGE-MODEL.json``; a rerun skips runs already written, so
-an interrupted grid resumes where it stopped. ``official-finer`` is the eager reference of the
+Each run writes one JSON record under ``OUT/runs/``; a rerun skips the records already written,
+so an interrupted grid resumes where it stopped. ``official-finer`` is the eager reference of the
 official code (:mod:`finer.bench.reference`), trained by the same loop on the same data.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import platform
 import statistics
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -28,6 +30,40 @@ REFERENCE = "official-finer"
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}
 
 
+@dataclass
+class Protocol:
+    """What every run of a grid shares (each method keeps its own learning rate and init)."""
+
+    steps: int = 1000
+    """Full-batch optimisation steps."""
+    hidden_layers: int = 3
+    """Hidden-to-hidden layers."""
+    width: int = 128
+    """Hidden units per layer."""
+    crop: str | None = "256"
+    """Centre crop of each image (None: the whole image)."""
+    size: int | None = 128
+    """Resize the crop so its longer side has this many pixels (None: keep)."""
+
+
+PRESETS = {
+    # CPU-sized: a 256-pixel centre crop downscaled to 128x128, 3 x 128, 1000 steps (about 0.2 s
+    # per FINER step on 2 cores, so a 16-image grid of 6 methods takes hours, not days).
+    "quick": Protocol(steps=1000, hidden_layers=3, width=128, crop="256", size=128),
+    # The official protocol: whole 512x512 images, 3 x 256, 5000 full-batch steps (a GPU's job).
+    "paper": Protocol(steps=5000, hidden_layers=3, width=256, crop=None, size=None),
+}
+
+
+def resolve_protocol(preset: str, **overrides) -> Protocol:
+    if preset not in PRESETS:
+        raise FinerError(f"unknown preset {preset!r}; choose one of: {', '.join(PRESETS)}")
+    overrides = {k: v for k, v in overrides.items() if v is not None}
+    if str(overrides.get("crop", "")).lower() == "none":
+        overrides["crop"] = None  # the whole image
+    return dataclasses.replace(PRESETS[preset], **overrides)
+
+
 def _build(name: str, channels: int, width: int, hidden_layers: int, seed: int):
     if name == REFERENCE:
         torch.manual_seed(seed)
@@ -37,87 +73,164 @@ def _build(name: str, channels: int, width: int, hidden_layers: int, seed: int):
     return model, model.config.lr, tuple(model.config.target_range)
 
 
-def run_one(path: Path, name: str, *, steps: int, width: int, hidden_layers: int, crop, size, seed: int,
-            device: torch.device, progress: bool) -> dict:
+def run_one(path: Path, name: str, protocol: Protocol, *, seed: int, device: torch.device, progress: bool) -> dict:
     """One fit at the method's defaults; returns its metrics row."""
-    image = load_image(path, crop=crop, size=size)
-    model, lr, target_range = _build(name, image.shape[-1], width, hidden_layers, seed)
+    image = load_image(path, crop=protocol.crop, size=protocol.size)
+    model, lr, target_range = _build(name, image.shape[-1], protocol.width, protocol.hidden_layers, seed)
     model = model.to(device)
     task = ImageTask(image, target_range, device, seed=seed)
-    cfg = TrainConfig(steps=steps, lr=lr, eval_every=0, checkpoint_every=0, log_every=50)
+    cfg = TrainConfig(steps=protocol.steps, lr=lr, eval_every=0, checkpoint_every=0, log_every=50)
     state = fit(model, task, cfg, progress=progress, desc=f"{path.stem}/{name}")
     pred = task.predict(model)
     return {
-        "image": path.name, "model": name, "status": state.status, "steps": state.step,
+        "image": path.name, "model": name, "seed": seed, "status": state.status, "steps": state.step,
         "psnr": psnr(pred, image), "ssim": ssim(pred, image), "params": count_parameters(model),
         "seconds": state.train_seconds, "seconds_per_step": state.train_seconds / max(state.step, 1),
-        "lr": lr, "width": width, "hidden_layers": hidden_layers, "crop": crop, "size": size, "seed": seed,
-        "height": image.shape[0], "image_width": image.shape[1], "device": str(device),
+        "lr": lr, "width": protocol.width, "hidden_layers": protocol.hidden_layers, "crop": protocol.crop,
+        "size": protocol.size, "height": image.shape[0], "image_width": image.shape[1], "device": str(device),
     }
 
 
-def run_image_bench(directory, *, models, steps, hidden_layers, width, crop, size, limit, seed, out, device, progress):
-    directory, out = Path(directory), Path(out)
+def list_images(directory, limit: int | None = None) -> list[Path]:
+    directory = Path(directory)
     if not directory.is_dir():
         raise FinerError(f"not a folder of images: {directory}")
-    unknown = [m for m in models if m not in MODELS and m != REFERENCE]
-    if unknown:
-        raise FinerError(f"unknown model(s) {', '.join(unknown)}; choose from: {', '.join([*MODELS, REFERENCE])}")
     images = sorted(p for p in directory.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)[:limit]
     if not images:
         raise FinerError(f"no images in {directory}")
-    dev = resolve_device(device)
-    protocol = {"directory": str(directory), "images": len(images), "steps": steps, "hidden_layers": hidden_layers,
-                "width": width, "crop": crop, "size": size, "seed": seed, "device": str(dev), "full_batch": True,
-                "machine": f"{platform.machine()}, {torch.get_num_threads()} torch threads",
-                "torch": torch.__version__, "date": time.strftime("%Y-%m-%d")}
+    return images
+
+
+def check_models(models: list[str]) -> None:
+    unknown = [m for m in models if m not in MODELS and m != REFERENCE]
+    if unknown:
+        raise FinerError(f"unknown model(s) {', '.join(unknown)}; choose from: {', '.join([*MODELS, REFERENCE])}")
+    if not models:
+        raise FinerError("no models given")
+
+
+def _protocol_record(directory, images, protocol: Protocol, seeds, device) -> dict:
+    return {"directory": str(directory), "images": len(images), **dataclasses.asdict(protocol), "seeds": list(seeds),
+            "device": str(device), "full_batch": True,
+            "machine": f"{platform.machine()}, {torch.get_num_threads()} torch threads",
+            "torch": torch.__version__, "date": time.strftime("%Y-%m-%d")}
+
+
+def run_grid(jobs, out: Path, device, progress: bool, on_row=None) -> list[dict]:
+    """Run ``jobs`` = [(record_name, path, model, protocol, seed)], skipping records already written."""
     rows = []
-    for path in images:
-        for name in models:
-            record = out / "runs" / f"{path.stem}-{name}.json"
-            if record.exists():
-                rows.append(io.read_json(record))
-                continue
-            row = run_one(path, name, steps=steps, width=width, hidden_layers=hidden_layers, crop=crop, size=size,
-                          seed=seed, device=dev, progress=progress)
-            io.write_json(record, row)
-            rows.append(row)
-            print(f"{path.name} {name:14s} PSNR {row['psnr']:.2f} dB  SSIM {row['ssim']:.4f}  "
-                  f"{row['seconds_per_step']:.3f} s/step", flush=True)
-            _write_results(out, rows, models, protocol)  # partial results stay readable
-    _write_results(out, rows, models, protocol)
+    for record_name, path, name, protocol, seed in jobs:
+        record = out / "runs" / f"{record_name}.json"
+        if record.exists():
+            rows.append(io.read_json(record))
+            continue
+        row = run_one(path, name, protocol, seed=seed, device=device, progress=progress)
+        io.write_json(record, row)
+        rows.append(row)
+        print(f"{path.name} {name:14s} w{protocol.width} s{seed} PSNR {row['psnr']:.2f} dB  SSIM {row['ssim']:.4f}  "
+              f"{row['seconds_per_step']:.3f} s/step", flush=True)
+        if on_row:
+            on_row(rows)  # partial results stay readable
     return rows
 
 
-def _write_results(out: Path, rows: list[dict], models: list[str], protocol: dict) -> None:
-    protocol = {**protocol, "runs_done": len(rows)}
-    io.write_csv(out / "results.csv", rows)
-    io.write_json(out / "results.json", {"protocol": protocol, "runs": rows})
-    text = summary_table(rows, models, protocol)
-    io.atomic_write(out / "summary.md", lambda tmp: Path(tmp).write_text(text))
+def run_image_bench(directory, *, models, protocol: Protocol, seeds=(0,), limit=None, out, device="auto",
+                    progress=True) -> list[dict]:
+    """``finer bench images``: methods x images x seeds at one protocol."""
+    check_models(models)
+    images, out, dev = list_images(directory, limit), Path(out), resolve_device(device)
+    meta = _protocol_record(directory, images, protocol, seeds, dev)
+    jobs = [(f"{p.stem}-{m}-s{s}", p, m, protocol, s) for p in images for m in models for s in seeds]
+
+    def write(rows):
+        io.write_csv(out / "results.csv", rows)
+        io.write_json(out / "results.json", {"protocol": {**meta, "runs_done": len(rows)}, "runs": rows})
+        text = summary_table(rows, models, {**meta, "runs_done": len(rows)})
+        io.atomic_write(out / "summary.md", lambda tmp: Path(tmp).write_text(text))
+
+    rows = run_grid(jobs, out, dev, progress, on_row=write)
+    write(rows)
+    return rows
+
+
+def run_width_bench(directory, *, models, widths, protocol: Protocol, seeds=(0,), limit=None, out, device="auto",
+                    progress=True) -> list[dict]:
+    """``finer bench width`` (supplement Fig. 2): PSNR against hidden width with two hidden layers."""
+    check_models(models)
+    images, out, dev = list_images(directory, limit), Path(out), resolve_device(device)
+    protocol = dataclasses.replace(protocol, hidden_layers=2)
+    meta = {**_protocol_record(directory, images, protocol, seeds, dev), "widths": list(widths)}
+    jobs = [(f"{p.stem}-{m}-w{w}-s{s}", p, m, dataclasses.replace(protocol, width=w), s)
+            for w in widths for p in images for m in models for s in seeds]
+
+    def write(rows):
+        io.write_csv(out / "width.csv", rows)
+        io.write_json(out / "width.json", {"protocol": {**meta, "runs_done": len(rows)}, "runs": rows})
+        text = width_table(rows, models, widths, {**meta, "runs_done": len(rows)})
+        io.atomic_write(out / "width.md", lambda tmp: Path(tmp).write_text(text))
+        width_plot(rows, models, widths, out / "width.png")
+
+    rows = run_grid(jobs, out, dev, progress, on_row=write)
+    write(rows)
+    return rows
+
+
+def _protocol_line(p: dict) -> str:
+    crop = f"centre crop {p['crop']}" if p["crop"] else "whole images"
+    size = f", resized to {p['size']}" if p["size"] else ""
+    return (f"Protocol: {p['images']} images from `{p['directory']}`, {crop}{size}, {p['hidden_layers']} hidden "
+            f"layers x width {p['width']}, {p['steps']} full-batch steps, each method's default learning rate, "
+            f"seeds {p['seeds']}, {p['device']} ({p['machine']}), torch {p['torch']}, {p['date']}; "
+            f"{p['runs_done']} runs. PSNR/SSIM of the clipped prediction on [0, 1], mean ± std over runs.")
+
+
+def _mean_std(values: list[float]) -> tuple[float, float]:
+    return statistics.mean(values), (statistics.stdev(values) if len(values) > 1 else math.nan)
 
 
 def summary_table(rows: list[dict], models: list[str], protocol: dict) -> str:
     """Markdown table of mean ± std PSNR/SSIM and speed per model."""
-    lines = [
-        f"Protocol: {protocol['images']} images from `{protocol['directory']}`, centre crop {protocol['crop']}"
-        f"{', resized to ' + str(protocol['size']) if protocol['size'] else ''}, "
-        f"{protocol['hidden_layers']}x{protocol['width']} network (hidden layers x width), {protocol['steps']} full-batch steps, "
-        f"each method's default learning rate, seed {protocol['seed']}, {protocol['device']} "
-        f"({protocol['machine']}), torch {protocol['torch']}, {protocol['date']}; "
-        f"{protocol['runs_done']} runs. PSNR/SSIM of the clipped prediction on [0, 1].",
-        "",
-        "| model | PSNR (dB) | SSIM | params | s/step |",
-        "|---|---|---|---|---|",
-    ]
+    lines = [_protocol_line(protocol), "", "| model | PSNR (dB) | SSIM | params | s/step |", "|---|---|---|---|---|"]
     for name in models:
         sel = [r for r in rows if r["model"] == name]
         if not sel:
             continue
-        p = [r["psnr"] for r in sel]
-        s = [r["ssim"] for r in sel]
-        sd = statistics.stdev(p) if len(p) > 1 else math.nan
-        ss = statistics.stdev(s) if len(s) > 1 else math.nan
-        lines.append(f"| {name} | {statistics.mean(p):.2f} ± {sd:.2f} | {statistics.mean(s):.4f} ± {ss:.4f} "
-                     f"| {sel[0]['params']:,} | {statistics.mean(r['seconds_per_step'] for r in sel):.3f} |")
+        p, sp = _mean_std([r["psnr"] for r in sel])
+        s, ss = _mean_std([r["ssim"] for r in sel])
+        lines.append(f"| {name} | {p:.2f} ± {sp:.2f} | {s:.4f} ± {ss:.4f} | {sel[0]['params']:,} "
+                     f"| {statistics.mean(r['seconds_per_step'] for r in sel):.3f} |")
     return "\n".join(lines) + "\n"
+
+
+def width_table(rows: list[dict], models: list[str], widths, protocol: dict) -> str:
+    lines = [_protocol_line({**protocol, "width": "varied"}), "", "Mean PSNR (dB):", "",
+             "| width | " + " | ".join(models) + " |", "|---|" + "---|" * len(models)]
+    for w in widths:
+        cells = []
+        for m in models:
+            sel = [r["psnr"] for r in rows if r["model"] == m and r["width"] == w]
+            cells.append(f"{statistics.mean(sel):.2f}" if sel else "-")
+        lines.append(f"| {w} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def width_plot(rows: list[dict], models: list[str], widths, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4), dpi=110)
+    for m in models:
+        pts = [(w, statistics.mean(r["psnr"] for r in rows if r["model"] == m and r["width"] == w))
+               for w in widths if any(r["model"] == m and r["width"] == w for r in rows)]
+        if pts:
+            ax.plot(*zip(*pts), "o-", label=m)
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("hidden width (2 hidden layers)")
+    ax.set_ylabel("mean PSNR (dB)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    io.atomic_write(path, lambda tmp: fig.savefig(tmp, format="png"))
+    plt.close(fig)

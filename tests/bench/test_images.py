@@ -1,0 +1,53 @@
+"""Benchmark grids: records per run, resumable, summary tables, width sweep."""
+
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from finer.cli import main
+from finer.errors import FinerError
+from finer.bench.images import resolve_protocol
+
+
+@pytest.fixture
+def image_dir(tmp_path, astronaut_small):
+    d = tmp_path / "imgs"
+    d.mkdir()
+    for i, arr in enumerate([astronaut_small, astronaut_small[::-1]]):
+        Image.fromarray((arr * 255).round().astype(np.uint8)).save(d / f"{i:02d}.png")
+    return d
+
+
+def test_image_grid_is_resumable_and_summarised(image_dir, tmp_path, capsys):
+    out = tmp_path / "bench"
+    args = ["bench", "images", str(image_dir), "--models", "finer,official-finer", "--steps", "3", "--width", "8",
+            "--crop", "16", "--size", "16", "--seeds", "0,1", "--out", str(out), "--quiet"]
+    assert main(args) == 0
+    first = capsys.readouterr().out
+    assert first.count("PSNR") == 2 * 2 * 2
+    results = json.loads((out / "results.json").read_text())
+    assert len(results["runs"]) == 8 and results["protocol"]["steps"] == 3 and results["protocol"]["seeds"] == [0, 1]
+    summary = (out / "summary.md").read_text()
+    assert "| finer |" in summary and "| official-finer |" in summary and "3 full-batch steps" in summary
+    assert main(args) == 0  # a rerun skips every finished run
+    assert capsys.readouterr().out.count("PSNR") == 0
+    assert len(json.loads((out / "results.json").read_text())["runs"]) == 8
+
+
+def test_width_sweep(image_dir, tmp_path):
+    out = tmp_path / "width"
+    assert main(["bench", "width", str(image_dir), "--models", "finer,siren", "--widths", "4,8", "--steps", "2",
+                 "--crop", "none", "--size", "12", "--limit", "1", "--out", str(out), "--quiet"]) == 0
+    rows = json.loads((out / "width.json").read_text())["runs"]
+    assert sorted({(r["width"], r["hidden_layers"]) for r in rows}) == [(4, 2), (8, 2)]
+    assert (out / "width.png").is_file() and "| 8 |" in (out / "width.md").read_text()
+
+
+def test_presets():
+    assert resolve_protocol("paper").steps == 5000 and resolve_protocol("paper").width == 256
+    assert resolve_protocol("quick", steps=7).steps == 7
+    assert resolve_protocol("quick", crop="none").crop is None
+    with pytest.raises(FinerError, match="unknown preset"):
+        resolve_protocol("slow")
