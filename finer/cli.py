@@ -107,6 +107,42 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="allow writing into a non-empty --out")
     _add_common(p)
 
+    p = fit_sub.add_parser("sdf", help="fit the signed distance field of a mesh (OBJ, PLY, STL, OFF)")
+    p.add_argument("mesh", help="mesh file")
+    p.add_argument("--model", default="finer", help="registry name (default finer)")
+    p.add_argument("--steps", type=_positive_int, default=2000, help="optimisation steps (default 2000; paper 200000)")
+    p.add_argument("--hidden-layers", type=_non_negative_int, help="hidden-to-hidden layers (default 2)")
+    p.add_argument("--width", type=_positive_int, help="hidden units per layer (default 256)")
+    p.add_argument("--lr", type=_positive_float, help="learning rate (default 1e-4, constant)")
+    p.add_argument("--first-bias-scale", type=float, metavar="K", help="FINER: first-layer bias ~ U(-K, K) (default 1)")
+    p.add_argument("--first-omega", type=_positive_float, help="SIREN/FINER: omega of the first layer")
+    p.add_argument("--hidden-omega", type=_positive_float, help="SIREN/FINER: omega of the hidden layers")
+    p.add_argument("--scale-grad", action="store_true", help="FINER: backpropagate through |z|+1")
+    p.add_argument("--option", action="append", metavar="KEY=VALUE", help="any other model option (repeatable)")
+    p.add_argument("--batch-size", type=_positive_int, default=10_000, help="points per step (default 10000)")
+    p.add_argument("--pool-size", type=_positive_int, default=1_000_000, help="precomputed training points")
+    p.add_argument("--resolution", type=_positive_int, default=256, help="marching-cubes grid (default 256; paper 512)")
+    p.add_argument("--chamfer-samples", type=_positive_int, default=300_000, help="samples per surface (default 300k)")
+    p.add_argument("--iou-resolution", type=_positive_int, default=128, help="occupancy grid of the IoU (default 128)")
+    p.add_argument("--surface-samples", type=_positive_int, default=500_000,
+                   help="dense surface samples defining the ground truth (default 500k)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", required=True, help="run folder")
+    p.add_argument("--overwrite", action="store_true", help="allow writing into a non-empty --out")
+    _add_common(p)
+
+    p = sub.add_parser("eval", help="evaluate a saved model")
+    eval_sub = p.add_subparsers(dest="task", required=True, metavar="TASK")
+    p = eval_sub.add_parser("sdf", help="Chamfer distance and IoU of an SDF checkpoint against a mesh")
+    p.add_argument("checkpoint", help="checkpoint.pt or the run folder")
+    p.add_argument("--mesh", required=True, help="the ground-truth mesh")
+    p.add_argument("--resolution", type=_positive_int, default=256, help="marching-cubes grid (default 256)")
+    p.add_argument("--chamfer-samples", type=_positive_int, default=300_000)
+    p.add_argument("--iou-resolution", type=_positive_int, default=128)
+    p.add_argument("--surface-samples", type=_positive_int, default=500_000)
+    p.add_argument("--out", help="folder (default: CHECKPOINT_DIR/eval)")
+    _add_common(p)
+
     p = sub.add_parser("resume", help="continue an interrupted run from its checkpoint")
     p.add_argument("run_dir", help="the run folder")
     p.add_argument("--steps", type=_positive_int, help="new total number of steps (default: as planned)")
@@ -179,6 +215,24 @@ def _run(args: argparse.Namespace) -> int:
         else:
             for name, defaults in table.items():
                 print(f"{name:12s} " + ", ".join(f"{k}={v}" for k, v in defaults.items()))
+        return 0
+    if args.command == "fit" and args.task == "sdf":
+        from finer.sdf_run import SDFRunConfig, fit_sdf
+
+        cfg = SDFRunConfig(mesh=args.mesh, model=args.model, model_options=_model_options(args), steps=args.steps,
+                           batch_size=args.batch_size, pool_size=args.pool_size, resolution=args.resolution,
+                           chamfer_samples=args.chamfer_samples, iou_resolution=args.iou_resolution,
+                           surface_samples=args.surface_samples, seed=args.seed, device=args.device)
+        log = (lambda *_: None) if args.quiet else (lambda msg: print(msg, file=sys.stderr))
+        metrics = fit_sdf(cfg, args.out, progress=not args.quiet, overwrite=args.overwrite, log=log)
+        print(json.dumps({k: metrics[k] for k in ("model", "status", "chamfer", "iou", "steps", "seconds_per_step")}))
+        return EXIT_INTERRUPTED if metrics["status"] == "interrupted" else 0
+    if args.command == "eval":
+        from finer.sdf_run import eval_sdf
+
+        print(json.dumps(eval_sdf(args.checkpoint, args.mesh, out=args.out, resolution=args.resolution,
+                                  chamfer_samples=args.chamfer_samples, iou_resolution=args.iou_resolution,
+                                  surface_samples=args.surface_samples, device=args.device)))
         return 0
     if args.command == "fit":
         from finer.runs import ImageRunConfig, fit_image

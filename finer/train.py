@@ -1,7 +1,7 @@
 """The generic fit loop: Adam, exponential learning-rate decay, NaN guard, progress, history.
 
 It knows a task only through a small interface (:class:`Task`): ``batch(step)``, ``loss``,
-``train_psnr(loss)`` and ``evaluate(model)``. Everything written to disk is done by the caller
+``step_metrics(loss)`` and ``evaluate(model)``. Everything written to disk is done by the caller
 through the ``on_checkpoint`` callback, so the loop stays task- and file-agnostic.
 """
 
@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 class Task(Protocol):
     def batch(self, step: int) -> tuple[Tensor, Tensor]: ...
     def loss(self, pred: Tensor, target: Tensor) -> Tensor: ...
-    def train_psnr(self, loss: float) -> float: ...
+    def step_metrics(self, loss: float) -> dict[str, float]: ...
     def evaluate(self, model: nn.Module) -> dict[str, float]: ...
 
 
@@ -45,6 +45,8 @@ class TrainConfig:
     """Steps between checkpoints; 0 writes one only at the end."""
     grad_clip: float | None = None
     """Clip the gradient norm to this value (None: no clipping)."""
+    amsgrad: bool = False
+    """Use Adam's AMSGrad variant (the official SDF protocol does)."""
     divergence_factor: float = 1e3
     """A loss above this multiple of the first loss counts as divergence."""
 
@@ -107,7 +109,7 @@ def fit(
     snapshot and ``state.status`` becomes ``"diverged"``; on Ctrl-C it becomes ``"interrupted"``.
     """
     state = state or FitState()
-    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, amsgrad=cfg.amsgrad)
     if optimizer_state is not None:
         optimizer.load_state_dict(optimizer_state)
     schedule = exponential_decay(cfg.steps, cfg.lr_final_factor)
@@ -131,12 +133,12 @@ def fit(
                     f"(try a lower --lr, or check the input)"
                 )
                 return False
-            state.history.append({"step": step + 1, "loss": loss, "train_psnr": task.train_psnr(loss), "lr": lr})
+            state.history.append({"step": step + 1, "loss": loss, **task.step_metrics(loss), "lr": lr})
         pending.clear()
         good, good_step = _snapshot(model, optimizer), state.step
         if state.history:
             last = state.history[-1]
-            bar.set_postfix(loss=f"{last['loss']:.3e}", psnr=f"{last['train_psnr']:.2f}")
+            bar.set_postfix(loss=f"{last['loss']:.3e}", **{k: f"{v:.2f}" for k, v in task.step_metrics(last["loss"]).items()})
         return True
 
     with _StopFlag() as stop:
@@ -164,7 +166,7 @@ def fit(
             if eval_due:
                 metrics = task.evaluate(model)
                 state.history[-1].update({f"eval_{k}": v for k, v in metrics.items()})
-                bar.set_postfix(loss=f"{state.history[-1]['loss']:.3e}", psnr=f"{metrics.get('psnr', math.nan):.2f}")
+                bar.set_postfix(loss=f"{state.history[-1]['loss']:.3e}", **{k: f"{v:.4g}" for k, v in metrics.items()})
             if stop.requested:
                 state.status = "interrupted"
                 state.message = f"interrupted at step {state.step} of {cfg.steps}"

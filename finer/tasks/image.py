@@ -273,6 +273,9 @@ class ImageTask:
         low, high = self.target_range
         return psnr_from_mse(loss / (high - low) ** 2)
 
+    def step_metrics(self, loss: float) -> dict[str, float]:
+        return {"train_psnr": self.train_psnr(loss)}
+
     def predict(self, model: torch.nn.Module) -> np.ndarray:
         return predict_image(
             model,

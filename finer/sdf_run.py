@@ -1,0 +1,182 @@
+"""SDF runs: ``finer fit sdf MESH`` and ``finer eval sdf CHECKPOINT --mesh MESH``.
+
+A run folder holds ``config.json``, ``checkpoint.pt`` (with the normalisation, so outputs can be
+put back in the mesh's units), ``curve.csv``, ``mesh.ply`` (the extracted surface in the mesh's
+own units), ``render.png`` (ground truth above, fit below) and ``metrics.json``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from finer import io
+from finer.errors import ConfigError, DivergedError, FinerError
+from finer.models import build_model, count_parameters, make_config
+from finer.render3d import render_meshes
+from finer.runs import _prepare_out, resolve_device
+from finer.tasks import sdf as S
+from finer.train import FitState, TrainConfig, fit
+
+SDF_DEFAULTS = {"hidden_layers": 2, "lr": 1e-4}
+"""The official SDF scripts' network and learning rate (2 x 256, constant 1e-4); FINER also k = 1."""
+
+
+@dataclass
+class SDFRunConfig:
+    """Everything that defines an SDF fit; saved as ``config.json`` in the run folder."""
+
+    mesh: str
+    """Path of the mesh (OBJ, PLY, STL, OFF, ...)."""
+    model: str = "finer"
+    """A registry name."""
+    model_options: dict[str, Any] = field(default_factory=dict)
+    """Overrides of the SDF defaults (hidden_layers 2, lr 1e-4, FINER first_bias_scale 1)."""
+    steps: int = 2000
+    """Optimisation steps (the paper: 200,000)."""
+    batch_size: int = 10_000
+    """Points per step, half coarse and half fine."""
+    pool_size: int = 1_000_000
+    """Training points precomputed with their signed distances (sampled from each step)."""
+    surface_samples: int = 500_000
+    """Dense surface samples that define the ground-truth distance."""
+    resolution: int = 256
+    """Marching-cubes grid (the paper: 512)."""
+    iou_resolution: int = 128
+    """Occupancy grid of the IoU."""
+    chamfer_samples: int = 300_000
+    """Surface samples per mesh for the Chamfer distance."""
+    grad_clip: float = 1.0
+    """Gradient-norm clipping."""
+    seed: int = 0
+    """Seed of sampling and initialisation."""
+    eval_every: int = 500
+    """Steps between near-surface error evaluations."""
+    checkpoint_every: int = 1000
+    """Steps between checkpoints."""
+    device: str = "auto"
+    """auto, cpu or cuda."""
+
+    def validate(self) -> None:
+        for name in ("steps", "batch_size", "pool_size", "surface_samples", "chamfer_samples"):
+            if not isinstance(getattr(self, name), int) or getattr(self, name) <= 0:
+                raise ConfigError(f"{name.replace('_', '-')} must be a positive integer, got {getattr(self, name)!r}")
+        for name in ("resolution", "iou_resolution"):
+            if not isinstance(getattr(self, name), int) or getattr(self, name) < 8:
+                raise ConfigError(f"{name.replace('_', '-')} must be an integer >= 8, got {getattr(self, name)!r}")
+        if self.pool_size < self.batch_size:
+            raise ConfigError("pool-size must be at least batch-size")
+
+
+def sdf_model_options(model: str, overrides: dict[str, Any]) -> dict[str, Any]:
+    options = dict(SDF_DEFAULTS)
+    fields = make_config(model).__dataclass_fields__
+    if "first_bias_scale" in fields:
+        options["first_bias_scale"] = 1.0
+    return {**options, **overrides}
+
+
+def evaluate_sdf(model, index: S.SurfaceIndex, true_mesh_unit, norm: S.Normalization, *, resolution: int,
+                 iou_resolution: int, chamfer_samples: int, device, out: Path, seed: int = 0) -> dict[str, Any]:
+    """Extract the surface, write it (mesh units) and a render, and measure Chamfer and IoU."""
+    model = model.to(device).eval()
+    surface = S.extract_surface(model, resolution, device)
+    grid = S.grid_points(iou_resolution)
+    with torch.no_grad():
+        pred = torch.cat([model(torch.from_numpy(c).float().to(device)).cpu()
+                          for c in np.array_split(grid, max(1, len(grid) // 262_144))]).numpy().reshape(-1)
+    iou = S.occupancy_iou(pred < 0, S.inside(index, grid, near=6.0 / (iou_resolution - 1)))
+    result: dict[str, Any] = {"iou": round(iou, 5), "chamfer": None, "vertices": 0, "faces": 0}
+    if surface is not None:
+        result["chamfer"] = S.chamfer_distance(surface, true_mesh_unit, chamfer_samples, seed)
+        result.update(vertices=len(surface.vertices), faces=len(surface.faces))
+        export = surface.copy()
+        export.vertices = norm.to_mesh(surface.vertices)
+        io.atomic_write(out / "mesh.ply", lambda tmp: export.export(tmp, file_type="ply"))
+    render_meshes({"ground truth": true_mesh_unit, "fit": surface}, out / "render.png")
+    return result
+
+
+def fit_sdf(cfg: SDFRunConfig, out: str | Path, *, progress: bool = True, overwrite: bool = False,
+            log=print) -> dict[str, Any]:
+    """Fit a mesh's SDF; returns the metrics (also in ``out/metrics.json``)."""
+    cfg.validate()
+    out = Path(out)
+    _prepare_out(out, overwrite, create=False)
+    device = resolve_device(cfg.device)
+    mesh = S.load_mesh(cfg.mesh)
+    model = build_model(cfg.model, 3, 1, seed=cfg.seed, **sdf_model_options(cfg.model, cfg.model_options)).to(device)
+    unit, norm = S.normalize(mesh)
+    t0 = time.perf_counter()
+    index = S.SurfaceIndex(unit, cfg.surface_samples, cfg.seed)
+    points, sdf = S.training_pool(unit, index, cfg.pool_size, cfg.seed)
+    prep = time.perf_counter() - t0
+    log(f"{Path(cfg.mesh).name}: {len(mesh.faces)} faces, watertight: {mesh.is_watertight}; "
+        f"{cfg.pool_size} training points precomputed in {prep:.1f} s")
+    task = S.SDFTask(points, sdf, device, batch_size=cfg.batch_size, seed=cfg.seed)
+    train = TrainConfig(steps=cfg.steps, lr=model.config.lr, lr_final_factor=1.0, grad_clip=cfg.grad_clip,
+                        amsgrad=True, eval_every=cfg.eval_every, checkpoint_every=cfg.checkpoint_every, log_every=50)
+    out.mkdir(parents=True, exist_ok=True)
+    io.write_json(out / "config.json", {"task": "sdf", "run": dataclasses.asdict(cfg),
+                                        "model": {"name": cfg.model, **dataclasses.asdict(model.config)},
+                                        "train": dataclasses.asdict(train), "normalization": dataclasses.asdict(norm),
+                                        "sign_method": S.SIGN_METHOD, "device": str(device)})
+
+    def save(state: FitState, snapshot: dict) -> None:
+        io.save_checkpoint(out / "checkpoint.pt", model=model, extra={
+            "model": snapshot["model"], "optimizer": snapshot["optimizer"],
+            "fit": {"step": state.step, "history": state.history, "train_seconds": state.train_seconds,
+                    "first_loss": state.first_loss, "status": state.status},
+            "task": {"kind": "sdf", "mesh": str(cfg.mesh), "normalization": dataclasses.asdict(norm)}})
+        io.write_csv(out / "curve.csv", state.history)
+
+    state = fit(model, task, train, on_checkpoint=save, progress=progress, desc=f"{cfg.model} sdf")
+    metrics: dict[str, Any] = {
+        "task": "sdf", "model": cfg.model, "status": state.status, "params": count_parameters(model),
+        "steps": state.step, "steps_planned": cfg.steps, "seconds": round(state.train_seconds, 3),
+        "seconds_per_step": round(state.train_seconds / max(state.step, 1), 5), "precompute_seconds": round(prep, 2),
+        "device": str(device), "mesh": str(cfg.mesh), "mesh_faces": len(mesh.faces),
+        "watertight": bool(mesh.is_watertight), "inside_outside": S.SIGN_METHOD + (
+            "" if mesh.is_watertight else "; the mesh is not watertight, so inside/outside near its holes is a guess"),
+        "resolution": cfg.resolution, "iou_resolution": cfg.iou_resolution, "chamfer_samples": cfg.chamfer_samples,
+        "units": "chamfer in the normalised frame (longest side 0.9)",
+    }
+    metrics.update(evaluate_sdf(model, index, unit, norm, resolution=cfg.resolution, iou_resolution=cfg.iou_resolution,
+                                chamfer_samples=cfg.chamfer_samples, device=device, out=out, seed=cfg.seed))
+    if state.message:
+        metrics["message"] = state.message
+    io.write_json(out / "metrics.json", metrics)
+    if state.status == "diverged":
+        raise DivergedError(f"{state.message}; checkpoint of step {state.step} kept in {out}")
+    return metrics
+
+
+def eval_sdf(checkpoint: str | Path, mesh_path: str | Path, *, out: str | Path | None = None, resolution: int = 256,
+             iou_resolution: int = 128, chamfer_samples: int = 300_000, surface_samples: int = 500_000,
+             device: str = "auto") -> dict[str, Any]:
+    """Measure a saved SDF model against a mesh (normalised with the checkpoint's transform)."""
+    model, payload = io.load_checkpoint(checkpoint)
+    task = payload.get("task", {})
+    if task.get("kind") != "sdf":
+        raise FinerError(f"{checkpoint} is not an SDF model (task {task.get('kind')!r})")
+    norm = S.Normalization(**task["normalization"])
+    mesh = S.load_mesh(mesh_path)
+    unit = mesh.copy()
+    unit.vertices = norm.to_unit(mesh.vertices)
+    ckpt = Path(checkpoint)
+    out = Path(out) if out else (ckpt if ckpt.is_dir() else ckpt.parent) / "eval"
+    out.mkdir(parents=True, exist_ok=True)
+    index = S.SurfaceIndex(unit, surface_samples)
+    result = {"checkpoint": str(checkpoint), "mesh": str(mesh_path), "method": payload["method"],
+              "steps": payload["fit"]["step"], "resolution": resolution, "iou_resolution": iou_resolution,
+              "chamfer_samples": chamfer_samples, "inside_outside": S.SIGN_METHOD,
+              **evaluate_sdf(model, index, unit, norm, resolution=resolution, iou_resolution=iou_resolution,
+                             chamfer_samples=chamfer_samples, device=resolve_device(device), out=out)}
+    io.write_json(out / "eval.json", result)
+    return result

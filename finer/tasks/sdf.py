@@ -1,0 +1,250 @@
+"""3-D signed-distance fields of meshes: loading, sampling, ground truth, extraction, metrics.
+
+Conventions (finer-notes.md §4): a mesh is normalised into ``[-0.45, 0.45]^3`` (its longest side
+spans 0.9) and the field is learned on ``[-0.5, 0.5]^3``; the transform is kept so outputs can be
+put back in the mesh's own units. Signed distances are negative inside.
+
+Ground truth, as the official code does it: distance to the nearest of a dense set of surface
+samples, signed by that sample's face normal. Close to the surface (within two sample spacings)
+the point-to-plane distance along that normal is used, so the fine samples (noise scale 1e-3) are
+not limited by the sample spacing. This works for meshes that are not watertight too; what it
+decides for points far from holes is a heuristic, and ``metrics.json`` says so.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from scipy.spatial import cKDTree
+from torch import Tensor
+
+from finer.errors import FinerError
+
+SIGN_METHOD = "normal of the nearest surface sample (official approach)"
+HALF_EXTENT = 0.45
+BOUND = 0.5
+
+
+def load_mesh(path: str | os.PathLike):
+    """Read any mesh trimesh reads (OBJ, PLY, STL, OFF, ...); clear errors for non-meshes."""
+    import trimesh
+
+    path = Path(path)
+    if not path.exists():
+        raise FinerError(f"mesh file not found: {path}")
+    if path.is_dir():
+        raise FinerError(f"expected a mesh file, got a directory: {path}")
+    try:
+        loaded = trimesh.load(path, process=False)
+    except Exception as exc:  # trimesh raises many kinds for a bad file
+        raise FinerError(f"cannot read mesh {path}: {exc}") from None
+    if isinstance(loaded, trimesh.Scene):
+        parts = [g for g in loaded.dump() if isinstance(g, trimesh.Trimesh)]
+        loaded = trimesh.util.concatenate(parts) if parts else trimesh.Trimesh()
+    if isinstance(loaded, trimesh.PointCloud):
+        raise FinerError(f"{path} is a point cloud (no faces); a surface mesh is needed")
+    if not isinstance(loaded, trimesh.Trimesh) or len(loaded.vertices) == 0:
+        raise FinerError(f"{path} is empty or not a mesh (no vertices read)")
+    if len(loaded.faces) == 0:
+        raise FinerError(f"{path} has vertices but no faces (a point cloud?); a surface mesh is needed")
+    if not loaded.area > 0:
+        raise FinerError(f"{path} has zero surface area")
+    return loaded
+
+
+@dataclass
+class Normalization:
+    """``unit = (mesh_units - center) * scale``; the inverse puts results back in mesh units."""
+
+    center: list[float]
+    scale: float
+
+    def to_unit(self, points: np.ndarray) -> np.ndarray:
+        return (np.asarray(points) - np.asarray(self.center)) * self.scale
+
+    def to_mesh(self, points: np.ndarray) -> np.ndarray:
+        return np.asarray(points) / self.scale + np.asarray(self.center)
+
+
+def normalize(mesh, half_extent: float = HALF_EXTENT):
+    """A copy of ``mesh`` centred on its bounding box, longest side scaled to ``2 * half_extent``."""
+    lo, hi = mesh.bounds
+    center = (lo + hi) / 2
+    scale = 2 * half_extent / float((hi - lo).max())
+    norm = Normalization([float(c) for c in center], float(scale))
+    unit = mesh.copy()
+    unit.vertices = norm.to_unit(mesh.vertices)
+    return unit, norm
+
+
+class SurfaceIndex:
+    """Dense surface samples with normals in a KD-tree: signed distance of any point."""
+
+    def __init__(self, mesh, samples: int = 500_000, seed: int = 0):
+        import trimesh
+
+        points, faces = trimesh.sample.sample_surface(mesh, samples, seed=seed)
+        self.points = np.asarray(points, dtype=np.float64)
+        self.normals = np.asarray(mesh.face_normals[faces], dtype=np.float64)
+        self.tree = cKDTree(self.points)
+        self.spacing = math.sqrt(mesh.area / samples)
+
+    def signed_distance(self, query: np.ndarray, chunk: int = 262_144) -> np.ndarray:
+        """Signed distance of ``(N, 3)`` points (negative inside), in the mesh's units."""
+        query = np.asarray(query, dtype=np.float64)
+        out = np.empty(len(query))
+        for s in range(0, len(query), chunk):
+            q = query[s : s + chunk]
+            dist, idx = self.tree.query(q)
+            along = np.einsum("ij,ij->i", q - self.points[idx], self.normals[idx])
+            sign = np.where(along < 0, -1.0, 1.0)
+            out[s : s + chunk] = np.where(dist < 2 * self.spacing, along, sign * dist)
+        return out
+
+
+def inside(index: "SurfaceIndex", query: np.ndarray, near: float, coarse_samples: int = 50_000) -> np.ndarray:
+    """Occupancy of many points (e.g. a 128^3 grid) at the cost of a small tree for most of them.
+
+    Points within ``near`` of the dense samples get their sign from the nearest dense sample;
+    the others, whose nearest sample is far anyway, from a subset of ``coarse_samples``.
+    """
+    query = np.asarray(query, dtype=np.float64)
+    dist, idx = index.tree.query(query, distance_upper_bound=near)
+    result = np.empty(len(query), dtype=bool)
+    close = np.isfinite(dist)
+    q, j = query[close], idx[close]
+    result[close] = np.einsum("ij,ij->i", q - index.points[j], index.normals[j]) < 0
+    step = max(1, len(index.points) // coarse_samples)
+    pts, nrm = index.points[::step], index.normals[::step]
+    _, jf = cKDTree(pts).query(query[~close])
+    result[~close] = np.einsum("ij,ij->i", query[~close] - pts[jf], nrm[jf]) < 0
+    return result
+
+
+def training_pool(mesh, index: SurfaceIndex, size: int, seed: int = 0,
+                  scales: tuple[float, float] = (0.1, 1e-3)) -> tuple[np.ndarray, np.ndarray]:
+    """Points and signed distances: half surface samples + Laplace(``scales[0]``) noise (coarse),
+    half + Laplace(``scales[1]``) noise (fine); all clipped to the ``[-0.5, 0.5]^3`` box.
+
+    Returns ``points (size, 3)`` and ``sdf (size,)``; the first half is the coarse set.
+    """
+    import trimesh
+
+    rng = np.random.default_rng(seed)
+    half = size // 2
+    base, _ = trimesh.sample.sample_surface(mesh, 2 * half, seed=seed + 1)
+    noise = np.concatenate([rng.laplace(scale=scales[0], size=(half, 3)), rng.laplace(scale=scales[1], size=(half, 3))])
+    points = np.clip(base + noise, -BOUND, BOUND)
+    return points, index.signed_distance(points)
+
+
+class SDFTask:
+    """Each step: ``batch_size`` points, half coarse (loss weight ``coarse_weight``) and half fine,
+    drawn from a precomputed pool; the loss is the weighted mean squared SDF error."""
+
+    def __init__(self, points: np.ndarray, sdf: np.ndarray, device: torch.device, *, batch_size: int = 10_000,
+                 coarse_weight: float = 1e-2, seed: int = 0):
+        half = len(points) // 2
+        self.points = torch.as_tensor(points, dtype=torch.float32, device=device)
+        self.sdf = torch.as_tensor(sdf, dtype=torch.float32, device=device)[:, None]
+        self.half, self.batch_size, self.device = half, batch_size, device
+        weights = torch.cat([torch.full((batch_size // 2, 1), coarse_weight),
+                             torch.ones((batch_size - batch_size // 2, 1))])
+        self.weights = weights.to(device)
+        self.generator = torch.Generator(device=device).manual_seed(seed)
+
+    def batch(self, step: int) -> tuple[Tensor, Tensor]:
+        n = self.batch_size // 2
+        coarse = torch.randint(0, self.half, (n,), device=self.device, generator=self.generator)
+        fine = torch.randint(self.half, 2 * self.half, (self.batch_size - n,), device=self.device,
+                             generator=self.generator)
+        idx = torch.cat([coarse, fine])
+        return self.points[idx], torch.cat([self.sdf[idx], self.weights], dim=1)
+
+    def loss(self, pred: Tensor, target: Tensor) -> Tensor:
+        return torch.mean(target[:, 1:] * (pred - target[:, :1]) ** 2)
+
+    def step_metrics(self, loss: float) -> dict[str, float]:
+        return {}
+
+    @torch.no_grad()
+    def evaluate(self, model) -> dict[str, float]:
+        """Mean absolute SDF error on (up to) 65,536 fine points of the pool."""
+        idx = torch.arange(self.half, min(2 * self.half, self.half + 65_536), device=self.device)
+        err = (model(self.points[idx]) - self.sdf[idx]).abs().mean()
+        return {"sdf_mae_near_surface": float(err)}
+
+    def state_dict(self) -> dict:
+        return {"generator": self.generator.get_state()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.generator.set_state(state["generator"])
+
+
+@torch.no_grad()
+def evaluate_grid(model, resolution: int, device, z_range: tuple[int, int] | None = None,
+                  chunk: int = 262_144) -> np.ndarray:
+    """Field values on the ``resolution^3`` grid of ``[-0.5, 0.5]^3`` (optionally z-slices ``[z0, z1)``),
+    evaluated ``chunk`` points at a time; returns ``(X, Y, Z)`` float32."""
+    axis = np.linspace(-BOUND, BOUND, resolution, dtype=np.float32)
+    z0, z1 = z_range or (0, resolution)
+    gx, gy, gz = np.meshgrid(axis, axis, axis[z0:z1], indexing="ij")
+    coords = torch.from_numpy(np.stack([gx, gy, gz], -1).reshape(-1, 3))
+    out = torch.empty(coords.shape[0])
+    for s in range(0, coords.shape[0], chunk):
+        out[s : s + chunk] = model(coords[s : s + chunk].to(device)).reshape(-1).float().cpu()
+    return out.reshape(resolution, resolution, z1 - z0).numpy()
+
+
+def extract_surface(model, resolution: int, device, slab: int = 32):
+    """Marching cubes (scikit-image) of the zero level set, slab by slab along z so a 512^3 field
+    is never in memory at once; returns a trimesh in unit coordinates (None if no surface)."""
+    import trimesh
+    from skimage.measure import marching_cubes
+
+    step = 2 * BOUND / (resolution - 1)
+    verts, faces, offset = [], [], 0
+    for z0 in range(0, resolution - 1, slab):
+        z1 = min(z0 + slab + 1, resolution)  # one shared slice with the next slab
+        values = evaluate_grid(model, resolution, device, (z0, z1))
+        if values.min() > 0 or values.max() < 0:
+            continue
+        v, f, _, _ = marching_cubes(values, level=0.0, spacing=(step, step, step))
+        v[:, 2] += z0 * step
+        verts.append(v - BOUND)
+        faces.append(f + offset)
+        offset += len(v)
+    if not verts:
+        return None
+    mesh = trimesh.Trimesh(np.concatenate(verts), np.concatenate(faces), process=False)
+    mesh.merge_vertices()
+    return mesh
+
+
+def chamfer_distance(a, b, samples: int = 300_000, seed: int = 0) -> float:
+    """Mean squared nearest-neighbour distance from ``a``'s surface samples to ``b``'s, plus the
+    reverse (the paper's definition), with ``samples`` uniform samples of each surface."""
+    import trimesh
+
+    pa, _ = trimesh.sample.sample_surface(a, samples, seed=seed)
+    pb, _ = trimesh.sample.sample_surface(b, samples, seed=seed + 1)
+    d_ab, _ = cKDTree(pb).query(pa)
+    d_ba, _ = cKDTree(pa).query(pb)
+    return float(np.mean(d_ab**2) + np.mean(d_ba**2))
+
+
+def occupancy_iou(pred_inside: np.ndarray, true_inside: np.ndarray) -> float:
+    """Intersection over union of two boolean occupancy grids."""
+    union = np.logical_or(pred_inside, true_inside).sum()
+    return float(np.logical_and(pred_inside, true_inside).sum() / union) if union else 1.0
+
+
+def grid_points(resolution: int) -> np.ndarray:
+    """Centres of a ``resolution^3`` grid on ``[-0.5, 0.5]^3``, ``(resolution^3, 3)`` in x-y-z order."""
+    axis = np.linspace(-BOUND, BOUND, resolution)
+    return np.stack(np.meshgrid(axis, axis, axis, indexing="ij"), -1).reshape(-1, 3)

@@ -1,0 +1,117 @@
+"""SDF pipeline on meshes made by trimesh: distances, sampling, extraction, metrics, errors."""
+
+import numpy as np
+import pytest
+import torch
+import trimesh
+from scipy.spatial.distance import cdist
+
+from finer.errors import FinerError
+from finer.tasks import sdf as S
+
+
+class SphereField(torch.nn.Module):
+    """The exact SDF of a sphere, standing in for a trained network."""
+
+    def __init__(self, radius):
+        super().__init__()
+        self.radius = radius
+
+    def forward(self, x):
+        return x.norm(dim=-1, keepdim=True) - self.radius
+
+
+@pytest.fixture(scope="module")
+def box():
+    return trimesh.creation.box(extents=(0.4, 0.6, 0.8))
+
+
+def test_signed_distance_of_known_points(box):
+    index = S.SurfaceIndex(box, 100_000, seed=0)
+    q = np.array([[0, 0, 0], [0.3, 0, 0], [0.2005, 0.1, 0.1], [0, 0, 0.5], [0, -0.29, 0]])
+    expected = [-0.2, 0.1, 0.0005, 0.1, -0.01]
+    np.testing.assert_allclose(index.signed_distance(q), expected, atol=2e-3)
+    sphere = trimesh.creation.icosphere(subdivisions=5, radius=0.3)
+    pts = np.random.default_rng(0).uniform(-0.45, 0.45, (500, 3))
+    got = S.SurfaceIndex(sphere, 200_000).signed_distance(pts)
+    np.testing.assert_allclose(got, np.linalg.norm(pts, axis=1) - 0.3, atol=3e-3)
+
+
+def test_fast_occupancy_agrees_with_signed_distance(box):
+    index = S.SurfaceIndex(box, 50_000)
+    grid = S.grid_points(24)
+    fast = S.inside(index, grid, near=6 / 23)
+    truth = np.all(np.abs(grid) < np.array([0.2, 0.3, 0.4]), axis=1)
+    assert (fast == truth).mean() > 0.99
+
+
+def test_normalisation_round_trip(box):
+    moved = box.copy()
+    moved.apply_translation([5, -3, 2])
+    moved.apply_scale(40)
+    unit, norm = S.normalize(moved)
+    assert np.allclose(unit.bounds.max(), 0.45) and np.isclose((unit.bounds[1] - unit.bounds[0]).max(), 0.9)
+    np.testing.assert_allclose(norm.to_mesh(unit.vertices), moved.vertices, atol=1e-9)
+
+
+def test_training_pool_statistics(box):
+    unit, _ = S.normalize(box)
+    index = S.SurfaceIndex(unit, 100_000)
+    points, sdf = S.training_pool(unit, index, 20_000, seed=0)
+    coarse, fine = np.abs(sdf[:10_000]), np.abs(sdf[10_000:])
+    assert np.all(np.abs(points) <= 0.5)
+    # Laplace noise of scale b has mean |x| = b per axis: distances of order 1e-3 and 1e-1
+    assert 3e-4 < np.median(fine) < 3e-3
+    assert 0.03 < np.median(coarse) < 0.2
+
+
+def test_task_batches_half_coarse_half_fine(box):
+    points = np.random.rand(100, 3)
+    task = S.SDFTask(points, np.arange(100.0), torch.device("cpu"), batch_size=10, coarse_weight=0.01)
+    x, target = task.batch(0)
+    assert x.shape == (10, 3) and target.shape == (10, 2)
+    assert torch.all(target[:5, 0] < 50) and torch.all(target[5:, 0] >= 50)
+    assert torch.allclose(target[:, 1], torch.tensor([0.01] * 5 + [1.0] * 5))
+    loss = task.loss(torch.zeros(10, 1), target)
+    assert loss.item() == pytest.approx(float((target[:, 1] * target[:, 0] ** 2).mean()))
+
+
+def test_extraction_in_slabs_matches_the_analytic_sphere():
+    field = SphereField(0.3)
+    mesh = S.extract_surface(field, 48, "cpu", slab=8)
+    radii = np.linalg.norm(mesh.vertices, axis=1)
+    assert np.abs(radii - 0.3).max() < 1 / 47  # within one grid step
+    assert mesh.is_watertight  # the slabs are stitched
+    assert S.extract_surface(SphereField(0.9), 16, "cpu") is None  # no zero crossing inside the box
+
+
+def test_chamfer_against_brute_force():
+    a = trimesh.creation.icosphere(subdivisions=2, radius=0.3)
+    b = a.copy()
+    b.apply_translation([0.02, 0, 0])
+    pa, _ = trimesh.sample.sample_surface(a, 800, seed=5)
+    pb, _ = trimesh.sample.sample_surface(b, 800, seed=6)
+    d = cdist(pa, pb)
+    expected = (d.min(1) ** 2).mean() + (d.min(0) ** 2).mean()
+    assert S.chamfer_distance(a, b, samples=800, seed=5) == pytest.approx(expected, rel=1e-9)
+    assert S.chamfer_distance(a, a, samples=800) < S.chamfer_distance(a, b, samples=800)
+
+
+def test_iou():
+    a = np.zeros((4, 4), bool)
+    b = np.zeros((4, 4), bool)
+    a[:2] = True
+    b[1:3] = True
+    assert S.occupancy_iou(a, b) == pytest.approx(4 / 12)
+    assert S.occupancy_iou(a, a) == 1.0
+
+
+def test_bad_meshes(tmp_path):
+    trimesh.PointCloud(np.random.rand(20, 3)).export(tmp_path / "cloud.ply")
+    with pytest.raises(FinerError, match="point cloud"):
+        S.load_mesh(tmp_path / "cloud.ply")
+    (tmp_path / "text.obj").write_text("not a mesh\n")
+    with pytest.raises(FinerError, match="empty or not a mesh"):
+        S.load_mesh(tmp_path / "text.obj")
+    with pytest.raises(FinerError, match="not found"):
+        S.load_mesh(tmp_path / "missing.stl")

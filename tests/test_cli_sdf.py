@@ -1,0 +1,52 @@
+"""`finer fit sdf` and `finer eval sdf` end to end at a tiny size."""
+
+import json
+
+import pytest
+import trimesh
+
+from finer.cli import main
+from tests.conftest import SHARED
+
+TINY = ["--steps", "20", "--batch-size", "1000", "--pool-size", "5000", "--surface-samples", "5000",
+        "--resolution", "24", "--iou-resolution", "16", "--chamfer-samples", "2000", "--width", "32", "--quiet"]
+
+
+def test_fit_and_eval_sdf(tmp_path, capsys):
+    mesh = trimesh.creation.icosphere(subdivisions=2, radius=3.0)
+    mesh.apply_translation([10, 0, 0])  # the output must come back in these units
+    mesh.export(tmp_path / "ball.off")
+    out = tmp_path / "run"
+    assert main(["fit", "sdf", str(tmp_path / "ball.off"), "--out", str(out), *TINY]) == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert summary["status"] == "complete" and 0 <= summary["iou"] <= 1
+    for name in ("config.json", "metrics.json", "curve.csv", "checkpoint.pt", "render.png"):
+        assert (out / name).is_file(), name
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["task"] == "sdf" and metrics["watertight"] is True and metrics["params"] > 0
+    if metrics["chamfer"] is not None:  # a surface was found: it lies in the mesh's own frame
+        extracted = trimesh.load(out / "mesh.ply")
+        assert extracted.bounds[0][0] > 5
+    assert main(["eval", "sdf", str(out), "--mesh", str(tmp_path / "ball.off"), "--resolution", "24",
+                 "--iou-resolution", "16", "--chamfer-samples", "2000", "--surface-samples", "5000"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["iou"] == pytest.approx(metrics["iou"], abs=1e-6)
+    assert (out / "eval" / "eval.json").is_file()
+
+
+def test_bad_meshes_give_one_line_errors(tmp_path, capsys):
+    (tmp_path / "x.obj").write_text("")
+    assert main(["fit", "sdf", str(tmp_path / "x.obj"), "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert "not a mesh" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "o").exists()
+
+
+def test_non_watertight_mesh_trains_and_says_how_inside_was_decided(tmp_path):
+    dragon = SHARED / "meshes" / "dragon.obj"
+    if not dragon.exists():
+        pytest.skip(f"mesh data not present ({dragon})")
+    out = tmp_path / "dragon"
+    assert main(["fit", "sdf", str(dragon), "--out", str(out), *TINY]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["watertight"] is False and "not watertight" in metrics["inside_outside"]
