@@ -202,6 +202,14 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--seeds", default="0", help="comma-separated seeds (default 0)")
         p.add_argument("--out", required=True, help="results folder (finished runs are skipped on a rerun)")
         _add_common(p)
+    p = bench_sub.add_parser("sdf", help="fit every mesh of a folder with several models; Chamfer/IoU table")
+    p.add_argument("directory", help="folder of meshes")
+    p.add_argument("--models", default="finer,siren,wire,gauss,pemlp", help="comma-separated registry names")
+    p.add_argument("--steps", type=_positive_int, help="override the quick protocol's 1000 steps")
+    p.add_argument("--resolution", type=_positive_int, help="override the marching-cubes grid (128)")
+    p.add_argument("--chamfer-samples", type=_positive_int, help="override the Chamfer samples (100k)")
+    p.add_argument("--out", required=True, help="results folder (finished runs are skipped on a rerun)")
+    _add_common(p)
     return parser
 
 
@@ -304,6 +312,8 @@ def _ints(text: str, what: str) -> list[int]:
 
 
 def _bench(args: argparse.Namespace) -> int:
+    if args.bench == "sdf":
+        return _bench_sdf(args)
     from finer.bench import images as bench
 
     protocol = bench.resolve_protocol(args.preset, steps=args.steps, hidden_layers=args.hidden_layers,
@@ -318,6 +328,16 @@ def _bench(args: argparse.Namespace) -> int:
         if min(widths) <= 0:
             raise FinerError("--widths must be positive")
         bench.run_width_bench(args.directory, widths=widths, **common)
+    return 0
+
+
+def _bench_sdf(args: argparse.Namespace) -> int:
+    from finer.bench.sdf import run_sdf_bench
+
+    settings = {k: v for k, v in (("steps", args.steps), ("resolution", args.resolution),
+                                  ("chamfer_samples", args.chamfer_samples)) if v is not None}
+    run_sdf_bench(args.directory, models=[m for m in args.models.split(",") if m], out=args.out,
+                  settings=settings, device=args.device, progress=not args.quiet)
     return 0
 
 

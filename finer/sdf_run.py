@@ -86,12 +86,11 @@ def evaluate_sdf(model, index: S.SurfaceIndex, true_mesh_unit, norm: S.Normaliza
                  iou_resolution: int, chamfer_samples: int, device, out: Path, seed: int = 0) -> dict[str, Any]:
     """Extract the surface, write it (mesh units) and a render, and measure Chamfer and IoU."""
     model = model.to(device).eval()
-    surface = S.extract_surface(model, resolution, device)
     grid = S.grid_points(iou_resolution)
-    with torch.no_grad():
-        pred = torch.cat([model(torch.from_numpy(c).float().to(device)).cpu()
-                          for c in np.array_split(grid, max(1, len(grid) // 262_144))]).numpy().reshape(-1)
-    iou = S.occupancy_iou(pred < 0, S.inside(index, grid, near=6.0 / (iou_resolution - 1)))
+    occupancy_values = S.evaluate_grid(model, iou_resolution, device)  # (X, Y, Z), same order as grid
+    shared = occupancy_values if resolution == iou_resolution else None  # evaluate once when they match
+    surface = S.extract_surface(model, resolution, device, values=shared)
+    iou = S.occupancy_iou(occupancy_values.reshape(-1) < 0, S.inside(index, grid, near=6.0 / (iou_resolution - 1)))
     result: dict[str, Any] = {"iou": round(iou, 5), "chamfer": None, "vertices": 0, "faces": 0}
     if surface is not None:
         result["chamfer"] = S.chamfer_distance(surface, true_mesh_unit, chamfer_samples, seed)

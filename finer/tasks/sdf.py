@@ -201,24 +201,34 @@ def evaluate_grid(model, resolution: int, device, z_range: tuple[int, int] | Non
     return out.reshape(resolution, resolution, z1 - z0).numpy()
 
 
-def extract_surface(model, resolution: int, device, slab: int = 32):
-    """Marching cubes (scikit-image) of the zero level set, slab by slab along z so a 512^3 field
-    is never in memory at once; returns a trimesh in unit coordinates (None if no surface)."""
-    import trimesh
+def _slab_surface(values: np.ndarray, z0: int, step: float):
+    """Marching cubes of one slab of grid values starting at slice ``z0``; None if no crossing."""
     from skimage.measure import marching_cubes
+
+    if values.min() > 0 or values.max() < 0:
+        return None
+    v, f, _, _ = marching_cubes(values, level=0.0, spacing=(step, step, step))
+    v[:, 2] += z0 * step
+    return v - BOUND, f
+
+
+def extract_surface(model, resolution: int, device, slab: int = 32, values: np.ndarray | None = None):
+    """Marching cubes (scikit-image) of the zero level set, slab by slab along z so a 512^3 field
+    is never in memory at once; returns a trimesh in unit coordinates (None if no surface).
+    ``values``: the whole grid, if already evaluated (small resolutions)."""
+    import trimesh
 
     step = 2 * BOUND / (resolution - 1)
     verts, faces, offset = [], [], 0
     for z0 in range(0, resolution - 1, slab):
         z1 = min(z0 + slab + 1, resolution)  # one shared slice with the next slab
-        values = evaluate_grid(model, resolution, device, (z0, z1))
-        if values.min() > 0 or values.max() < 0:
+        part = values[:, :, z0:z1] if values is not None else evaluate_grid(model, resolution, device, (z0, z1))
+        found = _slab_surface(part, z0, step)
+        if found is None:
             continue
-        v, f, _, _ = marching_cubes(values, level=0.0, spacing=(step, step, step))
-        v[:, 2] += z0 * step
-        verts.append(v - BOUND)
-        faces.append(f + offset)
-        offset += len(v)
+        verts.append(found[0])
+        faces.append(found[1] + offset)
+        offset += len(found[0])
     if not verts:
         return None
     mesh = trimesh.Trimesh(np.concatenate(verts), np.concatenate(faces), process=False)
