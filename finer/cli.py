@@ -48,6 +48,19 @@ def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--debug", action="store_true", help="show tracebacks")
 
 
+def _add_model_options(p: argparse.ArgumentParser, *, layers: str, lr: str, k: str) -> None:
+    """The model flags shared by every `finer fit` task; the help texts give the task's defaults."""
+    p.add_argument("--model", default="finer", help="registry name (see `finer models`; default finer)")
+    p.add_argument("--hidden-layers", type=_non_negative_int, help=f"hidden-to-hidden layers ({layers})")
+    p.add_argument("--width", type=_positive_int, help="hidden units per layer (default 256)")
+    p.add_argument("--lr", type=_positive_float, help=f"learning rate (default: {lr})")
+    p.add_argument("--first-bias-scale", type=float, metavar="K", help=f"FINER: first-layer bias ~ U(-K, K) (default {k})")
+    p.add_argument("--first-omega", type=_positive_float, help="SIREN/FINER: omega of the first layer")
+    p.add_argument("--hidden-omega", type=_positive_float, help="SIREN/FINER: omega of the hidden layers")
+    p.add_argument("--scale-grad", action="store_true", help="FINER: backpropagate through |z|+1 (true derivative)")
+    p.add_argument("--option", action="append", metavar="KEY=VALUE", help="any other model option (repeatable)")
+
+
 def _model_options(args: argparse.Namespace) -> dict:
     options = {
         "width": args.width,
@@ -83,16 +96,8 @@ def build_parser() -> argparse.ArgumentParser:
     fit_sub = fit.add_subparsers(dest="task", required=True, metavar="TASK")
     p = fit_sub.add_parser("image", help="fit a 2-D image (PNG, JPEG, ...)")
     p.add_argument("path", nargs="?", default=None, help="image file (default: scikit-image's astronaut)")
-    p.add_argument("--model", default="finer", help="registry name (see `finer models`; default finer)")
     p.add_argument("--steps", type=_positive_int, default=1000, help="optimisation steps (default 1000)")
-    p.add_argument("--hidden-layers", type=_non_negative_int, help="hidden-to-hidden layers (paper: 3)")
-    p.add_argument("--width", type=_positive_int, help="hidden units per layer (paper: 256)")
-    p.add_argument("--lr", type=_positive_float, help="learning rate (default: the method's own)")
-    p.add_argument("--first-bias-scale", type=float, metavar="K", help="FINER: first-layer bias ~ U(-K, K)")
-    p.add_argument("--first-omega", type=_positive_float, help="SIREN/FINER: omega of the first layer")
-    p.add_argument("--hidden-omega", type=_positive_float, help="SIREN/FINER: omega of the hidden layers")
-    p.add_argument("--scale-grad", action="store_true", help="FINER: backpropagate through |z|+1 (true derivative)")
-    p.add_argument("--option", action="append", metavar="KEY=VALUE", help="any other model option (repeatable)")
+    _add_model_options(p, layers="paper: 3", lr="the method's own", k="PyTorch's default")
     p.add_argument("--size", type=_positive_int, help="resize so the longer side has SIZE pixels")
     p.add_argument("--crop", help="centre crop N or HxW (before resizing)")
     p.add_argument("--alpha", default="white", choices=["white", "black", "keep", "drop"],
@@ -109,16 +114,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = fit_sub.add_parser("sdf", help="fit the signed distance field of a mesh (OBJ, PLY, STL, OFF)")
     p.add_argument("mesh", help="mesh file")
-    p.add_argument("--model", default="finer", help="registry name (default finer)")
     p.add_argument("--steps", type=_positive_int, default=2000, help="optimisation steps (default 2000; paper 200000)")
-    p.add_argument("--hidden-layers", type=_non_negative_int, help="hidden-to-hidden layers (default 2)")
-    p.add_argument("--width", type=_positive_int, help="hidden units per layer (default 256)")
-    p.add_argument("--lr", type=_positive_float, help="learning rate (default 1e-4, constant)")
-    p.add_argument("--first-bias-scale", type=float, metavar="K", help="FINER: first-layer bias ~ U(-K, K) (default 1)")
-    p.add_argument("--first-omega", type=_positive_float, help="SIREN/FINER: omega of the first layer")
-    p.add_argument("--hidden-omega", type=_positive_float, help="SIREN/FINER: omega of the hidden layers")
-    p.add_argument("--scale-grad", action="store_true", help="FINER: backpropagate through |z|+1")
-    p.add_argument("--option", action="append", metavar="KEY=VALUE", help="any other model option (repeatable)")
+    _add_model_options(p, layers="default 2", lr="1e-4, constant", k="1")
     p.add_argument("--batch-size", type=_positive_int, default=10_000, help="points per step (default 10000)")
     p.add_argument("--pool-size", type=_positive_int, default=1_000_000, help="precomputed training points")
     p.add_argument("--resolution", type=_positive_int, default=256, help="marching-cubes grid (default 256; paper 512)")
