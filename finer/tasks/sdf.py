@@ -93,6 +93,26 @@ class SurfaceIndex:
         self.normals = np.asarray(mesh.face_normals[faces], dtype=np.float64)
         self.tree = cKDTree(self.points)
         self.spacing = math.sqrt(mesh.area / samples)
+        # every k-th sample: far from the surface it is accurate enough on its own (see nearest)
+        self.coarse_step = max(1, samples // 50_000)
+        self.coarse = cKDTree(self.points[:: self.coarse_step])
+        self.coarse_spacing = math.sqrt(mesh.area / len(self.coarse.data))
+
+    def nearest(self, q: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Nearest dense sample of each point (distance, index).
+
+        Points farther than 10 coarse spacings (50,000-sample subset; about 0.06 in the normalised
+        frame) keep the subset's nearest sample, a small error that far out (on the bunny: median
+        1e-4, at most 5 % of the distance); closer points search all dense samples, bounded by the
+        subset's distance. Far points are coarse training samples (weight 1e-2) or occupancy queries.
+        """
+        dist, cidx = self.coarse.query(q)
+        idx = cidx * self.coarse_step
+        near = np.flatnonzero(dist < 10 * self.coarse_spacing)
+        if len(near):
+            ub = dist[near].max() * (1 + 1e-9) + 1e-12
+            dist[near], idx[near] = self.tree.query(q[near], distance_upper_bound=ub)
+        return dist, idx
 
     def signed_distance(self, query: np.ndarray, chunk: int = 262_144) -> np.ndarray:
         """Signed distance of ``(N, 3)`` points (negative inside), in the mesh's units."""
@@ -100,7 +120,7 @@ class SurfaceIndex:
         out = np.empty(len(query))
         for s in range(0, len(query), chunk):
             q = query[s : s + chunk]
-            dist, idx = self.tree.query(q)
+            dist, idx = self.nearest(q)
             along = np.einsum("ij,ij->i", q - self.points[idx], self.normals[idx])
             sign = np.where(along < 0, -1.0, 1.0)
             out[s : s + chunk] = np.where(dist < 2 * self.spacing, along, sign * dist)
