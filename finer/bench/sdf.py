@@ -37,8 +37,8 @@ def run_sdf_bench(directory, *, models, out, settings=None, device="auto", progr
         raise FinerError(f"unknown model(s) {', '.join(unknown)}; choose from: {', '.join(MODELS)}")
     settings = {**QUICK, **(settings or {})}
     rows = []
-    for path in meshes:
-        for name in models:
+    for name in models:  # method-major: the first methods cover every shape early
+        for path in meshes:
             run_dir = out / "runs" / f"{path.stem}-{name}"
             done = run_dir / "metrics.json"
             if done.exists() and io.read_json(done).get("status") == "complete":
