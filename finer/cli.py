@@ -130,6 +130,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("eval", help="evaluate a saved model")
     eval_sub = p.add_subparsers(dest="task", required=True, metavar="TASK")
+    p = eval_sub.add_parser("image", help="PSNR, SSIM and LPIPS of image A against reference B, as JSON")
+    p.add_argument("a", help="the image to score (e.g. a reconstruction)")
+    p.add_argument("b", help="the reference image (same size)")
+    p.add_argument("--alpha", choices=["white", "black", "drop"], default="white",
+                   help="how an alpha channel is composited before comparing (default white)")
+    p.add_argument("--no-lpips", action="store_true", help="skip LPIPS")
+    p.add_argument("--debug", action="store_true", help="show tracebacks")
+
     p = eval_sub.add_parser("sdf", help="Chamfer distance and IoU of an SDF checkpoint against a mesh")
     p.add_argument("checkpoint", help="checkpoint.pt or the run folder")
     p.add_argument("--mesh", required=True, help="the ground-truth mesh")
@@ -232,6 +240,16 @@ def _run(args: argparse.Namespace) -> int:
         metrics = fit_sdf(cfg, args.out, progress=not args.quiet, overwrite=args.overwrite, log=log)
         print(json.dumps({k: metrics[k] for k in ("model", "status", "chamfer", "iou", "steps", "seconds_per_step")}))
         return EXIT_INTERRUPTED if metrics["status"] == "interrupted" else 0
+    if args.command == "eval" and args.task == "image":
+        from finer.metrics import image_metrics
+        from finer.tasks.image import load_image
+
+        a, b = load_image(args.a, alpha=args.alpha), load_image(args.b, alpha=args.alpha)
+        if a.shape != b.shape:
+            raise FinerError(f"{args.a} is {a.shape[1]}x{a.shape[0]}x{a.shape[2]} but {args.b} is "
+                             f"{b.shape[1]}x{b.shape[0]}x{b.shape[2]} (width x height x channels); they must match")
+        print(json.dumps(image_metrics(a, b, with_lpips=not args.no_lpips)))
+        return 0
     if args.command == "eval":
         from finer.sdf_run import eval_sdf
 

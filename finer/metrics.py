@@ -50,3 +50,19 @@ def ssim(pred: np.ndarray, target: np.ndarray) -> float:
     return float(
         structural_similarity(pred, target, data_range=1.0, channel_axis=channel_axis, win_size=win)
     )
+
+
+def image_metrics(pred: np.ndarray, target: np.ndarray, *, with_lpips: bool = True) -> dict:
+    """PSNR, SSIM and (when ``with_lpips``) LPIPS (AlexNet, v0.1) of two images in [0, 1].
+
+    LPIPS is ``None`` for images smaller than 32 pixels on a side.
+    """
+    pred, target = np.asarray(pred), np.asarray(target)
+    if pred.shape != target.shape:
+        raise ValueError(f"the images differ in shape: {pred.shape} vs {target.shape}")
+    out = {"psnr": psnr(pred, target), "ssim": ssim(pred, target)}
+    if with_lpips:
+        from finer.lpips import lpips
+
+        out["lpips"] = lpips(pred, target) if min(pred.shape[:2]) >= 32 else None
+    return out

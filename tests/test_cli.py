@@ -142,3 +142,25 @@ def test_grey_image_end_to_end(tmp_path):
     assert main(["fit", "image", str(tmp_path / "g.png"), "--model", "pemlp", "--steps", "5", "--width", "8",
                  "--out", str(tmp_path / "o"), "--quiet"]) == 0
     assert Image.open(tmp_path / "o" / "reconstruction.png").mode == "L"
+
+
+def test_eval_image_prints_metrics_as_json(tmp_path, capsys):
+    from skimage import data
+
+    from finer import lpips
+
+    ref = data.astronaut()[:96, :128]
+    noisy = np.clip(ref.astype(int) + np.random.default_rng(0).integers(-8, 9, ref.shape), 0, 255).astype(np.uint8)
+    Image.fromarray(ref).save(tmp_path / "ref.png")
+    Image.fromarray(noisy).save(tmp_path / "noisy.png")
+    flags = [] if lpips.available() else ["--no-lpips"]
+    assert main(["eval", "image", str(tmp_path / "noisy.png"), str(tmp_path / "ref.png"), *flags]) == 0
+    out = json.loads(capsys.readouterr().out)
+    mse = np.mean((noisy / 255.0 - ref / 255.0) ** 2)
+    assert out["psnr"] == pytest.approx(-10 * np.log10(mse), abs=1e-6)
+    assert 0.5 < out["ssim"] < 1.0
+    if lpips.available():
+        assert 0.0 < out["lpips"] < 0.3
+    Image.fromarray(ref[:64]).save(tmp_path / "small.png")
+    assert main(["eval", "image", str(tmp_path / "small.png"), str(tmp_path / "ref.png"), "--no-lpips"]) == 2
+    assert "must match" in capsys.readouterr().err
