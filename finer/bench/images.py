@@ -15,18 +15,22 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from finer import io
 from finer.bench.reference import OfficialFiner
 from finer.errors import FinerError
-from finer.metrics import psnr, ssim
+from finer.bench.report import write_report
+from finer.lpips import available as lpips_available
+from finer.metrics import image_metrics
 from finer.models import MODELS, build_model, count_parameters
 from finer.runs import resolve_device
-from finer.tasks.image import ImageTask, load_image
+from finer.tasks.image import ImageTask, load_image, save_image
 from finer.train import TrainConfig, fit
 
 REFERENCE = "official-finer"
+CURVE_EVERY = 10  # steps between the points of each run's recorded training-PSNR curve
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}
 
 
@@ -73,8 +77,10 @@ def _build(name: str, channels: int, width: int, hidden_layers: int, seed: int):
     return model, model.config.lr, tuple(model.config.target_range)
 
 
-def run_one(path: Path, name: str, protocol: Protocol, *, seed: int, device: torch.device, progress: bool) -> dict:
-    """One fit at the method's defaults; returns its metrics row."""
+def run_one(path: Path, name: str, protocol: Protocol, *, seed: int, device: torch.device,
+            progress: bool) -> tuple[dict, np.ndarray]:
+    """One fit at the method's defaults; returns its metrics row (with a training-PSNR curve) and the
+    reconstruction."""
     image = load_image(path, crop=protocol.crop, size=protocol.size)
     model, lr, target_range = _build(name, image.shape[-1], protocol.width, protocol.hidden_layers, seed)
     model = model.to(device)
@@ -82,13 +88,17 @@ def run_one(path: Path, name: str, protocol: Protocol, *, seed: int, device: tor
     cfg = TrainConfig(steps=protocol.steps, lr=lr, eval_every=0, checkpoint_every=0, log_every=50)
     state = fit(model, task, cfg, progress=progress, desc=f"{path.stem}/{name}")
     pred = task.predict(model)
+    scores = image_metrics(pred, image, with_lpips=lpips_available())
+    curve = [[h["step"], round(h["train_psnr"], 4)] for h in state.history
+             if h["step"] % CURVE_EVERY == 0 or h["step"] in (1, state.step)]
     return {
         "image": path.name, "model": name, "seed": seed, "status": state.status, "steps": state.step,
-        "psnr": psnr(pred, image), "ssim": ssim(pred, image), "params": count_parameters(model),
+        **scores, "params": count_parameters(model),
         "seconds": state.train_seconds, "seconds_per_step": state.train_seconds / max(state.step, 1),
         "lr": lr, "width": protocol.width, "hidden_layers": protocol.hidden_layers, "crop": protocol.crop,
         "size": protocol.size, "height": image.shape[0], "image_width": image.shape[1], "device": str(device),
-    }
+        "curve": curve,
+    }, pred
 
 
 def list_images(directory, limit: int | None = None) -> list[Path]:
@@ -119,15 +129,18 @@ def _protocol_record(directory, images, protocol: Protocol, seeds, device) -> di
 def run_grid(jobs, out: Path, device, progress: bool, on_row=None) -> list[dict]:
     """Run ``jobs`` = [(record_name, path, model, protocol, seed)], skipping records already written."""
     rows = []
+    (out / "runs").mkdir(parents=True, exist_ok=True)
     for record_name, path, name, protocol, seed in jobs:
         record = out / "runs" / f"{record_name}.json"
         if record.exists():
             rows.append(io.read_json(record))
             continue
-        row = run_one(path, name, protocol, seed=seed, device=device, progress=progress)
+        row, pred = run_one(path, name, protocol, seed=seed, device=device, progress=progress)
+        save_image(pred, out / "runs" / f"{record_name}.png")  # before the record, which marks the run done
         io.write_json(record, row)
         rows.append(row)
-        print(f"{path.name} {name:14s} w{protocol.width} s{seed} PSNR {row['psnr']:.2f} dB  SSIM {row['ssim']:.4f}  "
+        lp = f"  LPIPS {row['lpips']:.4f}" if row.get("lpips") is not None else ""
+        print(f"{path.name} {name:14s} w{protocol.width} s{seed} PSNR {row['psnr']:.2f} dB  SSIM {row['ssim']:.4f}{lp}  "
               f"{row['seconds_per_step']:.3f} s/step", flush=True)
         if on_row:
             on_row(rows)  # partial results stay readable
@@ -143,10 +156,12 @@ def run_image_bench(directory, *, models, protocol: Protocol, seeds=(0,), limit=
     jobs = [(f"{p.stem}-{m}-s{s}", p, m, protocol, s) for p in images for m in models for s in seeds]
 
     def write(rows):
-        io.write_csv(out / "results.csv", rows)
-        io.write_json(out / "results.json", {"protocol": {**meta, "runs_done": len(rows)}, "runs": rows})
-        text = summary_table(rows, models, {**meta, "runs_done": len(rows)})
+        done = {**meta, "runs_done": len(rows), "runs_planned": len(jobs)}
+        io.write_csv(out / "results.csv", [_flat(r) for r in rows])
+        io.write_json(out / "results.json", {"protocol": done, "runs": rows})
+        text = summary_table(rows, models, done)
         io.atomic_write(out / "summary.md", lambda tmp: Path(tmp).write_text(text))
+        write_report(out, rows, models, done, images)
 
     rows = run_grid(jobs, out, dev, progress, on_row=write)
     write(rows)
@@ -164,7 +179,7 @@ def run_width_bench(directory, *, models, widths, protocol: Protocol, seeds=(0,)
             for w in widths for p in images for m in models for s in seeds]
 
     def write(rows):
-        io.write_csv(out / "width.csv", rows)
+        io.write_csv(out / "width.csv", [_flat(r) for r in rows])
         io.write_json(out / "width.json", {"protocol": {**meta, "runs_done": len(rows)}, "runs": rows})
         text = width_table(rows, models, widths, {**meta, "runs_done": len(rows)})
         io.atomic_write(out / "width.md", lambda tmp: Path(tmp).write_text(text))
@@ -175,13 +190,20 @@ def run_width_bench(directory, *, models, widths, protocol: Protocol, seeds=(0,)
     return rows
 
 
+def _flat(row: dict) -> dict:
+    """A row without its curve, for CSV."""
+    return {k: v for k, v in row.items() if k != "curve"}
+
+
 def _protocol_line(p: dict) -> str:
     crop = f"centre crop {p['crop']}" if p["crop"] else "whole images"
     size = f", resized to {p['size']}" if p["size"] else ""
     return (f"Protocol: {p['images']} images from `{p['directory']}`, {crop}{size}, {p['hidden_layers']} hidden "
             f"layers x width {p['width']}, {p['steps']} full-batch steps, each method's default learning rate, "
             f"seeds {p['seeds']}, {p['device']} ({p['machine']}), torch {p['torch']}, {p['date']}; "
-            f"{p['runs_done']} runs. PSNR/SSIM of the clipped prediction on [0, 1], mean ± std over runs.")
+            f"{p['runs_done']} runs" + (f" of {p['runs_planned']} planned" if p.get("runs_planned", p["runs_done"])
+                                        != p["runs_done"] else "")
+            + ". PSNR/SSIM/LPIPS (AlexNet, v0.1) of the clipped prediction on [0, 1], mean ± std over runs.")
 
 
 def _mean_std(values: list[float]) -> tuple[float, float]:
@@ -190,16 +212,29 @@ def _mean_std(values: list[float]) -> tuple[float, float]:
 
 def summary_table(rows: list[dict], models: list[str], protocol: dict) -> str:
     """Markdown table of mean ± std PSNR/SSIM and speed per model."""
-    lines = [_protocol_line(protocol), "", "| model | PSNR (dB) | SSIM | params | s/step |", "|---|---|---|---|---|"]
+    lines = [_protocol_line(protocol), "", "| model | PSNR (dB) | SSIM | LPIPS | params | s/step | runs |",
+             "|---|---|---|---|---|---|---|"]
+    for name, p, sp, s, ss, lp, slp, params, sps, n in summary_rows(rows, models):
+        lpips_cell = f"{lp:.2e} ± {slp:.1e}" if lp is not None else "-"
+        lines.append(f"| {name} | {p:.2f} ± {sp:.2f} | {s:.4f} ± {ss:.4f} | {lpips_cell} | {params:,} | {sps:.3f} | {n} |")
+    return "\n".join(lines) + "\n"
+
+
+def summary_rows(rows: list[dict], models: list[str]) -> list[tuple]:
+    """Per model: name, PSNR mean/std, SSIM mean/std, LPIPS mean/std (None when not measured), params,
+    seconds per step, runs; models ranked by mean PSNR."""
+    out = []
     for name in models:
         sel = [r for r in rows if r["model"] == name]
         if not sel:
             continue
         p, sp = _mean_std([r["psnr"] for r in sel])
         s, ss = _mean_std([r["ssim"] for r in sel])
-        lines.append(f"| {name} | {p:.2f} ± {sp:.2f} | {s:.4f} ± {ss:.4f} | {sel[0]['params']:,} "
-                     f"| {statistics.mean(r['seconds_per_step'] for r in sel):.3f} |")
-    return "\n".join(lines) + "\n"
+        lp_values = [r["lpips"] for r in sel if r.get("lpips") is not None]
+        lp, slp = _mean_std(lp_values) if len(lp_values) == len(sel) else (None, None)
+        out.append((name, p, sp, s, ss, lp, slp, sel[0]["params"], statistics.mean(r["seconds_per_step"] for r in sel),
+                    len(sel)))
+    return sorted(out, key=lambda t: -t[1])
 
 
 def width_table(rows: list[dict], models: list[str], widths, protocol: dict) -> str:

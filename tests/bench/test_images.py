@@ -9,6 +9,7 @@ from PIL import Image
 from finer.cli import main
 from finer.errors import FinerError
 from finer.bench.images import resolve_protocol
+from finer.tasks.image import load_image
 
 
 @pytest.fixture
@@ -31,9 +32,31 @@ def test_image_grid_is_resumable_and_summarised(image_dir, tmp_path, capsys):
     assert len(results["runs"]) == 8 and results["protocol"]["steps"] == 3 and results["protocol"]["seeds"] == [0, 1]
     summary = (out / "summary.md").read_text()
     assert "| finer |" in summary and "| official-finer |" in summary and "3 full-batch steps" in summary
+    run = results["runs"][0]
+    assert run["curve"][0][0] == 1 and run["curve"][-1][0] == 3 and run["lpips"] is None  # 16 px: no LPIPS
+    assert (out / "runs" / "00-finer-s1.png").is_file()
+    report = (out / "report.html").read_text()
+    assert report.count("<tr>") == 3 and report.count("data:image/png;base64,") == 1 + 2  # curves + 2 images
+    assert "8 runs." in report
     assert main(args) == 0  # a rerun skips every finished run
     assert capsys.readouterr().out.count("PSNR") == 0
     assert len(json.loads((out / "results.json").read_text())["runs"]) == 8
+
+
+def test_bench_records_lpips_when_the_image_allows(tmp_path, capsys):
+    from finer import lpips
+
+    if not lpips.available():
+        pytest.skip(f"LPIPS weights not installed ({lpips.INSTALL_HINT})")
+    d = tmp_path / "imgs"
+    d.mkdir()
+    Image.fromarray((load_image(None, size=48) * 255).round().astype(np.uint8)).save(d / "a.png")
+    out = tmp_path / "bench"
+    assert main(["bench", "images", str(d), "--models", "siren", "--steps", "2", "--width", "8", "--crop", "none",
+                 "--size", "48", "--out", str(out), "--quiet"]) == 0
+    run = json.loads((out / "results.json").read_text())["runs"][0]
+    assert 0.0 < run["lpips"] < 1.5
+    assert "| siren |" in (out / "summary.md").read_text() and " ± " in (out / "summary.md").read_text()
 
 
 def test_width_sweep(image_dir, tmp_path):
