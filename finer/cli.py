@@ -206,6 +206,12 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--limit", type=_positive_int, help="only the first N images")
         p.add_argument("--seeds", default="0", help="comma-separated seeds (default 0)")
         p.add_argument("--out", required=True, help="results folder (finished runs are skipped on a rerun)")
+        p.add_argument("--executor", default="local", choices=["local", "ray"],
+                       help="local: this machine (--workers processes); ray: one Ray task per run")
+        p.add_argument("--workers", type=_positive_int, default=1,
+                       help="local executor: parallel processes, each with its share of the cores (default 1)")
+        p.add_argument("--address", help="ray executor: cluster address (e.g. auto, ray://head:10001); "
+                                         "default: start a local Ray instance")
         _add_common(p)
     p = bench_sub.add_parser("sdf", help="fit every mesh of a folder with several models; Chamfer/IoU table")
     p.add_argument("directory", help="folder of meshes")
@@ -335,7 +341,8 @@ def _bench(args: argparse.Namespace) -> int:
                                       width=args.width, crop=args.crop, size=args.size)
     common = dict(models=[m for m in args.models.split(",") if m], protocol=protocol,
                   seeds=_ints(args.seeds, "--seeds"), limit=args.limit, out=args.out, device=args.device,
-                  progress=not args.quiet)
+                  progress=not args.quiet,
+                  execution=bench.Execution(executor=args.executor, workers=args.workers, address=args.address))
     if args.bench == "images":
         bench.run_image_bench(args.directory, **common)
     else:

@@ -142,7 +142,7 @@ def fit_sdf(cfg: SDFRunConfig, out: str | Path, *, progress: bool = True, overwr
         "seconds_per_step": round(state.train_seconds / max(state.step, 1), 5), "precompute_seconds": round(prep, 2),
         "device": str(device), "mesh": str(cfg.mesh), "mesh_faces": len(mesh.faces),
         "watertight": bool(mesh.is_watertight), "inside_outside": S.SIGN_METHOD + (
-            "" if mesh.is_watertight else "; the mesh is not watertight, so inside/outside near its holes is a guess"),
+            "" if mesh.is_watertight else "; the mesh is not watertight: holes wider than the shell leak"),
         "resolution": cfg.resolution, "iou_resolution": cfg.iou_resolution, "chamfer_samples": cfg.chamfer_samples,
         "units": "chamfer in the normalised frame (longest side 0.9)",
     }

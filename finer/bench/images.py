@@ -21,6 +21,7 @@ import torch
 from finer import io
 from finer.bench.reference import OfficialFiner
 from finer.errors import FinerError
+from finer.bench.executors import execute
 from finer.bench.report import write_report
 from finer.lpips import available as lpips_available
 from finer.metrics import image_metrics
@@ -77,22 +78,35 @@ def _build(name: str, channels: int, width: int, hidden_layers: int, seed: int):
     return model, model.config.lr, tuple(model.config.target_range)
 
 
-def run_one(path: Path, name: str, protocol: Protocol, *, seed: int, device: torch.device,
-            progress: bool) -> tuple[dict, np.ndarray]:
+@dataclass
+class Job:
+    """One run of a grid, self-contained (the image travels with it) so any worker can execute it."""
+
+    record: str
+    image_name: str
+    image: np.ndarray
+    model: str
+    protocol: Protocol
+    seed: int
+    device: str = "auto"
+    progress: bool = False
+
+
+def run_one(job: Job) -> tuple[dict, np.ndarray]:
     """One fit at the method's defaults; returns its metrics row (with a training-PSNR curve) and the
     reconstruction."""
-    image = load_image(path, crop=protocol.crop, size=protocol.size)
-    model, lr, target_range = _build(name, image.shape[-1], protocol.width, protocol.hidden_layers, seed)
+    image, protocol, device = job.image, job.protocol, resolve_device(job.device)
+    model, lr, target_range = _build(job.model, image.shape[-1], protocol.width, protocol.hidden_layers, job.seed)
     model = model.to(device)
-    task = ImageTask(image, target_range, device, seed=seed)
+    task = ImageTask(image, target_range, device, seed=job.seed)
     cfg = TrainConfig(steps=protocol.steps, lr=lr, eval_every=0, checkpoint_every=0, log_every=50)
-    state = fit(model, task, cfg, progress=progress, desc=f"{path.stem}/{name}")
+    state = fit(model, task, cfg, progress=job.progress, desc=f"{Path(job.image_name).stem}/{job.model}")
     pred = task.predict(model)
     scores = image_metrics(pred, image, with_lpips=lpips_available())
     curve = [[h["step"], round(h["train_psnr"], 4)] for h in state.history
              if h["step"] % CURVE_EVERY == 0 or h["step"] in (1, state.step)]
     return {
-        "image": path.name, "model": name, "seed": seed, "status": state.status, "steps": state.step,
+        "image": job.image_name, "model": job.model, "seed": job.seed, "status": state.status, "steps": state.step,
         **scores, "params": count_parameters(model),
         "seconds": state.train_seconds, "seconds_per_step": state.train_seconds / max(state.step, 1),
         "lr": lr, "width": protocol.width, "hidden_layers": protocol.hidden_layers, "crop": protocol.crop,
@@ -119,40 +133,69 @@ def check_models(models: list[str]) -> None:
         raise FinerError("no models given")
 
 
-def _protocol_record(directory, images, protocol: Protocol, seeds, device) -> dict:
+def _protocol_record(directory, images, protocol: Protocol, seeds, device, execution=None) -> dict:
+    execution = execution or Execution()
     return {"directory": str(directory), "images": len(images), **dataclasses.asdict(protocol), "seeds": list(seeds),
-            "device": str(device), "full_batch": True,
+            "device": str(device), "full_batch": True, "executor": execution.executor, "workers": execution.workers,
             "machine": f"{platform.machine()}, {torch.get_num_threads()} torch threads",
             "torch": torch.__version__, "date": time.strftime("%Y-%m-%d")}
 
 
-def run_grid(jobs, out: Path, device, progress: bool, on_row=None) -> list[dict]:
-    """Run ``jobs`` = [(record_name, path, model, protocol, seed)], skipping records already written."""
-    rows = []
+@dataclass
+class Execution:
+    """How a grid's runs are executed (:mod:`finer.bench.executors`)."""
+
+    executor: str = "local"
+    workers: int = 1
+    address: str | None = None
+
+
+def run_grid(plan, out: Path, device: str, progress: bool, on_row=None, execution: Execution | None = None) -> list[dict]:
+    """Run ``plan`` = [(record_name, path, model, protocol, seed)], skipping records already written.
+
+    Rows come back in plan order whatever order the runs finish in.
+    """
+    execution = execution or Execution()
     (out / "runs").mkdir(parents=True, exist_ok=True)
-    for record_name, path, name, protocol, seed in jobs:
+    done: dict[str, dict] = {}
+    images: dict[tuple, np.ndarray] = {}
+    jobs = []
+    for record_name, path, name, protocol, seed in plan:
         record = out / "runs" / f"{record_name}.json"
         if record.exists():
-            rows.append(io.read_json(record))
+            done[record_name] = io.read_json(record)
             continue
-        row, pred = run_one(path, name, protocol, seed=seed, device=device, progress=progress)
-        save_image(pred, out / "runs" / f"{record_name}.png")  # before the record, which marks the run done
-        io.write_json(record, row)
-        rows.append(row)
+        key = (path, protocol.crop, protocol.size)
+        if key not in images:
+            images[key] = load_image(path, crop=protocol.crop, size=protocol.size)
+        sequential = execution.executor == "local" and execution.workers == 1
+        jobs.append(Job(record_name, path.name, images[key], name, protocol, seed, str(device), progress and sequential))
+    order = {record_name: i for i, (record_name, *_) in enumerate(plan)}
+
+    def ordered():
+        return [done[k] for k in sorted(done, key=order.__getitem__)]
+
+    total = len(jobs)
+    for count, (job, (row, pred)) in enumerate(execute(run_one, jobs, executor=execution.executor,
+                                                       workers=execution.workers, address=execution.address,
+                                                       gpus_per_job=1.0 if device == "cuda" else 0.0), start=1):
+        save_image(pred, out / "runs" / f"{job.record}.png")  # before the record, which marks the run done
+        io.write_json(out / "runs" / f"{job.record}.json", row)
+        done[job.record] = row
         lp = f"  LPIPS {row['lpips']:.4f}" if row.get("lpips") is not None else ""
-        print(f"{path.name} {name:14s} w{protocol.width} s{seed} PSNR {row['psnr']:.2f} dB  SSIM {row['ssim']:.4f}{lp}  "
-              f"{row['seconds_per_step']:.3f} s/step", flush=True)
+        print(f"[{count}/{total}] {job.image_name} {job.model:14s} w{job.protocol.width} s{job.seed} "
+              f"PSNR {row['psnr']:.2f} dB  SSIM {row['ssim']:.4f}{lp}  {row['seconds_per_step']:.3f} s/step", flush=True)
         if on_row:
-            on_row(rows)  # partial results stay readable
-    return rows
+            on_row(ordered())  # partial results stay readable
+    return ordered()
 
 
 def run_image_bench(directory, *, models, protocol: Protocol, seeds=(0,), limit=None, out, device="auto",
-                    progress=True) -> list[dict]:
+                    progress=True, execution: Execution | None = None) -> list[dict]:
     """``finer bench images``: methods x images x seeds at one protocol."""
     check_models(models)
     images, out, dev = list_images(directory, limit), Path(out), resolve_device(device)
-    meta = _protocol_record(directory, images, protocol, seeds, dev)
+    meta = _protocol_record(directory, images, protocol, seeds, dev, execution)
     jobs = [(f"{p.stem}-{m}-s{s}", p, m, protocol, s) for p in images for m in models for s in seeds]
 
     def write(rows):
@@ -163,18 +206,18 @@ def run_image_bench(directory, *, models, protocol: Protocol, seeds=(0,), limit=
         io.atomic_write(out / "summary.md", lambda tmp: Path(tmp).write_text(text))
         write_report(out, rows, models, done, images)
 
-    rows = run_grid(jobs, out, dev, progress, on_row=write)
+    rows = run_grid(jobs, out, device, progress, on_row=write, execution=execution)
     write(rows)
     return rows
 
 
 def run_width_bench(directory, *, models, widths, protocol: Protocol, seeds=(0,), limit=None, out, device="auto",
-                    progress=True) -> list[dict]:
+                    progress=True, execution: Execution | None = None) -> list[dict]:
     """``finer bench width`` (supplement Fig. 2): PSNR against hidden width with two hidden layers."""
     check_models(models)
     images, out, dev = list_images(directory, limit), Path(out), resolve_device(device)
     protocol = dataclasses.replace(protocol, hidden_layers=2)
-    meta = {**_protocol_record(directory, images, protocol, seeds, dev), "widths": list(widths)}
+    meta = {**_protocol_record(directory, images, protocol, seeds, dev, execution), "widths": list(widths)}
     jobs = [(f"{p.stem}-{m}-w{w}-s{s}", p, m, dataclasses.replace(protocol, width=w), s)
             for w in widths for p in images for m in models for s in seeds]
 
@@ -185,7 +228,7 @@ def run_width_bench(directory, *, models, widths, protocol: Protocol, seeds=(0,)
         io.atomic_write(out / "width.md", lambda tmp: Path(tmp).write_text(text))
         width_plot(rows, models, widths, out / "width.png")
 
-    rows = run_grid(jobs, out, dev, progress, on_row=write)
+    rows = run_grid(jobs, out, device, progress, on_row=write, execution=execution)
     write(rows)
     return rows
 

@@ -4,11 +4,18 @@ Conventions (finer-notes.md §4): a mesh is normalised into ``[-0.45, 0.45]^3`` 
 spans 0.9) and the field is learned on ``[-0.5, 0.5]^3``; the transform is kept so outputs can be
 put back in the mesh's own units. Signed distances are negative inside.
 
-Ground truth, as the official code does it: distance to the nearest of a dense set of surface
-samples, signed by that sample's face normal. Close to the surface (within two sample spacings)
-the point-to-plane distance along that normal is used, so the fine samples (noise scale 1e-3) are
-not limited by the sample spacing. This works for meshes that are not watertight too; what it
-decides for points far from holes is a heuristic, and ``metrics.json`` says so.
+Ground truth: distance to the nearest of a dense set of surface samples. Close to the surface
+(within two sample spacings) the point-to-plane distance along that sample's face normal is used,
+so the fine samples (noise scale 1e-3) are not limited by the sample spacing.
+
+The sign: near the surface (in a shell of voxels around the samples, on a 256^3 grid over the
+box) from the nearest sample's face normal, as the official code does everywhere; away from it,
+from a flood fill of that grid from the box's border (scipy's ``binary_fill_holes``), which the
+normals cannot fool. The official normal test alone mislabels far points whose nearest sample lies
+on a small inner component or a non-manifold fold: on the Stanford dragon (1,473 components) it
+called 6,611 of 258,253 far grid points inside that the flood fill puts outside, which the network
+then dutifully learned as tubes and blobs; on the watertight bunny both agree on every point.
+An open surface (nothing enclosed) is all outside away from its shell.
 """
 
 from __future__ import annotations
@@ -25,7 +32,9 @@ from torch import Tensor
 
 from finer.errors import FinerError
 
-SIGN_METHOD = "normal of the nearest surface sample (official approach)"
+SIGN_METHOD = ("near the surface: normal of the nearest surface sample (official approach); "
+               "away from it: flood fill of a 256^3 voxel grid from the border")
+OCCUPANCY_RESOLUTION = 256
 HALF_EXTENT = 0.45
 BOUND = 0.5
 
@@ -97,6 +106,30 @@ class SurfaceIndex:
         self.coarse_step = max(1, samples // 50_000)
         self.coarse = cKDTree(self.points[:: self.coarse_step])
         self.coarse_spacing = math.sqrt(mesh.area / len(self.coarse.data))
+        self._flood_fill(OCCUPANCY_RESOLUTION)
+
+    def _flood_fill(self, resolution: int) -> None:
+        """Voxels of the ``[-BOUND, BOUND]^3`` box: the shell around the samples (dilated enough to
+        close gaps between samples and small holes) and the interior it encloses."""
+        from scipy import ndimage
+
+        self.resolution = resolution
+        shell = np.zeros((resolution,) * 3, dtype=bool)
+        shell[tuple(self._voxels(self.points).T)] = True
+        grow = max(1, math.ceil(2 * self.spacing * resolution / (2 * BOUND)))
+        self.shell = ndimage.binary_dilation(shell, iterations=grow)
+        self.interior = ndimage.binary_fill_holes(self.shell) & ~self.shell
+
+    def _voxels(self, q: np.ndarray) -> np.ndarray:
+        return np.clip(np.floor((q + BOUND) / (2 * BOUND) * self.resolution).astype(np.int64), 0, self.resolution - 1)
+
+    def is_inside(self, q: np.ndarray, idx: np.ndarray) -> np.ndarray:
+        """Inside test of points ``q`` whose nearest sample index is ``idx`` (see the module doc)."""
+        v = self._voxels(q)
+        in_box = np.all(np.abs(q) <= BOUND, axis=1)
+        by_normal = np.einsum("ij,ij->i", q - self.points[idx], self.normals[idx]) < 0
+        near = self.shell[v[:, 0], v[:, 1], v[:, 2]] & in_box
+        return np.where(near, by_normal, self.interior[v[:, 0], v[:, 1], v[:, 2]] & in_box)
 
     def nearest(self, q: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Nearest dense sample of each point (distance, index).
@@ -122,8 +155,9 @@ class SurfaceIndex:
             q = query[s : s + chunk]
             dist, idx = self.nearest(q)
             along = np.einsum("ij,ij->i", q - self.points[idx], self.normals[idx])
-            sign = np.where(along < 0, -1.0, 1.0)
-            out[s : s + chunk] = np.where(dist < 2 * self.spacing, along, sign * dist)
+            sign = np.where(self.is_inside(q, idx), -1.0, 1.0)
+            close = (dist < 2 * self.spacing) & (np.sign(along) == sign)
+            out[s : s + chunk] = np.where(close, along, sign * dist)
         return out
 
 
@@ -137,12 +171,10 @@ def inside(index: "SurfaceIndex", query: np.ndarray, near: float, coarse_samples
     dist, idx = index.tree.query(query, distance_upper_bound=near)
     result = np.empty(len(query), dtype=bool)
     close = np.isfinite(dist)
-    q, j = query[close], idx[close]
-    result[close] = np.einsum("ij,ij->i", q - index.points[j], index.normals[j]) < 0
+    result[close] = index.is_inside(query[close], idx[close])
     step = max(1, len(index.points) // coarse_samples)
-    pts, nrm = index.points[::step], index.normals[::step]
-    _, jf = cKDTree(pts).query(query[~close])
-    result[~close] = np.einsum("ij,ij->i", query[~close] - pts[jf], nrm[jf]) < 0
+    _, jf = cKDTree(index.points[::step]).query(query[~close])
+    result[~close] = index.is_inside(query[~close], jf * step)
     return result
 
 

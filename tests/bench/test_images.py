@@ -74,3 +74,40 @@ def test_presets():
     assert resolve_protocol("quick", crop="none").crop is None
     with pytest.raises(FinerError, match="unknown preset"):
         resolve_protocol("slow")
+
+
+def _grid(image_dir, out, *extra):
+    assert main(["bench", "images", str(image_dir), "--models", "finer,siren", "--steps", "4", "--width", "8",
+                 "--crop", "none", "--size", "16", "--out", str(out), "--quiet", *extra]) == 0
+    return {(r["image"], r["model"]): r for r in json.loads((out / "results.json").read_text())["runs"]}
+
+
+def test_results_do_not_depend_on_the_executor(image_dir, tmp_path):
+    here = _grid(image_dir, tmp_path / "here")
+    pool = _grid(image_dir, tmp_path / "pool", "--workers", "2")
+    assert list(here) == list(pool)  # same rows, same (plan) order
+    for key, row in here.items():
+        assert pool[key]["psnr"] == pytest.approx(row["psnr"], abs=1e-3), key
+        assert pool[key]["params"] == row["params"]
+    assert json.loads((tmp_path / "pool" / "results.json").read_text())["protocol"]["workers"] == 2
+
+
+def test_ray_executor_on_a_local_instance(image_dir, tmp_path):
+    pytest.importorskip("ray", reason="Ray is an optional extra (pip install 'finer-inr[ray]')")
+    here = _grid(image_dir, tmp_path / "here")
+    remote = _grid(image_dir, tmp_path / "ray", "--executor", "ray")
+    assert list(here) == list(remote)
+    for key, row in here.items():
+        assert remote[key]["psnr"] == pytest.approx(row["psnr"], abs=1e-3), key
+    assert (tmp_path / "ray" / "runs" / "01-siren-s0.png").is_file()
+
+
+def test_unknown_executor_and_missing_ray(image_dir, tmp_path, monkeypatch, capsys):
+    from finer.bench.executors import execute
+
+    with pytest.raises(FinerError, match="unknown executor"):
+        list(execute(abs, [1], executor="dask"))
+    monkeypatch.setitem(__import__("sys").modules, "ray", None)  # as if Ray were not installed
+    assert main(["bench", "images", str(image_dir), "--models", "finer", "--steps", "2", "--width", "8", "--crop",
+                 "none", "--size", "16", "--out", str(tmp_path / "x"), "--quiet", "--executor", "ray"]) == 2
+    assert "pip install 'finer-inr[ray]'" in capsys.readouterr().err

@@ -37,6 +37,30 @@ def test_signed_distance_of_known_points(box):
     np.testing.assert_allclose(got, np.linalg.norm(pts, axis=1) - 0.3, atol=3e-3)
 
 
+def test_far_signs_are_not_fooled_by_a_stray_component():
+    """A sphere plus a small detached sphere with inward-facing normals (as scans have): the
+    normal of the nearest sample calls a whole region around the stray piece inside; the flood fill
+    does not."""
+    big = trimesh.creation.icosphere(subdivisions=4, radius=0.25)
+    stray = trimesh.creation.icosphere(subdivisions=2, radius=0.03)
+    stray.apply_translation([0.38, 0.0, 0.0])
+    stray.invert()
+    mesh = trimesh.util.concatenate([big, stray])
+    index = S.SurfaceIndex(mesh, 100_000, seed=0)
+    pts = S.grid_points(40)
+    d_big = np.linalg.norm(pts, axis=1) - 0.25
+    d_stray = np.linalg.norm(pts - [0.38, 0, 0], axis=1) - 0.03
+    far = (np.abs(d_big) > 0.03) & (np.abs(d_stray) > 0.03)
+    truth = (d_big < 0) | (d_stray < 0)
+    got = S.inside(index, pts, near=6.0 / 39)
+    assert np.array_equal(got[far], truth[far])
+    sdf = index.signed_distance(pts[far])
+    assert np.array_equal(sdf < 0, truth[far])
+    by_normal = np.einsum("ij,ij->i", pts[far] - index.points[index.nearest(pts[far])[1]],
+                          index.normals[index.nearest(pts[far])[1]]) < 0
+    assert (by_normal != truth[far]).sum() > 100  # the official test alone gets these wrong
+
+
 def test_fast_occupancy_agrees_with_signed_distance(box):
     index = S.SurfaceIndex(box, 50_000)
     grid = S.grid_points(24)
