@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test install bench-foundation clean
+.PHONY: demo test install bench-foundation bench-sdf clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -28,6 +28,10 @@ test: $(STAMP)
 bench-foundation: $(STAMP)
 	$(BIN)/finer bench images ../shared/data/images/div2k_train --preset quick --limit 4 \
 		--models finer,official-finer,siren,gauss,pemlp,wire --out docs/results/foundation-images --quiet
+
+# The SDF comparison recorded in docs/results/sdf (about an hour on 2 CPU cores).
+bench-sdf: $(STAMP)
+	$(BIN)/finer bench sdf ../shared/data/meshes --models finer,siren,gauss,pemlp,wire --out docs/results/sdf --quiet
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

@@ -42,6 +42,12 @@ def _positive_float(text: str) -> float:
     return value
 
 
+def _add_fused(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--fused", default="auto", choices=["auto", "compile", "eager", "off"],
+                   help="activations: compile = fused kernels compiled by torch.compile, eager = fused kernels "
+                        "without compiling, off = plain autograd; auto = compile for runs of 500+ steps (default)")
+
+
 def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="where to compute (default: auto)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -110,6 +116,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     p.add_argument("--out", help="run folder (default runs/image-NAME-MODEL-TIME)")
     p.add_argument("--overwrite", action="store_true", help="allow writing into a non-empty --out")
+    _add_fused(p)
     _add_common(p)
 
     p = fit_sub.add_parser("sdf", help="fit the signed distance field of a mesh (OBJ, PLY, STL, OFF)")
@@ -212,7 +219,24 @@ def build_parser() -> argparse.ArgumentParser:
                        help="local executor: parallel processes, each with its share of the cores (default 1)")
         p.add_argument("--address", help="ray executor: cluster address (e.g. auto, ray://head:10001); "
                                          "default: start a local Ray instance")
+        _add_fused(p)
         _add_common(p)
+    p = bench_sub.add_parser("speed", help="training step time against the GEMM floor and the official code")
+    p.add_argument("--size", type=_positive_int, default=256, help="image side (default 256; full batch)")
+    p.add_argument("--width", type=_positive_int, default=256, help="hidden width (default 256)")
+    p.add_argument("--hidden-layers", type=_non_negative_int, default=3, help="hidden-to-hidden layers (default 3)")
+    p.add_argument("--steps", type=_positive_int, default=10, help="steps per timed block (default 10)")
+    p.add_argument("--repeats", type=_positive_int, default=3, help="timed blocks, median reported (default 3)")
+    p.add_argument("--warmup", type=_non_negative_int, default=3, help="warm-up steps (default 3)")
+    p.add_argument("--models", default=",".join(("finer", "siren", "gauss", "wire", "pemlp", "gauss-finer",
+                                                  "wire-finer")), help="comma-separated registry names")
+    p.add_argument("--no-compile", action="store_true", help="fused activations without torch.compile")
+    p.add_argument("--identity-steps", type=_non_negative_int, default=100,
+                   help="steps of the library-vs-reference identity check (0: skip; default 100)")
+    p.add_argument("--image", help="image to fit (default: scikit-image's astronaut)")
+    p.add_argument("--out", help="write the report here (Markdown) and its data beside it (.json)")
+    _add_common(p)
+
     p = bench_sub.add_parser("sdf", help="fit every mesh of a folder with several models; Chamfer/IoU table")
     p.add_argument("directory", help="folder of meshes")
     p.add_argument("--models", default="finer,siren,wire,gauss,pemlp", help="comma-separated registry names")
@@ -270,7 +294,7 @@ def _run(args: argparse.Namespace) -> int:
             image=args.path, model=args.model, model_options=_model_options(args), steps=args.steps,
             seed=args.seed, crop=args.crop, size=args.size, alpha=args.alpha, aspect=args.aspect,
             batch_size=args.batch_size, eval_every=args.eval_every, checkpoint_every=args.checkpoint_every,
-            device=args.device,
+            device=args.device, fused=args.fused,
         )
         log = (lambda *_: None) if args.quiet else (lambda msg: print(msg, file=sys.stderr))
         return _report(lambda: fit_image(cfg, args.out, progress=not args.quiet, overwrite=args.overwrite, log=log))
@@ -335,13 +359,15 @@ def _ints(text: str, what: str) -> list[int]:
 def _bench(args: argparse.Namespace) -> int:
     if args.bench == "sdf":
         return _bench_sdf(args)
+    if args.bench == "speed":
+        return _bench_speed(args)
     from finer.bench import images as bench
 
     protocol = bench.resolve_protocol(args.preset, steps=args.steps, hidden_layers=args.hidden_layers,
                                       width=args.width, crop=args.crop, size=args.size)
     common = dict(models=[m for m in args.models.split(",") if m], protocol=protocol,
                   seeds=_ints(args.seeds, "--seeds"), limit=args.limit, out=args.out, device=args.device,
-                  progress=not args.quiet,
+                  progress=not args.quiet, fused=args.fused,
                   execution=bench.Execution(executor=args.executor, workers=args.workers, address=args.address))
     if args.bench == "images":
         bench.run_image_bench(args.directory, **common)
@@ -350,6 +376,26 @@ def _bench(args: argparse.Namespace) -> int:
         if min(widths) <= 0:
             raise FinerError("--widths must be positive")
         bench.run_width_bench(args.directory, widths=widths, **common)
+    return 0
+
+
+def _bench_speed(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from finer import io
+    from finer.bench.speed import SpeedConfig, run_speed, speed_markdown
+
+    cfg = SpeedConfig(size=args.size, width=args.width, hidden_layers=args.hidden_layers, steps=args.steps,
+                      repeats=args.repeats, warmup=args.warmup, methods=tuple(m for m in args.models.split(",") if m),
+                      compile=not args.no_compile, identity_steps=args.identity_steps, device=args.device,
+                      image=args.image)
+    result = run_speed(cfg, log=lambda msg: print(msg, flush=True))
+    if args.out:
+        out = Path(args.out)
+        command = "finer " + " ".join(sys.argv[1:]) if sys.argv[0].endswith("finer") else "finer bench speed ..."
+        io.write_json(out.with_suffix(".json"), result)
+        text = speed_markdown(result, command)
+        io.atomic_write(out, lambda tmp: Path(tmp).write_text(text))
     return 0
 
 

@@ -21,6 +21,7 @@ from finer import io
 from finer.errors import ConfigError, DivergedError, FinerError
 from finer.metrics import psnr, ssim
 from finer.models import build_model, count_parameters
+from finer.nn.fused import FUSED_MODES, apply_fused
 from finer.plots import error_map, psnr_curve
 from finer.tasks import image as img
 from finer.train import FitState, TrainConfig, fit
@@ -62,6 +63,9 @@ class ImageRunConfig:
     """Steps between checkpoints (0: only at the end)."""
     device: str = "auto"
     """auto, cpu or cuda."""
+    fused: str = "auto"
+    """Activations: compile (fused, compiled), eager (fused), off (plain autograd), or auto
+    (compile for runs of 500 steps or more); see finer.nn.fused."""
 
     def validate(self) -> None:
         for name in ("steps", "eval_chunk", "log_every"):
@@ -74,6 +78,8 @@ class ImageRunConfig:
                 raise ConfigError(f"{name.replace('_', '-')} must be zero or a positive integer, got {value!r}")
         if self.batch_size is not None and (not isinstance(self.batch_size, int) or self.batch_size <= 0):
             raise ConfigError(f"batch-size must be a positive integer, got {self.batch_size!r}")
+        if self.fused not in FUSED_MODES:
+            raise ConfigError(f"unknown fused mode {self.fused!r}; choose one of: {', '.join(FUSED_MODES)}")
         if self.device not in DEVICE_CHOICES:
             raise ConfigError(f"unknown device {self.device!r}; choose one of: {', '.join(DEVICE_CHOICES)}")
 
@@ -117,6 +123,7 @@ class _Run:
         self.image = img.load_image(cfg.image, crop=cfg.crop, size=cfg.size, alpha=cfg.alpha, max_bytes=budget)
         h, w, c = self.image.shape
         self.model = build_model(cfg.model, 2, c, seed=cfg.seed, **cfg.model_options).to(self.device)
+        self.fused = apply_fused(self.model, cfg.fused, cfg.steps)
         mcfg = self.model.config
         self.batch_size = cfg.batch_size
         self.note = ""
@@ -155,6 +162,7 @@ class _Run:
             "train": {**dataclasses.asdict(self.train_cfg), "optimizer": "Adam", "loss": "MSE",
                       "batch_size": self.batch_size or h * w, "full_batch": self.batch_size is None},
             "device": str(self.device),
+            "activations": self.fused,
             "versions": {"torch": torch.__version__, "python": platform.python_version()},
         }
 
@@ -187,6 +195,7 @@ class _Run:
             "seconds": round(state.train_seconds, 3),
             "seconds_per_step": round(state.train_seconds / max(state.step, 1), 5),
             "device": str(self.device),
+            "fused": self.fused["fused"],
             "image": self.cfg.image or img.DEFAULT_IMAGE,
             "height": h,
             "width": w,

@@ -63,6 +63,18 @@ class FitState:
     first_loss: float | None = None
 
 
+def make_adam(params, lr: float, amsgrad: bool = False) -> torch.optim.Adam:
+    """Adam, with PyTorch's fused (single-kernel) update when every parameter is a real float
+    tensor (complex WIRE weights keep the multi-tensor update); the same algorithm either way."""
+    params = list(params)
+    if params and all(p.is_floating_point() for p in params):
+        try:
+            return torch.optim.Adam(params, lr=lr, amsgrad=amsgrad, fused=True)
+        except (RuntimeError, ValueError):  # a device without the fused kernel
+            pass
+    return torch.optim.Adam(params, lr=lr, amsgrad=amsgrad)
+
+
 def exponential_decay(steps: int, final_factor: float) -> Callable[[int], float]:
     """The paper's schedule: ``lr(step) = lr * final_factor ** (step / steps)``."""
     return lambda step: final_factor ** (min(step, steps) / steps)
@@ -109,7 +121,7 @@ def fit(
     snapshot and ``state.status`` becomes ``"diverged"``; on Ctrl-C it becomes ``"interrupted"``.
     """
     state = state or FitState()
-    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, amsgrad=cfg.amsgrad)
+    optimizer = make_adam(model.parameters(), lr=cfg.lr, amsgrad=cfg.amsgrad)
     if optimizer_state is not None:
         optimizer.load_state_dict(optimizer_state)
     schedule = exponential_decay(cfg.steps, cfg.lr_final_factor)

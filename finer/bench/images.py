@@ -26,6 +26,7 @@ from finer.bench.report import write_report
 from finer.lpips import available as lpips_available
 from finer.metrics import image_metrics
 from finer.models import MODELS, build_model, count_parameters
+from finer.nn.fused import apply_fused
 from finer.runs import resolve_device
 from finer.tasks.image import ImageTask, load_image, save_image
 from finer.train import TrainConfig, fit
@@ -90,6 +91,7 @@ class Job:
     seed: int
     device: str = "auto"
     progress: bool = False
+    fused: str = "auto"
 
 
 def run_one(job: Job) -> tuple[dict, np.ndarray]:
@@ -98,6 +100,7 @@ def run_one(job: Job) -> tuple[dict, np.ndarray]:
     image, protocol, device = job.image, job.protocol, resolve_device(job.device)
     model, lr, target_range = _build(job.model, image.shape[-1], protocol.width, protocol.hidden_layers, job.seed)
     model = model.to(device)
+    fused = apply_fused(model, job.fused, protocol.steps)
     task = ImageTask(image, target_range, device, seed=job.seed)
     cfg = TrainConfig(steps=protocol.steps, lr=lr, eval_every=0, checkpoint_every=0, log_every=50)
     state = fit(model, task, cfg, progress=job.progress, desc=f"{Path(job.image_name).stem}/{job.model}")
@@ -111,7 +114,7 @@ def run_one(job: Job) -> tuple[dict, np.ndarray]:
         "seconds": state.train_seconds, "seconds_per_step": state.train_seconds / max(state.step, 1),
         "lr": lr, "width": protocol.width, "hidden_layers": protocol.hidden_layers, "crop": protocol.crop,
         "size": protocol.size, "height": image.shape[0], "image_width": image.shape[1], "device": str(device),
-        "curve": curve,
+        "fused": fused["fused"], "curve": curve,
     }, pred
 
 
@@ -150,7 +153,8 @@ class Execution:
     address: str | None = None
 
 
-def run_grid(plan, out: Path, device: str, progress: bool, on_row=None, execution: Execution | None = None) -> list[dict]:
+def run_grid(plan, out: Path, device: str, progress: bool, on_row=None, execution: Execution | None = None,
+             fused: str = "auto") -> list[dict]:
     """Run ``plan`` = [(record_name, path, model, protocol, seed)], skipping records already written.
 
     Rows come back in plan order whatever order the runs finish in.
@@ -169,7 +173,8 @@ def run_grid(plan, out: Path, device: str, progress: bool, on_row=None, executio
         if key not in images:
             images[key] = load_image(path, crop=protocol.crop, size=protocol.size)
         sequential = execution.executor == "local" and execution.workers == 1
-        jobs.append(Job(record_name, path.name, images[key], name, protocol, seed, str(device), progress and sequential))
+        jobs.append(Job(record_name, path.name, images[key], name, protocol, seed, str(device),
+                        progress and sequential, fused))
     order = {record_name: i for i, (record_name, *_) in enumerate(plan)}
 
     def ordered():
@@ -191,7 +196,7 @@ def run_grid(plan, out: Path, device: str, progress: bool, on_row=None, executio
 
 
 def run_image_bench(directory, *, models, protocol: Protocol, seeds=(0,), limit=None, out, device="auto",
-                    progress=True, execution: Execution | None = None) -> list[dict]:
+                    progress=True, execution: Execution | None = None, fused: str = "auto") -> list[dict]:
     """``finer bench images``: methods x images x seeds at one protocol."""
     check_models(models)
     images, out, dev = list_images(directory, limit), Path(out), resolve_device(device)
@@ -206,13 +211,13 @@ def run_image_bench(directory, *, models, protocol: Protocol, seeds=(0,), limit=
         io.atomic_write(out / "summary.md", lambda tmp: Path(tmp).write_text(text))
         write_report(out, rows, models, done, images)
 
-    rows = run_grid(jobs, out, device, progress, on_row=write, execution=execution)
+    rows = run_grid(jobs, out, device, progress, on_row=write, execution=execution, fused=fused)
     write(rows)
     return rows
 
 
 def run_width_bench(directory, *, models, widths, protocol: Protocol, seeds=(0,), limit=None, out, device="auto",
-                    progress=True, execution: Execution | None = None) -> list[dict]:
+                    progress=True, execution: Execution | None = None, fused: str = "auto") -> list[dict]:
     """``finer bench width`` (supplement Fig. 2): PSNR against hidden width with two hidden layers."""
     check_models(models)
     images, out, dev = list_images(directory, limit), Path(out), resolve_device(device)
@@ -228,7 +233,7 @@ def run_width_bench(directory, *, models, widths, protocol: Protocol, seeds=(0,)
         io.atomic_write(out / "width.md", lambda tmp: Path(tmp).write_text(text))
         width_plot(rows, models, widths, out / "width.png")
 
-    rows = run_grid(jobs, out, device, progress, on_row=write, execution=execution)
+    rows = run_grid(jobs, out, device, progress, on_row=write, execution=execution, fused=fused)
     write(rows)
     return rows
 

@@ -60,6 +60,8 @@ class Layer(nn.Module):
         if isinstance(act, nn.Module):
             return ""  # shown as a child module
         if isinstance(act, functools.partial):
-            params = ", ".join(f"{k}={v}" for k, v in act.keywords.items())
-            return f"activation={act.func.__name__}({params})"
+            fused = "reference" in act.keywords  # finer.nn.fused.fused_apply
+            name = act.keywords["reference"].__name__ if fused else act.func.__name__
+            params = ", ".join(f"{k}={v}" for k, v in act.keywords.items() if k not in ("reference", "runner"))
+            return f"activation={'fused ' if fused else ''}{name}({params})"
         return f"activation={getattr(act, '__name__', repr(act))}"

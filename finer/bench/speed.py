@@ -1,0 +1,221 @@
+"""``finer bench speed``: the cost of a training step against the cost of its matrix multiplications.
+
+Measured in one process, on the same shapes (an image of ``size x size`` pixels, full batch, a
+``2 -> width -> ... -> 3`` network with ``hidden_layers`` hidden-to-hidden layers):
+
+- ``floor``: the bare matrix multiplications of one step: each layer's forward product (with its
+  bias, ``addmm``) and both backward products (input gradient, except for the first layer, and
+  weight gradient). Nothing can train this network faster on this machine with these kernels.
+- ``official-finer``: an eager re-implementation of the official code (:mod:`finer.bench.reference`)
+  with its optimiser (plain ``torch.optim.Adam``), step by step.
+- each method of the library, through the library's own training loop (:func:`finer.train.fit`)
+  with the fused activations (:mod:`finer.nn.fused`), compiled or eager.
+
+Every number is the median over ``repeats`` timed blocks of ``steps`` steps, after warm-up steps;
+compilation time is measured separately (the warm-up of a fresh process, minus a step). The
+identity check trains the library's FINER and the reference from the same initial weights and
+compares their loss curves and final PSNR.
+"""
+
+from __future__ import annotations
+
+import platform
+import statistics
+import time
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+import torch
+
+from finer.bench.reference import OfficialFiner
+from finer.errors import FinerError
+from finer.metrics import psnr
+from finer.models import MODELS, build_model
+from finer.nn.fused import fuse
+from finer.tasks.image import ImageTask, load_image
+from finer.train import TrainConfig, fit
+
+DEFAULT_METHODS = ("finer", "siren", "gauss", "wire", "pemlp", "gauss-finer", "wire-finer")
+
+
+@dataclass
+class SpeedConfig:
+    size: int = 256
+    """Image side in pixels (full batch: size^2 points per step)."""
+    width: int = 256
+    hidden_layers: int = 3
+    steps: int = 10
+    """Steps per timed block."""
+    repeats: int = 3
+    """Timed blocks; the median is reported."""
+    warmup: int = 3
+    methods: tuple[str, ...] = DEFAULT_METHODS
+    compile: bool = True
+    identity_steps: int = 100
+    """Steps of the identity check (0: skip)."""
+    device: str = "cpu"
+    image: str | None = None
+    """Image to fit (default: scikit-image's astronaut)."""
+    threads: int = field(default_factory=torch.get_num_threads)
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _median_block(run_block, repeats: int, device) -> float:
+    times = []
+    for _ in range(repeats):
+        _sync(device)
+        t0 = time.perf_counter()
+        run_block()
+        _sync(device)
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def gemm_floor(n: int, width: int, hidden_layers: int, out: int, cfg: SpeedConfig, device) -> float:
+    """Seconds per step of the bare matrix products of a ``2 -> width^hidden -> out`` network."""
+    dims = [2] + [width] * (hidden_layers + 1) + [out]
+    g = torch.Generator(device="cpu").manual_seed(0)
+    acts = [torch.randn(n, d, generator=g).to(device) for d in dims]
+    weights = [torch.randn(dims[i + 1], dims[i], generator=g).to(device) for i in range(len(dims) - 1)]
+    biases = [torch.randn(dims[i + 1], generator=g).to(device) for i in range(len(dims) - 1)]
+
+    def step():
+        for i, (w, b) in enumerate(zip(weights, biases)):
+            torch.addmm(b, acts[i], w.t())  # forward
+            grad_out = acts[i + 1]
+            torch.mm(grad_out.t(), acts[i])  # weight gradient
+            if i > 0:
+                torch.mm(grad_out, w)  # input gradient
+
+    def block():
+        for _ in range(cfg.steps):
+            step()
+
+    block()  # warm-up
+    return _median_block(block, cfg.repeats, device) / cfg.steps
+
+
+def _reference_step_time(task: ImageTask, cfg: SpeedConfig, device) -> float:
+    torch.manual_seed(0)
+    model = OfficialFiner(2, task.image.shape[-1], width=cfg.width, hidden_layers=cfg.hidden_layers).to(device)
+    opt = torch.optim.Adam(model.parameters(), lr=model.lr)
+    x, y = task.batch(0)
+
+    def block(steps=cfg.steps):
+        for _ in range(steps):
+            loss = ((model(x) - y) ** 2).mean()
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+
+    block(cfg.warmup)
+    return _median_block(block, cfg.repeats, device) / cfg.steps
+
+
+def _library_step_time(name: str, task_for, cfg: SpeedConfig, device) -> tuple[float, float, int]:
+    """(seconds per step, seconds of compilation/warm-up overhead, fused layers) through fit()."""
+    model = build_model(name, 2, 3, seed=0, width=cfg.width, hidden_layers=cfg.hidden_layers).to(device)
+    fused = fuse(model, compile=cfg.compile)
+    task = task_for(tuple(model.config.target_range))
+
+    def train(steps):
+        return fit(model, task, TrainConfig(steps=steps, lr=model.config.lr, eval_every=0, checkpoint_every=0,
+                                            log_every=steps), progress=False).train_seconds
+
+    first = train(1)
+    train(cfg.warmup)
+    blocks = [train(cfg.steps) / cfg.steps for _ in range(cfg.repeats)]
+    per_step = statistics.median(blocks)
+    return per_step, max(first - per_step, 0.0), fused
+
+
+def identity_check(image, cfg: SpeedConfig, device) -> dict:
+    """Library FINER (fused) and the eager reference from the same weights: loss curves and PSNR."""
+    steps = cfg.identity_steps
+    lib = build_model("finer", 2, image.shape[-1], seed=0, width=cfg.width, hidden_layers=cfg.hidden_layers)
+    ref = OfficialFiner(2, image.shape[-1], width=cfg.width, hidden_layers=cfg.hidden_layers)
+    with torch.no_grad():
+        for p_ref, p_lib in zip(ref.parameters(), lib.parameters(), strict=True):
+            p_ref.copy_(p_lib)
+    lib, ref = lib.to(device), ref.to(device)
+    fuse(lib, compile=cfg.compile)
+    losses, psnrs = {}, {}
+    for name, model in (("library", lib), ("reference", ref)):
+        task = ImageTask(image, (-1.0, 1.0), device, seed=0)
+        state = fit(model, task, TrainConfig(steps=steps, lr=5e-4, eval_every=0, checkpoint_every=0, log_every=10),
+                    progress=False)
+        losses[name] = [h["loss"] for h in state.history]
+        psnrs[name] = psnr(task.predict(model), image)
+    rel = max(abs(a - b) / max(abs(b), 1e-12) for a, b in zip(losses["library"], losses["reference"]))
+    return {"steps": steps, "max_relative_loss_difference": rel, "psnr_library": psnrs["library"],
+            "psnr_reference": psnrs["reference"], "psnr_difference": psnrs["library"] - psnrs["reference"]}
+
+
+def run_speed(cfg: SpeedConfig, log=print) -> dict:
+    unknown = [m for m in cfg.methods if m not in MODELS]
+    if unknown:
+        raise FinerError(f"unknown model(s) {', '.join(unknown)}; choose from: {', '.join(MODELS)}")
+    from finer.runs import resolve_device
+
+    device = resolve_device(cfg.device)
+    full = load_image(cfg.image)
+    image = load_image(cfg.image, crop=min(full.shape[:2]), size=cfg.size)  # square centre crop, resized
+    image = image[..., :3] if image.shape[-1] >= 3 else np.repeat(image, 3, axis=-1)
+    n = image.shape[0] * image.shape[1]
+    log(f"shapes: {n} points, 2 -> {cfg.width} x {cfg.hidden_layers + 1} -> 3, {device}, "
+        f"{torch.get_num_threads()} threads, compile={'on' if cfg.compile else 'off'}")
+    floor = gemm_floor(n, cfg.width, cfg.hidden_layers, 3, cfg, device)
+    log(f"GEMM floor        {floor:.4f} s/step")
+    reference = _reference_step_time(ImageTask(image, (-1.0, 1.0), device, seed=0), cfg, device)
+    log(f"official (eager)  {reference:.4f} s/step  = {reference / floor:.2f} x floor")
+    rows = []
+    for name in cfg.methods:
+        per_step, overhead, fused = _library_step_time(
+            name, lambda rng: ImageTask(image, rng, device, seed=0), cfg, device)
+        rows.append({"method": name, "seconds_per_step": per_step, "over_floor": per_step / floor,
+                     "reference_over_this": reference / per_step, "fused_layers": fused,
+                     "first_step_overhead_seconds": overhead})
+        log(f"{name:17s} {per_step:.4f} s/step  = {per_step / floor:.2f} x floor, reference / this = "
+            f"{reference / per_step:.2f}  (fused layers {fused}, first-step overhead {overhead:.1f} s)")
+    identity = identity_check(image, cfg, device) if cfg.identity_steps else None
+    if identity:
+        log(f"identity over {identity['steps']} steps: max relative loss difference "
+            f"{identity['max_relative_loss_difference']:.2e}, PSNR library {identity['psnr_library']:.3f} dB vs "
+            f"reference {identity['psnr_reference']:.3f} dB")
+    return {"config": {**asdict(cfg), "methods": list(cfg.methods)}, "points": n, "device": str(device),
+            "machine": f"{platform.machine()}, {platform.processor() or 'cpu'}, {torch.get_num_threads()} threads",
+            "torch": torch.__version__, "date": time.strftime("%Y-%m-%d"),
+            "gemm_floor_seconds_per_step": floor, "official_seconds_per_step": reference,
+            "official_over_floor": reference / floor, "methods": rows, "identity": identity}
+
+
+def speed_markdown(result: dict, command: str) -> str:
+    cfg = result["config"]
+    lines = [
+        "# Training speed", "",
+        f"Command: `{command}`", "",
+        f"Machine: {result['machine']} ({result['device']}), torch {result['torch']}, {result['date']}.",
+        f"Shapes: {result['points']} points per step (a {cfg['size']}x{cfg['size']} image, full batch), "
+        f"`2 -> {cfg['width']}` then {cfg['hidden_layers']} x `{cfg['width']} -> {cfg['width']}` then "
+        f"`{cfg['width']} -> 3`. Median of {cfg['repeats']} blocks of {cfg['steps']} steps after "
+        f"{cfg['warmup']} warm-up steps; torch.compile {'on' if cfg['compile'] else 'off'}.", "",
+        f"GEMM floor (forward and both backward products, nothing else): {result['gemm_floor_seconds_per_step']:.4f} s/step.",
+        f"Official code, eager re-implementation: {result['official_seconds_per_step']:.4f} s/step = "
+        f"{result['official_over_floor']:.2f} x floor.", "",
+        "| method | s/step | step / floor | official / step | fused layers | first-step overhead (s) |",
+        "|---|---|---|---|---|---|",
+    ]
+    for r in result["methods"]:
+        lines.append(f"| {r['method']} | {r['seconds_per_step']:.4f} | {r['over_floor']:.2f} | "
+                     f"{r['reference_over_this']:.2f} | {r['fused_layers']} | {r['first_step_overhead_seconds']:.1f} |")
+    ident = result.get("identity")
+    if ident:
+        lines += ["", f"Identity: library FINER and the reference trained {ident['steps']} steps from the same "
+                      f"weights: largest relative difference of their losses {ident['max_relative_loss_difference']:.2e}; "
+                      f"PSNR {ident['psnr_library']:.3f} dB (library) vs {ident['psnr_reference']:.3f} dB (reference)."]
+    return "\n".join(lines) + "\n"
+

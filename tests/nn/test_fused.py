@@ -1,0 +1,97 @@
+"""Fused activations give the values and first derivatives of the reference functions."""
+
+import functools
+import warnings
+
+import pytest
+import torch
+
+import finer
+from finer.errors import FinerError
+from finer.nn import activations as A
+from finer.nn import fused as F
+
+CASES = [
+    (A.finer, dict(omega=30.0, detach=True)),
+    (A.finer, dict(omega=30.0, detach=False)),
+    (A.sine, dict(omega=30.0)),
+    (A.gauss, dict(scale=30.0)),
+    (A.gauss_finer, dict(omega=10.0, scale=3.0, detach=True)),
+    (A.gauss_finer, dict(omega=10.0, scale=3.0, detach=False)),
+]
+
+
+def _value_and_grad(fn, z, g):
+    z = z.clone().requires_grad_()
+    y = fn(z)
+    (gz,) = torch.autograd.grad(y, z, g)
+    return y.detach(), gz
+
+
+@pytest.mark.parametrize("fn,params", CASES, ids=lambda c: getattr(c, "__name__", str(c)))
+def test_kernels_match_the_reference_functions(fn, params):
+    gen = torch.Generator().manual_seed(0)
+    z = torch.randn(500, 32, generator=gen, dtype=torch.float64) * 0.2
+    g = torch.randn(500, 32, generator=gen, dtype=torch.float64)
+    y_ref, gz_ref = _value_and_grad(functools.partial(fn, **params), z, g)
+    y, gz = _value_and_grad(F.fused_version(functools.partial(fn, **params), compile=False), z, g)
+    torch.testing.assert_close(y, y_ref, rtol=0, atol=1e-12)
+    torch.testing.assert_close(gz, gz_ref, rtol=1e-10, atol=1e-10)
+
+
+def test_compiled_kernel_matches_the_reference():
+    z = torch.randn(257, 64, generator=torch.Generator().manual_seed(1)) * 0.3
+    g = torch.randn(257, 64, generator=torch.Generator().manual_seed(2))
+    ref = functools.partial(A.finer, omega=30.0, detach=True)
+    fused = F.fused_version(ref, compile=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)  # a fallback to eager would not test the compiled path
+        y, gz = _value_and_grad(fused, z, g)
+    assert fused.keywords["runner"].compiled is not None
+    y_ref, gz_ref = _value_and_grad(ref, z, g)
+    torch.testing.assert_close(y, y_ref, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(gz, gz_ref, rtol=1e-4, atol=1e-3 * gz_ref.abs().max().item())
+
+
+def test_failed_compilation_falls_back_to_eager(monkeypatch):
+    def broken(fn, **kwargs):
+        def run(*args, **kw):
+            raise RuntimeError("no compiler here")
+        return run
+
+    monkeypatch.setattr(torch, "compile", broken)
+    runner = F._Compiled(F.sine_kernel, compile=True)
+    z = torch.linspace(-1, 1, 11)
+    with pytest.warns(RuntimeWarning, match="running it eagerly"):
+        y, _ = runner(z, omega=30.0)
+    torch.testing.assert_close(y, torch.sin(30.0 * z))
+    y, _ = runner(z, omega=30.0)  # no second warning: the runner stays eager
+
+
+@pytest.mark.parametrize("name,expected", [("finer", 3), ("siren", 3), ("gauss-finer", 3), ("wire", 0), ("pemlp", 0)])
+def test_fuse_a_model_keeps_outputs_and_parameter_gradients(name, expected):
+    x = torch.rand(300, 2) * 2 - 1
+    plain = finer.build_model(name, 2, 3, width=16, hidden_layers=2, seed=0)
+    fast = finer.build_model(name, 2, 3, width=16, hidden_layers=2, seed=0)
+    assert F.fuse(fast, compile=False) == expected
+    outs = []
+    for model in (plain, fast):
+        model.zero_grad()
+        y = model(x)
+        (y.real if y.is_complex() else y).square().mean().backward()
+        outs.append((y.detach(), [p.grad.clone() for p in model.parameters()]))
+    torch.testing.assert_close(outs[1][0], outs[0][0])
+    for a, b in zip(outs[1][1], outs[0][1]):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+    if expected:
+        assert "fused finer" in repr(fast) or "fused sine" in repr(fast) or "fused gauss" in repr(fast)
+    assert F.unfuse(fast) == expected and "fused" not in repr(fast)
+
+
+def test_apply_fused_modes():
+    model = finer.build_model("finer", 2, 1, width=8, hidden_layers=1)
+    assert F.apply_fused(model, "auto", steps=10) == {"fused": "off", "fused_layers": 0}
+    assert F.apply_fused(model, "eager", steps=10) == {"fused": "eager", "fused_layers": 2}
+    assert F.apply_fused(finer.build_model("finer", 2, 1), "auto", steps=5000)["fused"] == "compile"
+    with pytest.raises(FinerError, match="unknown fused mode"):
+        F.apply_fused(model, "fast", steps=10)
