@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 from typing import Sequence
 
 from finer.errors import DivergedError, FinerError
@@ -101,8 +102,11 @@ def build_parser() -> argparse.ArgumentParser:
     fit = sub.add_parser("fit", help="fit a signal")
     fit_sub = fit.add_subparsers(dest="task", required=True, metavar="TASK")
     p = fit_sub.add_parser("image", help="fit a 2-D image (PNG, JPEG, ...)")
-    p.add_argument("path", nargs="?", default=None, help="image file (default: scikit-image's astronaut)")
+    p.add_argument("path", nargs="?", default=None,
+                   help="image file (default: scikit-image's astronaut), or a folder of same-sized images")
     p.add_argument("--steps", type=_positive_int, default=1000, help="optimisation steps (default 1000)")
+    p.add_argument("--batch-signals", type=_positive_int, default=None, metavar="K",
+                   help="with a folder: train K images' networks at once as one batched network (default 1)")
     _add_model_options(p, layers="paper: 3", lr="the method's own", k="PyTorch's default")
     p.add_argument("--size", type=_positive_int, help="resize so the longer side has SIZE pixels")
     p.add_argument("--crop", help="centre crop N or HxW (before resizing)")
@@ -297,6 +301,18 @@ def _run(args: argparse.Namespace) -> int:
             device=args.device, fused=args.fused,
         )
         log = (lambda *_: None) if args.quiet else (lambda msg: print(msg, file=sys.stderr))
+        if args.path is not None and Path(args.path).is_dir():
+            from finer.batch_runs import fit_image_folder
+
+            if not args.out:
+                raise FinerError("fitting a folder needs --out")
+            cfg.image = None
+            summary = fit_image_folder(cfg, args.path, args.out, batch_signals=args.batch_signals or 1,
+                                       progress=not args.quiet, overwrite=args.overwrite, log=log)
+            print(json.dumps({k: summary[k] for k in ("images", "batch_signals", "mean_psnr", "images_per_second")}))
+            return 0
+        if args.batch_signals is not None:
+            raise FinerError("--batch-signals needs a folder of images as the path")
         return _report(lambda: fit_image(cfg, args.out, progress=not args.quiet, overwrite=args.overwrite, log=log))
     if args.command == "resume":
         from finer.runs import resume_image

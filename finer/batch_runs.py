@@ -1,0 +1,133 @@
+"""``finer fit image DIR --batch-signals K``: fit a folder of same-sized images, K networks at once.
+
+Every image gets its own network, built with the run's seed exactly as a single ``finer fit image``
+would build it, and the K networks of a group are trained together as one
+:class:`~finer.nn.stacked.StackedMLP` (full batch). Each image then gets its own folder under
+``OUT`` (``reconstruction.png``, ``error_map.png``, ``metrics.json``, ``checkpoint.pt`` that
+``finer render`` reads) and ``OUT/summary.json`` lists them all with the throughput.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from finer import io, plots
+from finer.errors import FinerError
+from finer.metrics import psnr, psnr_from_mse, ssim
+from finer.models import build_model, count_parameters
+from finer.nn.fused import apply_fused
+from finer.nn.stacked import StackedMLP
+from finer.runs import ImageRunConfig, _prepare_out, resolve_device
+from finer.tasks import image as img
+from finer.train import TrainConfig, fit
+
+
+@dataclass
+class StackedImageTask:
+    """K images of one shape, full batch: the loss is the sum of the per-image mean squared errors."""
+
+    images: np.ndarray  # (K, H, W, C) in [0, 1]
+    target_range: tuple[float, float]
+    device: torch.device
+    aspect: str = "stretch"
+
+    def __post_init__(self):
+        k, h, w, c = self.images.shape
+        self.count, self.height, self.width, self.channels = k, h, w, c
+        self.coords = img.coordinate_grid(h, w, self.aspect).to(self.device)
+        self.targets = img.to_range(torch.from_numpy(self.images.reshape(k, h * w, c)), *self.target_range).to(self.device)
+
+    def batch(self, step: int) -> tuple[Tensor, Tensor]:
+        return self.coords, self.targets
+
+    def loss(self, pred: Tensor, target: Tensor) -> Tensor:
+        return ((pred - target) ** 2).mean(dim=(1, 2)).sum()
+
+    def step_metrics(self, loss: float) -> dict[str, float]:
+        low, high = self.target_range
+        return {"train_psnr": psnr_from_mse(loss / self.count / (high - low) ** 2)}  # of the mean MSE
+
+    def evaluate(self, model) -> dict[str, float]:
+        return {}
+
+
+def list_images(directory) -> list[Path]:
+    from finer.bench.images import list_images as _list
+
+    return _list(directory)
+
+
+def fit_image_folder(cfg: ImageRunConfig, directory, out, *, batch_signals: int, progress: bool = True,
+                     overwrite: bool = False, log=print) -> dict[str, Any]:
+    """Fit every image of ``directory``, ``batch_signals`` at a time; returns the summary."""
+    cfg.validate()
+    if batch_signals < 1:
+        raise FinerError(f"--batch-signals must be >= 1, got {batch_signals}")
+    if cfg.batch_size is not None:
+        raise FinerError("--batch-signals fits full batches; drop --batch-size")
+    paths = list_images(directory)
+    images = [img.load_image(p, crop=cfg.crop, size=cfg.size, alpha=cfg.alpha) for p in paths]
+    shapes = {im.shape for im in images}
+    if len(shapes) > 1:
+        listing = ", ".join(f"{p.name} {im.shape[1]}x{im.shape[0]}x{im.shape[2]}" for p, im in zip(paths, images))
+        raise FinerError(f"--batch-signals needs images of one size; use --crop/--size to make them equal ({listing})")
+    out = Path(out)
+    _prepare_out(out, overwrite)
+    device = resolve_device(cfg.device)
+    rows, total_seconds = [], 0.0
+    for start in range(0, len(paths), batch_signals):
+        group = list(range(start, min(start + batch_signals, len(paths))))
+        models = [build_model(cfg.model, 2, images[0].shape[-1], seed=cfg.seed, **cfg.model_options).to(device)
+                  for _ in group]
+        fused = [apply_fused(m, cfg.fused, cfg.steps) for m in models][0]
+        stacked = StackedMLP(models)
+        mcfg = models[0].config
+        task = StackedImageTask(np.stack([images[i] for i in group]), tuple(mcfg.target_range), device, cfg.aspect)
+        train_cfg = TrainConfig(steps=cfg.steps, lr=mcfg.lr, eval_every=0, checkpoint_every=0, log_every=cfg.log_every)
+        state = fit(stacked, task, train_cfg, progress=progress, desc=f"images {group[0] + 1}-{group[-1] + 1}/{len(paths)}")
+        if state.status != "complete":
+            raise FinerError(f"images {', '.join(paths[i].name for i in group)}: {state.status}: {state.message}")
+        total_seconds += state.train_seconds
+        for model, i in zip(stacked.unstack(), group):
+            rows.append(_write_one(out / paths[i].stem, model, paths[i], images[i], cfg, state, len(group), fused, device))
+            log(f"{paths[i].name}: PSNR {rows[-1]['psnr']:.2f} dB, SSIM {rows[-1]['ssim']:.4f}")
+    summary = {"directory": str(directory), "images": len(paths), "batch_signals": batch_signals,
+               "model": cfg.model, "steps": cfg.steps, "seed": cfg.seed, "device": str(device),
+               "train_seconds": total_seconds, "images_per_second": len(paths) / max(total_seconds, 1e-12),
+               "mean_psnr": float(np.mean([r["psnr"] for r in rows])), "runs": rows,
+               "run": dataclasses.asdict(cfg), "date": time.strftime("%Y-%m-%d")}
+    io.write_json(out / "summary.json", summary)
+    return summary
+
+
+def _write_one(folder: Path, model, path: Path, image: np.ndarray, cfg: ImageRunConfig, state, group_size: int,
+               fused: dict, device) -> dict:
+    folder.mkdir(parents=True, exist_ok=True)
+    h, w, c = image.shape
+    mcfg = model.config
+    pred = img.predict_image(model.eval(), h, w, target_range=tuple(mcfg.target_range), aspect=cfg.aspect,
+                             chunk=cfg.eval_chunk, device=device)
+    img.save_image(pred, folder / "reconstruction.png")
+    plots.error_map(pred, image, folder / "error_map.png")
+    seconds = state.train_seconds / group_size
+    metrics = {"task": "image", "model": cfg.model, "status": state.status, "params": count_parameters(model),
+               "steps": state.step, "psnr": psnr(pred, image), "ssim": ssim(pred, image),
+               "seconds": round(seconds, 3), "seconds_per_step": round(seconds / max(state.step, 1), 5),
+               "device": str(device), "fused": fused["fused"], "image": str(path), "height": h, "width": w,
+               "channels": c, "lr": mcfg.lr, "seed": cfg.seed, "batch_signals": group_size,
+               "note": "trained with the other images of its group as one stacked network; seconds are the "
+                       "group's divided by its size"}
+    io.write_json(folder / "metrics.json", metrics)
+    io.save_checkpoint(folder / "checkpoint.pt", model=model, extra={
+        "model": model.state_dict(), "fit": {"step": state.step, "status": state.status},
+        "task": {"kind": "image", "height": h, "width": w, "channels": c,
+                 "target_range": list(mcfg.target_range), "aspect": cfg.aspect}})
+    return {"image": path.name, **{k: metrics[k] for k in ("psnr", "ssim", "seconds", "params")}}

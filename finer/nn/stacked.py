@@ -1,0 +1,69 @@
+"""K coordinate MLPs of one architecture trained as one: batched matrix multiplications.
+
+:class:`StackedMLP` stacks the weights of ``K`` :class:`~finer.nn.mlp.CoordinateMLP` of the same
+method and shape into ``(K, out, in)`` parameters and evaluates them with ``baddbmm``; the
+activations are elementwise, so each layer's own (possibly fused) activation applies unchanged.
+Optimising the sum of the K per-signal losses with Adam is optimising each network on its own
+signal: Adam's update is elementwise, and the gradient of the sum with respect to network k's
+weights is the gradient of loss k. :meth:`StackedMLP.unstack` writes the trained weights back
+into the K original models.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+from torch import Tensor, nn
+
+from finer.errors import FinerError
+from finer.nn.mlp import CoordinateMLP
+
+
+class StackedMLP(nn.Module):
+    """``coords (N, in)`` or ``(K, N, in)`` -> ``(K, N, out)``: K networks, one call."""
+
+    def __init__(self, models: Sequence[CoordinateMLP]):
+        super().__init__()
+        if not models:
+            raise FinerError("no models to stack")
+        first = models[0]
+        for m in models:
+            if not isinstance(m, CoordinateMLP):
+                raise FinerError(f"only coordinate MLPs can be stacked, got {type(m).__name__}")
+            own = sum(p.numel() for layer in m.layers for p in layer.linear.parameters())
+            if own != sum(p.numel() for p in m.parameters()):
+                raise FinerError(f"method {getattr(m, 'method', '?')!r} has learnable activations or encodings; "
+                                 "only methods whose parameters are all in linear layers can be fitted in batches")
+            shapes = [tuple(layer.linear.weight.shape) for layer in m.layers]
+            if shapes != [tuple(layer.linear.weight.shape) for layer in first.layers]:
+                raise FinerError("the models to stack differ in shape")
+        self.models = list(models)
+        self.count = len(models)
+        self.encoding = first.encoding
+        self.activations = [layer.activation for layer in first.layers]
+        self.weights = nn.ParameterList(
+            [nn.Parameter(torch.stack([m.layers[i].linear.weight.detach() for m in models]))
+             for i in range(len(first.layers))])
+        self.biases = nn.ParameterList(
+            [nn.Parameter(torch.stack([m.layers[i].linear.bias.detach() for m in models])[:, None, :])
+             for i in range(len(first.layers))])
+
+    def forward(self, coords: Tensor) -> Tensor:
+        h = self.encoding(coords)
+        if h.dim() == 2:
+            h = h.expand(self.count, *h.shape)
+        for weight, bias, activation in zip(self.weights, self.biases, self.activations):
+            if weight.is_complex() and not h.is_complex():
+                h = h.to(weight.dtype)
+            h = activation(torch.baddbmm(bias, h, weight.transpose(1, 2)))
+        return h.real if h.is_complex() else h
+
+    @torch.no_grad()
+    def unstack(self) -> list[CoordinateMLP]:
+        """Copy the trained weights back into the K models and return them."""
+        for k, model in enumerate(self.models):
+            for i, layer in enumerate(model.layers):
+                layer.linear.weight.copy_(self.weights[i][k])
+                layer.linear.bias.copy_(self.biases[i][k, 0])
+        return self.models
