@@ -238,6 +238,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--identity-steps", type=_non_negative_int, default=100,
                    help="steps of the library-vs-reference identity check (0: skip; default 100)")
     p.add_argument("--image", help="image to fit (default: scikit-image's astronaut)")
+    p.add_argument("--signals", type=_non_negative_int, default=16,
+                   help="many-signals check: images fitted one by one and all at once (default 16; 0: skip)")
+    p.add_argument("--signal-size", type=_positive_int, default=128, help="their side (default 128)")
+    p.add_argument("--signal-width", type=_positive_int, default=128, help="their networks' width (default 128)")
+    p.add_argument("--signal-steps", type=_positive_int, default=20, help="steps per image (default 20)")
+    p.add_argument("--signals-dir", help="folder of the many-signals images (default: scikit-image tiles)")
     p.add_argument("--out", help="write the report here (Markdown) and its data beside it (.json)")
     _add_common(p)
 
@@ -404,7 +410,8 @@ def _bench_speed(args: argparse.Namespace) -> int:
     cfg = SpeedConfig(size=args.size, width=args.width, hidden_layers=args.hidden_layers, steps=args.steps,
                       repeats=args.repeats, warmup=args.warmup, methods=tuple(m for m in args.models.split(",") if m),
                       compile=not args.no_compile, identity_steps=args.identity_steps, device=args.device,
-                      image=args.image)
+                      image=args.image, signals=args.signals, signal_size=args.signal_size,
+                      signal_width=args.signal_width, signal_steps=args.signal_steps, signals_dir=args.signals_dir)
     result = run_speed(cfg, log=lambda msg: print(msg, flush=True))
     if args.out:
         out = Path(args.out)

@@ -56,6 +56,13 @@ class SpeedConfig:
     device: str = "cpu"
     image: str | None = None
     """Image to fit (default: scikit-image's astronaut)."""
+    signals: int = 16
+    """Many-signals check: this many images fitted one by one and all at once (0: skip)."""
+    signal_size: int = 128
+    signal_width: int = 128
+    signal_steps: int = 20
+    signals_dir: str | None = None
+    """Folder of the many-signals images (default: tiles of scikit-image samples)."""
     threads: int = field(default_factory=torch.get_num_threads)
 
 
@@ -155,6 +162,67 @@ def identity_check(image, cfg: SpeedConfig, device) -> dict:
             "psnr_reference": psnrs["reference"], "psnr_difference": psnrs["library"] - psnrs["reference"]}
 
 
+def sample_signals(count: int, size: int, directory: str | None = None) -> np.ndarray:
+    """``count`` RGB images of ``size x size``: the folder's first ones (centre crops, resized), or
+    tiles of scikit-image's astronaut, chelsea and coffee samples."""
+    if directory:
+        from finer.bench.images import list_images
+
+        out = []
+        for path in list_images(directory, limit=count):
+            full = load_image(path)
+            out.append(load_image(path, crop=min(full.shape[:2]), size=size))
+    else:
+        out = []
+        for name in ("astronaut", "chelsea", "coffee"):
+            full = load_image(f"skimage:{name}")
+            for y in range(0, full.shape[0] - size + 1, size):
+                for x in range(0, full.shape[1] - size + 1, size):
+                    out.append(full[y:y + size, x:x + size])
+    out = [im[..., :3] if im.shape[-1] >= 3 else np.repeat(im, 3, axis=-1) for im in out][:count]
+    if len(out) < count:
+        raise FinerError(f"only {len(out)} images of {size}x{size} available, {count} asked for")
+    return np.stack(out)
+
+
+def batch_signals_check(images: np.ndarray, *, method: str, width: int, hidden_layers: int, steps: int,
+                        batch: int, compile: bool, device) -> dict:
+    """Images per second fitting ``images`` one by one vs ``batch`` at a time, same seed, same steps."""
+    from finer.batch_runs import StackedImageTask
+    from finer.nn.fused import fuse
+    from finer.nn.stacked import StackedMLP
+
+    def run(k: int) -> tuple[float, list[float]]:
+        seconds, psnrs = 0.0, []
+        for start in range(0, len(images), k):
+            group = images[start:start + k]
+            models = [build_model(method, 2, 3, seed=0, width=width, hidden_layers=hidden_layers).to(device)
+                      for _ in group]
+            for m in models:
+                fuse(m, compile=compile)
+            stacked = StackedMLP(models)
+            task = StackedImageTask(group, tuple(models[0].config.target_range), device)
+            state = fit(stacked, task, TrainConfig(steps=steps, lr=models[0].config.lr, eval_every=0,
+                                                   checkpoint_every=0, log_every=steps), progress=False)
+            seconds += state.train_seconds
+            for m, im in zip(stacked.unstack(), group):
+                from finer.tasks.image import predict_image
+
+                pred = predict_image(m.eval(), im.shape[0], im.shape[1], target_range=m.config.target_range,
+                                     device=device)
+                psnrs.append(psnr(pred, im))
+        return seconds, psnrs
+
+    run(min(batch, len(images)))  # warm-up (compilation) for both shapes
+    run(1)
+    one_s, one_p = run(1)
+    many_s, many_p = run(batch)
+    return {"images": len(images), "size": images.shape[1], "method": method, "width": width,
+            "hidden_layers": hidden_layers, "steps": steps, "batch_signals": batch,
+            "one_by_one_images_per_second": len(images) / one_s, "batched_images_per_second": len(images) / many_s,
+            "speedup": one_s / many_s, "max_psnr_difference": max(abs(a - b) for a, b in zip(one_p, many_p))}
+
+
 def run_speed(cfg: SpeedConfig, log=print) -> dict:
     unknown = [m for m in cfg.methods if m not in MODELS]
     if unknown:
@@ -186,11 +254,21 @@ def run_speed(cfg: SpeedConfig, log=print) -> dict:
         log(f"identity over {identity['steps']} steps: max relative loss difference "
             f"{identity['max_relative_loss_difference']:.2e}, PSNR library {identity['psnr_library']:.3f} dB vs "
             f"reference {identity['psnr_reference']:.3f} dB")
+    signals = None
+    if cfg.signals:
+        signals = batch_signals_check(sample_signals(cfg.signals, cfg.signal_size, cfg.signals_dir), method="finer",
+                                      width=cfg.signal_width, hidden_layers=cfg.hidden_layers,
+                                      steps=cfg.signal_steps, batch=cfg.signals, compile=cfg.compile, device=device)
+        log(f"{signals['images']} signals of {signals['size']}^2, 2 -> {signals['width']} x "
+            f"{signals['hidden_layers'] + 1} -> 3, {signals['steps']} steps: one by one "
+            f"{signals['one_by_one_images_per_second']:.3f} images/s, {signals['batch_signals']} at once "
+            f"{signals['batched_images_per_second']:.3f} images/s = {signals['speedup']:.2f} x; largest PSNR "
+            f"difference {signals['max_psnr_difference']:.2e} dB")
     return {"config": {**asdict(cfg), "methods": list(cfg.methods)}, "points": n, "device": str(device),
             "machine": f"{platform.machine()}, {platform.processor() or 'cpu'}, {torch.get_num_threads()} threads",
             "torch": torch.__version__, "date": time.strftime("%Y-%m-%d"),
             "gemm_floor_seconds_per_step": floor, "official_seconds_per_step": reference,
-            "official_over_floor": reference / floor, "methods": rows, "identity": identity}
+            "official_over_floor": reference / floor, "methods": rows, "identity": identity, "signals": signals}
 
 
 def speed_markdown(result: dict, command: str) -> str:
@@ -217,5 +295,16 @@ def speed_markdown(result: dict, command: str) -> str:
         lines += ["", f"Identity: library FINER and the reference trained {ident['steps']} steps from the same "
                       f"weights: largest relative difference of their losses {ident['max_relative_loss_difference']:.2e}; "
                       f"PSNR {ident['psnr_library']:.3f} dB (library) vs {ident['psnr_reference']:.3f} dB (reference)."]
+    sig = result.get("signals")
+    if sig:
+        lines += ["", f"Many signals (FINER, {sig['images']} images of {sig['size']}x{sig['size']}, `2 -> {sig['width']}` "
+                      f"and {sig['hidden_layers']} x `{sig['width']} -> {sig['width']}`, {sig['steps']} steps each, "
+                      "full batch, the same seed for every network):", "",
+                  "| fitting | images/s |", "|---|---|",
+                  f"| one by one | {sig['one_by_one_images_per_second']:.3f} |",
+                  f"| {sig['batch_signals']} at once (`--batch-signals {sig['batch_signals']}`) | "
+                  f"{sig['batched_images_per_second']:.3f} |", "",
+                  f"Speed-up {sig['speedup']:.2f} x; largest per-image PSNR difference between the two "
+                  f"{sig['max_psnr_difference']:.2e} dB."]
     return "\n".join(lines) + "\n"
 

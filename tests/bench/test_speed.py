@@ -9,7 +9,8 @@ def test_speed_report_on_tiny_shapes(tmp_path, capsys):
     out = tmp_path / "speed.md"
     assert main(["bench", "speed", "--size", "16", "--width", "8", "--hidden-layers", "1", "--steps", "2",
                  "--repeats", "1", "--warmup", "1", "--models", "finer,wire", "--no-compile",
-                 "--identity-steps", "20", "--out", str(out), "--quiet"]) == 0
+                 "--identity-steps", "20", "--signals", "3", "--signal-size", "16", "--signal-width", "8",
+                 "--signal-steps", "3", "--out", str(out), "--quiet"]) == 0
     data = json.loads(out.with_suffix(".json").read_text())
     assert data["points"] == 256 and data["gemm_floor_seconds_per_step"] > 0
     rows = {r["method"]: r for r in data["methods"]}
@@ -17,8 +18,9 @@ def test_speed_report_on_tiny_shapes(tmp_path, capsys):
     # same weights, same data, same steps: the fused library FINER is the official computation
     assert data["identity"]["max_relative_loss_difference"] < 1e-4
     assert abs(data["identity"]["psnr_difference"]) < 1e-3
+    assert data["signals"]["images"] == 3 and data["signals"]["max_psnr_difference"] < 1e-3
     text = out.read_text()
-    assert "| finer |" in text and "GEMM floor" in text and "Identity" in text
+    assert "| finer |" in text and "GEMM floor" in text and "Identity" in text and "Many signals" in text
 
 
 def test_speed_rejects_unknown_models(capsys):
