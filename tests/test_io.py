@@ -33,3 +33,17 @@ def test_json_handles_non_finite_numbers(tmp_path):
     io.write_json(tmp_path / "m.json", {"psnr": float("inf"), "x": float("nan"), "t": (1, 2)})
     assert json.loads((tmp_path / "m.json").read_text()) == {"psnr": "inf", "x": None, "t": [1, 2]}
     assert [p.name for p in tmp_path.iterdir()] == ["m.json"]  # no temporary file left behind
+
+
+def test_written_files_get_the_usual_permissions(tmp_path):
+    import os
+    import stat
+
+    from finer import io
+
+    mask = os.umask(0o022)
+    try:
+        io.write_json(tmp_path / "a.json", {"x": 1})
+    finally:
+        os.umask(mask)
+    assert stat.S_IMODE((tmp_path / "a.json").stat().st_mode) == 0o644
