@@ -80,7 +80,13 @@ def _model_options(args: argparse.Namespace) -> dict:
     options = {k: v for k, v in options.items() if v is not None}
     if args.scale_grad:
         options["scale_grad"] = True
-    for item in args.option or []:
+    return {**options, **_options(args.option)}
+
+
+def _options(items) -> dict:
+    """``--option KEY=VALUE`` pairs (values parsed as JSON where they are)."""
+    options = {}
+    for item in items or []:
         key, sep, value = item.partition("=")
         if not sep:
             raise FinerError(f"--option expects KEY=VALUE, got {item!r}")
@@ -119,6 +125,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint-every", type=_non_negative_int, default=500, help="steps between checkpoints (default 500)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     p.add_argument("--out", help="run folder (default runs/image-NAME-MODEL-TIME)")
+    p.add_argument("--overwrite", action="store_true", help="allow writing into a non-empty --out")
+    _add_fused(p)
+    _add_common(p)
+
+    p = fit_sub.add_parser("nerf", help="fit a radiance field to a Blender-format scene")
+    p.add_argument("scene", help="scene folder with transforms_{train,test}.json and the images")
+    p.add_argument("--model", default="finer", help="registry name for both networks (default finer)")
+    p.add_argument("--option", action="append", default=[], metavar="KEY=VALUE", help="a model option")
+    p.add_argument("--views", type=_positive_int, default=25, help="training views, spread over the split (default 25)")
+    p.add_argument("--downscale", type=_positive_int, default=2, help="image downscaling factor (default 2)")
+    p.add_argument("--steps", type=_positive_int, default=2000, help="optimisation steps (default 2000)")
+    p.add_argument("--rays", type=_positive_int, default=1024, help="rays per step (default 1024)")
+    p.add_argument("--samples", type=_positive_int, default=64, help="stratified samples per ray (default 64)")
+    p.add_argument("--fine", type=_non_negative_int, default=64, help="importance samples per ray (default 64; 0: none)")
+    p.add_argument("--lr", type=_positive_float, default=5e-4, help="Adam learning rate (default 5e-4)")
+    p.add_argument("--width", type=_positive_int, default=182, help="network width (default 182)")
+    p.add_argument("--test-views", type=_positive_int, default=8, help="test views evaluated (default 8)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", required=True, help="run folder")
     p.add_argument("--overwrite", action="store_true", help="allow writing into a non-empty --out")
     _add_fused(p)
     _add_common(p)
@@ -164,10 +189,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=_positive_int, help="new total number of steps (default: as planned)")
     _add_common(p)
 
-    p = sub.add_parser("render", help="render an image model from its checkpoint at any resolution")
-    p.add_argument("checkpoint", help="checkpoint.pt or the run folder")
-    p.add_argument("--scale", type=_positive_float, default=2.0, help="times the training resolution (default 2)")
-    p.add_argument("--out", help="output PNG (default: next to the checkpoint)")
+    p = sub.add_parser("render", help="render a model from its checkpoint: an image at any resolution "
+                                      "(finer render CKPT) or a NeRF turntable (finer render nerf CKPT)")
+    p.add_argument("target", nargs="+", metavar="[nerf] CHECKPOINT", help="checkpoint.pt or the run folder")
+    p.add_argument("--scale", type=_positive_float, default=None,
+                   help="times the training resolution (default: 2 for images, 1 for NeRF)")
+    p.add_argument("--path", default="orbit", choices=["orbit"], help="NeRF camera path (default orbit)")
+    p.add_argument("--frames", type=_positive_int, default=60, help="NeRF turntable frames (default 60)")
+    p.add_argument("--elevation", type=float, default=30.0, help="NeRF orbit elevation in degrees (default 30)")
+    p.add_argument("--out", help="output PNG (image) or folder (NeRF; default: next to the checkpoint)")
     _add_common(p)
 
     p = sub.add_parser("analyze", help="NTK, activation statistics, learned neurons")
@@ -269,6 +299,18 @@ def _run(args: argparse.Namespace) -> int:
             for name, defaults in table.items():
                 print(f"{name:12s} " + ", ".join(f"{k}={v}" for k, v in defaults.items()))
         return 0
+    if args.command == "fit" and args.task == "nerf":
+        from finer.nerf_run import NeRFRunConfig, fit_nerf
+
+        cfg = NeRFRunConfig(scene=args.scene, model=args.model, model_options=_options(args.option), views=args.views,
+                            downscale=args.downscale, steps=args.steps, rays=args.rays, samples=args.samples,
+                            fine=args.fine, lr=args.lr, width=args.width, test_views=args.test_views, seed=args.seed,
+                            device=args.device, fused=args.fused)
+        log = (lambda *_: None) if args.quiet else (lambda msg: print(msg, file=sys.stderr))
+        metrics = fit_nerf(cfg, args.out, progress=not args.quiet, overwrite=args.overwrite, log=log)
+        print(json.dumps({k: metrics[k] for k in ("model", "status", "steps", "test_psnr", "test_ssim", "test_lpips",
+                                                  "seconds_per_step")}))
+        return EXIT_INTERRUPTED if metrics["status"] == "interrupted" else 0
     if args.command == "fit" and args.task == "sdf":
         from finer.sdf_run import SDFRunConfig, fit_sdf
 
@@ -325,9 +367,18 @@ def _run(args: argparse.Namespace) -> int:
 
         return _report(lambda: resume_image(args.run_dir, steps=args.steps, progress=not args.quiet))
     if args.command == "render":
-        from finer.runs import render_checkpoint
+        kind, target = (args.target[0], args.target[1:]) if args.target[0] in ("nerf", "image") else ("image", args.target)
+        if len(target) != 1:
+            raise FinerError("usage: finer render [nerf] CHECKPOINT")
+        if kind == "nerf":
+            from finer.nerf_run import render_nerf
 
-        out = render_checkpoint(args.checkpoint, scale=args.scale, out=args.out, device=args.device)
+            out = render_nerf(target[0], frames=args.frames, out=args.out, device=args.device, scale=args.scale or 1.0,
+                              elevation=args.elevation, progress=not args.quiet)
+        else:
+            from finer.runs import render_checkpoint
+
+            out = render_checkpoint(target[0], scale=args.scale or 2.0, out=args.out, device=args.device)
         print(out)
         return 0
     if args.command == "analyze":

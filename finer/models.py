@@ -108,9 +108,9 @@ class MLPConfig:
         )
 
 
-_POSITIVE = {"width", "lr", "first_omega", "hidden_omega", "omega", "omega_w", "scale", "n_freqs", "n_sines",
+_POSITIVE = {"width", "lr", "first_omega", "hidden_omega", "omega", "omega_w", "scale", "n_sines",
              "max_frequency", "omega_min", "omega_max", "latent_dim"}
-_NON_NEGATIVE = {"hidden_layers", "first_bias_scale", "hidden_bias_scale"}
+_NON_NEGATIVE = {"hidden_layers", "first_bias_scale", "hidden_bias_scale", "n_freqs"}
 
 
 def _check_value(owner: str, name: str, value: Any) -> None:
@@ -218,7 +218,7 @@ class PEMLPConfig(MLPConfig):
     """ReLU MLP on the NeRF positional encoding (10 frequencies ``2^j``, no pi); targets in [0, 1]."""
 
     n_freqs: int = 10
-    """Number of octaves of the encoding."""
+    """Number of octaves of the encoding (0: none, a plain ReLU MLP)."""
     lr: float = 1e-3
     target_range: tuple[float, float] = (0.0, 1.0)
 

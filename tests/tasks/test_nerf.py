@@ -1,0 +1,131 @@
+"""NeRF pieces against closed forms, and a tiny end-to-end run on a scene the test writes."""
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from finer.cli import main
+from finer.errors import FinerError
+from finer.tasks import nerf as N
+
+LEGO = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "nerf" / "lego"
+
+
+def test_ray_directions_of_a_known_camera():
+    pose = torch.eye(4)
+    pose[:3, 3] = torch.tensor([1.0, 2.0, 3.0])
+    origins, dirs = N.camera_rays(3, 3, 2.0, pose)
+    assert torch.allclose(origins, torch.tensor([1.0, 2.0, 3.0]).expand(9, 3))
+    torch.testing.assert_close(dirs[4], torch.tensor([0.0, 0.0, -1.0]))  # the centre pixel looks down -z
+    corner = torch.tensor([-1.0 / 2.0, 1.0 / 2.0, -1.0])  # top-left pixel centre: x left, y up
+    torch.testing.assert_close(dirs[0], corner / corner.norm())
+    rot = torch.tensor([[0.0, -1.0, 0.0], [1.0, 0.0, 0.0], [0.0, 0.0, 1.0]])  # 90 degrees about z
+    pose[:3, :3] = rot
+    torch.testing.assert_close(N.camera_rays(3, 3, 2.0, pose)[1][0], rot @ (corner / corner.norm()))
+
+
+def test_constant_density_slab_has_the_closed_form_transmittance():
+    sigma_value, thickness = 1.7, 1.0
+
+    def slab(points):  # density sigma_value for |z| < 0.5, red
+        inside = (points[..., 2].abs() < thickness / 2).float()
+        rgb = torch.tensor([1.0, 0.0, 0.0]).expand(*points.shape[:-1], 3)
+        return sigma_value * inside, rgb
+
+    origins = torch.tensor([[0.0, 0.0, 2.0], [0.3, -0.2, 2.0]])
+    dirs = torch.tensor([[0.0, 0.0, -1.0], [0.0, 0.0, -1.0]])
+    out = N.render_rays(slab, origins, dirs, near=1.0, far=3.0, samples=4000)
+    trans = math.exp(-sigma_value * thickness)
+    torch.testing.assert_close(out["opacity"], torch.full((2,), 1 - trans), atol=2e-3, rtol=0)
+    expected = torch.tensor([1.0, trans, trans])  # red behind the slab's transmittance, white background
+    torch.testing.assert_close(out["rgb"], expected.expand(2, 3), atol=2e-3, rtol=0)
+    # the expected depth of the slab's light: 1.5 + E[x | x in [0, 1]] under density sigma e^{-sigma x}
+    mean_x = 1 / sigma_value - thickness * trans / (1 - trans)
+    torch.testing.assert_close(out["depth"] / out["opacity"], torch.full((2,), 1.5 + mean_x), atol=5e-3, rtol=0)
+
+
+def test_importance_samples_follow_the_weights():
+    t = torch.linspace(2, 6, 65).expand(3, 65)
+    weights = torch.zeros(3, 65)
+    weights[:, 40] = 1.0  # all mass in one sample: its bin, around t[40] = 4.5
+    fine = N.importance(t, weights, 128, perturb=True, generator=torch.Generator().manual_seed(0))
+    assert fine.shape == (3, 128)
+    inside = ((fine > 4.4375) & (fine < 4.5625)).float().mean()
+    assert inside > 0.95
+
+
+def test_orbit_cameras_look_at_the_origin():
+    for pose in N.orbit_poses(5, radius=4.0, elevation_deg=30.0):
+        eye, forward = pose[:3, 3], -pose[:3, 2]
+        np.testing.assert_allclose(forward, -eye / np.linalg.norm(eye), atol=1e-6)
+        assert np.linalg.norm(eye) == pytest.approx(4.0) and eye[2] == pytest.approx(2.0)
+        np.testing.assert_allclose(pose[:3, :3].T @ pose[:3, :3], np.eye(3), atol=1e-6)
+
+
+def _scene(root: Path, size: int = 16) -> Path:
+    """A Blender-format scene: a two-coloured ball seen by orbiting cameras (drawn analytically)."""
+    angle = 0.69
+    focal = 0.5 * size / math.tan(0.5 * angle)
+    for split, count in (("train", 8), ("test", 2)):
+        (root / split).mkdir(parents=True)
+        frames = []
+        for k, pose in enumerate(N.orbit_poses(count, 4.0, 20.0 + 10 * (split == "test"))):
+            o, d = N.camera_rays(size, size, focal, torch.from_numpy(pose))
+            b = (o * d).sum(-1)
+            disc = b * b - ((o * o).sum(-1) - 0.8 ** 2)
+            hit = (disc > 0).numpy()  # the ray meets a ball of radius 0.8
+            x = (o + d * (-b - disc.clamp(min=0).sqrt())[:, None])[:, 0].numpy()  # where it meets it
+            rgba = np.zeros((size * size, 4), np.uint8)
+            rgba[hit & (x >= 0)] = (90, 120, 200, 255)  # blue half and orange half
+            rgba[hit & (x < 0)] = (230, 140, 40, 255)
+            Image.fromarray(rgba.reshape(size, size, 4), "RGBA").save(root / split / f"r_{k}.png")
+            frames.append({"file_path": f"./{split}/r_{k}", "transform_matrix": pose.tolist()})
+        (root / f"transforms_{split}.json").write_text(json.dumps({"camera_angle_x": angle, "frames": frames}))
+    return root
+
+
+def test_loader_composites_on_white_and_spreads_views(tmp_path):
+    scene = _scene(tmp_path / "ball")
+    views = N.load_views(scene, "train", views=3)
+    assert views.names == ["r_0", "r_4", "r_7"] and views.images.shape == (3, 16, 16, 3)
+    assert views.focal == pytest.approx(0.5 * 16 / math.tan(0.345))
+    assert views.images.max() == 1.0  # the transparent background became white
+    assert N.load_views(scene, "train", downscale=2).images.shape == (8, 8, 8, 3)
+    with pytest.raises(FinerError, match="not a Blender scene"):
+        N.load_views(tmp_path, "train")
+
+
+def test_a_few_training_steps_lower_the_loss_and_the_run_renders(tmp_path, capsys):
+    scene = _scene(tmp_path / "ball")
+    out = tmp_path / "run"
+    assert main(["fit", "nerf", str(scene), "--model", "finer", "--views", "8", "--downscale", "1", "--steps", "300",
+                 "--rays", "256", "--samples", "16", "--fine", "8", "--width", "32", "--lr", "2e-3",
+                 "--test-views", "2", "--out", str(out), "--quiet"]) == 0
+    curve = [float(line.split(",")[1]) for line in (out / "curve.csv").read_text().splitlines()[1:]]
+    assert np.mean(curve[-10:]) < 0.5 * np.mean(curve[:5])
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["status"] == "complete" and len(metrics["views"]) == 2
+    test = N.load_views(scene, "test")
+    white = np.mean([-10 * np.log10(np.mean((1.0 - im) ** 2)) for im in test.images])  # empty scene
+    assert metrics["test_psnr"] > white + 2
+    assert (out / "test" / "r_1.png").is_file() and (out / "test" / "r_1_depth.png").is_file()
+    capsys.readouterr()
+    assert main(["render", "nerf", str(out), "--frames", "3", "--quiet"]) == 0
+    gif = Image.open(out / "turntable" / "turntable.gif")
+    assert gif.size == (16, 16) and gif.n_frames >= 2  # (Pillow merges identical frames)
+    assert main(["render", "nerf", str(tmp_path), "--quiet"]) == 2
+    assert "no checkpoint" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(not LEGO.is_dir(), reason="the shared lego scene (../shared/data/nerf/lego) is absent")
+def test_lego_cameras():
+    views = N.load_views(LEGO, "train", views=25, downscale=2)
+    assert views.images.shape == (25, 200, 200, 3)
+    assert views.focal == pytest.approx(0.5 * 200 / math.tan(0.5 * 0.6911112070083618))
+    radii = np.linalg.norm(views.poses[:, :3, 3], axis=1)
+    np.testing.assert_allclose(radii, 4.0311, atol=1e-3)  # cameras on a sphere around the object
