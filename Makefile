@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test install bench-foundation bench-sdf clean
+.PHONY: demo test install bench-foundation bench-sdf bench-speed bench-nerf bench-images clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -32,6 +32,24 @@ bench-foundation: $(STAMP)
 # The SDF comparison recorded in docs/results/sdf (about an hour on 2 CPU cores).
 bench-sdf: $(STAMP)
 	$(BIN)/finer bench sdf ../shared/data/meshes --models finer,siren,gauss,pemlp,wire --out docs/results/sdf --quiet
+
+# Training speed (docs/results/speed.md; about 15 minutes on 2 CPU cores).
+bench-speed: $(STAMP)
+	$(BIN)/finer bench speed --steps 5 --out docs/results/speed.md --quiet
+
+# NeRF on the shared lego at a CPU-sized protocol (docs/results/nerf; about 40 minutes on 2 CPU cores).
+bench-nerf: $(STAMP)
+	for m in finer pemlp; do \
+		$(BIN)/finer fit nerf ../shared/data/nerf/lego --model $$m --views 25 --downscale 4 --steps 1000 \
+			--rays 512 --samples 32 --fine 32 --test-views 8 --out docs/results/nerf/$$m --overwrite --quiet || exit 1; \
+	done
+	$(BIN)/finer render nerf docs/results/nerf/finer --frames 36 --quiet
+	$(BIN)/finer render nerf docs/results/nerf/pemlp --frames 36 --quiet
+
+# All ten methods on image fitting (docs/results/images; LPIPS, curves, crops, HTML report).
+bench-images: $(STAMP)
+	$(BIN)/finer bench images ../shared/data/images/div2k_train --preset quick --limit 2 \
+		--models finer,siren,wire,gauss,pemlp,gauss-finer,wire-finer,mpa,metasin,sc-mlp --out docs/results/images --quiet
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

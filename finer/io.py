@@ -99,8 +99,8 @@ def save_checkpoint(path: str | os.PathLike, *, model: torch.nn.Module, extra: d
     atomic_write(path, lambda tmp: torch.save(payload, tmp))
 
 
-def load_checkpoint(path: str | os.PathLike) -> tuple[torch.nn.Module, dict[str, Any]]:
-    """Rebuild the model stored in a checkpoint; returns ``(model, payload)``."""
+def read_payload(path: str | os.PathLike, fmt: str = CHECKPOINT_FORMAT) -> tuple[Path, dict[str, Any]]:
+    """The dict saved in ``path`` (a ``checkpoint.pt`` or its run folder), checked to be of format ``fmt``."""
     path = Path(path)
     if path.is_dir():
         path = path / "checkpoint.pt"
@@ -110,8 +110,14 @@ def load_checkpoint(path: str | os.PathLike) -> tuple[torch.nn.Module, dict[str,
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises many kinds for a bad file
         raise FinerError(f"cannot read checkpoint {path}: {exc}") from None
-    if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
-        raise FinerError(f"{path} is not a finer-inr checkpoint")
+    if not isinstance(payload, dict) or payload.get("format") != fmt:
+        raise FinerError(f"{path} is not a finer-inr checkpoint" + ("" if fmt == CHECKPOINT_FORMAT else f" ({fmt})"))
+    return path, payload
+
+
+def load_checkpoint(path: str | os.PathLike) -> tuple[torch.nn.Module, dict[str, Any]]:
+    """Rebuild the model stored in a checkpoint; returns ``(model, payload)``."""
+    path, payload = read_payload(path)
     if payload["method"] not in MODELS:
         raise FinerError(f"{path} holds unknown model {payload['method']!r}")
     cfg = make_config(payload["method"], **payload["model_config"])

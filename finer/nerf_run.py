@@ -138,17 +138,7 @@ def _depth_picture(depth: np.ndarray, near: float, far: float) -> np.ndarray:
 
 
 def load_renderer(checkpoint, device) -> tuple[N.Renderer, dict]:
-    path = Path(checkpoint)
-    if path.is_dir():
-        path = path / "checkpoint.pt"
-    if not path.is_file():
-        raise FinerError(f"no checkpoint at {path}")
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as exc:  # noqa: BLE001 - any unreadable file
-        raise FinerError(f"cannot read checkpoint {path}: {exc}") from None
-    if not isinstance(payload, dict) or payload.get("format") != NERF_FORMAT:
-        raise FinerError(f"{path} is not a NeRF checkpoint of finer")
+    _, payload = io.read_payload(checkpoint, NERF_FORMAT)
     renderer = build_renderer(payload["config"])
     renderer.load_state_dict(payload["model"])
     return renderer.to(device).eval(), payload

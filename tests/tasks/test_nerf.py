@@ -119,7 +119,7 @@ def test_a_few_training_steps_lower_the_loss_and_the_run_renders(tmp_path, capsy
     gif = Image.open(out / "turntable" / "turntable.gif")
     assert gif.size == (16, 16) and gif.n_frames >= 2  # (Pillow merges identical frames)
     assert main(["render", "nerf", str(tmp_path), "--quiet"]) == 2
-    assert "no checkpoint" in capsys.readouterr().err
+    assert "checkpoint not found" in capsys.readouterr().err
 
 
 @pytest.mark.skipif(not LEGO.is_dir(), reason="the shared lego scene (../shared/data/nerf/lego) is absent")
