@@ -162,6 +162,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", required=True, help="run folder")
     p.add_argument("--overwrite", action="store_true", help="allow writing into a non-empty --out")
+    _add_fused(p)
     _add_common(p)
 
     p = sub.add_parser("eval", help="evaluate a saved model")
@@ -317,7 +318,8 @@ def _run(args: argparse.Namespace) -> int:
         cfg = SDFRunConfig(mesh=args.mesh, model=args.model, model_options=_model_options(args), steps=args.steps,
                            batch_size=args.batch_size, pool_size=args.pool_size, resolution=args.resolution,
                            chamfer_samples=args.chamfer_samples, iou_resolution=args.iou_resolution,
-                           surface_samples=args.surface_samples, seed=args.seed, device=args.device)
+                           surface_samples=args.surface_samples, seed=args.seed, device=args.device,
+                           fused=args.fused)
         log = (lambda *_: None) if args.quiet else (lambda msg: print(msg, file=sys.stderr))
         metrics = fit_sdf(cfg, args.out, progress=not args.quiet, overwrite=args.overwrite, log=log)
         print(json.dumps({k: metrics[k] for k in ("model", "status", "chamfer", "iou", "steps", "seconds_per_step")}))

@@ -19,6 +19,7 @@ import torch
 from finer import io
 from finer.errors import ConfigError, DivergedError, FinerError
 from finer.models import build_model, count_parameters, make_config
+from finer.nn.fused import apply_fused
 from finer.render3d import render_meshes
 from finer.runs import _prepare_out, resolve_device
 from finer.tasks import sdf as S
@@ -62,6 +63,8 @@ class SDFRunConfig:
     """Steps between checkpoints."""
     device: str = "auto"
     """auto, cpu or cuda."""
+    fused: str = "auto"
+    """Activations: compile, eager, off, or auto (compile for 500+ steps); see finer.nn.fused."""
 
     def validate(self) -> None:
         for name in ("steps", "batch_size", "pool_size", "surface_samples", "chamfer_samples"):
@@ -111,6 +114,7 @@ def fit_sdf(cfg: SDFRunConfig, out: str | Path, *, progress: bool = True, overwr
     device = resolve_device(cfg.device)
     mesh = S.load_mesh(cfg.mesh)
     model = build_model(cfg.model, 3, 1, seed=cfg.seed, **sdf_model_options(cfg.model, cfg.model_options)).to(device)
+    fused = apply_fused(model, cfg.fused, cfg.steps)
     unit, norm = S.normalize(mesh)
     t0 = time.perf_counter()
     index = S.SurfaceIndex(unit, cfg.surface_samples, cfg.seed)
@@ -140,7 +144,7 @@ def fit_sdf(cfg: SDFRunConfig, out: str | Path, *, progress: bool = True, overwr
         "task": "sdf", "model": cfg.model, "status": state.status, "params": count_parameters(model),
         "steps": state.step, "steps_planned": cfg.steps, "seconds": round(state.train_seconds, 3),
         "seconds_per_step": round(state.train_seconds / max(state.step, 1), 5), "precompute_seconds": round(prep, 2),
-        "device": str(device), "mesh": str(cfg.mesh), "mesh_faces": len(mesh.faces),
+        "device": str(device), "fused": fused["fused"], "mesh": str(cfg.mesh), "mesh_faces": len(mesh.faces),
         "watertight": bool(mesh.is_watertight), "inside_outside": S.SIGN_METHOD + (
             "" if mesh.is_watertight else "; the mesh is not watertight: holes wider than the shell leak"),
         "resolution": cfg.resolution, "iou_resolution": cfg.iou_resolution, "chamfer_samples": cfg.chamfer_samples,
