@@ -49,7 +49,7 @@ bench-nerf: $(STAMP)
 # All ten methods on image fitting (docs/results/images; LPIPS, curves, crops, HTML report).
 bench-images: $(STAMP)
 	$(BIN)/finer bench images ../shared/data/images/div2k_train --preset quick --limit 2 \
-		--models finer,siren,wire,gauss,pemlp,gauss-finer,wire-finer,mpa,metasin,sc-mlp --out docs/results/images --quiet
+		--models finer,siren,gauss,pemlp,gauss-finer,mpa,metasin,sc-mlp,wire,wire-finer --out docs/results/images --quiet
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache
