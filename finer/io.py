@@ -19,6 +19,21 @@ CHECKPOINT_FORMAT = "finer-inr checkpoint"
 CHECKPOINT_VERSION = 1
 
 
+def save_figure(fig, path: str | os.PathLike, colors: int = 256) -> None:
+    """A matplotlib figure as a palette PNG (``colors`` colours): renders and plots keep their look
+    at a fraction of the RGBA size."""
+    import io as _io
+
+    from PIL import Image
+
+    buf = _io.BytesIO()
+    fig.savefig(buf, format="png")
+    buf.seek(0)
+    with Image.open(buf) as im:
+        small = im.convert("RGB").quantize(colors)
+        atomic_write(path, lambda tmp: small.save(tmp, format="PNG", optimize=True))
+
+
 def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)

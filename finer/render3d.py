@@ -11,7 +11,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from mpl_toolkits.mplot3d.art3d import Poly3DCollection  # noqa: E402
 
-from finer.io import atomic_write  # noqa: E402
+from finer.io import save_figure  # noqa: E402
 
 VIEWS = ((20, -60), (20, 30), (20, 120))
 """(elevation, azimuth) in degrees of the default viewpoints."""
@@ -62,5 +62,5 @@ def render_meshes(meshes: dict, path: str | os.PathLike, views=VIEWS, max_faces:
             if c == 0:
                 ax.set_title(label, fontsize=10)
     fig.tight_layout()
-    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png"))
+    save_figure(fig, path)
     plt.close(fig)

@@ -10,6 +10,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
+from PIL import Image  # noqa: E402
 
 from finer import io  # noqa: E402
 from finer.analysis import ntk as N  # noqa: E402
@@ -189,7 +190,8 @@ def analyze_neurons(checkpoint, out=None, *, count=64) -> dict:
     out = Path(out) if out else (ckpt if ckpt.is_dir() else ckpt.parent) / "neurons"
     outputs = first_layer_outputs(model.eval(), task["height"], task["width"], task["aspect"])
     grid = neuron_grid(outputs, count)
-    io.atomic_write(out / "neurons.png", lambda tmp: plt.imsave(tmp, grid, cmap="gray", format="png"))
+    io.atomic_write(out / "neurons.png", lambda tmp: Image.fromarray((grid * 255 + 0.5).astype(np.uint8)).save(
+        tmp, format="PNG", optimize=True))  # 8-bit grey
     freq, power = radial_spectrum(outputs)
     fig, ax = plt.subplots(figsize=(6, 4), dpi=110)
     ax.semilogy(freq[1:], power[1:])
