@@ -43,8 +43,7 @@ bench-nerf: $(STAMP)
 		$(BIN)/finer fit nerf ../shared/data/nerf/lego --model $$m --views 25 --downscale 4 --steps 1000 \
 			--rays 512 --samples 32 --fine 32 --test-views 8 --out docs/results/nerf/$$m --overwrite --quiet || exit 1; \
 	done
-	$(BIN)/finer render nerf docs/results/nerf/finer --frames 36 --quiet
-	$(BIN)/finer render nerf docs/results/nerf/pemlp --frames 36 --quiet
+	$(BIN)/finer render nerf docs/results/nerf/finer --frames 24 --quiet
 
 # All ten methods on image fitting (docs/results/images; LPIPS, curves, crops, HTML report).
 bench-images: $(STAMP)

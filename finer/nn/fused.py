@@ -153,7 +153,7 @@ def apply_fused(model: nn.Module, mode: str, steps: int) -> dict:
 
     ``compile``: fused kernels compiled by torch.compile; ``eager``: fused kernels run eagerly;
     ``off``: plain autograd; ``auto``: ``compile`` for runs of at least :data:`COMPILE_MIN_STEPS`
-    steps, ``off`` for shorter ones.
+    steps, ``off`` for shorter ones. A model with no fusable activation reports ``off``.
     """
     from finer.errors import FinerError
 
@@ -162,4 +162,4 @@ def apply_fused(model: nn.Module, mode: str, steps: int) -> dict:
     if mode == "auto":
         mode = "compile" if steps >= COMPILE_MIN_STEPS else "off"
     layers = 0 if mode == "off" else fuse(model, compile=mode == "compile")
-    return {"fused": mode, "fused_layers": layers}
+    return {"fused": mode if layers else "off", "fused_layers": layers}  # "off": nothing had a kernel

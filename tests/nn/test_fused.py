@@ -95,3 +95,8 @@ def test_apply_fused_modes():
     assert F.apply_fused(finer.build_model("finer", 2, 1), "auto", steps=5000)["fused"] == "compile"
     with pytest.raises(FinerError, match="unknown fused mode"):
         F.apply_fused(model, "fast", steps=10)
+
+
+def test_a_model_without_kernels_reports_off():
+    assert F.apply_fused(finer.build_model("pemlp", 2, 1, width=8), "compile", steps=10) == {"fused": "off",
+                                                                                             "fused_layers": 0}
