@@ -263,9 +263,15 @@ def summary_table(rows: list[dict], models: list[str], protocol: dict) -> str:
     lines = [_protocol_line(protocol), "", "| model | PSNR (dB) | SSIM | LPIPS | params | s/step | runs |",
              "|---|---|---|---|---|---|---|"]
     for name, p, sp, s, ss, lp, slp, params, sps, n in summary_rows(rows, models):
-        lpips_cell = f"{lp:.2e} ± {slp:.1e}" if lp is not None else "-"
-        lines.append(f"| {name} | {p:.2f} ± {sp:.2f} | {s:.4f} ± {ss:.4f} | {lpips_cell} | {params:,} | {sps:.3f} | {n} |")
+        lpips_cell = f"{lp:.2e}{_pm(slp, '.1e')}" if lp is not None else "-"
+        lines.append(f"| {name} | {p:.2f}{_pm(sp, '.2f')} | {s:.4f}{_pm(ss, '.4f')} | {lpips_cell} | {params:,} | "
+                     f"{sps:.3f} | {n} |")
     return "\n".join(lines) + "\n"
+
+
+def _pm(std: float, fmt: str) -> str:
+    """`` ± std``, or nothing for a single run (no spread to show)."""
+    return "" if std is None or math.isnan(std) else f" ± {std:{fmt}}"
 
 
 def summary_rows(rows: list[dict], models: list[str]) -> list[tuple]:
