@@ -46,8 +46,9 @@ bench-nerf: $(STAMP)
 	$(BIN)/finer render nerf docs/results/nerf/finer --frames 24 --quiet
 
 # All ten methods on image fitting (docs/results/images; LPIPS, curves, crops, HTML report).
+# One image fits a CPU session (about an hour); --limit 16 runs the whole set.
 bench-images: $(STAMP)
-	$(BIN)/finer bench images ../shared/data/images/div2k_train --preset quick --limit 2 \
+	$(BIN)/finer bench images ../shared/data/images/div2k_train --preset quick --limit 1 \
 		--models finer,siren,gauss,pemlp,gauss-finer,mpa,metasin,sc-mlp,wire,wire-finer --out docs/results/images --quiet
 
 clean:

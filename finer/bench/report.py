@@ -23,10 +23,18 @@ CROP = 64  # side of the crop shown per image, in pixels of the fitted image
 
 
 def _png(fig) -> str:
+    """The figure as an embeddable palette PNG (256 colours keep plots and crops readable)."""
+    from PIL import Image
+
     buf = _io.BytesIO()
     fig.savefig(buf, format="png")
     plt.close(fig)
-    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
+    buf.seek(0)
+    with Image.open(buf) as im:
+        small = im.convert("RGB").quantize(256)
+    out = _io.BytesIO()
+    small.save(out, format="PNG", optimize=True)
+    return "data:image/png;base64," + base64.b64encode(out.getvalue()).decode("ascii")
 
 
 def curves_figure(rows: list[dict], models: list[str]) -> str | None:
