@@ -32,7 +32,7 @@ from finer.errors import FinerError
 from finer.metrics import psnr
 from finer.models import MODELS, build_model
 from finer.nn.fused import fuse
-from finer.tasks.image import ImageTask, load_image
+from finer.tasks.image import ImageTask, load_image, predict_image
 from finer.train import TrainConfig, fit
 
 DEFAULT_METHODS = ("finer", "siren", "gauss", "wire", "pemlp", "gauss-finer", "wire-finer")
@@ -189,7 +189,6 @@ def batch_signals_check(images: np.ndarray, *, method: str, width: int, hidden_l
                         batch: int, compile: bool, device) -> dict:
     """Images per second fitting ``images`` one by one vs ``batch`` at a time, same seed, same steps."""
     from finer.batch_runs import StackedImageTask
-    from finer.nn.fused import fuse
     from finer.nn.stacked import StackedMLP
 
     def run(k: int) -> tuple[float, list[float]]:
@@ -206,8 +205,6 @@ def batch_signals_check(images: np.ndarray, *, method: str, width: int, hidden_l
                                                    checkpoint_every=0, log_every=steps), progress=False)
             seconds += state.train_seconds
             for m, im in zip(stacked.unstack(), group):
-                from finer.tasks.image import predict_image
-
                 pred = predict_image(m.eval(), im.shape[0], im.shape[1], target_range=m.config.target_range,
                                      device=device)
                 psnrs.append(psnr(pred, im))
