@@ -8,11 +8,35 @@ Public API::
     finer.fit_image(finer.ImageRunConfig(image="photo.png", steps=500), out="runs/photo")
 """
 
+from __future__ import annotations
+
+import importlib
+import sys
+import types
+
 from finer.errors import ConfigError, DivergedError, FinerError
-from finer.models import MODELS, build_model, count_parameters, make_config, models
-from finer.runs import ImageRunConfig, fit_image, render_checkpoint, resume_image
 
 __version__ = "0.1.0"
+
+_LAZY = {  # imported on first use, so that `finer --help` and the launcher do not load torch
+    "MODELS": "finer.models", "build_model": "finer.models", "count_parameters": "finer.models",
+    "make_config": "finer.models",
+    "ImageRunConfig": "finer.runs", "fit_image": "finer.runs", "render_checkpoint": "finer.runs",
+    "resume_image": "finer.runs",
+}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        value = getattr(importlib.import_module(_LAZY[name]), name)
+        globals()[name] = value
+        return value
+    try:
+        return importlib.import_module(f"finer.{name}")  # subpackages: finer.nn, finer.bench, ...
+    except ModuleNotFoundError as exc:
+        if exc.name != f"finer.{name}":
+            raise
+        raise AttributeError(f"module 'finer' has no attribute {name!r}") from None
 
 __all__ = [
     "MODELS",
@@ -28,3 +52,24 @@ __all__ = [
     "render_checkpoint",
     "resume_image",
 ]
+
+
+class _Package(types.ModuleType):
+    """``finer.models`` is the function ``models()``, although a submodule has that name too.
+
+    (Importing the submodule sets the package attribute to the module; this property keeps the
+    function, which eager imports used to restore.)
+    """
+
+    @property
+    def models(self):
+        from finer.models import models
+
+        return models
+
+    @models.setter
+    def models(self, value):  # the import system recording the submodule finer.models
+        pass
+
+
+sys.modules[__name__].__class__ = _Package

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Sequence
@@ -468,7 +469,7 @@ def _bench_speed(args: argparse.Namespace) -> int:
     result = run_speed(cfg, log=lambda msg: print(msg, flush=True))
     if args.out:
         out = Path(args.out)
-        command = "finer " + " ".join(sys.argv[1:]) if sys.argv[0].endswith("finer") else "finer bench speed ..."
+        command = "finer " + " ".join(sys.argv[1:]) if Path(sys.argv[0]).name in ("finer", "__main__.py") else "finer bench speed ..."
         io.write_json(out.with_suffix(".json"), result)
         text = speed_markdown(result, command)
         io.atomic_write(out, lambda tmp: Path(tmp).write_text(text))
@@ -512,6 +513,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
+    except BrokenPipeError:  # `finer models | head`: the reader left; not an error of ours
+        sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - silences the flush at exit
+        return 0
     except MemoryError:
         if args.debug:
             raise

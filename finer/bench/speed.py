@@ -3,9 +3,9 @@
 Measured in one process, on the same shapes (an image of ``size x size`` pixels, full batch, a
 ``2 -> width -> ... -> 3`` network with ``hidden_layers`` hidden-to-hidden layers):
 
-- ``floor``: the bare matrix multiplications of one step: each layer's forward product (with its
-  bias, ``addmm``) and both backward products (input gradient, except for the first layer, and
-  weight gradient). Nothing can train this network faster on this machine with these kernels.
+- ``floor``: the bare matrix multiplications of one step: each layer's forward product (``mm``,
+  no bias) and both backward products (input gradient, except for the first layer, and weight
+  gradient). Nothing can train this network faster on this machine with these kernels.
 - ``official-finer``: an eager re-implementation of the official code (:mod:`finer.bench.reference`)
   with its optimiser (plain ``torch.optim.Adam``), step by step.
 - each method of the library, through the library's own training loop (:func:`finer.train.fit`)
@@ -29,6 +29,7 @@ import torch
 
 from finer.bench.reference import OfficialFiner
 from finer.errors import FinerError
+from finer.launch import huge_pages_requested
 from finer.metrics import psnr
 from finer.models import MODELS, build_model
 from finer.nn.fused import fuse
@@ -88,11 +89,10 @@ def gemm_floor(n: int, width: int, hidden_layers: int, out: int, cfg: SpeedConfi
     g = torch.Generator(device="cpu").manual_seed(0)
     acts = [torch.randn(n, d, generator=g).to(device) for d in dims]
     weights = [torch.randn(dims[i + 1], dims[i], generator=g).to(device) for i in range(len(dims) - 1)]
-    biases = [torch.randn(dims[i + 1], generator=g).to(device) for i in range(len(dims) - 1)]
 
     def step():
-        for i, (w, b) in enumerate(zip(weights, biases)):
-            torch.addmm(b, acts[i], w.t())  # forward
+        for i, w in enumerate(weights):
+            torch.mm(acts[i], w.t())  # forward
             grad_out = acts[i + 1]
             torch.mm(grad_out.t(), acts[i])  # weight gradient
             if i > 0:
@@ -262,7 +262,8 @@ def run_speed(cfg: SpeedConfig, log=print) -> dict:
             f"{signals['batched_images_per_second']:.3f} images/s = {signals['speedup']:.2f} x; largest PSNR "
             f"difference {signals['max_psnr_difference']:.2e} dB")
     return {"config": {**asdict(cfg), "methods": list(cfg.methods)}, "points": n, "device": str(device),
-            "machine": f"{platform.machine()}, {platform.processor() or 'cpu'}, {torch.get_num_threads()} threads",
+            "machine": f"{platform.machine()}, {platform.processor() or 'cpu'}, {torch.get_num_threads()} threads, "
+                       f"huge pages {'on' if huge_pages_requested() else 'off'} (THP_MEM_ALLOC_ENABLE)",
             "torch": torch.__version__, "date": time.strftime("%Y-%m-%d"),
             "gemm_floor_seconds_per_step": floor, "official_seconds_per_step": reference,
             "official_over_floor": reference / floor, "methods": rows, "identity": identity, "signals": signals}

@@ -8,9 +8,20 @@ backward is then a single multiply, ``grad_z = grad_y * dy/dz``. The values and 
 those of the reference functions (``tests/nn/test_fused.py`` checks it), including FINER's
 convention of a constant ``|z| + 1`` (``detach=True``) or the true derivative (``detach=False``).
 
+The complex Gabor family (WIRE, Wire-FINER) has *complex kernels*: functions of the real and
+imaginary parts ``(a, b)`` of the pre-activation that return the output's parts ``(y_r, y_i)`` and the
+four entries of its real Jacobian ``d(y_r, y_i)/d(a, b)``; backward combines them with the incoming
+gradient (PyTorch's convention for complex tensors: ``dL/da + i dL/db``). A real pre-activation (WIRE's
+first layer) is the case ``b = 0``, and only ``dL/da`` goes back.
+
+The activations with learned or per-unit parameters (MetaSin, MPA's modulated sine, SC-MLP's
+sinusoidal composition) are modules holding a pure function; ``fuse(model, compile=True)`` hands
+them the compiled version of that function (PyTorch derives a fused backward, parameter gradients
+included), so they are fused only when compiling.
+
 ``fuse(model)`` swaps the activation of every :class:`~finer.nn.layers.Layer` that has a kernel
-(FINER, SIREN, Gauss, Gauss-FINER; the complex Gabor family keeps eager autograd) and returns how
-many it swapped. Compilation happens on first use and is cached by PyTorch across processes; if it
+(FINER, SIREN, Gauss, Gauss-FINER, WIRE, Wire-FINER, and the learnable ones when compiling) and
+returns how many it swapped. Compilation happens on first use and is cached by PyTorch across processes; if it
 fails (no C++ compiler, an unsupported device) the kernel runs eagerly instead, with one warning.
 Only first derivatives are provided: analyses that differentiate twice use the plain functions.
 """
@@ -54,35 +65,81 @@ def gauss_finer_kernel(z: Tensor, omega: float = 10.0, scale: float = 3.0, detac
     return y, dy * du
 
 
+def gabor_kernel(a: Tensor, b: Tensor | None, omega: float = 20.0, scale: float = 10.0) -> tuple[Tensor, ...]:
+    """WIRE's ``exp(i omega z - |s z|^2)`` of ``z = a + i b``: ``(y_r, y_i, dy_r/da, dy_r/db, dy_i/da, dy_i/db)``.
+
+    ``b = None`` is a real pre-activation (``b = 0``).
+    """
+    if b is None:
+        b = torch.zeros_like(a)
+    s2 = scale * scale
+    envelope = torch.exp(-omega * b - s2 * (a * a + b * b))
+    yr = envelope * torch.cos(omega * a)
+    yi = envelope * torch.sin(omega * a)
+    da = -2.0 * s2 * a  # d log(envelope) / da
+    db = -omega - 2.0 * s2 * b
+    return yr, yi, da * yr - omega * yi, db * yr, da * yi + omega * yr, db * yi
+
+
+def gabor_finer_kernel(a: Tensor, b: Tensor | None, omega: float = 5.0, omega_w: float = 4.0, scale: float = 2.0,
+                       detach: bool = True) -> tuple[Tensor, ...]:
+    """Wire-FINER: the Gabor of ``u = sin(omega w)``, ``w = a (|a|+1) + i b (|b|+1)``; parts and Jacobian."""
+    if b is None:
+        b = torch.zeros_like(a)
+    ma, mb = a.abs(), b.abs()
+    sa = ma + 1.0 if detach else 2.0 * ma + 1.0  # dw_r/da
+    sb = mb + 1.0 if detach else 2.0 * mb + 1.0  # dw_i/db
+    p, q = omega * (ma + 1.0) * a, omega * (mb + 1.0) * b
+    sin_p, cos_p, sinh_q, cosh_q = torch.sin(p), torch.cos(p), torch.sinh(q), torch.cosh(q)
+    ur, ui = sin_p * cosh_q, cos_p * sinh_q  # sin(p + i q)
+    c1, c2 = omega * cos_p * cosh_q, -omega * sin_p * sinh_q  # omega cos(p + i q) = c1 + i c2 (holomorphic)
+    yr, yi, k00, k01, k10, k11 = gabor_kernel(ur, ui, omega_w, scale)
+    # chain rule: d(y)/d(u) [[c1, -c2], [c2, c1]] diag(sa, sb)
+    return (yr, yi, (k00 * c1 + k01 * c2) * sa, (k01 * c1 - k00 * c2) * sb,
+            (k10 * c1 + k11 * c2) * sa, (k11 * c1 - k10 * c2) * sb)
+
+
 KERNELS: dict[Callable, Kernel] = {
     A.finer: finer_kernel,
     A.sine: sine_kernel,
     A.gauss: gauss_kernel,
     A.gauss_finer: gauss_finer_kernel,
 }
+COMPLEX_KERNELS: dict[Callable, Kernel] = {
+    A.gabor: gabor_kernel,
+    A.gabor_finer: gabor_finer_kernel,
+}
 
 
 class _Compiled:
-    """A kernel compiled on first use, eager if compilation is off or fails."""
+    """A kernel (or any pure function) compiled on first use, eager if compilation is off or fails."""
 
-    def __init__(self, kernel: Kernel, compile: bool):
+    def __init__(self, kernel: Callable, compile: bool):
         self.kernel = kernel
+        self.__name__ = kernel.__name__
         self.compiled = torch.compile(kernel, dynamic=True) if compile else None
 
-    def __call__(self, z: Tensor, **params) -> tuple[Tensor, Tensor]:
+    def __call__(self, *args, **params):
         if self.compiled is not None:
             try:
-                return self.compiled(z, **params)
+                return self.compiled(*args, **params)
             except Exception as exc:  # noqa: BLE001 - any compiler failure falls back to eager
                 warnings.warn(f"torch.compile of {self.kernel.__name__} failed ({type(exc).__name__}: {exc}); "
                               "running it eagerly", RuntimeWarning, stacklevel=2)
                 self.compiled = None
-        return self.kernel(z, **params)
+        return self.kernel(*args, **params)
 
 
 @functools.lru_cache(maxsize=None)
-def _runner(kernel: Kernel, compile: bool) -> _Compiled:
+def _runner(kernel: Callable, compile: bool) -> _Compiled:
     return _Compiled(kernel, compile)
+
+
+def _combine(gr: Tensor, gi: Tensor, j0: Tensor, j1: Tensor) -> Tensor:
+    return gr * j0 + gi * j1
+
+
+_combine_runner = functools.partial(_runner, _combine)
 
 
 class _FusedFunction(torch.autograd.Function):
@@ -98,8 +155,89 @@ class _FusedFunction(torch.autograd.Function):
         return grad * slope, None, None
 
 
+class _FusedComplexFunction(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, z, runner, params):
+        is_complex = z.is_complex()
+        yr, yi, j00, j01, j10, j11 = runner(z.real, z.imag if is_complex else None, **params)
+        ctx.is_complex, ctx.combine = is_complex, _combine_runner(runner.compiled is not None)
+        ctx.save_for_backward(*((j00, j10, j01, j11) if is_complex else (j00, j10)))
+        return torch.complex(yr, yi)
+
+    @staticmethod
+    def backward(ctx, grad):
+        gr, gi = grad.real, grad.imag
+        jac = ctx.saved_tensors
+        ga = ctx.combine(gr, gi, jac[0], jac[1])
+        if not ctx.is_complex:
+            return ga, None, None
+        return torch.complex(ga, ctx.combine(gr, gi, jac[2], jac[3])), None, None
+
+
+def _biased(kernel: Kernel) -> Callable:
+    """``kernel`` applied to ``z + bias``: the bias add joins the kernel's pass over memory."""
+
+    def biased(z: Tensor, bias: Tensor, **params):
+        return kernel(z + bias, **params)
+
+    biased.__name__ = f"biased_{kernel.__name__}"
+    return biased
+
+
+def _masked_grad(grad: Tensor, slope: Tensor) -> tuple[Tensor, Tensor]:
+    """``grad * slope`` and its sum over the points (the bias gradient) in one pass."""
+    grad_z = grad * slope
+    return grad_z, grad_z.sum(0)
+
+
+class _FusedLinearFunction(torch.autograd.Function):
+    """``activation(x W^T + b)`` for a 2-D ``x``: one product, one kernel pass forward; backward one
+    pass for ``grad_z`` and the bias gradient, then the two products."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, runner, grad_runner, params):
+        y, slope = runner(x @ weight.t(), bias, **params)
+        ctx.grad_runner = grad_runner
+        ctx.save_for_backward(x, weight, slope)
+        return y
+
+    @staticmethod
+    def backward(ctx, grad):
+        x, weight, slope = ctx.saved_tensors
+        grad_z, grad_bias = ctx.grad_runner(grad, slope)
+        grad_x = grad_z @ weight if ctx.needs_input_grad[0] else None
+        grad_w = grad_z.t() @ x if ctx.needs_input_grad[1] else None
+        return grad_x, grad_w, grad_bias, None, None, None
+
+
+def fused_linear_apply(x: Tensor, weight: Tensor, bias: Tensor, *, runner: _Compiled, grad_runner: _Compiled,
+                       **params) -> Tensor:
+    """``activation(x W^T + b)`` with a real kernel: :class:`~finer.nn.layers.Layer`'s fused forward.
+
+    Unlike ``nn.Linear`` (``addmm``, which first copies the bias into the output), the bias is added
+    inside the activation kernel, and its gradient is summed in the same pass as ``grad_z``.
+    """
+    lead = x.shape[:-1]
+    x2 = x.reshape(-1, x.shape[-1])
+    if torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad or bias.requires_grad):
+        y = _FusedLinearFunction.apply(x2, weight, bias, runner, grad_runner, params)
+    else:
+        y = runner(x2 @ weight.t(), bias, **params)[0]
+    return y.reshape(*lead, y.shape[-1])
+
+
+@functools.lru_cache(maxsize=None)
+def _linear_runners(kernel: Kernel, compile: bool) -> tuple[_Compiled, _Compiled]:
+    return _Compiled(_biased(kernel), compile), _Compiled(_masked_grad, compile)
+
+
 def fused_apply(z: Tensor, *, reference: Callable, runner: _Compiled, **params) -> Tensor:
     """The activation ``reference(z, **params)`` through its fused kernel."""
+    if reference in COMPLEX_KERNELS:
+        if not (torch.is_grad_enabled() and z.requires_grad):
+            yr, yi = runner(z.real, z.imag if z.is_complex() else None, **params)[:2]
+            return torch.complex(yr, yi)
+        return _FusedComplexFunction.apply(z, runner, params)
     if not (torch.is_grad_enabled() and z.requires_grad):
         return runner(z, **params)[0]  # inference: no derivative kept
     return _FusedFunction.apply(z, runner, params)
@@ -107,9 +245,10 @@ def fused_apply(z: Tensor, *, reference: Callable, runner: _Compiled, **params) 
 
 def fused_version(activation: Callable, compile: bool = True) -> Callable | None:
     """The fused equivalent of ``partial(fn, **params)`` (or ``None`` when ``fn`` has no kernel)."""
-    if isinstance(activation, functools.partial) and activation.func in KERNELS and not activation.args:
+    kernels = {**KERNELS, **COMPLEX_KERNELS}
+    if isinstance(activation, functools.partial) and activation.func in kernels and not activation.args:
         fn = activation.func
-        runner = _runner(KERNELS[fn], compile)
+        runner = _runner(kernels[fn], compile)
         fused = functools.partial(fused_apply, reference=fn, runner=runner, **activation.keywords)
         return fused
     return None
@@ -118,12 +257,24 @@ def fused_version(activation: Callable, compile: bool = True) -> Callable | None
 def fuse(model: nn.Module, compile: bool = True) -> int:
     """Give every layer of ``model`` whose activation has a kernel its fused version; returns the count."""
     from finer.nn.layers import Layer
+    from finer.nn.learnable import LearnableActivation
 
     count = 0
     for module in model.modules():
         if isinstance(module, Layer):
+            if isinstance(module.activation, LearnableActivation):
+                if compile and not isinstance(module.activation.fn, _Compiled):
+                    module.activation.fn = _runner(module.activation.fn, True)
+                    count += 1
+                continue
             fused = fused_version(module.activation, compile)
             if fused is not None:
+                fn = fused.keywords["reference"]
+                if fn in KERNELS and not module.linear.weight.is_complex():
+                    runner, grad_runner = _linear_runners(KERNELS[fn], compile)
+                    params = {k: v for k, v in fused.keywords.items() if k not in ("reference", "runner")}
+                    module.fused_forward = functools.partial(fused_linear_apply, runner=runner,
+                                                             grad_runner=grad_runner, **params)
                 module.activation = fused
                 count += 1
     return count
@@ -136,9 +287,13 @@ def unfuse(model: nn.Module) -> int:
     count = 0
     for module in model.modules():
         act = getattr(module, "activation", None)
-        if isinstance(module, Layer) and isinstance(act, functools.partial) and act.func is fused_apply:
+        if isinstance(module, Layer) and isinstance(getattr(act, "fn", None), _Compiled):
+            act.fn = act.fn.kernel
+            count += 1
+        elif isinstance(module, Layer) and isinstance(act, functools.partial) and act.func is fused_apply:
             params = {k: v for k, v in act.keywords.items() if k not in ("reference", "runner")}
             module.activation = functools.partial(act.keywords["reference"], **params)
+            module.fused_forward = None
             count += 1
     return count
 

@@ -44,6 +44,8 @@ class Layer(nn.Module):
         dtype = torch.complex64 if complex_weights else torch.float32
         self.linear = nn.Linear(in_features, out_features, dtype=dtype)
         self.activation = activation
+        self.fused_forward: Callable | None = None
+        """``(x, weight, bias) -> y``, the whole layer in fewer passes (set by :func:`finer.nn.fused.fuse`)."""
         inits.WEIGHT_INITS[weight_init](
             self.linear.weight, omega=init_omega, is_first=is_first, generator=generator
         )
@@ -53,6 +55,8 @@ class Layer(nn.Module):
             inits.range_bias(self.linear.bias, bias_range, generator)
 
     def forward(self, x: Tensor) -> Tensor:
+        if self.fused_forward is not None:
+            return self.fused_forward(x, self.linear.weight, self.linear.bias)
         return self.activation(self.linear(x))
 
     def extra_repr(self) -> str:

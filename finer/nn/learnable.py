@@ -1,11 +1,13 @@
 """Activations with parameters or per-unit constants: thin modules around the pure functions.
 
-Each is passed to :class:`~finer.nn.layers.Layer` as its activation, like a pure function.
+Each is passed to :class:`~finer.nn.layers.Layer` as its activation, like a pure function, and
+holds the pure function it evaluates as ``fn`` (:func:`finer.nn.fused.fuse` swaps in a compiled one).
 """
 
 from __future__ import annotations
 
 import math
+from typing import Callable
 
 import torch
 from torch import Tensor, nn
@@ -14,7 +16,13 @@ from finer.nn import activations as A
 from finer.nn.init import torch_bias, torch_weight
 
 
-class MetaSin(nn.Module):
+class LearnableActivation(nn.Module):
+    """An activation module: parameters or buffers, and the pure function ``fn`` that uses them."""
+
+    fn: Callable[..., Tensor]
+
+
+class MetaSin(LearnableActivation):
     """``relu(z) + sum_k a_k sin(f_k z + p_k)``, one set of ``K`` sinusoids per layer.
 
     Init (an assumption, the MetaSin paper initialises by distillation): frequencies evenly spaced
@@ -26,21 +34,23 @@ class MetaSin(nn.Module):
         self.amplitudes = nn.Parameter(torch.full((n_sines,), 1.0 / n_sines))
         self.frequencies = nn.Parameter(torch.linspace(1.0, max_frequency, n_sines))
         self.phases = nn.Parameter(torch.zeros(n_sines))
+        self.fn = A.metasin
 
     def forward(self, z: Tensor) -> Tensor:
-        return A.metasin(z, self.amplitudes, self.frequencies, self.phases)
+        return self.fn(z, self.amplitudes, self.frequencies, self.phases)
 
 
-class SineComposition(nn.Module):
+class SineComposition(LearnableActivation):
     """``z + sin(omega z)`` with fixed per-unit ``omega`` log-spaced over ``[omega_min, omega_max]``."""
 
     def __init__(self, units: int, omega_min: float = 10.0, omega_max: float = 100.0):
         super().__init__()
         omega = torch.logspace(math.log10(omega_min), math.log10(omega_max), units)
         self.register_buffer("omega", omega)
+        self.fn = A.sine_composition
 
     def forward(self, z: Tensor) -> Tensor:
-        return A.sine_composition(z, self.omega)
+        return self.fn(z, self.omega)
 
 
 class Modulator(nn.Module):
@@ -69,7 +79,7 @@ class Modulator(nn.Module):
         return out
 
 
-class ModulatedSine(nn.Module):
+class ModulatedSine(LearnableActivation):
     """``m_index * sin(omega z)`` with the amplitudes from a shared :class:`Modulator`."""
 
     def __init__(self, modulator: Modulator, index: int, omega: float):
@@ -77,6 +87,7 @@ class ModulatedSine(nn.Module):
         self.modulator = modulator  # shared by every synthesis layer
         self.index = index
         self.omega = omega
+        self.fn = A.modulated_sine
 
     def forward(self, z: Tensor) -> Tensor:
-        return A.modulated_sine(z, self.modulator()[self.index], self.omega)
+        return self.fn(z, self.modulator()[self.index], self.omega)

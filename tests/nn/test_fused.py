@@ -39,6 +39,31 @@ def test_kernels_match_the_reference_functions(fn, params):
     torch.testing.assert_close(gz, gz_ref, rtol=1e-10, atol=1e-10)
 
 
+COMPLEX_CASES = [
+    (A.gabor, dict(omega=20.0, scale=10.0)),
+    (A.gabor_finer, dict(omega=5.0, omega_w=4.0, scale=2.0, detach=True)),
+    (A.gabor_finer, dict(omega=5.0, omega_w=4.0, scale=2.0, detach=False)),
+]
+
+
+@pytest.mark.parametrize("real_input", [False, True], ids=["complex-input", "real-input"])
+@pytest.mark.parametrize("fn,params", COMPLEX_CASES, ids=lambda c: getattr(c, "__name__", str(c)))
+def test_complex_kernels_match_autograd_of_the_reference(fn, params, real_input):
+    """The hand-derived Jacobians against PyTorch's complex autograd (its dL/da + i dL/db convention)."""
+    gen = torch.Generator().manual_seed(3)
+    shape = (400, 16)
+    z = torch.randn(*shape, generator=gen, dtype=torch.float64) * 0.15
+    if not real_input:
+        z = torch.complex(z, torch.randn(*shape, generator=gen, dtype=torch.float64) * 0.15)
+    g = torch.complex(torch.randn(*shape, generator=gen, dtype=torch.float64),
+                      torch.randn(*shape, generator=gen, dtype=torch.float64))
+    y_ref, gz_ref = _value_and_grad(functools.partial(fn, **params), z, g)
+    y, gz = _value_and_grad(F.fused_version(functools.partial(fn, **params), compile=False), z, g)
+    assert y.dtype == y_ref.dtype and gz.dtype == gz_ref.dtype
+    torch.testing.assert_close(y, y_ref, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(gz, gz_ref, rtol=1e-9, atol=1e-9 * gz_ref.abs().max().item())
+
+
 def test_compiled_kernel_matches_the_reference():
     z = torch.randn(257, 64, generator=torch.Generator().manual_seed(1)) * 0.3
     g = torch.randn(257, 64, generator=torch.Generator().manual_seed(2))
@@ -68,7 +93,7 @@ def test_failed_compilation_falls_back_to_eager(monkeypatch):
     y, _ = runner(z, omega=30.0)  # no second warning: the runner stays eager
 
 
-@pytest.mark.parametrize("name,expected", [("finer", 3), ("siren", 3), ("gauss-finer", 3), ("wire", 0), ("pemlp", 0)])
+@pytest.mark.parametrize("name,expected", [("finer", 3), ("siren", 3), ("gauss-finer", 3), ("wire", 3), ("wire-finer", 3), ("pemlp", 0), ("metasin", 0)])
 def test_fuse_a_model_keeps_outputs_and_parameter_gradients(name, expected):
     x = torch.rand(300, 2) * 2 - 1
     plain = finer.build_model(name, 2, 3, width=16, hidden_layers=2, seed=0)
@@ -84,7 +109,7 @@ def test_fuse_a_model_keeps_outputs_and_parameter_gradients(name, expected):
     for a, b in zip(outs[1][1], outs[0][1]):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
     if expected:
-        assert "fused finer" in repr(fast) or "fused sine" in repr(fast) or "fused gauss" in repr(fast)
+        assert "activation=fused " in repr(fast)
     assert F.unfuse(fast) == expected and "fused" not in repr(fast)
 
 
@@ -100,3 +125,50 @@ def test_apply_fused_modes():
 def test_a_model_without_kernels_reports_off():
     assert F.apply_fused(finer.build_model("pemlp", 2, 1, width=8), "compile", steps=10) == {"fused": "off",
                                                                                              "fused_layers": 0}
+
+
+@pytest.mark.parametrize("name", ["metasin", "sc-mlp"])
+def test_compiled_learnable_activations_keep_outputs_and_gradients(name):
+    """MetaSin and SC-MLP are fused only by compiling their function; parameter gradients included."""
+    x = torch.rand(300, 2) * 2 - 1
+    plain = finer.build_model(name, 2, 3, width=16, hidden_layers=1, seed=0)
+    fast = finer.build_model(name, 2, 3, width=16, hidden_layers=1, seed=0)
+    layers = sum(isinstance(m, finer.nn.layers.Layer) and isinstance(m.activation, torch.nn.Module)
+                 for m in fast.modules())
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)  # no silent fallback to eager
+        assert F.fuse(fast, compile=True) == layers > 0
+        outs = []
+        for model in (plain, fast):
+            y = model(x)
+            y.square().mean().backward()
+            outs.append((y.detach(), [p.grad.clone() for p in model.parameters()]))
+    torch.testing.assert_close(outs[1][0], outs[0][0], rtol=1e-5, atol=1e-6)
+    for a, b in zip(outs[1][1], outs[0][1]):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5 * b.abs().max().item() + 1e-7)
+    assert F.unfuse(fast) == layers
+    assert F.fuse(fast, compile=True) == layers and F.fuse(fast, compile=True) == 0  # not twice
+
+
+def test_compiled_fused_layers_match_plain_layers_on_batched_input():
+    """The fused layer path (product, then bias + kernel in one pass; bias gradient in backward's pass)."""
+    x = torch.rand(4, 75, 2) * 2 - 1  # leading dimensions, as NeRF's rays x samples
+    plain = finer.build_model("finer", 2, 3, width=16, hidden_layers=2, seed=0, first_bias_scale=5.0)
+    fast = finer.build_model("finer", 2, 3, width=16, hidden_layers=2, seed=0, first_bias_scale=5.0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        assert F.fuse(fast, compile=True) == 3
+        assert all(m.fused_forward is not None for m in fast.layers[:-1])
+        outs = []
+        for model in (plain, fast):
+            y = model(x)
+            y.square().mean().backward()
+            outs.append((y.detach(), [p.grad.clone() for p in model.parameters()]))
+    assert outs[1][0].shape == (4, 75, 3)
+    torch.testing.assert_close(outs[1][0], outs[0][0], rtol=1e-5, atol=1e-5)
+    for a, b in zip(outs[1][1], outs[0][1]):
+        torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-4 * b.abs().max().item())
+    with torch.no_grad():
+        torch.testing.assert_close(fast(x), plain(x), rtol=1e-5, atol=1e-5)
+    F.unfuse(fast)
+    assert all(m.fused_forward is None for m in fast.layers)
