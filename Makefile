@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test install bench-foundation bench-sdf bench-speed bench-nerf bench-images clean
+.PHONY: demo test install bench-foundation bench-sdf bench-speed bench-nerf bench-images bench-width clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -46,10 +46,15 @@ bench-nerf: $(STAMP)
 	$(BIN)/finer render nerf docs/results/nerf/finer --frames 24 --quiet
 
 # All ten methods on image fitting (docs/results/images; LPIPS, curves, crops, HTML report).
-# One image fits a CPU session (about an hour); --limit 16 runs the whole set.
+# Two images fit a CPU session (about 20-40 min per image); --limit 16 runs the whole set.
 bench-images: $(STAMP)
-	$(BIN)/finer bench images ../shared/data/images/div2k_train --preset quick --limit 1 \
+	$(BIN)/finer bench images ../shared/data/images/div2k_train --preset quick --limit 2 \
 		--models finer,siren,gauss,pemlp,gauss-finer,mpa,metasin,sc-mlp,wire,wire-finer --out docs/results/images --quiet
+
+# Supplement Fig. 2: PSNR against hidden width, two hidden layers (docs/results/width).
+bench-width: $(STAMP)
+	$(BIN)/finer bench width ../shared/data/images/div2k_train --preset quick --limit 4 \
+		--models finer,siren,gauss,pemlp --widths 32,64,128,256 --out docs/results/width --quiet
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

@@ -291,15 +291,32 @@ def summary_rows(rows: list[dict], models: list[str]) -> list[tuple]:
     return sorted(out, key=lambda t: -t[1])
 
 
+def _paired_means(rows: list[dict], models: list[str], width) -> tuple[dict, list]:
+    """Mean PSNR per model over the images every model has finished at ``width`` (seeds averaged)."""
+    per = {m: {} for m in models}
+    for r in rows:
+        if r["model"] in per and r["width"] == width:
+            per[r["model"]].setdefault(r["image"], []).append(r["psnr"])
+    common = sorted(set.intersection(*(set(v) for v in per.values()))) if per else []
+    means = {m: statistics.mean(statistics.mean(per[m][i]) for i in common) for m in models} if common else {}
+    return means, common
+
+
 def width_table(rows: list[dict], models: list[str], widths, protocol: dict) -> str:
-    lines = [_protocol_line({**protocol, "width": "varied"}), "", "Mean PSNR (dB):", "",
-             "| width | " + " | ".join(models) + " |", "|---|" + "---|" * len(models)]
+    """Mean PSNR per width and method over the images all methods have finished at that width; with
+    FINER in the grid, its lead over the best other method (and over each on how many images)."""
+    lead = "finer" in models and len(models) > 1
+    head = "| width | images | " + " | ".join(models) + (" | FINER lead (dB) |" if lead else " |")
+    lines = [_protocol_line({**protocol, "width": "varied"}), "",
+             "Mean PSNR (dB) over the images every method has finished at that width:", "",
+             head, "|---|---|" + "---|" * (len(models) + lead)]
     for w in widths:
-        cells = []
-        for m in models:
-            sel = [r["psnr"] for r in rows if r["model"] == m and r["width"] == w]
-            cells.append(f"{statistics.mean(sel):.2f}" if sel else "-")
-        lines.append(f"| {w} | " + " | ".join(cells) + " |")
+        means, common = _paired_means(rows, models, w)
+        cells = [f"{means[m]:.2f}" if means else "-" for m in models]
+        if lead:
+            others = [m for m in models if m != "finer"]
+            cells.append(f"{means['finer'] - max(means[m] for m in others):+.2f}" if means else "-")
+        lines.append(f"| {w} | {len(common)} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -310,9 +327,9 @@ def width_plot(rows: list[dict], models: list[str], widths, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6, 4), dpi=110)
+    done = [(w, _paired_means(rows, models, w)[0]) for w in widths]
     for m in models:
-        pts = [(w, statistics.mean(r["psnr"] for r in rows if r["model"] == m and r["width"] == w))
-               for w in widths if any(r["model"] == m and r["width"] == w for r in rows)]
+        pts = [(w, means[m]) for w, means in done if means]
         if pts:
             ax.plot(*zip(*pts), "o-", label=m)
     ax.set_xscale("log", base=2)

@@ -65,7 +65,23 @@ def test_width_sweep(image_dir, tmp_path):
                  "--crop", "none", "--size", "12", "--limit", "1", "--out", str(out), "--quiet"]) == 0
     rows = json.loads((out / "width.json").read_text())["runs"]
     assert sorted({(r["width"], r["hidden_layers"]) for r in rows}) == [(4, 2), (8, 2)]
-    assert (out / "width.png").is_file() and "| 8 |" in (out / "width.md").read_text()
+    assert (out / "width.png").is_file()
+    text = (out / "width.md").read_text()
+    assert "| width | images | finer | siren | FINER lead (dB) |" in text
+    means = {m: next(r["psnr"] for r in rows if r["model"] == m and r["width"] == 8) for m in ("finer", "siren")}
+    assert f"| 8 | 1 | {means['finer']:.2f} | {means['siren']:.2f} | {means['finer'] - means['siren']:+.2f} |" in text
+
+
+def test_width_table_compares_methods_on_the_same_images():
+    from finer.bench.images import width_table
+
+    rows = [dict(model="finer", width=16, image="a", psnr=30.0), dict(model="finer", width=16, image="b", psnr=40.0),
+            dict(model="siren", width=16, image="a", psnr=29.0)]  # siren has not finished image b
+    text = width_table(rows, ["finer", "siren"], [16, 32], {"images": 2, "directory": "d", "steps": 1,
+                                                            "hidden_layers": 2, "crop": None, "size": None,
+                                                            "seeds": [0], "device": "cpu", "machine": "m",
+                                                            "torch": "t", "date": "d", "runs_done": 3})
+    assert "| 16 | 1 | 30.00 | 29.00 | +1.00 |" in text and "| 32 | 0 | - | - | - |" in text
 
 
 def test_presets():
