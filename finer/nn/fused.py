@@ -174,37 +174,42 @@ class _FusedComplexFunction(torch.autograd.Function):
         return torch.complex(ga, ctx.combine(gr, gi, jac[2], jac[3])), None, None
 
 
-def _biased(kernel: Kernel) -> Callable:
-    """``kernel`` applied to ``z + bias``: the bias add joins the kernel's pass over memory."""
+def _layer_kernels(kernel: Kernel) -> tuple[Callable, Callable]:
+    """The two passes of a fused layer, built from ``kernel``.
 
-    def biased(z: Tensor, bias: Tensor, **params):
-        return kernel(z + bias, **params)
+    ``value(z, bias)``: the output ``f(z + b)``; ``grad(grad_y, z, bias)``: ``grad_z = grad_y f'(z + b)``
+    and its sum over the points (the bias gradient). The derivative is recomputed from the product
+    ``z`` kept for backward instead of being stored by forward: one tensor less to allocate and write
+    per layer and step, the same arithmetic (the compiler drops the half of the kernel each pass
+    does not use).
+    """
 
-    biased.__name__ = f"biased_{kernel.__name__}"
-    return biased
+    def value(z: Tensor, bias: Tensor, **params) -> Tensor:
+        return kernel(z + bias, **params)[0]
 
+    def grad(grad_y: Tensor, z: Tensor, bias: Tensor, **params) -> tuple[Tensor, Tensor]:
+        grad_z = grad_y * kernel(z + bias, **params)[1]
+        return grad_z, grad_z.sum(0)
 
-def _masked_grad(grad: Tensor, slope: Tensor) -> tuple[Tensor, Tensor]:
-    """``grad * slope`` and its sum over the points (the bias gradient) in one pass."""
-    grad_z = grad * slope
-    return grad_z, grad_z.sum(0)
+    value.__name__, grad.__name__ = f"{kernel.__name__}_value", f"{kernel.__name__}_grad"
+    return value, grad
 
 
 class _FusedLinearFunction(torch.autograd.Function):
-    """``activation(x W^T + b)`` for a 2-D ``x``: one product, one kernel pass forward; backward one
-    pass for ``grad_z`` and the bias gradient, then the two products."""
+    """``f(x W^T + b)`` for a 2-D ``x``: forward one product and one pass; backward one pass for
+    ``grad_z`` and the bias gradient, then the two products."""
 
     @staticmethod
     def forward(ctx, x, weight, bias, runner, grad_runner, params):
-        y, slope = runner(x @ weight.t(), bias, **params)
-        ctx.grad_runner = grad_runner
-        ctx.save_for_backward(x, weight, slope)
-        return y
+        z = x @ weight.t()
+        ctx.grad_runner, ctx.params = grad_runner, params
+        ctx.save_for_backward(x, weight, bias, z)
+        return runner(z, bias, **params)
 
     @staticmethod
     def backward(ctx, grad):
-        x, weight, slope = ctx.saved_tensors
-        grad_z, grad_bias = ctx.grad_runner(grad, slope)
+        x, weight, bias, z = ctx.saved_tensors
+        grad_z, grad_bias = ctx.grad_runner(grad, z, bias, **ctx.params)
         grad_x = grad_z @ weight if ctx.needs_input_grad[0] else None
         grad_w = grad_z.t() @ x if ctx.needs_input_grad[1] else None
         return grad_x, grad_w, grad_bias, None, None, None
@@ -215,20 +220,21 @@ def fused_linear_apply(x: Tensor, weight: Tensor, bias: Tensor, *, runner: _Comp
     """``activation(x W^T + b)`` with a real kernel: :class:`~finer.nn.layers.Layer`'s fused forward.
 
     Unlike ``nn.Linear`` (``addmm``, which first copies the bias into the output), the bias is added
-    inside the activation kernel, and its gradient is summed in the same pass as ``grad_z``.
+    inside the activation's pass, and its gradient is summed in the same pass as ``grad_z``.
     """
     lead = x.shape[:-1]
     x2 = x.reshape(-1, x.shape[-1])
     if torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad or bias.requires_grad):
         y = _FusedLinearFunction.apply(x2, weight, bias, runner, grad_runner, params)
     else:
-        y = runner(x2 @ weight.t(), bias, **params)[0]
+        y = runner(x2 @ weight.t(), bias, **params)
     return y.reshape(*lead, y.shape[-1])
 
 
 @functools.lru_cache(maxsize=None)
 def _linear_runners(kernel: Kernel, compile: bool) -> tuple[_Compiled, _Compiled]:
-    return _Compiled(_biased(kernel), compile), _Compiled(_masked_grad, compile)
+    value, grad = _layer_kernels(kernel)
+    return _Compiled(value, compile), _Compiled(grad, compile)
 
 
 def fused_apply(z: Tensor, *, reference: Callable, runner: _Compiled, **params) -> Tensor:

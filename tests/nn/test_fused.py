@@ -106,8 +106,8 @@ def test_fuse_a_model_keeps_outputs_and_parameter_gradients(name, expected):
         (y.real if y.is_complex() else y).square().mean().backward()
         outs.append((y.detach(), [p.grad.clone() for p in model.parameters()]))
     torch.testing.assert_close(outs[1][0], outs[0][0])
-    for a, b in zip(outs[1][1], outs[0][1]):
-        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+    for a, b in zip(outs[1][1], outs[0][1]):  # float32 sums in another order: relative to the largest entry
+        torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-4 * b.abs().max().item() + 1e-7)
     if expected:
         assert "activation=fused " in repr(fast)
     assert F.unfuse(fast) == expected and "fused" not in repr(fast)
