@@ -291,32 +291,42 @@ def summary_rows(rows: list[dict], models: list[str]) -> list[tuple]:
     return sorted(out, key=lambda t: -t[1])
 
 
-def _paired_means(rows: list[dict], models: list[str], width) -> tuple[dict, list]:
-    """Mean PSNR per model over the images every model has finished at ``width`` (seeds averaged)."""
-    per = {m: {} for m in models}
+def _per_image(rows: list[dict], model: str, width) -> dict:
+    """PSNR per image (seeds averaged) of ``model`` at ``width``."""
+    per: dict = {}
     for r in rows:
-        if r["model"] in per and r["width"] == width:
-            per[r["model"]].setdefault(r["image"], []).append(r["psnr"])
-    common = sorted(set.intersection(*(set(v) for v in per.values()))) if per else []
-    means = {m: statistics.mean(statistics.mean(per[m][i]) for i in common) for m in models} if common else {}
-    return means, common
+        if r["model"] == model and r["width"] == width:
+            per.setdefault(r["image"], []).append(r["psnr"])
+    return {image: statistics.mean(v) for image, v in per.items()}
 
 
 def width_table(rows: list[dict], models: list[str], widths, protocol: dict) -> str:
-    """Mean PSNR per width and method over the images all methods have finished at that width; with
-    FINER in the grid, its lead over the best other method (and over each on how many images)."""
+    """Mean PSNR per width and method; with FINER in the grid, its lead over the best other method,
+    each difference taken over the images both have finished (so a grid in progress compares fairly)."""
     lead = "finer" in models and len(models) > 1
-    head = "| width | images | " + " | ".join(models) + (" | FINER lead (dB) |" if lead else " |")
+    head = "| width | " + " | ".join(models) + (" | FINER lead (dB) | FINER ahead on |" if lead else "")
     lines = [_protocol_line({**protocol, "width": "varied"}), "",
-             "Mean PSNR (dB) over the images every method has finished at that width:", "",
-             head, "|---|---|" + "---|" * (len(models) + lead)]
+             "Mean PSNR (dB) over the images each method has finished (their count in brackets when not all):",
+             "", head, "|---|" + "---|" * (len(models) + 2 * lead)]
+    n_images = protocol.get("images")
     for w in widths:
-        means, common = _paired_means(rows, models, w)
-        cells = [f"{means[m]:.2f}" if means else "-" for m in models]
+        per = {m: _per_image(rows, m, w) for m in models}
+        cells = [(f"{statistics.mean(per[m].values()):.2f}" + ("" if len(per[m]) == n_images else f" ({len(per[m])})"))
+                 if per[m] else "-" for m in models]
         if lead:
-            others = [m for m in models if m != "finer"]
-            cells.append(f"{means['finer'] - max(means[m] for m in others):+.2f}" if means else "-")
-        lines.append(f"| {w} | {len(common)} | " + " | ".join(cells) + " |")
+            gaps, ahead, pairs = [], 0, 0
+            for m in models:
+                common = set(per["finer"]) & set(per[m]) if m != "finer" else set()
+                if common:
+                    diffs = [per["finer"][i] - per[m][i] for i in common]
+                    gaps.append(statistics.mean(diffs))
+                    ahead += sum(d > 0 for d in diffs)
+                    pairs += len(diffs)
+            cells += [f"{min(gaps):+.2f}", f"{ahead}/{pairs}"] if gaps else ["-", "-"]
+        lines.append(f"| {w} | " + " | ".join(cells) + " |")
+    if lead:
+        lines += ["", "FINER lead: FINER's mean PSNR minus that of the best other method, each over the images both "
+                      "finished; FINER ahead on: (image, method) pairs where FINER's PSNR is higher."]
     return "\n".join(lines) + "\n"
 
 
@@ -327,9 +337,8 @@ def width_plot(rows: list[dict], models: list[str], widths, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6, 4), dpi=110)
-    done = [(w, _paired_means(rows, models, w)[0]) for w in widths]
     for m in models:
-        pts = [(w, means[m]) for w, means in done if means]
+        pts = [(w, statistics.mean(per.values())) for w in widths if (per := _per_image(rows, m, w))]
         if pts:
             ax.plot(*zip(*pts), "o-", label=m)
     ax.set_xscale("log", base=2)

@@ -67,21 +67,25 @@ def test_width_sweep(image_dir, tmp_path):
     assert sorted({(r["width"], r["hidden_layers"]) for r in rows}) == [(4, 2), (8, 2)]
     assert (out / "width.png").is_file()
     text = (out / "width.md").read_text()
-    assert "| width | images | finer | siren | FINER lead (dB) |" in text
+    assert "| width | finer | siren | FINER lead (dB) | FINER ahead on |" in text
     means = {m: next(r["psnr"] for r in rows if r["model"] == m and r["width"] == 8) for m in ("finer", "siren")}
-    assert f"| 8 | 1 | {means['finer']:.2f} | {means['siren']:.2f} | {means['finer'] - means['siren']:+.2f} |" in text
+    ahead = int(means["finer"] > means["siren"])
+    assert (f"| 8 | {means['finer']:.2f} | {means['siren']:.2f} | {means['finer'] - means['siren']:+.2f} | {ahead}/1 |"
+            in text)
 
 
 def test_width_table_compares_methods_on_the_same_images():
     from finer.bench.images import width_table
 
     rows = [dict(model="finer", width=16, image="a", psnr=30.0), dict(model="finer", width=16, image="b", psnr=40.0),
-            dict(model="siren", width=16, image="a", psnr=29.0)]  # siren has not finished image b
-    text = width_table(rows, ["finer", "siren"], [16, 32], {"images": 2, "directory": "d", "steps": 1,
+            dict(model="siren", width=16, image="a", psnr=29.0),  # siren has not finished image b
+            dict(model="pemlp", width=16, image="a", psnr=20.0), dict(model="pemlp", width=16, image="b", psnr=50.0)]
+    text = width_table(rows, ["finer", "siren", "pemlp"], [16, 32], {"images": 2, "directory": "d", "steps": 1,
                                                             "hidden_layers": 2, "crop": None, "size": None,
                                                             "seeds": [0], "device": "cpu", "machine": "m",
                                                             "torch": "t", "date": "d", "runs_done": 3})
-    assert "| 16 | 1 | 30.00 | 29.00 | +1.00 |" in text and "| 32 | 0 | - | - | - |" in text
+    # lead over the best: siren +1 on image a; pemlp (30+40)/2 - (20+50)/2 = 0 on a and b
+    assert "| 16 | 35.00 | 29.00 (1) | 35.00 | +0.00 | 2/3 |" in text and "| 32 | - | - | - | - | - |" in text
 
 
 def test_presets():
