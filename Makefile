@@ -46,9 +46,9 @@ bench-nerf: $(STAMP)
 	$(BIN)/finer render nerf docs/results/nerf/finer --frames 24 --quiet
 
 # All ten methods on image fitting (docs/results/images; LPIPS, curves, crops, HTML report).
-# Two images fit a CPU session (about 20-40 min per image); --limit 16 runs the whole set.
+# One image fits a CPU session (an hour before every method was fused); --limit 16 runs the whole set.
 bench-images: $(STAMP)
-	$(BIN)/finer bench images ../shared/data/images/div2k_train --preset quick --limit 2 \
+	$(BIN)/finer bench images ../shared/data/images/div2k_train --preset quick --limit 1 \
 		--models finer,siren,gauss,pemlp,gauss-finer,mpa,metasin,sc-mlp,wire,wire-finer --out docs/results/images --quiet
 
 # Supplement Fig. 2: PSNR against hidden width, two hidden layers (docs/results/width).
