@@ -19,11 +19,16 @@ sinusoidal composition) are modules holding a pure function; ``fuse(model, compi
 them the compiled version of that function (PyTorch derives a fused backward, parameter gradients
 included), so they are fused only when compiling.
 
+Where a layer has real weights and a real kernel (FINER, SIREN, Gauss, Gauss-FINER), ``fuse`` also
+fuses the layer itself (:func:`fused_linear_apply`): the product ``x W^T``, then one pass adding
+the bias and applying the activation; backward recomputes the derivative from the kept product in
+one pass that also sums the bias gradient.
+
 ``fuse(model)`` swaps the activation of every :class:`~finer.nn.layers.Layer` that has a kernel
 (FINER, SIREN, Gauss, Gauss-FINER, WIRE, Wire-FINER, and the learnable ones when compiling) and
-returns how many it swapped. Compilation happens on first use and is cached by PyTorch across processes; if it
-fails (no C++ compiler, an unsupported device) the kernel runs eagerly instead, with one warning.
-Only first derivatives are provided: analyses that differentiate twice use the plain functions.
+returns how many it swapped. Compilation happens on first use and is cached by PyTorch across
+processes; if it fails (no C++ compiler, an unsupported device) the kernel runs eagerly instead,
+with one warning. Only first derivatives are provided: analyses that differentiate twice use the plain functions.
 """
 
 from __future__ import annotations
