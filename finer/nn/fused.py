@@ -280,12 +280,11 @@ def fuse(model: nn.Module, compile: bool = True) -> int:
                 continue
             fused = fused_version(module.activation, compile)
             if fused is not None:
-                fn = fused.keywords["reference"]
-                if fn in KERNELS and not module.linear.weight.is_complex():
-                    runner, grad_runner = _linear_runners(KERNELS[fn], compile)
-                    params = {k: v for k, v in fused.keywords.items() if k not in ("reference", "runner")}
+                plain = module.activation  # partial(fn, **params), checked by fused_version
+                if plain.func in KERNELS and not module.linear.weight.is_complex():
+                    runner, grad_runner = _linear_runners(KERNELS[plain.func], compile)
                     module.fused_forward = functools.partial(fused_linear_apply, runner=runner,
-                                                             grad_runner=grad_runner, **params)
+                                                             grad_runner=grad_runner, **plain.keywords)
                 module.activation = fused
                 count += 1
     return count
