@@ -31,13 +31,15 @@ def test_stacked_forward_is_each_model_forward():
             torch.testing.assert_close(out[k], m(x), rtol=1e-5, atol=1e-6)
 
 
-def test_batched_fit_matches_one_by_one(folder, tmp_path, capsys):
-    common = ["--steps", "15", "--width", "16", "--hidden-layers", "1", "--quiet", "--fused", "off"]
+@pytest.mark.parametrize("fused", ["off", "eager"])  # plain layers; fused layers (batched in the stack)
+def test_batched_fit_matches_one_by_one(folder, tmp_path, capsys, fused):
+    common = ["--steps", "15", "--width", "16", "--hidden-layers", "1", "--quiet", "--fused", fused]
     assert main(["fit", "image", str(folder), "--batch-signals", "2", "--out", str(tmp_path / "b"), *common]) == 0
     batched = json.loads((tmp_path / "b" / "summary.json").read_text())
     assert batched["images"] == 3 and batched["batch_signals"] == 2  # groups of 2 and 1
     for row in batched["runs"]:
         stem = row["image"][:-4]
+        assert json.loads((tmp_path / "b" / stem / "metrics.json").read_text())["fused"] == fused
         assert main(["fit", "image", str(folder / row["image"]), "--out", str(tmp_path / stem), "--eval-every", "0",
                      *common]) == 0
         single = json.loads((tmp_path / stem / "metrics.json").read_text())
@@ -55,3 +57,27 @@ def test_batched_fit_errors(folder, tmp_path, capsys):
         StackedMLP([finer.build_model("metasin", 2, 3, width=8, hidden_layers=1)] * 2)
     assert main(["fit", "image", str(folder / "00.png"), "--batch-signals", "2", "--quiet"]) == 2
     assert "needs a folder" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("name", ["finer", "gauss"])
+def test_stacked_fused_layers_keep_outputs_and_gradients(name):
+    """Fused stacked layers (batched product, bias + kernel in one pass) against the plain stacked path."""
+    from finer.nn.fused import fuse
+
+    x = torch.rand(60, 2) * 2 - 1
+    results = []
+    for fused in (False, True):
+        models = [finer.build_model(name, 2, 3, width=16, hidden_layers=2, seed=s) for s in range(3)]
+        if fused:
+            assert all(fuse(m, compile=True) == 3 for m in models)
+        stacked = StackedMLP(models)
+        assert all((f is not None) == fused for f in stacked.fused_forwards[:-1])
+        y = stacked(x)
+        (y.square().mean(dim=(1, 2)) * torch.arange(1.0, 4.0)).sum().backward()  # a different weight per network
+        results.append((y.detach(), [p.grad.clone() for p in stacked.parameters()]))
+    (y0, g0), (y1, g1) = results
+    assert y1.shape == (3, 60, 3)
+    torch.testing.assert_close(y1, y0, rtol=1e-5, atol=1e-5)
+    for a, b in zip(g1, g0):
+        assert a.shape == b.shape
+        torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-4 * b.abs().max().item())

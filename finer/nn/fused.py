@@ -194,19 +194,20 @@ def _layer_kernels(kernel: Kernel) -> tuple[Callable, Callable]:
 
     def grad(grad_y: Tensor, z: Tensor, bias: Tensor, **params) -> tuple[Tensor, Tensor]:
         grad_z = grad_y * kernel(z + bias, **params)[1]
-        return grad_z, grad_z.sum(0)
+        return grad_z, grad_z.sum(-2, keepdim=True)  # over the points (of each network, when stacked)
 
     value.__name__, grad.__name__ = f"{kernel.__name__}_value", f"{kernel.__name__}_grad"
     return value, grad
 
 
 class _FusedLinearFunction(torch.autograd.Function):
-    """``f(x W^T + b)`` for a 2-D ``x``: forward one product and one pass; backward one pass for
-    ``grad_z`` and the bias gradient, then the two products."""
+    """``f(x W^T + b)``: forward one product and one pass; backward one pass for ``grad_z`` and the
+    bias gradient, then the two products. ``x (N, in)``, ``W (out, in)``, ``b (out,)``, or K stacked
+    networks: ``x (K, N, in)``, ``W (K, out, in)``, ``b (K, 1, out)`` (batched products)."""
 
     @staticmethod
     def forward(ctx, x, weight, bias, runner, grad_runner, params):
-        z = x @ weight.t()
+        z = x @ weight.transpose(-1, -2)
         ctx.grad_runner, ctx.params = grad_runner, params
         ctx.save_for_backward(x, weight, bias, z)
         return runner(z, bias, **params)
@@ -216,8 +217,8 @@ class _FusedLinearFunction(torch.autograd.Function):
         x, weight, bias, z = ctx.saved_tensors
         grad_z, grad_bias = ctx.grad_runner(grad, z, bias, **ctx.params)
         grad_x = grad_z @ weight if ctx.needs_input_grad[0] else None
-        grad_w = grad_z.t() @ x if ctx.needs_input_grad[1] else None
-        return grad_x, grad_w, grad_bias, None, None, None
+        grad_w = grad_z.transpose(-1, -2) @ x if ctx.needs_input_grad[1] else None
+        return grad_x, grad_w, grad_bias.reshape(bias.shape), None, None, None
 
 
 def fused_linear_apply(x: Tensor, weight: Tensor, bias: Tensor, *, runner: _Compiled, grad_runner: _Compiled,
@@ -226,14 +227,17 @@ def fused_linear_apply(x: Tensor, weight: Tensor, bias: Tensor, *, runner: _Comp
 
     Unlike ``nn.Linear`` (``addmm``, which first copies the bias into the output), the bias is added
     inside the activation's pass, and its gradient is summed in the same pass as ``grad_z``.
+    A 3-D ``weight (K, out, in)`` with ``bias (K, 1, out)`` applies K stacked layers to
+    ``x (K, N, in)`` (:class:`~finer.nn.stacked.StackedMLP`); otherwise ``x`` may have any leading shape.
     """
+    stacked = weight.dim() == 3
     lead = x.shape[:-1]
-    x2 = x.reshape(-1, x.shape[-1])
+    x2 = x if stacked else x.reshape(-1, x.shape[-1])
     if torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad or bias.requires_grad):
         y = _FusedLinearFunction.apply(x2, weight, bias, runner, grad_runner, params)
     else:
-        y = runner(x2 @ weight.t(), bias, **params)
-    return y.reshape(*lead, y.shape[-1])
+        y = runner(x2 @ weight.transpose(-1, -2), bias, **params)
+    return y if stacked else y.reshape(*lead, y.shape[-1])
 
 
 @functools.lru_cache(maxsize=None)

@@ -1,8 +1,10 @@
 """K coordinate MLPs of one architecture trained as one: batched matrix multiplications.
 
 :class:`StackedMLP` stacks the weights of ``K`` :class:`~finer.nn.mlp.CoordinateMLP` of the same
-method and shape into ``(K, out, in)`` parameters and evaluates them with ``baddbmm``; the
-activations are elementwise, so each layer's own (possibly fused) activation applies unchanged.
+method and shape into ``(K, out, in)`` parameters and evaluates them with batched products; the
+activations are elementwise, so each layer's own activation applies unchanged (a layer fused by
+:func:`finer.nn.fused.fuse` keeps its fused pass: batched product, then bias and activation in one
+pass, the bias gradient summed in backward's pass; otherwise ``baddbmm`` then the activation).
 Optimising the sum of the K per-signal losses with Adam is optimising each network on its own
 signal: Adam's update is elementwise, and the gradient of the sum with respect to network k's
 weights is the gradient of loss k. :meth:`StackedMLP.unstack` writes the trained weights back
@@ -42,6 +44,7 @@ class StackedMLP(nn.Module):
         self.count = len(models)
         self.encoding = first.encoding
         self.activations = [layer.activation for layer in first.layers]
+        self.fused_forwards = [layer.fused_forward for layer in first.layers]  # set by finer.nn.fused.fuse
         self.weights = nn.ParameterList(
             [nn.Parameter(torch.stack([m.layers[i].linear.weight.detach() for m in models]))
              for i in range(len(first.layers))])
@@ -53,7 +56,10 @@ class StackedMLP(nn.Module):
         h = self.encoding(coords)
         if h.dim() == 2:
             h = h.expand(self.count, *h.shape)
-        for weight, bias, activation in zip(self.weights, self.biases, self.activations):
+        for weight, bias, activation, fused in zip(self.weights, self.biases, self.activations, self.fused_forwards):
+            if fused is not None:  # batched products; bias and activation in one pass (and in backward)
+                h = fused(h, weight, bias)
+                continue
             if weight.is_complex() and not h.is_complex():
                 h = h.to(weight.dtype)
             h = activation(torch.baddbmm(bias, h, weight.transpose(1, 2)))
