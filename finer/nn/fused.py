@@ -22,7 +22,8 @@ included), so they are fused only when compiling.
 Where a layer has real weights and a real kernel (FINER, SIREN, Gauss, Gauss-FINER), ``fuse`` also
 fuses the layer itself (:func:`fused_linear_apply`): the product ``x W^T``, then one pass adding
 the bias and applying the activation; backward recomputes the derivative from the kept product in
-one pass that also sums the bias gradient.
+one pass that also sums the bias gradient. A first layer fed with a few coordinates computes even
+its product inside that pass, and backward reduces straight into its weight gradient (:func:`_stem_kernels`).
 
 ``fuse(model)`` swaps the activation of every :class:`~finer.nn.layers.Layer` that has a kernel
 (FINER, SIREN, Gauss, Gauss-FINER, WIRE, Wire-FINER, and the learnable ones when compiling) and
@@ -221,19 +222,79 @@ class _FusedLinearFunction(torch.autograd.Function):
         return grad_x, grad_w, grad_bias.reshape(bias.shape), None, None, None
 
 
+STEM_MAX_IN = 4
+"""A layer with at most this many inputs (the coordinates of an image, a shape, a ray point) computes
+its product inside the activation's pass (:func:`_stem_kernels`) instead of calling ``mm``."""
+
+
+def _stem_product(x: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
+    z = bias + x[:, 0:1] * weight[:, 0]
+    for i in range(1, weight.shape[1]):
+        z = z + x[:, i:i + 1] * weight[:, i]
+    return z
+
+
+def _stem_kernels(kernel: Kernel) -> tuple[Callable, Callable]:
+    """The two passes of a fused first layer with few inputs, built from ``kernel``.
+
+    Its product ``x W^T`` has a handful of terms per output, so it is computed inside the pass and
+    never written: ``value(x, W, b) = f(x W^T + b)``; ``grad(grad_y, x, W, b)`` recomputes the
+    derivative from ``x`` and reduces ``grad_z = grad_y f'`` straight into the weight and bias
+    gradients (``grad_z^T x`` and its column sums) without writing ``grad_z``. A plain product
+    would spend a pass over memory writing ``z`` and one reading ``grad_z``, about as long as the pass itself.
+    """
+
+    def value(x: Tensor, weight: Tensor, bias: Tensor, **params) -> Tensor:
+        return kernel(_stem_product(x, weight, bias), **params)[0]
+
+    def grad(grad_y: Tensor, x: Tensor, weight: Tensor, bias: Tensor, **params) -> tuple[Tensor, Tensor]:
+        grad_z = grad_y * kernel(_stem_product(x, weight, bias), **params)[1]
+        grad_w = torch.stack([(grad_z * x[:, i:i + 1]).sum(0) for i in range(weight.shape[1])], dim=1)
+        return grad_w, grad_z.sum(0)
+
+    value.__name__, grad.__name__ = f"{kernel.__name__}_stem_value", f"{kernel.__name__}_stem_grad"
+    return value, grad
+
+
+class _FusedStemFunction(torch.autograd.Function):
+    """``f(x W^T + b)`` for a 2-D ``x`` with few columns that needs no gradient: one pass forward,
+    one pass backward (weight and bias gradients only)."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, runner, grad_runner, params):
+        ctx.grad_runner, ctx.params = grad_runner, params
+        ctx.save_for_backward(x, weight, bias)
+        return runner(x, weight, bias, **params)
+
+    @staticmethod
+    def backward(ctx, grad):
+        x, weight, bias = ctx.saved_tensors
+        grad_w, grad_bias = ctx.grad_runner(grad, x, weight, bias, **ctx.params)
+        return None, grad_w, grad_bias, None, None, None
+
+
 def fused_linear_apply(x: Tensor, weight: Tensor, bias: Tensor, *, runner: _Compiled, grad_runner: _Compiled,
-                       **params) -> Tensor:
+                       stem: tuple[_Compiled, _Compiled] | None = None, **params) -> Tensor:
     """``activation(x W^T + b)`` with a real kernel: :class:`~finer.nn.layers.Layer`'s fused forward.
 
     Unlike ``nn.Linear`` (``addmm``, which first copies the bias into the output), the bias is added
     inside the activation's pass, and its gradient is summed in the same pass as ``grad_z``.
     A 3-D ``weight (K, out, in)`` with ``bias (K, 1, out)`` applies K stacked layers to
     ``x (K, N, in)`` (:class:`~finer.nn.stacked.StackedMLP`); otherwise ``x`` may have any leading shape.
+    ``stem``: the passes of :func:`_stem_kernels`, used for an unstacked layer of at most
+    :data:`STEM_MAX_IN` inputs whose input needs no gradient.
     """
     stacked = weight.dim() == 3
     lead = x.shape[:-1]
     x2 = x if stacked else x.reshape(-1, x.shape[-1])
-    if torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad or bias.requires_grad):
+    grad = torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad or bias.requires_grad)
+    if stem is not None and not stacked and not x.requires_grad and x.shape[-1] <= STEM_MAX_IN:
+        if grad:
+            y = _FusedStemFunction.apply(x2, weight, bias, *stem, params)
+        else:
+            y = stem[0](x2, weight, bias, **params)
+        return y.reshape(*lead, y.shape[-1])
+    if grad:
         y = _FusedLinearFunction.apply(x2, weight, bias, runner, grad_runner, params)
     else:
         y = runner(x2 @ weight.transpose(-1, -2), bias, **params)
@@ -243,6 +304,12 @@ def fused_linear_apply(x: Tensor, weight: Tensor, bias: Tensor, *, runner: _Comp
 @functools.lru_cache(maxsize=None)
 def _linear_runners(kernel: Kernel, compile: bool) -> tuple[_Compiled, _Compiled]:
     value, grad = _layer_kernels(kernel)
+    return _Compiled(value, compile), _Compiled(grad, compile)
+
+
+@functools.lru_cache(maxsize=None)
+def _stem_runners(kernel: Kernel, compile: bool) -> tuple[_Compiled, _Compiled]:
+    value, grad = _stem_kernels(kernel)
     return _Compiled(value, compile), _Compiled(grad, compile)
 
 
@@ -287,8 +354,10 @@ def fuse(model: nn.Module, compile: bool = True) -> int:
                 plain = module.activation  # partial(fn, **params), checked by fused_version
                 if plain.func in KERNELS and not module.linear.weight.is_complex():
                     runner, grad_runner = _linear_runners(KERNELS[plain.func], compile)
+                    stem = (_stem_runners(KERNELS[plain.func], compile)
+                            if module.linear.in_features <= STEM_MAX_IN else None)
                     module.fused_forward = functools.partial(fused_linear_apply, runner=runner,
-                                                             grad_runner=grad_runner, **plain.keywords)
+                                                             grad_runner=grad_runner, stem=stem, **plain.keywords)
                 module.activation = fused
                 count += 1
     return count

@@ -172,3 +172,25 @@ def test_compiled_fused_layers_match_plain_layers_on_batched_input():
         torch.testing.assert_close(fast(x), plain(x), rtol=1e-5, atol=1e-5)
     F.unfuse(fast)
     assert all(m.fused_forward is None for m in fast.layers)
+
+
+@pytest.mark.parametrize("input_grad", [False, True])
+def test_fused_first_layer_with_few_inputs(input_grad):
+    """A first layer fed with coordinates computes its product inside the pass (no input gradient),
+    or falls back to the product path when the coordinates need a gradient (as an SDF's normals do)."""
+    x = (torch.rand(300, 3, dtype=torch.float64) * 2 - 1).requires_grad_(input_grad)  # float64: sums in another order
+    outs = []
+    for fused in (False, True):
+        model = finer.build_model("finer", 3, 1, width=16, hidden_layers=1, seed=0, first_bias_scale=5.0).double()
+        if fused:
+            F.fuse(model, compile=True)
+            assert model.layers[0].fused_forward.keywords["stem"] is not None
+            assert model.layers[1].fused_forward.keywords["stem"] is None  # 16 inputs: the product path
+        x.grad = None
+        y = model(x)
+        y.square().mean().backward()
+        grads = [p.grad.clone() for p in model.parameters()] + ([x.grad.clone()] if input_grad else [])
+        outs.append((y.detach(), grads))
+    torch.testing.assert_close(outs[1][0], outs[0][0], rtol=1e-10, atol=1e-12)
+    for a, b in zip(outs[1][1], outs[0][1]):
+        torch.testing.assert_close(a, b, rtol=1e-8, atol=1e-10 * b.abs().max().item())
