@@ -228,9 +228,10 @@ its product inside the activation's pass (:func:`_stem_kernels`) instead of call
 
 
 def _stem_product(x: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
-    z = bias + x[:, 0:1] * weight[:, 0]
-    for i in range(1, weight.shape[1]):
-        z = z + x[:, i:i + 1] * weight[:, i]
+    """``x W^T + b`` term by term; ``x (N, in), W (out, in)`` or stacked ``x (K, N, in), W (K, out, in)``."""
+    z = bias + x[..., 0:1] * weight[..., None, :, 0]
+    for i in range(1, weight.shape[-1]):
+        z = z + x[..., i:i + 1] * weight[..., None, :, i]
     return z
 
 
@@ -249,16 +250,16 @@ def _stem_kernels(kernel: Kernel) -> tuple[Callable, Callable]:
 
     def grad(grad_y: Tensor, x: Tensor, weight: Tensor, bias: Tensor, **params) -> tuple[Tensor, Tensor]:
         grad_z = grad_y * kernel(_stem_product(x, weight, bias), **params)[1]
-        grad_w = torch.stack([(grad_z * x[:, i:i + 1]).sum(0) for i in range(weight.shape[1])], dim=1)
-        return grad_w, grad_z.sum(0)
+        grad_w = torch.stack([(grad_z * x[..., i:i + 1]).sum(-2) for i in range(weight.shape[-1])], dim=-1)
+        return grad_w, grad_z.sum(-2, keepdim=True)
 
     value.__name__, grad.__name__ = f"{kernel.__name__}_stem_value", f"{kernel.__name__}_stem_grad"
     return value, grad
 
 
 class _FusedStemFunction(torch.autograd.Function):
-    """``f(x W^T + b)`` for a 2-D ``x`` with few columns that needs no gradient: one pass forward,
-    one pass backward (weight and bias gradients only)."""
+    """``f(x W^T + b)`` for an ``x`` with few columns that needs no gradient: one pass forward, one
+    pass backward (weight and bias gradients only). Shapes as :class:`_FusedLinearFunction`'s."""
 
     @staticmethod
     def forward(ctx, x, weight, bias, runner, grad_runner, params):
@@ -270,7 +271,7 @@ class _FusedStemFunction(torch.autograd.Function):
     def backward(ctx, grad):
         x, weight, bias = ctx.saved_tensors
         grad_w, grad_bias = ctx.grad_runner(grad, x, weight, bias, **ctx.params)
-        return None, grad_w, grad_bias, None, None, None
+        return None, grad_w, grad_bias.reshape(bias.shape), None, None, None
 
 
 def fused_linear_apply(x: Tensor, weight: Tensor, bias: Tensor, *, runner: _Compiled, grad_runner: _Compiled,
@@ -281,20 +282,19 @@ def fused_linear_apply(x: Tensor, weight: Tensor, bias: Tensor, *, runner: _Comp
     inside the activation's pass, and its gradient is summed in the same pass as ``grad_z``.
     A 3-D ``weight (K, out, in)`` with ``bias (K, 1, out)`` applies K stacked layers to
     ``x (K, N, in)`` (:class:`~finer.nn.stacked.StackedMLP`); otherwise ``x`` may have any leading shape.
-    ``stem``: the passes of :func:`_stem_kernels`, used for an unstacked layer of at most
-    :data:`STEM_MAX_IN` inputs whose input needs no gradient.
+    ``stem``: the passes of :func:`_stem_kernels`, used for a layer of at most :data:`STEM_MAX_IN`
+    inputs whose input needs no gradient.
     """
     stacked = weight.dim() == 3
     lead = x.shape[:-1]
     x2 = x if stacked else x.reshape(-1, x.shape[-1])
     grad = torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad or bias.requires_grad)
-    if stem is not None and not stacked and not x.requires_grad and x.shape[-1] <= STEM_MAX_IN:
+    if stem is not None and not x.requires_grad and x.shape[-1] <= STEM_MAX_IN:
         if grad:
             y = _FusedStemFunction.apply(x2, weight, bias, *stem, params)
         else:
             y = stem[0](x2, weight, bias, **params)
-        return y.reshape(*lead, y.shape[-1])
-    if grad:
+    elif grad:
         y = _FusedLinearFunction.apply(x2, weight, bias, runner, grad_runner, params)
     else:
         y = runner(x2 @ weight.transpose(-1, -2), bias, **params)
