@@ -12,7 +12,9 @@ Measured in one process, on the same shapes (an image of ``size x size`` pixels,
   with the fused activations (:mod:`finer.nn.fused`), compiled or eager.
 
 Every number is the median over ``repeats`` timed blocks of ``steps`` steps, after warm-up steps;
-compilation time is measured separately (the warm-up of a fresh process, minus a step). The
+the blocks are interleaved (each round times the floor, the reference and every method once), so a
+busy or drifting machine slows them all alike. Compilation time is reported separately (the first
+step of a fresh model, minus a step). The
 identity check trains the library's FINER and the reference from the same initial weights and
 compares their loss curves and final PSNR.
 """
@@ -72,19 +74,34 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def _median_block(run_block, repeats: int, device) -> float:
-    times = []
-    for _ in range(repeats):
+def _timed(run_block, device):
+    """``run_block`` as a block that returns its own seconds (device synchronised)."""
+
+    def block() -> float:
         _sync(device)
         t0 = time.perf_counter()
         run_block()
         _sync(device)
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+        return time.perf_counter() - t0
+
+    return block
 
 
-def gemm_floor(n: int, width: int, hidden_layers: int, out: int, cfg: SpeedConfig, device) -> float:
-    """Seconds per step of the bare matrix products of a ``2 -> width^hidden -> out`` network."""
+def interleaved_medians(blocks: dict, repeats: int) -> dict[str, float]:
+    """The median seconds of each block over ``repeats`` rounds, every round timing each block once.
+
+    Interleaving spreads whatever else the machine does (another process, a frequency change) over
+    all the measurements alike, so the ratios between them stay fair on a busy machine.
+    """
+    times: dict[str, list[float]] = {name: [] for name in blocks}
+    for _ in range(repeats):
+        for name, block in blocks.items():
+            times[name].append(block())
+    return {name: statistics.median(t) for name, t in times.items()}
+
+
+def floor_block(n: int, width: int, hidden_layers: int, out: int, cfg: SpeedConfig, device):
+    """A block of ``cfg.steps`` steps of the bare matrix products of a ``2 -> width^hidden -> out`` network."""
     dims = [2] + [width] * (hidden_layers + 1) + [out]
     g = torch.Generator(device="cpu").manual_seed(0)
     acts = [torch.randn(n, d, generator=g).to(device) for d in dims]
@@ -98,33 +115,34 @@ def gemm_floor(n: int, width: int, hidden_layers: int, out: int, cfg: SpeedConfi
             if i > 0:
                 torch.mm(grad_out, w)  # input gradient
 
-    def block():
+    def run():
         for _ in range(cfg.steps):
             step()
 
-    block()  # warm-up
-    return _median_block(block, cfg.repeats, device) / cfg.steps
+    run()  # warm-up
+    return _timed(run, device)
 
 
-def _reference_step_time(task: ImageTask, cfg: SpeedConfig, device) -> float:
+def reference_block(task: ImageTask, cfg: SpeedConfig, device):
+    """A block of ``cfg.steps`` training steps of the eager re-implementation of the official code."""
     torch.manual_seed(0)
     model = OfficialFiner(2, task.image.shape[-1], width=cfg.width, hidden_layers=cfg.hidden_layers).to(device)
     opt = torch.optim.Adam(model.parameters(), lr=model.lr)
     x, y = task.batch(0)
 
-    def block(steps=cfg.steps):
+    def run(steps=cfg.steps):
         for _ in range(steps):
             loss = ((model(x) - y) ** 2).mean()
             opt.zero_grad()
             loss.backward()
             opt.step()
 
-    block(cfg.warmup)
-    return _median_block(block, cfg.repeats, device) / cfg.steps
+    run(cfg.warmup)
+    return _timed(run, device)
 
 
-def _library_step_time(name: str, task_for, cfg: SpeedConfig, device) -> tuple[float, float, int]:
-    """(seconds per step, seconds of compilation/warm-up overhead, fused layers) through fit()."""
+def library_block(name: str, task_for, cfg: SpeedConfig, device):
+    """(a block of ``cfg.steps`` steps through fit(), seconds of the first step, fused layers)."""
     model = build_model(name, 2, 3, seed=0, width=cfg.width, hidden_layers=cfg.hidden_layers).to(device)
     fused = fuse(model, compile=cfg.compile)
     task = task_for(tuple(model.config.target_range))
@@ -133,11 +151,9 @@ def _library_step_time(name: str, task_for, cfg: SpeedConfig, device) -> tuple[f
         return fit(model, task, TrainConfig(steps=steps, lr=model.config.lr, eval_every=0, checkpoint_every=0,
                                             log_every=steps), progress=False).train_seconds
 
-    first = train(1)
+    first = train(1)  # compilation happens here
     train(cfg.warmup)
-    blocks = [train(cfg.steps) / cfg.steps for _ in range(cfg.repeats)]
-    per_step = statistics.median(blocks)
-    return per_step, max(first - per_step, 0.0), fused
+    return (lambda: train(cfg.steps)), first, fused
 
 
 def identity_check(image, cfg: SpeedConfig, device) -> dict:
@@ -186,8 +202,9 @@ def sample_signals(count: int, size: int, directory: str | None = None) -> np.nd
 
 
 def batch_signals_check(images: np.ndarray, *, method: str, width: int, hidden_layers: int, steps: int,
-                        batch: int, compile: bool, device) -> dict:
-    """Images per second fitting ``images`` one by one vs ``batch`` at a time, same seed, same steps."""
+                        batch: int, compile: bool, device, repeats: int = 1) -> dict:
+    """Images per second fitting ``images`` one by one vs ``batch`` at a time, same seed, same steps
+    (the median of ``repeats`` interleaved rounds)."""
     from finer.batch_runs import StackedImageTask
     from finer.nn.stacked import StackedMLP
 
@@ -212,8 +229,12 @@ def batch_signals_check(images: np.ndarray, *, method: str, width: int, hidden_l
 
     run(min(batch, len(images)))  # warm-up (compilation) for both shapes
     run(1)
-    one_s, one_p = run(1)
-    many_s, many_p = run(batch)
+    one, many = [], []
+    for _ in range(repeats):  # interleaved, as the step times
+        one.append(run(1))
+        many.append(run(batch))
+    one_s, many_s = statistics.median(s for s, _ in one), statistics.median(s for s, _ in many)
+    one_p, many_p = one[0][1], many[0][1]
     return {"images": len(images), "size": images.shape[1], "method": method, "width": width,
             "hidden_layers": hidden_layers, "steps": steps, "batch_signals": batch,
             "one_by_one_images_per_second": len(images) / one_s, "batched_images_per_second": len(images) / many_s,
@@ -233,19 +254,26 @@ def run_speed(cfg: SpeedConfig, log=print) -> dict:
     n = image.shape[0] * image.shape[1]
     log(f"shapes: {n} points, 2 -> {cfg.width} x {cfg.hidden_layers + 1} -> 3, {device}, "
         f"{torch.get_num_threads()} threads, compile={'on' if cfg.compile else 'off'}")
-    floor = gemm_floor(n, cfg.width, cfg.hidden_layers, 3, cfg, device)
+    blocks = {"floor": floor_block(n, cfg.width, cfg.hidden_layers, 3, cfg, device),
+              "official": reference_block(ImageTask(image, (-1.0, 1.0), device, seed=0), cfg, device)}
+    firsts, fused_layers = {}, {}
+    for name in cfg.methods:
+        log(f"preparing {name} (compiling)" if cfg.compile else f"preparing {name}")
+        blocks[name], firsts[name], fused_layers[name] = library_block(
+            name, lambda rng: ImageTask(image, rng, device, seed=0), cfg, device)
+    per_step = {k: v / cfg.steps for k, v in interleaved_medians(blocks, cfg.repeats).items()}
+    floor, reference = per_step["floor"], per_step["official"]
     log(f"GEMM floor        {floor:.4f} s/step")
-    reference = _reference_step_time(ImageTask(image, (-1.0, 1.0), device, seed=0), cfg, device)
     log(f"official (eager)  {reference:.4f} s/step  = {reference / floor:.2f} x floor")
     rows = []
     for name in cfg.methods:
-        per_step, overhead, fused = _library_step_time(
-            name, lambda rng: ImageTask(image, rng, device, seed=0), cfg, device)
-        rows.append({"method": name, "seconds_per_step": per_step, "over_floor": per_step / floor,
-                     "reference_over_this": reference / per_step, "fused_layers": fused,
+        step, fused = per_step[name], fused_layers[name]
+        overhead = max(firsts[name] - step, 0.0)
+        rows.append({"method": name, "seconds_per_step": step, "over_floor": step / floor,
+                     "reference_over_this": reference / step, "fused_layers": fused,
                      "first_step_overhead_seconds": overhead})
-        log(f"{name:17s} {per_step:.4f} s/step  = {per_step / floor:.2f} x floor, reference / this = "
-            f"{reference / per_step:.2f}  (fused layers {fused}, first-step overhead {overhead:.1f} s)")
+        log(f"{name:17s} {step:.4f} s/step  = {step / floor:.2f} x floor, reference / this = "
+            f"{reference / step:.2f}  (fused layers {fused}, first-step overhead {overhead:.1f} s)")
     identity = identity_check(image, cfg, device) if cfg.identity_steps else None
     if identity:
         log(f"identity over {identity['steps']} steps: max relative loss difference "
@@ -255,7 +283,8 @@ def run_speed(cfg: SpeedConfig, log=print) -> dict:
     if cfg.signals:
         signals = batch_signals_check(sample_signals(cfg.signals, cfg.signal_size, cfg.signals_dir), method="finer",
                                       width=cfg.signal_width, hidden_layers=cfg.hidden_layers,
-                                      steps=cfg.signal_steps, batch=cfg.signals, compile=cfg.compile, device=device)
+                                      steps=cfg.signal_steps, batch=cfg.signals, compile=cfg.compile, device=device,
+                                      repeats=cfg.repeats)
         log(f"{signals['images']} signals of {signals['size']}^2, 2 -> {signals['width']} x "
             f"{signals['hidden_layers'] + 1} -> 3, {signals['steps']} steps: one by one "
             f"{signals['one_by_one_images_per_second']:.3f} images/s, {signals['batch_signals']} at once "
@@ -278,7 +307,8 @@ def speed_markdown(result: dict, command: str) -> str:
         f"Shapes: {result['points']} points per step (a {cfg['size']}x{cfg['size']} image, full batch), "
         f"`2 -> {cfg['width']}` then {cfg['hidden_layers']} x `{cfg['width']} -> {cfg['width']}` then "
         f"`{cfg['width']} -> 3`. Median of {cfg['repeats']} blocks of {cfg['steps']} steps after "
-        f"{cfg['warmup']} warm-up steps; torch.compile {'on' if cfg['compile'] else 'off'}.", "",
+        f"{cfg['warmup']} warm-up steps, the blocks of all rows interleaved round by round; "
+        f"torch.compile {'on' if cfg['compile'] else 'off'}.", "",
         f"GEMM floor (forward and both backward products, nothing else): {result['gemm_floor_seconds_per_step']:.4f} s/step.",
         f"Official code, eager re-implementation: {result['official_seconds_per_step']:.4f} s/step = "
         f"{result['official_over_floor']:.2f} x floor.", "",

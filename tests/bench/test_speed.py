@@ -26,3 +26,18 @@ def test_speed_report_on_tiny_shapes(tmp_path, capsys):
 def test_speed_rejects_unknown_models(capsys):
     assert main(["bench", "speed", "--models", "finer,nope", "--quiet"]) == 2
     assert "unknown model(s) nope" in capsys.readouterr().err
+
+
+def test_blocks_are_timed_round_by_round():
+    from finer.bench.speed import interleaved_medians
+
+    calls, seconds = [], {"a": iter([3.0, 1.0, 2.0]), "b": iter([9.0, 5.0, 7.0])}
+
+    def block(name):
+        def run():
+            calls.append(name)
+            return next(seconds[name])
+        return run
+
+    assert interleaved_medians({"a": block("a"), "b": block("b")}, 3) == {"a": 2.0, "b": 7.0}
+    assert calls == ["a", "b"] * 3  # a slow spell of the machine hits every row alike
