@@ -354,8 +354,8 @@ def fuse(model: nn.Module, compile: bool = True) -> int:
                 plain = module.activation  # partial(fn, **params), checked by fused_version
                 if plain.func in KERNELS and not module.linear.weight.is_complex():
                     runner, grad_runner = _linear_runners(KERNELS[plain.func], compile)
-                    stem = (_stem_runners(KERNELS[plain.func], compile)
-                            if module.linear.in_features <= STEM_MAX_IN else None)
+                    stem = (_stem_runners(KERNELS[plain.func], True)  # eager, its term-by-term product is slower than mm
+                            if compile and module.linear.in_features <= STEM_MAX_IN else None)
                     module.fused_forward = functools.partial(fused_linear_apply, runner=runner,
                                                              grad_runner=grad_runner, stem=stem, **plain.keywords)
                 module.activation = fused
