@@ -38,18 +38,30 @@ class StackedImageTask:
     target_range: tuple[float, float]
     device: torch.device
     aspect: str = "stretch"
+    keep_signal_losses: bool = False
+    """Keep every step's per-image losses (on the device; :meth:`signal_psnrs` reads them at the end)."""
 
     def __post_init__(self):
         k, h, w, c = self.images.shape
         self.count, self.height, self.width, self.channels = k, h, w, c
         self.coords = img.coordinate_grid(h, w, self.aspect).to(self.device)
         self.targets = img.to_range(torch.from_numpy(self.images.reshape(k, h * w, c)), *self.target_range).to(self.device)
+        self.signal_losses: list[Tensor] = []
 
     def batch(self, step: int) -> tuple[Tensor, Tensor]:
         return self.coords, self.targets
 
     def loss(self, pred: Tensor, target: Tensor) -> Tensor:
-        return ((pred - target) ** 2).mean(dim=(1, 2)).sum()
+        per_signal = ((pred - target) ** 2).mean(dim=(1, 2))
+        if self.keep_signal_losses:
+            self.signal_losses.append(per_signal.detach())
+        return per_signal.sum()
+
+    def signal_psnrs(self) -> np.ndarray:
+        """``(steps, K)``: each image's training PSNR at every step (as a single fit's ``train_psnr``)."""
+        low, high = self.target_range
+        losses = torch.stack(self.signal_losses).cpu().double().numpy() / (high - low) ** 2
+        return np.array([[psnr_from_mse(v) for v in row] for row in losses])
 
     def step_metrics(self, loss: float) -> dict[str, float]:
         low, high = self.target_range

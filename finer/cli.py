@@ -255,6 +255,10 @@ def build_parser() -> argparse.ArgumentParser:
                        help="local executor: parallel processes, each with its share of the cores (default 1)")
         p.add_argument("--address", help="ray executor: cluster address (e.g. auto, ray://head:10001); "
                                          "default: start a local Ray instance")
+        p.add_argument("--batch-signals", type=_positive_int, default=1, metavar="K",
+                       help="fit the runs of a method and seed on up to K same-sized images as one stacked "
+                            "network (same results as one by one; pays off on a GPU; methods with learnable "
+                            "activations and the reference run alone; default 1)")
         _add_fused(p)
         _add_common(p)
     p = bench_sub.add_parser("speed", help="training step time against the GEMM floor and the official code")
@@ -444,7 +448,8 @@ def _bench(args: argparse.Namespace) -> int:
     common = dict(models=[m for m in args.models.split(",") if m], protocol=protocol,
                   seeds=_ints(args.seeds, "--seeds"), limit=args.limit, out=args.out, device=args.device,
                   progress=not args.quiet, fused=args.fused,
-                  execution=bench.Execution(executor=args.executor, workers=args.workers, address=args.address))
+                  execution=bench.Execution(executor=args.executor, workers=args.workers, address=args.address,
+                                            batch_signals=args.batch_signals))
     if args.bench == "images":
         bench.run_image_bench(args.directory, **common)
     else:

@@ -27,6 +27,7 @@ from finer.lpips import available as lpips_available
 from finer.metrics import image_metrics
 from finer.models import MODELS, build_model, count_parameters
 from finer.nn.fused import apply_fused
+from finer.nn.stacked import StackedMLP, stack_problem
 from finer.runs import resolve_device
 from finer.tasks.image import ImageTask, load_image, save_image
 from finer.train import TrainConfig, fit
@@ -118,6 +119,77 @@ def run_one(job: Job) -> tuple[dict, np.ndarray]:
     }, pred
 
 
+def run_stacked(jobs: list[Job]) -> list[tuple[dict, np.ndarray]]:
+    """Runs of one method and seed on same-shaped images, fitted as one stacked network
+    (:class:`~finer.nn.stacked.StackedMLP`): each image gets the result of its own :func:`run_one`
+    (same initial weights, same steps), and a row like its own, with the group's seconds shared out.
+    A group that does not complete (a loss turned NaN or diverged) is rerun one image at a time."""
+    from finer.batch_runs import StackedImageTask
+
+    if len(jobs) == 1:
+        return [run_one(jobs[0])]
+    first, protocol = jobs[0], jobs[0].protocol
+    device = resolve_device(first.device)
+    images = np.stack([job.image for job in jobs])
+    models = []
+    for _ in jobs:
+        model, lr, target_range = _build(first.model, images.shape[-1], protocol.width, protocol.hidden_layers,
+                                         first.seed)
+        models.append(model.to(device))
+    fused = [apply_fused(m, first.fused, protocol.steps) for m in models][0]
+    stacked = StackedMLP(models)
+    task = StackedImageTask(images, target_range, device, keep_signal_losses=True)
+    cfg = TrainConfig(steps=protocol.steps, lr=lr, eval_every=0, checkpoint_every=0, log_every=50)
+    names = ",".join(Path(job.image_name).stem for job in jobs)
+    state = fit(stacked, task, cfg, progress=first.progress, desc=f"{names}/{first.model}")
+    if state.status != "complete":
+        return [run_one(job) for job in jobs]
+    psnrs = task.signal_psnrs()
+    seconds = state.train_seconds / len(jobs)
+    out = []
+    for k, (job, model) in enumerate(zip(jobs, stacked.unstack())):
+        pred = ImageTask(job.image, target_range, device, seed=job.seed).predict(model)
+        curve = [[step, round(float(psnrs[step - 1, k]), 4)] for step in range(1, state.step + 1)
+                 if step % CURVE_EVERY == 0 or step in (1, state.step)]
+        out.append(({
+            "image": job.image_name, "model": job.model, "seed": job.seed, "status": state.status,
+            "steps": state.step, **image_metrics(pred, job.image, with_lpips=lpips_available()),
+            "params": count_parameters(model), "seconds": seconds, "seconds_per_step": seconds / max(state.step, 1),
+            "lr": lr, "width": protocol.width, "hidden_layers": protocol.hidden_layers, "crop": protocol.crop,
+            "size": protocol.size, "height": job.image.shape[0], "image_width": job.image.shape[1],
+            "device": str(device), "fused": fused["fused"], "batch_signals": len(jobs), "curve": curve,
+        }, pred))
+    return out
+
+
+def stackable(name: str) -> bool:
+    """Whether runs of method ``name`` can be fitted several at once (``--batch-signals``)."""
+    if name == REFERENCE:
+        return False
+    return stack_problem(build_model(name, 2, 3, width=4, hidden_layers=1)) is None
+
+
+def group_jobs(jobs: list[Job], batch_signals: int) -> list[list[Job]]:
+    """Jobs in groups of up to ``batch_signals`` runs sharing method, seed, protocol and image shape
+    (in plan order); methods that cannot be stacked run alone."""
+    if batch_signals <= 1:
+        return [[job] for job in jobs]
+    can = {name: stackable(name) for name in {job.model for job in jobs}}
+    groups: list[list[Job]] = []
+    open_groups: dict[tuple, list[Job]] = {}
+    for job in jobs:
+        if not can[job.model]:
+            groups.append([job])
+            continue
+        key = (job.model, job.seed, dataclasses.astuple(job.protocol), job.image.shape)
+        group = open_groups.get(key)
+        if group is None or len(group) == batch_signals:
+            group = open_groups[key] = []
+            groups.append(group)
+        group.append(job)
+    return groups
+
+
 def list_images(directory, limit: int | None = None) -> list[Path]:
     directory = Path(directory)
     if not directory.is_dir():
@@ -140,6 +212,7 @@ def _protocol_record(directory, images, protocol: Protocol, seeds, device, execu
     execution = execution or Execution()
     return {"directory": str(directory), "images": len(images), **dataclasses.asdict(protocol), "seeds": list(seeds),
             "device": str(device), "full_batch": True, "executor": execution.executor, "workers": execution.workers,
+            "batch_signals": execution.batch_signals,
             "machine": f"{platform.machine()}, {torch.get_num_threads()} torch threads",
             "torch": torch.__version__, "date": time.strftime("%Y-%m-%d")}
 
@@ -151,13 +224,17 @@ class Execution:
     executor: str = "local"
     workers: int = 1
     address: str | None = None
+    batch_signals: int = 1
+    """Runs of one method and seed fitted together as one stacked network (``--batch-signals``)."""
 
 
 def run_grid(plan, out: Path, device: str, progress: bool, on_row=None, execution: Execution | None = None,
              fused: str = "auto") -> list[dict]:
     """Run ``plan`` = [(record_name, path, model, protocol, seed)], skipping records already written.
 
-    Rows come back in plan order whatever order the runs finish in.
+    Rows come back in plan order whatever order the runs finish in. ``execution.batch_signals > 1``
+    fits the runs of a method and seed on up to that many same-shaped images as one stacked network
+    (:func:`run_stacked`; one executor task per group).
     """
     execution = execution or Execution()
     (out / "runs").mkdir(parents=True, exist_ok=True)
@@ -180,16 +257,19 @@ def run_grid(plan, out: Path, device: str, progress: bool, on_row=None, executio
     def ordered():
         return [done[k] for k in sorted(done, key=order.__getitem__)]
 
-    total = len(jobs)
-    for count, (job, (row, pred)) in enumerate(execute(run_one, jobs, executor=execution.executor,
-                                                       workers=execution.workers, address=execution.address,
-                                                       gpus_per_job=1.0 if device == "cuda" else 0.0), start=1):
-        save_image(pred, out / "runs" / f"{job.record}.png")  # before the record, which marks the run done
-        io.write_json(out / "runs" / f"{job.record}.json", row)
-        done[job.record] = row
-        lp = f"  LPIPS {row['lpips']:.4f}" if row.get("lpips") is not None else ""
-        print(f"[{count}/{total}] {job.image_name} {job.model:14s} w{job.protocol.width} s{job.seed} "
-              f"PSNR {row['psnr']:.2f} dB  SSIM {row['ssim']:.4f}{lp}  {row['seconds_per_step']:.3f} s/step", flush=True)
+    total, count = len(jobs), 0
+    groups = group_jobs(jobs, execution.batch_signals)
+    for group, results in execute(run_stacked, groups, executor=execution.executor, workers=execution.workers,
+                                  address=execution.address, gpus_per_job=1.0 if device == "cuda" else 0.0):
+        for job, (row, pred) in zip(group, results, strict=True):
+            count += 1
+            save_image(pred, out / "runs" / f"{job.record}.png")  # before the record, which marks the run done
+            io.write_json(out / "runs" / f"{job.record}.json", row)
+            done[job.record] = row
+            lp = f"  LPIPS {row['lpips']:.4f}" if row.get("lpips") is not None else ""
+            print(f"[{count}/{total}] {job.image_name} {job.model:14s} w{job.protocol.width} s{job.seed} "
+                  f"PSNR {row['psnr']:.2f} dB  SSIM {row['ssim']:.4f}{lp}  {row['seconds_per_step']:.3f} s/step",
+                  flush=True)
         if on_row:
             on_row(ordered())  # partial results stay readable
     return ordered()
@@ -251,6 +331,8 @@ def _protocol_line(p: dict) -> str:
             f"seeds {p['seeds']}, {p['device']} ({p['machine']}), torch {p['torch']}, {p['date']}; "
             f"{p['runs_done']} runs" + (f" of {p['runs_planned']} planned" if p.get("runs_planned", p["runs_done"])
                                         != p["runs_done"] else "")
+            + (f"; a method's runs fitted up to {p['batch_signals']} images at a time as one stacked network "
+               "(seconds shared out)" if p.get("batch_signals", 1) > 1 else "")
             + ". PSNR/SSIM/LPIPS (AlexNet, v0.1) of the clipped prediction on [0, 1], mean ± std over runs.")
 
 

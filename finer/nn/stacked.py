@@ -22,6 +22,18 @@ from finer.errors import FinerError
 from finer.nn.mlp import CoordinateMLP
 
 
+def stack_problem(model) -> str | None:
+    """Why ``model`` cannot be stacked (``None`` if it can): only coordinate MLPs whose parameters
+    are all in their linear layers."""
+    if not isinstance(model, CoordinateMLP):
+        return f"only coordinate MLPs can be stacked, got {type(model).__name__}"
+    own = sum(p.numel() for layer in model.layers for p in layer.linear.parameters())
+    if own != sum(p.numel() for p in model.parameters()):
+        return (f"method {getattr(model, 'method', '?')!r} has learnable activations or encodings; "
+                "only methods whose parameters are all in linear layers can be fitted in batches")
+    return None
+
+
 class StackedMLP(nn.Module):
     """``coords (N, in)`` or ``(K, N, in)`` -> ``(K, N, out)``: K networks, one call."""
 
@@ -31,12 +43,9 @@ class StackedMLP(nn.Module):
             raise FinerError("no models to stack")
         first = models[0]
         for m in models:
-            if not isinstance(m, CoordinateMLP):
-                raise FinerError(f"only coordinate MLPs can be stacked, got {type(m).__name__}")
-            own = sum(p.numel() for layer in m.layers for p in layer.linear.parameters())
-            if own != sum(p.numel() for p in m.parameters()):
-                raise FinerError(f"method {getattr(m, 'method', '?')!r} has learnable activations or encodings; "
-                                 "only methods whose parameters are all in linear layers can be fitted in batches")
+            problem = stack_problem(m)
+            if problem:
+                raise FinerError(problem)
             shapes = [tuple(layer.linear.weight.shape) for layer in m.layers]
             if shapes != [tuple(layer.linear.weight.shape) for layer in first.layers]:
                 raise FinerError("the models to stack differ in shape")

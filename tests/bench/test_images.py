@@ -112,6 +112,23 @@ def test_results_do_not_depend_on_the_executor(image_dir, tmp_path):
     assert json.loads((tmp_path / "pool" / "results.json").read_text())["protocol"]["workers"] == 2
 
 
+def test_batched_runs_give_each_run_its_own_result(image_dir, tmp_path, capsys):
+    """--batch-signals: a method's runs on same-sized images fitted as one stacked network."""
+    here = _grid(image_dir, tmp_path / "here", "--models", "finer,metasin")
+    batched = _grid(image_dir, tmp_path / "batched", "--models", "finer,metasin", "--batch-signals", "2")
+    assert list(here) == list(batched)
+    for key, row in here.items():
+        other = batched[key]
+        assert other["psnr"] == pytest.approx(row["psnr"], abs=1e-3), key
+        assert other["ssim"] == pytest.approx(row["ssim"], abs=1e-5), key
+        assert [s for s, _ in other["curve"]] == [s for s, _ in row["curve"]]
+        np.testing.assert_allclose([p for _, p in other["curve"]], [p for _, p in row["curve"]], atol=1e-3)
+    assert batched[("00.png", "finer")]["batch_signals"] == 2  # both images in one stacked fit
+    assert "batch_signals" not in batched[("00.png", "metasin")]  # learnable activations: one at a time
+    assert json.loads((tmp_path / "batched" / "results.json").read_text())["protocol"]["batch_signals"] == 2
+    assert "up to 2 images at a time" in (tmp_path / "batched" / "summary.md").read_text()
+
+
 def test_ray_executor_on_a_local_instance(image_dir, tmp_path):
     pytest.importorskip("ray", reason="Ray is an optional extra (pip install 'finer-inr[ray]')")
     here = _grid(image_dir, tmp_path / "here")
