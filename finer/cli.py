@@ -257,8 +257,9 @@ def build_parser() -> argparse.ArgumentParser:
                                          "default: start a local Ray instance")
         p.add_argument("--batch-signals", type=_positive_int, default=1, metavar="K",
                        help="fit the runs of a method and seed on up to K same-sized images as one stacked "
-                            "network (same results as one by one; pays off on a GPU; methods with learnable "
-                            "activations and the reference run alone; default 1)")
+                            "network (same results as one by one; meant for GPUs, slower on a small CPU, see "
+                            "docs/results/speed.md; methods with learnable activations and the reference run "
+                            "alone; default 1)")
         _add_fused(p)
         _add_common(p)
     p = bench_sub.add_parser("speed", help="training step time against the GEMM floor and the official code")
