@@ -123,7 +123,9 @@ def run_stacked(jobs: list[Job]) -> list[tuple[dict, np.ndarray]]:
     """Runs of one method and seed on same-shaped images, fitted as one stacked network
     (:class:`~finer.nn.stacked.StackedMLP`): each image gets the result of its own :func:`run_one`
     (same initial weights, same steps), and a row like its own, with the group's seconds shared out.
-    A group that does not complete (a loss turned NaN or diverged) is rerun one image at a time."""
+    Divergence is judged per image, as a single fit judges it: the images whose own loss turned
+    non-finite or grew past ``divergence_factor`` times its first value are rerun one at a time
+    (:func:`run_one`), which stops them at their last good step. Ctrl-C interrupts the group."""
     from finer.batch_runs import StackedImageTask
 
     if len(jobs) == 1:
@@ -142,12 +144,17 @@ def run_stacked(jobs: list[Job]) -> list[tuple[dict, np.ndarray]]:
     cfg = TrainConfig(steps=protocol.steps, lr=lr, eval_every=0, checkpoint_every=0, log_every=50)
     names = ",".join(Path(job.image_name).stem for job in jobs)
     state = fit(stacked, task, cfg, progress=first.progress, desc=f"{names}/{first.model}")
-    if state.status != "complete":
-        return [run_one(job) for job in jobs]
+    if state.status == "interrupted":
+        raise KeyboardInterrupt
+    losses = torch.stack(task.signal_losses).cpu().double().numpy()
+    rerun = set(diverged_signals(losses, cfg.divergence_factor)) if state.status == "complete" else set(range(len(jobs)))
     psnrs = task.signal_psnrs()
     seconds = state.train_seconds / len(jobs)
     out = []
     for k, (job, model) in enumerate(zip(jobs, stacked.unstack())):
+        if k in rerun:
+            out.append(run_one(job))
+            continue
         pred = ImageTask(job.image, target_range, device, seed=job.seed).predict(model)
         curve = [[step, round(float(psnrs[step - 1, k]), 4)] for step in range(1, state.step + 1)
                  if step % CURVE_EVERY == 0 or step in (1, state.step)]
@@ -160,6 +167,14 @@ def run_stacked(jobs: list[Job]) -> list[tuple[dict, np.ndarray]]:
             "device": str(device), "fused": fused["fused"], "batch_signals": len(jobs), "curve": curve,
         }, pred))
     return out
+
+
+def diverged_signals(losses: np.ndarray, factor: float) -> list[int]:
+    """Columns of ``losses (steps, K)`` that a single fit would call diverged: a non-finite loss, or
+    one above ``factor`` times the column's first loss (:func:`finer.train.fit`'s rule)."""
+    first = np.maximum(losses[0], 1e-12)
+    bad = ~np.isfinite(losses) | (losses > factor * first)
+    return [int(k) for k in np.flatnonzero(bad.any(axis=0))]
 
 
 def stackable(name: str) -> bool:
@@ -262,6 +277,8 @@ def run_grid(plan, out: Path, device: str, progress: bool, on_row=None, executio
     for group, results in execute(run_stacked, groups, executor=execution.executor, workers=execution.workers,
                                   address=execution.address, gpus_per_job=1.0 if device == "cuda" else 0.0):
         for job, (row, pred) in zip(group, results, strict=True):
+            if row["status"] == "interrupted":  # not a result: the next run of the command redoes it
+                raise KeyboardInterrupt
             count += 1
             save_image(pred, out / "runs" / f"{job.record}.png")  # before the record, which marks the run done
             io.write_json(out / "runs" / f"{job.record}.json", row)
@@ -332,7 +349,7 @@ def _protocol_line(p: dict) -> str:
             f"{p['runs_done']} runs" + (f" of {p['runs_planned']} planned" if p.get("runs_planned", p["runs_done"])
                                         != p["runs_done"] else "")
             + (f"; a method's runs fitted up to {p['batch_signals']} images at a time as one stacked network "
-               "(seconds shared out)" if p.get("batch_signals", 1) > 1 else "")
+               "(a stacked run's seconds: its group's divided by the group's size)" if p.get("batch_signals", 1) > 1 else "")
             + ". PSNR/SSIM/LPIPS (AlexNet, v0.1) of the clipped prediction on [0, 1], mean ± std over runs.")
 
 

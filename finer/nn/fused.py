@@ -22,8 +22,9 @@ included), so they are fused only when compiling.
 Where a layer has real weights and a real kernel (FINER, SIREN, Gauss, Gauss-FINER), ``fuse`` also
 fuses the layer itself (:func:`fused_linear_apply`): the product ``x W^T``, then one pass adding
 the bias and applying the activation; backward recomputes the derivative from the kept product in
-one pass that also sums the bias gradient. A first layer fed with a few coordinates computes even
-its product inside that pass, and backward reduces straight into its weight gradient (:func:`_stem_kernels`).
+one pass that also sums the bias gradient. When compiling, a layer fed with at most four inputs
+that need no gradient (the first layer, fed with coordinates) computes even its product inside that
+pass, and backward reduces straight into its weight gradient (:func:`_stem_kernels`).
 
 ``fuse(model)`` swaps the activation of every :class:`~finer.nn.layers.Layer` that has a kernel
 (FINER, SIREN, Gauss, Gauss-FINER, WIRE, Wire-FINER, and the learnable ones when compiling) and
@@ -40,6 +41,7 @@ from typing import Callable
 
 import torch
 from torch import Tensor, nn
+from torch.autograd.function import once_differentiable
 
 from finer.nn import activations as A
 
@@ -156,6 +158,7 @@ class _FusedFunction(torch.autograd.Function):
         return y
 
     @staticmethod
+    @once_differentiable  # the kernels give first derivatives only: a second one must fail loudly
     def backward(ctx, grad):
         (slope,) = ctx.saved_tensors
         return grad * slope, None, None
@@ -171,6 +174,7 @@ class _FusedComplexFunction(torch.autograd.Function):
         return torch.complex(yr, yi)
 
     @staticmethod
+    @once_differentiable  # the kernels give first derivatives only: a second one must fail loudly
     def backward(ctx, grad):
         gr, gi = grad.real, grad.imag
         jac = ctx.saved_tensors
@@ -214,6 +218,7 @@ class _FusedLinearFunction(torch.autograd.Function):
         return runner(z, bias, **params)
 
     @staticmethod
+    @once_differentiable  # the kernels give first derivatives only: a second one must fail loudly
     def backward(ctx, grad):
         x, weight, bias, z = ctx.saved_tensors
         grad_z, grad_bias = ctx.grad_runner(grad, z, bias, **ctx.params)
@@ -268,6 +273,7 @@ class _FusedStemFunction(torch.autograd.Function):
         return runner(x, weight, bias, **params)
 
     @staticmethod
+    @once_differentiable  # the kernels give first derivatives only: a second one must fail loudly
     def backward(ctx, grad):
         x, weight, bias = ctx.saved_tensors
         grad_w, grad_bias = ctx.grad_runner(grad, x, weight, bias, **ctx.params)
@@ -354,7 +360,8 @@ def fuse(model: nn.Module, compile: bool = True) -> int:
                 plain = module.activation  # partial(fn, **params), checked by fused_version
                 if plain.func in KERNELS and not module.linear.weight.is_complex():
                     runner, grad_runner = _linear_runners(KERNELS[plain.func], compile)
-                    stem = (_stem_runners(KERNELS[plain.func], True)  # eager, its term-by-term product is slower than mm
+                    # only when compiling: run eagerly, the term-by-term product is slower than mm
+                    stem = (_stem_runners(KERNELS[plain.func], True)
                             if compile and module.linear.in_features <= STEM_MAX_IN else None)
                     module.fused_forward = functools.partial(fused_linear_apply, runner=runner,
                                                              grad_runner=grad_runner, stem=stem, **plain.keywords)

@@ -114,8 +114,9 @@ def test_results_do_not_depend_on_the_executor(image_dir, tmp_path):
 
 def test_batched_runs_give_each_run_its_own_result(image_dir, tmp_path, capsys):
     """--batch-signals: a method's runs on same-sized images fitted as one stacked network."""
-    here = _grid(image_dir, tmp_path / "here", "--models", "finer,metasin")
-    batched = _grid(image_dir, tmp_path / "batched", "--models", "finer,metasin", "--batch-signals", "2")
+    common = ("--models", "finer,metasin", "--fused", "compile")  # the fused stacked layers, one-pass first layer
+    here = _grid(image_dir, tmp_path / "here", *common)
+    batched = _grid(image_dir, tmp_path / "batched", *common, "--batch-signals", "2")
     assert list(here) == list(batched)
     for key, row in here.items():
         other = batched[key]
@@ -127,6 +128,14 @@ def test_batched_runs_give_each_run_its_own_result(image_dir, tmp_path, capsys):
     assert "batch_signals" not in batched[("00.png", "metasin")]  # learnable activations: one at a time
     assert json.loads((tmp_path / "batched" / "results.json").read_text())["protocol"]["batch_signals"] == 2
     assert "up to 2 images at a time" in (tmp_path / "batched" / "summary.md").read_text()
+
+
+def test_a_stacked_group_judges_divergence_per_image():
+    from finer.bench.images import diverged_signals
+
+    losses = np.array([[1.0, 2.0, 1.0], [0.5, 2500.0, 1.0], [0.1, 1.0, np.nan]])
+    assert diverged_signals(losses, 1e3) == [1, 2]  # image 1 grew past 1000x its first loss; image 2 is NaN
+    assert diverged_signals(losses[:, :1], 1e3) == []
 
 
 def test_ray_executor_on_a_local_instance(image_dir, tmp_path):

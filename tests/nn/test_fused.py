@@ -194,3 +194,13 @@ def test_fused_first_layer_with_few_inputs(input_grad):
     torch.testing.assert_close(outs[1][0], outs[0][0], rtol=1e-10, atol=1e-12)
     for a, b in zip(outs[1][1], outs[0][1]):
         torch.testing.assert_close(a, b, rtol=1e-8, atol=1e-10 * b.abs().max().item())
+
+
+def test_fused_paths_refuse_a_second_derivative():
+    """The kernels give first derivatives only; differentiating twice must fail, not be quietly wrong."""
+    x = (torch.rand(20, 2) * 2 - 1).requires_grad_()
+    model = finer.build_model("finer", 2, 1, width=8, hidden_layers=1, seed=0)
+    F.fuse(model, compile=False)
+    (g,) = torch.autograd.grad(model(x).sum(), x, create_graph=True)
+    with pytest.raises(RuntimeError, match="once_differentiable|differentiate"):
+        g.sum().backward()
