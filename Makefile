@@ -48,7 +48,7 @@ bench-nerf: $(STAMP)
 # All ten methods on image fitting (docs/results/images; LPIPS, curves, crops, HTML report).
 # One image fits a CPU session (an hour before every method was fused); --limit 16 runs the whole set.
 bench-images: $(STAMP)
-	$(BIN)/finer bench images ../shared/data/images/div2k_train --preset quick --limit 1 \
+	$(BIN)/finer bench images ../shared/data/images/div2k_train --preset quick --limit 6 \
 		--models finer,siren,gauss,pemlp,gauss-finer,mpa,metasin,sc-mlp,wire,wire-finer --out docs/results/images --quiet
 
 # Supplement Fig. 2: PSNR against hidden width, two hidden layers (docs/results/width).
