@@ -106,17 +106,24 @@ def run_one(job: Job) -> tuple[dict, np.ndarray]:
     cfg = TrainConfig(steps=protocol.steps, lr=lr, eval_every=0, checkpoint_every=0, log_every=50)
     state = fit(model, task, cfg, progress=job.progress, desc=f"{Path(job.image_name).stem}/{job.model}")
     pred = task.predict(model)
-    scores = image_metrics(pred, image, with_lpips=lpips_available())
-    curve = [[h["step"], round(h["train_psnr"], 4)] for h in state.history
-             if h["step"] % CURVE_EVERY == 0 or h["step"] in (1, state.step)]
+    psnrs = {h["step"]: h["train_psnr"] for h in state.history}
+    return _row(job, model, pred, state.status, state.step, state.train_seconds, psnrs, lr, device, fused), pred
+
+
+def _row(job: Job, model, pred: np.ndarray, status: str, steps: int, seconds: float, train_psnr: dict, lr: float,
+         device, fused: dict, **extra) -> dict:
+    """A run's metrics row; ``train_psnr``: step -> training PSNR, sampled into the row's curve."""
+    protocol = job.protocol
+    curve = [[step, round(float(train_psnr[step]), 4)] for step in sorted(train_psnr)
+             if step % CURVE_EVERY == 0 or step in (1, steps)]
     return {
-        "image": job.image_name, "model": job.model, "seed": job.seed, "status": state.status, "steps": state.step,
-        **scores, "params": count_parameters(model),
-        "seconds": state.train_seconds, "seconds_per_step": state.train_seconds / max(state.step, 1),
+        "image": job.image_name, "model": job.model, "seed": job.seed, "status": status, "steps": steps,
+        **image_metrics(pred, job.image, with_lpips=lpips_available()), "params": count_parameters(model),
+        "seconds": seconds, "seconds_per_step": seconds / max(steps, 1),
         "lr": lr, "width": protocol.width, "hidden_layers": protocol.hidden_layers, "crop": protocol.crop,
-        "size": protocol.size, "height": image.shape[0], "image_width": image.shape[1], "device": str(device),
-        "fused": fused["fused"], "curve": curve,
-    }, pred
+        "size": protocol.size, "height": job.image.shape[0], "image_width": job.image.shape[1], "device": str(device),
+        "fused": fused["fused"], **extra, "curve": curve,
+    }
 
 
 def run_stacked(jobs: list[Job]) -> list[tuple[dict, np.ndarray]]:
@@ -156,16 +163,9 @@ def run_stacked(jobs: list[Job]) -> list[tuple[dict, np.ndarray]]:
             out.append(run_one(job))
             continue
         pred = ImageTask(job.image, target_range, device, seed=job.seed).predict(model)
-        curve = [[step, round(float(psnrs[step - 1, k]), 4)] for step in range(1, state.step + 1)
-                 if step % CURVE_EVERY == 0 or step in (1, state.step)]
-        out.append(({
-            "image": job.image_name, "model": job.model, "seed": job.seed, "status": state.status,
-            "steps": state.step, **image_metrics(pred, job.image, with_lpips=lpips_available()),
-            "params": count_parameters(model), "seconds": seconds, "seconds_per_step": seconds / max(state.step, 1),
-            "lr": lr, "width": protocol.width, "hidden_layers": protocol.hidden_layers, "crop": protocol.crop,
-            "size": protocol.size, "height": job.image.shape[0], "image_width": job.image.shape[1],
-            "device": str(device), "fused": fused["fused"], "batch_signals": len(jobs), "curve": curve,
-        }, pred))
+        train_psnr = {step: psnrs[step - 1, k] for step in range(1, state.step + 1)}
+        out.append((_row(job, model, pred, state.status, state.step, seconds, train_psnr, lr, device, fused,
+                         batch_signals=len(jobs)), pred))
     return out
 
 
