@@ -25,6 +25,11 @@ from finer.errors import FinerError
 EXECUTORS = ("local", "ray")
 
 
+def threads_per_worker(workers: int) -> int:
+    """The torch threads each of ``workers`` local pool processes gets: the cores shared out."""
+    return max(1, (os.cpu_count() or 1) // workers)
+
+
 def _init_worker(threads: int) -> None:
     import torch
 
@@ -46,7 +51,7 @@ def execute(fn: Callable[[Any], Any], jobs: Sequence[Any], *, executor: str = "l
         for job in jobs:
             yield job, fn(job)
     else:
-        threads = max(1, (os.cpu_count() or 1) // workers)
+        threads = threads_per_worker(workers)
         ctx = multiprocessing.get_context("spawn")  # no forked copies of torch's thread pools
         with cf.ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker, initargs=(threads,)) as pool:
             futures = {pool.submit(fn, job): job for job in jobs}

@@ -119,7 +119,7 @@ def _row(job: Job, model, pred: np.ndarray, status: str, steps: int, seconds: fl
     return {
         "image": job.image_name, "model": job.model, "seed": job.seed, "status": status, "steps": steps,
         **image_metrics(pred, job.image, with_lpips=lpips_available()), "params": count_parameters(model),
-        "seconds": seconds, "seconds_per_step": seconds / max(steps, 1),
+        "seconds": seconds, "seconds_per_step": seconds / max(steps, 1), "threads": torch.get_num_threads(),
         "lr": lr, "width": protocol.width, "hidden_layers": protocol.hidden_layers, "crop": protocol.crop,
         "size": protocol.size, "height": job.image.shape[0], "image_width": job.image.shape[1], "device": str(device),
         "fused": fused["fused"], **extra, "curve": curve,
@@ -228,8 +228,21 @@ def _protocol_record(directory, images, protocol: Protocol, seeds, device, execu
     return {"directory": str(directory), "images": len(images), **dataclasses.asdict(protocol), "seeds": list(seeds),
             "device": str(device), "full_batch": True, "executor": execution.executor, "workers": execution.workers,
             "batch_signals": execution.batch_signals,
-            "machine": f"{platform.machine()}, {torch.get_num_threads()} torch threads",
-            "torch": torch.__version__, "date": time.strftime("%Y-%m-%d")}
+            "machine": _machine(execution), "torch": torch.__version__, "date": time.strftime("%Y-%m-%d")}
+
+
+def _machine(execution: Execution) -> str:
+    """The machine and how its cores were shared among the runs."""
+    from finer.bench.executors import threads_per_worker
+
+    if execution.executor == "local" and execution.workers > 1:
+        share = (f"{execution.workers} worker processes x {threads_per_worker(execution.workers)} torch threads "
+                 "(runs in parallel)")
+    elif execution.executor == "local":
+        share = f"{torch.get_num_threads()} torch threads"
+    else:
+        share = "Ray tasks (threads: the cluster's)"
+    return f"{platform.machine()}, {share}"
 
 
 @dataclass

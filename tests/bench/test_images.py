@@ -4,10 +4,12 @@ import json
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from finer.cli import main
 from finer.errors import FinerError
+from finer.bench.executors import threads_per_worker
 from finer.bench.images import resolve_protocol
 from finer.tasks.image import load_image
 
@@ -109,7 +111,12 @@ def test_results_do_not_depend_on_the_executor(image_dir, tmp_path):
     for key, row in here.items():
         assert pool[key]["psnr"] == pytest.approx(row["psnr"], abs=1e-3), key
         assert pool[key]["params"] == row["params"]
-    assert json.loads((tmp_path / "pool" / "results.json").read_text())["protocol"]["workers"] == 2
+    protocol = json.loads((tmp_path / "pool" / "results.json").read_text())["protocol"]
+    assert protocol["workers"] == 2
+    share = threads_per_worker(2)
+    assert f"2 worker processes x {share} torch threads" in protocol["machine"]  # says how the cores were shared
+    assert {row["threads"] for row in pool.values()} == {share}
+    assert {row["threads"] for row in here.values()} == {torch.get_num_threads()}
 
 
 def test_batched_runs_give_each_run_its_own_result(image_dir, tmp_path, capsys):
