@@ -21,7 +21,7 @@ import torch
 from finer import io
 from finer.bench.reference import OfficialFiner
 from finer.errors import FinerError
-from finer.bench.executors import execute
+from finer.bench.executors import execute, threads_per_worker
 from finer.bench.report import write_report
 from finer.lpips import available as lpips_available
 from finer.metrics import image_metrics
@@ -233,8 +233,6 @@ def _protocol_record(directory, images, protocol: Protocol, seeds, device, execu
 
 def _machine(execution: Execution) -> str:
     """The machine and how its cores were shared among the runs."""
-    from finer.bench.executors import threads_per_worker
-
     if execution.executor == "local" and execution.workers > 1:
         share = (f"{execution.workers} worker processes x {threads_per_worker(execution.workers)} torch threads "
                  "(runs in parallel)")
