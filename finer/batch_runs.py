@@ -103,7 +103,8 @@ def fit_image_folder(cfg: ImageRunConfig, directory, out, *, batch_signals: int,
         stacked = StackedMLP(models)
         mcfg = models[0].config
         task = StackedImageTask(np.stack([images[i] for i in group]), tuple(mcfg.target_range), device, cfg.aspect)
-        train_cfg = TrainConfig(steps=cfg.steps, lr=mcfg.lr, eval_every=0, checkpoint_every=0, log_every=cfg.log_every)
+        train_cfg = TrainConfig(steps=cfg.steps, lr=mcfg.lr, eval_every=0, checkpoint_every=0, log_every=cfg.log_every,
+                                precision=cfg.precision)
         state = fit(stacked, task, train_cfg, progress=progress, desc=f"images {group[0] + 1}-{group[-1] + 1}/{len(paths)}")
         if state.status != "complete":
             raise FinerError(f"images {', '.join(paths[i].name for i in group)}: {state.status}: {state.message}")

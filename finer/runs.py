@@ -24,7 +24,7 @@ from finer.models import build_model, count_parameters
 from finer.nn.fused import FUSED_MODES, apply_fused
 from finer.plots import error_map, psnr_curve
 from finer.tasks import image as img
-from finer.train import FitState, TrainConfig, fit
+from finer.train import PRECISIONS, FitState, TrainConfig, fit
 
 DEVICE_CHOICES = ("auto", "cpu", "cuda")
 
@@ -66,6 +66,8 @@ class ImageRunConfig:
     fused: str = "auto"
     """Activations: compile (fused, compiled), eager (fused), off (plain autograd), or auto
     (compile for runs of 500 steps or more); see finer.nn.fused."""
+    precision: str = "fp32"
+    """Training arithmetic: fp32, tf32 or bf16 (see finer.train.PRECISIONS); evaluation is float32."""
 
     def validate(self) -> None:
         for name in ("steps", "eval_chunk", "log_every"):
@@ -82,6 +84,8 @@ class ImageRunConfig:
             raise ConfigError(f"unknown fused mode {self.fused!r}; choose one of: {', '.join(FUSED_MODES)}")
         if self.device not in DEVICE_CHOICES:
             raise ConfigError(f"unknown device {self.device!r}; choose one of: {', '.join(DEVICE_CHOICES)}")
+        if self.precision not in PRECISIONS:
+            raise ConfigError(f"unknown precision {self.precision!r}; choose one of: {', '.join(PRECISIONS)}")
 
 
 def resolve_device(name: str) -> torch.device:
@@ -150,6 +154,7 @@ class _Run:
             log_every=cfg.log_every,
             eval_every=cfg.eval_every,
             checkpoint_every=cfg.checkpoint_every,
+            precision=cfg.precision,
         )
 
     def resolved(self) -> dict[str, Any]:
@@ -196,6 +201,7 @@ class _Run:
             "seconds_per_step": round(state.train_seconds / max(state.step, 1), 5),
             "device": str(self.device),
             "fused": self.fused["fused"],
+            "precision": self.cfg.precision,
             "image": self.cfg.image or img.DEFAULT_IMAGE,
             "height": h,
             "width": w,

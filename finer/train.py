@@ -7,6 +7,7 @@ through the ``on_checkpoint`` callback, so the loop stays task- and file-agnosti
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
 import signal
@@ -18,6 +19,8 @@ from typing import Callable, Protocol
 import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
+
+from finer.errors import ConfigError
 
 
 class Task(Protocol):
@@ -49,6 +52,36 @@ class TrainConfig:
     """Use Adam's AMSGrad variant (the official SDF protocol does)."""
     divergence_factor: float = 1e3
     """A loss above this multiple of the first loss counts as divergence."""
+    precision: str = "fp32"
+    """Arithmetic of the training steps (:data:`PRECISIONS`); evaluation is always float32."""
+
+
+PRECISIONS = {
+    "fp32": "float32 throughout (the paper's setting)",
+    "tf32": "matrix products in TensorFloat-32 on CUDA GPUs (10-bit mantissa inputs, float32 sums); "
+            "the same as fp32 on a CPU",
+    "bf16": "mixed precision: forward pass under torch.autocast in bfloat16 (matrix products and the "
+            "activations that follow them), float32 weights, optimiser and loss",
+}
+
+
+@contextlib.contextmanager
+def precision_context(precision: str, device: torch.device):
+    """The arithmetic of a training step's forward and backward pass (see :data:`PRECISIONS`)."""
+    if precision not in PRECISIONS:
+        raise ConfigError(f"unknown precision {precision!r}; choose one of: {', '.join(PRECISIONS)}")
+    if precision == "bf16":
+        with torch.autocast(device_type=device.type, dtype=torch.bfloat16):
+            yield
+    elif precision == "tf32" and device.type == "cuda":
+        matmul, cudnn = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+        try:
+            yield
+        finally:
+            torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = matmul, cudnn
+    else:
+        yield
 
 
 @dataclass
@@ -121,6 +154,9 @@ def fit(
     snapshot and ``state.status`` becomes ``"diverged"``; on Ctrl-C it becomes ``"interrupted"``.
     """
     state = state or FitState()
+    if cfg.precision not in PRECISIONS:
+        raise ConfigError(f"unknown precision {cfg.precision!r}; choose one of: {', '.join(PRECISIONS)}")
+    device = next(iter(model.parameters())).device
     optimizer = make_adam(model.parameters(), lr=cfg.lr, amsgrad=cfg.amsgrad)
     if optimizer_state is not None:
         optimizer.load_state_dict(optimizer_state)
@@ -159,9 +195,19 @@ def fit(
             for group in optimizer.param_groups:
                 group["lr"] = lr
             x, y = task.batch(state.step)
-            loss = task.loss(model(x), y)
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            if cfg.precision == "fp32":
+                loss = task.loss(model(x), y)
+                loss.backward()
+            elif cfg.precision == "bf16":  # autocast covers the forward pass only, as PyTorch advises
+                with precision_context("bf16", device):
+                    pred = model(x)
+                loss = task.loss(pred.float(), y)
+                loss.backward()
+            else:
+                with precision_context(cfg.precision, device):
+                    loss = task.loss(model(x), y)
+                    loss.backward()
             if cfg.grad_clip is not None:
                 nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
             optimizer.step()

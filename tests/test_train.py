@@ -7,7 +7,8 @@ import torch
 
 from finer.models import build_model
 from finer.tasks.image import ImageTask
-from finer.train import FitState, TrainConfig, exponential_decay, fit
+from finer.errors import ConfigError
+from finer.train import FitState, TrainConfig, exponential_decay, fit, precision_context
 
 
 def test_schedule_reaches_a_tenth_at_the_last_step():
@@ -74,3 +75,40 @@ def test_evaluation_is_recorded(astronaut_small):
     evals = [h["step"] for h in state.history if "eval_psnr" in h]
     assert evals == [5, 10]
     assert state.history[-1]["eval_psnr"] > 5
+
+
+def _losses(model_name, data, precision, fused="off", steps=6):
+    from finer.nn.fused import apply_fused
+
+    net = build_model(model_name, 2, 3, width=16, hidden_layers=1, seed=0)
+    apply_fused(net, fused, steps)
+    task = ImageTask(data, tuple(net.config.target_range), torch.device("cpu"))
+    state = fit(net, task, TrainConfig(steps=steps, log_every=2, eval_every=0, precision=precision), progress=False)
+    assert all(p.dtype in (torch.float32, torch.complex64) for p in net.parameters())  # master weights stay fp32
+    return state, [h["loss"] for h in state.history]
+
+
+@pytest.mark.parametrize("model_name,fused", [("finer", "off"), ("finer", "eager"), ("wire", "eager"), ("pemlp", "off")])
+def test_bf16_mixed_precision_trains_close_to_float32_but_not_equal(astronaut_small, model_name, fused):
+    state, bf16 = _losses(model_name, astronaut_small, "bf16", fused)
+    _, fp32 = _losses(model_name, astronaut_small, "fp32", fused)
+    assert state.status == "complete"
+    assert bf16 != fp32  # autocast really changed the arithmetic
+    assert bf16 == pytest.approx(fp32, rel=0.05)  # ... by rounding, not by breaking the fit
+
+
+def test_tf32_is_float32_on_a_cpu(astronaut_small):
+    assert _losses("finer", astronaut_small, "tf32")[1] == _losses("finer", astronaut_small, "fp32")[1]
+
+
+def test_bf16_autocast_runs_the_forward_in_bfloat16():
+    net = build_model("siren", 2, 3, width=8, hidden_layers=1, seed=0)
+    with precision_context("bf16", torch.device("cpu")):
+        assert net(torch.rand(5, 2)).dtype == torch.bfloat16
+
+
+def test_unknown_precision_is_a_clear_error(astronaut_small):
+    net = build_model("finer", 2, 3, width=8, hidden_layers=1, seed=0)
+    task = ImageTask(astronaut_small, (-1.0, 1.0), torch.device("cpu"))
+    with pytest.raises(ConfigError, match="fp32, tf32, bf16"):
+        fit(net, task, TrainConfig(steps=2, precision="fp8"), progress=False)

@@ -164,6 +164,14 @@ class _FusedFunction(torch.autograd.Function):
         return grad * slope, None, None
 
 
+def _complex(real: Tensor, imag: Tensor) -> Tensor:
+    """``real + i imag``; bfloat16 parts (mixed precision) become complex64, as there is no
+    bfloat16 complex type."""
+    if real.dtype not in (torch.float32, torch.float64):
+        real, imag = real.float(), imag.float()
+    return torch.complex(real, imag)
+
+
 class _FusedComplexFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, z, runner, params):
@@ -171,7 +179,7 @@ class _FusedComplexFunction(torch.autograd.Function):
         yr, yi, j00, j01, j10, j11 = runner(z.real, z.imag if is_complex else None, **params)
         ctx.is_complex, ctx.combine = is_complex, _combine_runner(runner.compiled is not None)
         ctx.save_for_backward(*((j00, j10, j01, j11) if is_complex else (j00, j10)))
-        return torch.complex(yr, yi)
+        return _complex(yr, yi)
 
     @staticmethod
     @once_differentiable  # the kernels give first derivatives only: a second one must fail loudly
@@ -181,7 +189,7 @@ class _FusedComplexFunction(torch.autograd.Function):
         ga = ctx.combine(gr, gi, jac[0], jac[1])
         if not ctx.is_complex:
             return ga, None, None
-        return torch.complex(ga, ctx.combine(gr, gi, jac[2], jac[3])), None, None
+        return _complex(ga, ctx.combine(gr, gi, jac[2], jac[3])), None, None
 
 
 def _layer_kernels(kernel: Kernel) -> tuple[Callable, Callable]:
@@ -324,7 +332,7 @@ def fused_apply(z: Tensor, *, reference: Callable, runner: _Compiled, **params) 
     if reference in COMPLEX_KERNELS:
         if not (torch.is_grad_enabled() and z.requires_grad):
             yr, yi = runner(z.real, z.imag if z.is_complex() else None, **params)[:2]
-            return torch.complex(yr, yi)
+            return _complex(yr, yi)
         return _FusedComplexFunction.apply(z, runner, params)
     if not (torch.is_grad_enabled() and z.requires_grad):
         return runner(z, **params)[0]  # inference: no derivative kept

