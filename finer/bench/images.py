@@ -369,14 +369,32 @@ def _mean_std(values: list[float]) -> tuple[float, float]:
 
 
 def summary_table(rows: list[dict], models: list[str], protocol: dict) -> str:
-    """Markdown table of mean ± std PSNR/SSIM and speed per model."""
-    lines = [_protocol_line(protocol), "", "| model | PSNR (dB) | SSIM | LPIPS | params | s/step | runs |",
-             "|---|---|---|---|---|---|---|"]
+    """Markdown table of mean ± std PSNR/SSIM, LPIPS, speed and wins per model."""
+    lines = [_protocol_line(protocol), "", "| model | PSNR (dB) | SSIM | LPIPS | params | s/step | runs | best on |",
+             "|---|---|---|---|---|---|---|---|"]
+    best = best_counts(rows, models)
     for name, p, sp, s, ss, lp, slp, params, sps, n in summary_rows(rows, models):
         lpips_cell = f"{lp:.2e}{_pm(slp, '.1e')}" if lp is not None else "-"
         lines.append(f"| {name} | {p:.2f}{_pm(sp, '.2f')} | {s:.4f}{_pm(ss, '.4f')} | {lpips_cell} | {params:,} | "
-                     f"{sps:.3f} | {n} |")
-    return "\n".join(lines) + "\n"
+                     f"{sps:.3f} | {n} | {best[name]} |")
+    return "\n".join(lines) + "\n" + BEST_NOTE + "\n"
+
+
+BEST_NOTE = ("\n*best on*: of the images (and seeds) that every method of the table has run, on how many "
+             "this method has the highest PSNR.")
+
+
+def best_counts(rows: list[dict], models: list[str]) -> dict[str, str]:
+    """Per model, ``"k/n"``: among the ``n`` (image, seed) pairs that every model with runs in ``rows``
+    has run, the ``k`` where this model has the highest PSNR (a tie counts for each tied model)."""
+    present = [m for m in models if any(r["model"] == m for r in rows)]
+    psnr: dict[tuple, dict[str, float]] = {}
+    for r in rows:
+        if r["model"] in present:
+            psnr.setdefault((r["image"], r["seed"]), {})[r["model"]] = r["psnr"]
+    complete = [v for v in psnr.values() if len(v) == len(present)]
+    wins = {m: sum(v[m] == max(v.values()) for v in complete) for m in present}
+    return {m: f"{wins.get(m, 0)}/{len(complete)}" for m in models}
 
 
 def _pm(std: float, fmt: str) -> str:

@@ -93,17 +93,19 @@ def crops_figure(target: np.ndarray, recons: dict[str, np.ndarray]) -> str:
 
 
 def _table_html(rows: list[dict], models: list[str]) -> str:
-    from finer.bench.images import _pm, summary_rows
+    from finer.bench.images import BEST_NOTE, _pm, best_counts, summary_rows
 
     head = "<tr><th>rank</th><th>model</th><th>PSNR (dB)</th><th>SSIM</th><th>LPIPS</th><th>params</th>" \
-           "<th>s/step</th><th>runs</th></tr>"
+           "<th>s/step</th><th>runs</th><th>best on</th></tr>"
+    best = best_counts(rows, models)
     body = []
     for rank, (name, p, sp, s, ss, lp, slp, params, sps, n) in enumerate(summary_rows(rows, models), start=1):
         lp_cell = f"{lp:.2e}{_pm(slp, '.1e')}" if lp is not None else "–"
         body.append(f"<tr><td>{rank}</td><td>{html.escape(name)}</td><td>{p:.2f}{_pm(sp, '.2f')}</td>"
                     f"<td>{s:.4f}{_pm(ss, '.4f')}</td><td>{lp_cell}</td><td>{params:,}</td><td>{sps:.3f}</td>"
-                    f"<td>{n}</td></tr>")
-    return f"<table>{head}{''.join(body)}</table>"
+                    f"<td>{n}</td><td>{best[name]}</td></tr>")
+    note = html.escape(BEST_NOTE.strip()).replace("*best on*", "<em>best on</em>")
+    return f"<table>{head}{''.join(body)}</table><p>{note}</p>"
 
 
 def write_report(out: Path, rows: list[dict], models: list[str], protocol: dict, images: list[Path]) -> Path:

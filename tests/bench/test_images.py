@@ -164,3 +164,23 @@ def test_unknown_executor_and_missing_ray(image_dir, tmp_path, monkeypatch, caps
     assert main(["bench", "images", str(image_dir), "--models", "finer", "--steps", "2", "--width", "8", "--crop",
                  "none", "--size", "16", "--out", str(tmp_path / "x"), "--quiet", "--executor", "ray"]) == 2
     assert "pip install 'finer-inr[ray]'" in capsys.readouterr().err
+
+
+def test_best_counts_only_count_images_every_method_ran():
+    from finer.bench.images import best_counts, summary_table
+
+    def row(image, model, psnr, seed=0):
+        return {"image": image, "model": model, "seed": seed, "psnr": psnr, "ssim": 0.9, "params": 10,
+                "seconds_per_step": 0.1}
+
+    rows = [row("a", "finer", 30.0), row("a", "siren", 29.0), row("a", "gauss", 20.0),
+            row("b", "finer", 25.0), row("b", "siren", 26.0), row("b", "gauss", 20.0),
+            row("c", "finer", 31.0), row("c", "siren", 31.0), row("c", "gauss", 20.0),  # a tie counts for both
+            row("d", "finer", 40.0), row("d", "siren", 10.0)]  # gauss has not run d: not counted
+    assert best_counts(rows, ["finer", "siren", "gauss", "wire"]) == {
+        "finer": "2/3", "siren": "2/3", "gauss": "0/3", "wire": "0/3"}
+    table = summary_table(rows, ["finer", "siren", "gauss"], {"images": 4, "directory": "x", "crop": None,
+                                                                "size": None, "hidden_layers": 1, "width": 8,
+                                                                "steps": 3, "seeds": [0], "device": "cpu", "machine": "m",
+                                                                "torch": "t", "date": "d", "runs_done": 11})
+    assert "| best on |" in table and table.count("| 2/3 |") == 2 and "| 0/3 |" in table
