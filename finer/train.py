@@ -60,8 +60,8 @@ PRECISIONS = {
     "fp32": "float32 throughout (the paper's setting)",
     "tf32": "matrix products in TensorFloat-32 on CUDA GPUs (10-bit mantissa inputs, float32 sums); "
             "the same as fp32 on a CPU",
-    "bf16": "mixed precision: forward pass under torch.autocast in bfloat16 (matrix products and the "
-            "activations that follow them), float32 weights, optimiser and loss",
+    "bf16": "mixed precision: the forward pass under torch.autocast in bfloat16, so every matrix product "
+            "(forward and backward) is bfloat16; float32 weights, optimiser and loss",
 }
 
 

@@ -222,6 +222,7 @@ class _FusedLinearFunction(torch.autograd.Function):
     def forward(ctx, x, weight, bias, runner, grad_runner, params):
         z = x @ weight.transpose(-1, -2)
         ctx.grad_runner, ctx.params = grad_runner, params
+        ctx.autocast = _autocast_state(x.device.type)
         ctx.save_for_backward(x, weight, bias, z)
         return runner(z, bias, **params)
 
@@ -230,9 +231,22 @@ class _FusedLinearFunction(torch.autograd.Function):
     def backward(ctx, grad):
         x, weight, bias, z = ctx.saved_tensors
         grad_z, grad_bias = ctx.grad_runner(grad, z, bias, **ctx.params)
-        grad_x = grad_z @ weight if ctx.needs_input_grad[0] else None
-        grad_w = grad_z.transpose(-1, -2) @ x if ctx.needs_input_grad[1] else None
-        return grad_x, grad_w, grad_bias.reshape(bias.shape), None, None, None
+        with torch.autocast(**ctx.autocast):  # the products in the forward's precision (bf16 under autocast)
+            grad_x = grad_z @ weight if ctx.needs_input_grad[0] else None
+            grad_w = grad_z.transpose(-1, -2) @ x if ctx.needs_input_grad[1] else None
+        if grad_x is not None:
+            grad_x = grad_x.to(x.dtype)
+        if grad_w is not None:
+            grad_w = grad_w.to(weight.dtype)
+        return grad_x, grad_w, grad_bias.reshape(bias.shape).to(bias.dtype), None, None, None
+
+
+def _autocast_state(device_type: str) -> dict:
+    """The autocast settings in force for ``device_type`` (for a backward pass to run like its forward,
+    as ``torch.amp.custom_fwd``/``custom_bwd`` do for one fixed device type)."""
+    if not torch.is_autocast_enabled(device_type):
+        return {"device_type": device_type, "enabled": False}
+    return {"device_type": device_type, "dtype": torch.get_autocast_dtype(device_type), "enabled": True}
 
 
 STEM_MAX_IN = 4

@@ -204,3 +204,25 @@ def test_fused_paths_refuse_a_second_derivative():
     (g,) = torch.autograd.grad(model(x).sum(), x, create_graph=True)
     with pytest.raises(RuntimeError, match="once_differentiable|differentiate"):
         g.sum().backward()
+
+
+def test_fused_layers_run_their_backward_products_in_the_forward_precision():
+    """Under bf16 autocast every matrix product of a fused model, forward and backward, is bf16
+    (a custom autograd function's backward runs outside autocast unless it restores it); without
+    autocast they stay float32 and the gradients keep the parameters' dtype."""
+    from torch.profiler import profile
+
+    def product_dtypes(autocast: bool):
+        model = finer.build_model("finer", 2, 3, width=32, hidden_layers=2, seed=0)
+        assert F.fuse(model, compile=False) == 3
+        with profile(record_shapes=True) as prof:
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+                y = model(torch.rand(200, 2))
+            y.float().square().mean().backward()
+        assert all(p.grad.dtype == torch.float32 for p in model.parameters())
+        return [tuple(e.input_dtypes[:2]) for e in prof.events() if e.name == "aten::mm"]
+
+    mixed, full = product_dtypes(True), product_dtypes(False)
+    assert len(mixed) == len(full) >= 3 * 2  # the fused layers' forward and backward products at least
+    assert set(mixed) == {("c10::BFloat16", "c10::BFloat16")}
+    assert set(full) == {("float", "float")}
