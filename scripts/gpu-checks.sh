@@ -1,11 +1,18 @@
 #!/usr/bin/env bash
 # The GPU checks recorded in docs/results (see docs/results/README.md, "GPU"), in priority order,
-# as one call of a lent GPU machine: a smoke fit, the foundation grid at 256^2 (issue 2) beside
-# the paper-protocol runs (issue 3), the speed report on the card, mixed precision at the paper
-# protocol, and the CUDA tests. Each stage has a time cap; the whole script ends within BUDGET
+# as one call of a lent GPU machine. Each stage has a time cap; the whole script ends within BUDGET
 # seconds, packing what it has into OUT_DIR/results.tar.* (15 MB parts) after every stage.
 #
-#   usage: scripts/gpu-checks.sh IMAGES_DIR OUT_DIR [BUDGET_SECONDS]
+#   usage: [STAGES="smoke paper ..."] scripts/gpu-checks.sh IMAGES_DIR OUT_DIR [BUDGET_SECONDS]
+#
+# Stages (default: all, in this order; smoke failing stops the script):
+#   smoke       a compiled FINER fit on the GPU
+#   paper       issue 3: FINER and SIREN at the paper protocol (whole 512^2 images, 3x256, 5000
+#               steps) on two images, one run at a time (stacked pairs were slow at this size)
+#   precision   issue 7: FINER on 00.png at the paper protocol in fp32, bf16 and tf32
+#   speed       issue 7: `finer bench speed` on the card, alone on it
+#   foundation  issue 2: 16 images at 256^2, 3x128, 1000 steps, six methods (stacked, 2 processes)
+#   tests       tests/test_cuda.py
 #
 # IMAGES_DIR: the 16 DIV2K crops of the shared data (images/div2k_train). Runs the library from
 # this checkout (PYTHONPATH) with the machine's own PyTorch; LPIPS needs FINER_LPIPS_WEIGHTS
@@ -14,6 +21,7 @@ set -u
 IMAGES=${1:?usage: scripts/gpu-checks.sh IMAGES_DIR OUT_DIR [BUDGET_SECONDS]}
 OUT=${2:?usage: scripts/gpu-checks.sh IMAGES_DIR OUT_DIR [BUDGET_SECONDS]}
 BUDGET=${3:-560}
+STAGES=${STAGES:-smoke paper precision speed foundation tests}
 PY=${PYTHON:-python3}
 DEV=${DEVICE:-cuda}  # DEVICE=cpu: a dry run of the script itself
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -45,37 +53,40 @@ run() {  # name cap command...: one stage, its output in R/name.log
 'cuda', torch.version.cuda, torch.cuda.get_device_name(0))"; nproc; } >"$R/env.txt" 2>&1
 cat "$R/env.txt" | tail -n 3
 
-# 1. smoke: a compiled FINER fit on the GPU; nothing else is worth running if this fails
-if ! run smoke 120 $PY -m finer fit image "$IMAGES/00.png" --size 128 --steps 200 --device "$DEV" --fused compile \
-    --out "$R/smoke" --quiet; then pack; exit 3; fi
-pack
+want() { [[ " $STAGES " == *" $1 "* ]]; }
 
-# 2. issue 2's grid (16 images, 256^2, 3x128, 1000 steps, six methods) beside issue 3's paper protocol
-#    (whole 512^2 images, 3x256, 5000 steps, FINER and SIREN on two images); they share the card,
-#    so their seconds are not speed measurements (stage 3 is).
-run foundation 280 $PY -m finer bench images "$IMAGES" --preset quick --size 256 \
-    --models finer,official-finer,siren,gauss,pemlp,wire --device "$DEV" --batch-signals 16 --workers 2 \
-    --out "$R/foundation-images-256" --quiet &
-run paper 280 $PY -m finer bench images "$IMAGES" --preset paper --limit 2 --models finer,siren \
-    --device "$DEV" --batch-signals 2 --out "$R/paper-protocol" --quiet &
-wait
-pack
-
-# 3. issue 7's speed report on this card (alone on it)
-run speed 200 $PY -m finer bench speed --device "$DEV" --steps 50 --repeats 5 --warmup 5 \
-    --out "$R/speed-cuda.md" --quiet
-pack
-
-# 4. mixed precision at the paper protocol: FINER on 00.png (512^2, 3x256, 5000 steps) in fp32, tf32, bf16
-for p in fp32 bf16 tf32; do
-  run "precision-$p" 90 $PY -m finer fit image "$IMAGES/00.png" --steps 5000 --precision "$p" --device "$DEV" \
-      --fused compile --eval-every 500 --checkpoint-every 0 --out "$R/precision/$p" --quiet
+if want smoke; then
+  if ! run smoke 120 $PY -m finer fit image "$IMAGES/00.png" --size 128 --steps 200 --device "$DEV" --fused compile \
+      --out "$R/smoke" --quiet; then pack; exit 3; fi
   pack
-done
-
-# 5. the CUDA tests
-run tests 120 $PY -m pytest -q -p no:cacheprovider "$ROOT/tests/test_cuda.py"
-pack
+fi
+if want paper; then
+  run paper 300 $PY -m finer bench images "$IMAGES" --preset paper --limit 2 --models finer,siren \
+      --device "$DEV" --out "$R/paper-protocol" --quiet
+  pack
+fi
+if want precision; then
+  for p in fp32 bf16 tf32; do
+    run "precision-$p" 90 $PY -m finer fit image "$IMAGES/00.png" --steps 5000 --precision "$p" --device "$DEV" \
+        --fused compile --eval-every 500 --checkpoint-every 0 --out "$R/precision/$p" --quiet
+    pack
+  done
+fi
+if want speed; then
+  run speed 200 $PY -m finer bench speed --device "$DEV" --steps 50 --repeats 5 --warmup 5 \
+      --out "$R/speed-cuda.md" --quiet
+  pack
+fi
+if want foundation; then
+  run foundation 300 $PY -m finer bench images "$IMAGES" --preset quick --size 256 \
+      --models finer,official-finer,siren,gauss,pemlp,wire --device "$DEV" --batch-signals 16 --workers 2 \
+      --out "$R/foundation-images-256" --quiet
+  pack
+fi
+if want tests; then
+  run tests 120 $PY -m pytest -q -p no:cacheprovider "$ROOT/tests/test_cuda.py"
+  pack
+fi
 
 echo "== done after $(( $(date +%s) - START ))s"
 for f in "$R/foundation-images-256/summary.md" "$R/paper-protocol/summary.md"; do [ -f "$f" ] && head -n 20 "$f"; done
