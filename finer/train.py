@@ -65,23 +65,26 @@ PRECISIONS = {
 }
 
 
-@contextlib.contextmanager
-def precision_context(precision: str, device: torch.device):
-    """The arithmetic of a training step's forward and backward pass (see :data:`PRECISIONS`)."""
-    if precision not in PRECISIONS:
-        raise ConfigError(f"unknown precision {precision!r}; choose one of: {', '.join(PRECISIONS)}")
+def autocast(precision: str, device: torch.device):
+    """The forward pass's context: bfloat16 autocast for ``bf16``, nothing otherwise."""
     if precision == "bf16":
-        with torch.autocast(device_type=device.type, dtype=torch.bfloat16):
-            yield
-    elif precision == "tf32" and device.type == "cuda":
-        matmul, cudnn = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
-        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
-        try:
-            yield
-        finally:
-            torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = matmul, cudnn
-    else:
+        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+@contextlib.contextmanager
+def matmul_precision(precision: str, device: torch.device):
+    """The training step's context: TensorFloat-32 products on a CUDA device for ``tf32``, the
+    previous setting restored afterwards (so evaluation stays float32); nothing otherwise."""
+    if precision != "tf32" or device.type != "cuda":
         yield
+        return
+    saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
 
 
 @dataclass
@@ -196,18 +199,11 @@ def fit(
                 group["lr"] = lr
             x, y = task.batch(state.step)
             optimizer.zero_grad(set_to_none=True)
-            if cfg.precision == "fp32":
-                loss = task.loss(model(x), y)
-                loss.backward()
-            elif cfg.precision == "bf16":  # autocast covers the forward pass only, as PyTorch advises
-                with precision_context("bf16", device):
+            with matmul_precision(cfg.precision, device):
+                with autocast(cfg.precision, device):  # the forward pass only, as PyTorch advises
                     pred = model(x)
                 loss = task.loss(pred.float(), y)
                 loss.backward()
-            else:
-                with precision_context(cfg.precision, device):
-                    loss = task.loss(model(x), y)
-                    loss.backward()
             if cfg.grad_clip is not None:
                 nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
             optimizer.step()

@@ -8,7 +8,7 @@ import torch
 from finer.models import build_model
 from finer.tasks.image import ImageTask
 from finer.errors import ConfigError
-from finer.train import FitState, TrainConfig, exponential_decay, fit, precision_context
+from finer.train import FitState, TrainConfig, autocast, exponential_decay, fit
 
 
 def test_schedule_reaches_a_tenth_at_the_last_step():
@@ -103,7 +103,7 @@ def test_tf32_is_float32_on_a_cpu(astronaut_small):
 
 def test_bf16_autocast_runs_the_forward_in_bfloat16():
     net = build_model("siren", 2, 3, width=8, hidden_layers=1, seed=0)
-    with precision_context("bf16", torch.device("cpu")):
+    with autocast("bf16", torch.device("cpu")):
         assert net(torch.rand(5, 2)).dtype == torch.bfloat16
 
 
