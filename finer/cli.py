@@ -257,6 +257,12 @@ def build_parser() -> argparse.ArgumentParser:
                             "alone; default 1)")
         _add_fused(p)
         _add_common(p)
+    p = bench_sub.add_parser("compare", help="per-image PSNR differences between methods of a finished grid")
+    p.add_argument("results", help="a folder written by `finer bench images` (or its results.json)")
+    p.add_argument("pairs", nargs="*", metavar="A:B", help="method pairs: mean/min/max of A - B, images A wins")
+    p.add_argument("--lead", metavar="A", help="A's margin over the best other method on each image")
+    p.add_argument("--json", action="store_true", help="print JSON (one object per comparison)")
+    p.add_argument("--debug", action="store_true", help="show tracebacks")
     p = bench_sub.add_parser("speed", help="training step time against the GEMM floor and the official code")
     p.add_argument("--size", type=_positive_int, default=256, help="image side (default 256; full batch)")
     p.add_argument("--width", type=_positive_int, default=256, help="hidden width (default 256)")
@@ -437,6 +443,8 @@ def _bench(args: argparse.Namespace) -> int:
         return _bench_sdf(args)
     if args.bench == "speed":
         return _bench_speed(args)
+    if args.bench == "compare":
+        return _bench_compare(args)
     from finer.bench import images as bench
 
     protocol = bench.resolve_protocol(args.preset, steps=args.steps, hidden_layers=args.hidden_layers,
@@ -453,6 +461,25 @@ def _bench(args: argparse.Namespace) -> int:
         if min(widths) <= 0:
             raise FinerError("--widths must be positive")
         bench.run_width_bench(args.directory, widths=widths, **common)
+    return 0
+
+
+def _bench_compare(args: argparse.Namespace) -> int:
+    from finer.bench import compare
+
+    if not args.pairs and not args.lead:
+        raise FinerError("name at least one pair A:B or --lead A")
+    table = compare.psnr_table(args.results)
+    results = []
+    for text in args.pairs:
+        a, sep, b = text.partition(":")
+        if not sep or not a or not b:
+            raise FinerError(f"a pair is written A:B (e.g. finer:siren), got {text!r}")
+        results.append(compare.pair(table, a, b))
+    if args.lead:
+        results.append(compare.lead(table, args.lead))
+    for stats in results:
+        print(json.dumps(stats) if args.json else compare.describe(stats))
     return 0
 
 

@@ -1,0 +1,68 @@
+"""``finer bench compare``: per-image head-to-head comparisons from a grid's ``results.json``.
+
+A grid's summary gives means; a user choosing a method also asks "on how many of my images is A
+better than B, and by how much at worst?". ``A:B`` answers over the (image, seed) pairs both
+methods ran: the mean, smallest and largest PSNR difference A − B and the number of pairs where A
+is ahead. ``lead(A)``: A's margin over the best other method, over the pairs every method ran.
+"""
+
+from __future__ import annotations
+
+import statistics
+from pathlib import Path
+
+from finer import io
+from finer.errors import FinerError
+
+
+def psnr_table(results: str | Path) -> dict[tuple[str, int], dict[str, float]]:
+    """``{(image, seed): {model: psnr}}`` from a grid's ``results.json`` (or its folder)."""
+    path = Path(results)
+    if path.is_dir():
+        path = path / "results.json"
+    if not path.is_file():
+        raise FinerError(f"no grid results at {path} (a folder written by `finer bench images`, or its results.json)")
+    data = io.read_json(path)
+    if not isinstance(data, dict) or not isinstance(data.get("runs"), list):
+        raise FinerError(f"{path} is not a grid's results.json (no list of runs)")
+    table: dict[tuple[str, int], dict[str, float]] = {}
+    for run in data["runs"]:
+        table.setdefault((run["image"], run["seed"]), {})[run["model"]] = run["psnr"]
+    return table
+
+
+def _stats(diffs: list[float]) -> dict:
+    if not diffs:
+        raise FinerError("no image was run by both methods")
+    return {"pairs": len(diffs), "ahead": sum(d > 0 for d in diffs), "mean": statistics.mean(diffs),
+            "min": min(diffs), "max": max(diffs)}
+
+
+def _check(table: dict, name: str) -> None:
+    models = sorted({m for row in table.values() for m in row})
+    if name not in models:
+        raise FinerError(f"method {name!r} is not in these results; they have: {', '.join(models)}")
+
+
+def pair(table: dict, a: str, b: str) -> dict:
+    """PSNR differences ``a - b`` over the (image, seed) pairs both ran."""
+    _check(table, a)
+    _check(table, b)
+    return {"a": a, "b": b, **_stats([row[a] - row[b] for row in table.values() if a in row and b in row])}
+
+
+def lead(table: dict, a: str) -> dict:
+    """``a``'s margin over the best other method, over the pairs that every method ran."""
+    _check(table, a)
+    models = {m for row in table.values() for m in row}
+    if len(models) < 2:
+        raise FinerError("a lead needs at least two methods in the results")
+    full = [row for row in table.values() if set(row) == models]
+    if not full:
+        raise FinerError("no image was run by every method; compare pairs instead (A:B)")
+    return {"a": a, "b": "best other", **_stats([row[a] - max(v for m, v in row.items() if m != a) for row in full])}
+
+
+def describe(stats: dict) -> str:
+    return (f"{stats['a']} - {stats['b']}: mean {stats['mean']:+.2f} dB, range {stats['min']:+.2f} to "
+            f"{stats['max']:+.2f} dB, ahead on {stats['ahead']} of {stats['pairs']}")

@@ -1,0 +1,58 @@
+"""Per-image comparisons of a finished grid (`finer bench compare`)."""
+
+import json
+
+import pytest
+
+from finer.bench import compare
+from finer.cli import main
+from finer.errors import FinerError
+
+
+@pytest.fixture
+def grid(tmp_path):
+    def run(image, model, psnr):
+        return {"image": image, "model": model, "seed": 0, "psnr": psnr}
+
+    runs = [run("a", "finer", 30.0), run("a", "siren", 29.0), run("a", "gauss", 20.0),
+            run("b", "finer", 25.0), run("b", "siren", 26.5), run("b", "gauss", 20.0),
+            run("c", "finer", 33.0), run("c", "siren", 31.0)]  # gauss did not run c
+    (tmp_path / "results.json").write_text(json.dumps({"protocol": {}, "runs": runs}))
+    return tmp_path
+
+
+def test_pairs_and_lead_by_hand(grid):
+    table = compare.psnr_table(grid)
+    stats = compare.pair(table, "finer", "siren")
+    assert stats["pairs"] == 3 and stats["ahead"] == 2
+    assert stats["mean"] == pytest.approx((1.0 - 1.5 + 2.0) / 3) and stats["min"] == -1.5 and stats["max"] == 2.0
+    assert compare.pair(table, "siren", "gauss")["pairs"] == 2  # only the images both ran
+    lead = compare.lead(table, "finer")  # over the images every method ran: a and b
+    assert (lead["pairs"], lead["ahead"], lead["min"], lead["max"]) == (2, 1, -1.5, 1.0)
+
+
+def test_cli_prints_text_or_json(grid, capsys):
+    assert main(["bench", "compare", str(grid), "finer:siren", "--lead", "finer"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines == ["finer - siren: mean +0.50 dB, range -1.50 to +2.00 dB, ahead on 2 of 3",
+                     "finer - best other: mean -0.25 dB, range -1.50 to +1.00 dB, ahead on 1 of 2"]
+    assert main(["bench", "compare", str(grid / "results.json"), "gauss:siren", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["ahead"] == 0
+
+
+@pytest.mark.parametrize("args,message", [
+    (["finer:wire"], "not in these results; they have: finer, gauss, siren"),
+    (["finer"], "a pair is written A:B"),
+    ([], "at least one pair"),
+])
+def test_cli_errors(grid, capsys, args, message):
+    assert main(["bench", "compare", str(grid), *args]) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_missing_or_foreign_results(tmp_path):
+    with pytest.raises(FinerError, match="no grid results"):
+        compare.psnr_table(tmp_path)
+    (tmp_path / "results.json").write_text("[1, 2]")
+    with pytest.raises(FinerError, match="not a grid's results.json"):
+        compare.psnr_table(tmp_path)
