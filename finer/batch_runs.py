@@ -134,7 +134,8 @@ def _write_one(folder: Path, model, path: Path, image: np.ndarray, cfg: ImageRun
     metrics = {"task": "image", "model": cfg.model, "status": state.status, "params": count_parameters(model),
                "steps": state.step, "psnr": psnr(pred, image), "ssim": ssim(pred, image),
                "seconds": round(seconds, 3), "seconds_per_step": round(seconds / max(state.step, 1), 5),
-               "device": str(device), "fused": fused["fused"], "image": str(path), "height": h, "width": w,
+               "device": str(device), "fused": fused["fused"], "precision": cfg.precision, "image": str(path),
+               "height": h, "width": w,
                "channels": c, "lr": mcfg.lr, "seed": cfg.seed, "batch_signals": group_size,
                "note": "trained with the other images of its group as one stacked network; seconds are the "
                        "group's divided by its size"}

@@ -60,8 +60,10 @@ PRECISIONS = {
     "fp32": "float32 throughout (the paper's setting)",
     "tf32": "matrix products in TensorFloat-32 on CUDA GPUs (10-bit mantissa inputs, float32 sums); "
             "the same as fp32 on a CPU",
-    "bf16": "mixed precision: the forward pass under torch.autocast in bfloat16, so every matrix product "
-            "(forward and backward) is bfloat16; float32 weights, optimiser and loss",
+    "bf16": "mixed precision: the forward pass under torch.autocast in bfloat16, so the real matrix products "
+            "of the hidden and output layers (forward and backward) are bfloat16, while the layers fed with "
+            "coordinates, the bias additions, the activations, complex (WIRE) products, the weights, the "
+            "optimiser and the loss stay float32 (finer.nn.layers.affine)",
 }
 
 
@@ -74,17 +76,18 @@ def autocast(precision: str, device: torch.device):
 
 @contextlib.contextmanager
 def matmul_precision(precision: str, device: torch.device):
-    """The training step's context: TensorFloat-32 products on a CUDA device for ``tf32``, the
-    previous setting restored afterwards (so evaluation stays float32); nothing otherwise."""
+    """The training step's context: TensorFloat-32 products on a CUDA device for ``tf32``
+    (``torch.set_float32_matmul_precision("high")``), the previous setting restored afterwards, so
+    evaluation stays float32; nothing otherwise."""
     if precision != "tf32" or device.type != "cuda":
         yield
         return
-    saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
-    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+    saved = torch.get_float32_matmul_precision()
+    torch.set_float32_matmul_precision("high")
     try:
         yield
     finally:
-        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
+        torch.set_float32_matmul_precision(saved)
 
 
 @dataclass
@@ -160,6 +163,9 @@ def fit(
     if cfg.precision not in PRECISIONS:
         raise ConfigError(f"unknown precision {cfg.precision!r}; choose one of: {', '.join(PRECISIONS)}")
     device = next(iter(model.parameters())).device
+    if cfg.precision == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        raise ConfigError("precision bf16 needs a GPU with bfloat16 support (compute capability 8.0 or later); "
+                          "use fp32 or tf32")
     optimizer = make_adam(model.parameters(), lr=cfg.lr, amsgrad=cfg.amsgrad)
     if optimizer_state is not None:
         optimizer.load_state_dict(optimizer_state)

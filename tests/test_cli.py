@@ -164,3 +164,13 @@ def test_eval_image_prints_metrics_as_json(tmp_path, capsys):
     Image.fromarray(ref[:64]).save(tmp_path / "small.png")
     assert main(["eval", "image", str(tmp_path / "small.png"), str(tmp_path / "ref.png"), "--no-lpips"]) == 2
     assert "must match" in capsys.readouterr().err
+
+
+def test_precision_choices_are_the_training_loops():
+    from finer.cli import build_parser
+    from finer.train import PRECISIONS
+
+    parser = build_parser()
+    fit = next(a for a in parser._subparsers._group_actions[0].choices["fit"]._subparsers._group_actions[0]
+               .choices["image"]._actions if a.dest == "precision")
+    assert list(fit.choices) == list(PRECISIONS)

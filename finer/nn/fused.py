@@ -44,6 +44,7 @@ from torch import Tensor, nn
 from torch.autograd.function import once_differentiable
 
 from finer.nn import activations as A
+from finer.nn.layers import FEW_INPUTS, product_autocast
 
 Kernel = Callable[..., tuple[Tensor, Tensor]]
 
@@ -220,9 +221,10 @@ class _FusedLinearFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, weight, bias, runner, grad_runner, params):
-        z = x @ weight.transpose(-1, -2)
+        ctx.autocast = product_autocast(x)  # bf16 under mixed precision (float32 for few inputs)
+        with torch.autocast(**ctx.autocast):
+            z = x @ weight.transpose(-1, -2)
         ctx.grad_runner, ctx.params = grad_runner, params
-        ctx.autocast = _autocast_state(x.device.type)
         ctx.save_for_backward(x, weight, bias, z)
         return runner(z, bias, **params)
 
@@ -231,7 +233,7 @@ class _FusedLinearFunction(torch.autograd.Function):
     def backward(ctx, grad):
         x, weight, bias, z = ctx.saved_tensors
         grad_z, grad_bias = ctx.grad_runner(grad, z, bias, **ctx.params)
-        with torch.autocast(**ctx.autocast):  # the products in the forward's precision (bf16 under autocast)
+        with torch.autocast(**ctx.autocast):  # the products in the forward's precision
             grad_x = grad_z @ weight if ctx.needs_input_grad[0] else None
             grad_w = grad_z.transpose(-1, -2) @ x if ctx.needs_input_grad[1] else None
         if grad_x is not None:
@@ -241,15 +243,7 @@ class _FusedLinearFunction(torch.autograd.Function):
         return grad_x, grad_w, grad_bias.reshape(bias.shape).to(bias.dtype), None, None, None
 
 
-def _autocast_state(device_type: str) -> dict:
-    """The autocast settings in force for ``device_type`` (for a backward pass to run like its forward,
-    as ``torch.amp.custom_fwd``/``custom_bwd`` do for one fixed device type)."""
-    if not torch.is_autocast_enabled(device_type):
-        return {"device_type": device_type, "enabled": False}
-    return {"device_type": device_type, "dtype": torch.get_autocast_dtype(device_type), "enabled": True}
-
-
-STEM_MAX_IN = 4
+STEM_MAX_IN = FEW_INPUTS
 """A layer with at most this many inputs (the coordinates of an image, a shape, a ray point) computes
 its product inside the activation's pass (:func:`_stem_kernels`) instead of calling ``mm``."""
 
@@ -325,7 +319,9 @@ def fused_linear_apply(x: Tensor, weight: Tensor, bias: Tensor, *, runner: _Comp
     elif grad:
         y = _FusedLinearFunction.apply(x2, weight, bias, runner, grad_runner, params)
     else:
-        y = runner(x2 @ weight.transpose(-1, -2), bias, **params)
+        with torch.autocast(**product_autocast(x2)):
+            z = x2 @ weight.transpose(-1, -2)
+        y = runner(z, bias, **params)
     return y if stacked else y.reshape(*lead, y.shape[-1])
 
 

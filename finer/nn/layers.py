@@ -7,9 +7,43 @@ from typing import Callable
 
 import torch
 from torch import Tensor, nn
+from torch.nn import functional as F
 
 from finer.nn import init as inits
 from finer.nn.activations import identity
+
+
+FEW_INPUTS = 4
+"""A layer fed with at most this many inputs (the coordinates of an image, a shape, a ray point)
+computes in float32 under mixed precision: a few multiply-adds per output, and the coordinates'
+precision sets the finest detail the network can place."""
+
+
+def product_autocast(x: Tensor) -> dict:
+    """The autocast settings for the matrix products of a layer fed with ``x``: those in force (bfloat16
+    under ``--precision bf16``), except for layers of at most :data:`FEW_INPUTS` inputs (float32)."""
+    kind = x.device.type
+    if torch.is_autocast_enabled(kind) and x.shape[-1] > FEW_INPUTS:
+        return {"device_type": kind, "dtype": torch.get_autocast_dtype(kind), "enabled": True}
+    return {"device_type": kind, "enabled": False}
+
+
+def affine(x: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
+    """``x W^T + b`` for ``W (out, in)``, ``b (out,)``, or K stacked layers ``W (K, out, in)``, ``b (K, 1, out)``
+    on ``x (K, N, in)``. Without autocast this is ``nn.Linear``'s (``baddbmm``'s) arithmetic. Under
+    autocast (mixed precision) the product runs in the autocast type (float32 for layers with few
+    inputs, see :func:`product_autocast`) and the bias is added in float32, as the fused layers do, so
+    the activation that follows sees a float32 pre-activation. Complex (WIRE) layers are left to
+    autocast, which does not touch complex products."""
+    stacked = weight.dim() == 3
+    if weight.is_complex() or not torch.is_autocast_enabled(x.device.type):
+        return torch.baddbmm(bias, x, weight.transpose(1, 2)) if stacked else F.linear(x, weight, bias)
+    settings = product_autocast(x)
+    if not settings["enabled"]:
+        x = x.to(weight.dtype)
+    with torch.autocast(**settings):
+        z = torch.bmm(x, weight.transpose(1, 2)) if stacked else F.linear(x, weight)
+    return z.float() + bias
 
 
 class Layer(nn.Module):
@@ -57,7 +91,7 @@ class Layer(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         if self.fused_forward is not None:
             return self.fused_forward(x, self.linear.weight, self.linear.bias)
-        return self.activation(self.linear(x))
+        return self.activation(affine(x, self.linear.weight, self.linear.bias))
 
     def extra_repr(self) -> str:
         act = self.activation

@@ -19,6 +19,7 @@ import torch
 from torch import Tensor, nn
 
 from finer.errors import FinerError
+from finer.nn.layers import affine
 from finer.nn.mlp import CoordinateMLP
 
 
@@ -71,7 +72,7 @@ class StackedMLP(nn.Module):
                 continue
             if weight.is_complex() and not h.is_complex():
                 h = h.to(weight.dtype)
-            h = activation(torch.baddbmm(bias, h, weight.transpose(1, 2)))
+            h = activation(affine(h, weight, bias))
         return h.real if h.is_complex() else h
 
     @torch.no_grad()

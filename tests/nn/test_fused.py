@@ -206,23 +206,28 @@ def test_fused_paths_refuse_a_second_derivative():
         g.sum().backward()
 
 
-def test_fused_layers_run_their_backward_products_in_the_forward_precision():
-    """Under bf16 autocast every matrix product of a fused model, forward and backward, is bf16
-    (a custom autograd function's backward runs outside autocast unless it restores it); without
-    autocast they stay float32 and the gradients keep the parameters' dtype."""
+@pytest.mark.parametrize("fused", [False, True], ids=["plain", "fused"])
+def test_products_run_in_the_forward_precision_forward_and_backward(fused):
+    """Under bf16 autocast every matrix product, forward and backward, is bf16 except those of the layer
+    fed with the 2 coordinates (float32; a custom autograd function's backward runs outside autocast
+    unless it restores it); without autocast all stay float32 and gradients keep the parameters' dtype."""
     from torch.profiler import profile
 
-    def product_dtypes(autocast: bool):
+    def products(autocast: bool):
         model = finer.build_model("finer", 2, 3, width=32, hidden_layers=2, seed=0)
-        assert F.fuse(model, compile=False) == 3
+        if fused:
+            assert F.fuse(model, compile=False) == 3
         with profile(record_shapes=True) as prof:
             with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
                 y = model(torch.rand(200, 2))
             y.float().square().mean().backward()
+        assert y.dtype == torch.float32
         assert all(p.grad.dtype == torch.float32 for p in model.parameters())
-        return [tuple(e.input_dtypes[:2]) for e in prof.events() if e.name == "aten::mm"]
+        return [(2 in e.input_shapes[0] + e.input_shapes[1], e.input_dtypes[0], e.input_dtypes[1])
+                for e in prof.events() if e.name in ("aten::mm", "aten::addmm") and len(e.input_shapes[0]) == 2]
 
-    mixed, full = product_dtypes(True), product_dtypes(False)
-    assert len(mixed) == len(full) >= 3 * 2  # the fused layers' forward and backward products at least
-    assert set(mixed) == {("c10::BFloat16", "c10::BFloat16")}
-    assert set(full) == {("float", "float")}
+    mixed, full = products(True), products(False)
+    assert len(mixed) >= 3 * 2 and len(full) >= 3 * 2  # three layers' forward and weight-gradient products at least
+    assert {(a, b) for coords, a, b in mixed if coords} == {("float", "float")}
+    assert {(a, b) for coords, a, b in mixed if not coords} == {("c10::BFloat16", "c10::BFloat16")}
+    assert {(a, b) for _, a, b in full} == {("float", "float")}
