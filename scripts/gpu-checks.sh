@@ -22,6 +22,12 @@ IMAGES=${1:?usage: scripts/gpu-checks.sh IMAGES_DIR OUT_DIR [BUDGET_SECONDS]}
 OUT=${2:?usage: scripts/gpu-checks.sh IMAGES_DIR OUT_DIR [BUDGET_SECONDS]}
 BUDGET=${3:-560}
 STAGES=${STAGES:-smoke paper precision speed foundation tests}
+[[ $BUDGET =~ ^[0-9]+$ ]] || { echo "BUDGET_SECONDS must be a whole number of seconds, got '$BUDGET'" >&2; exit 2; }
+for stage in $STAGES; do
+  case $stage in smoke|paper|precision|speed|foundation|tests) ;;
+    *) echo "unknown stage '$stage'; stages: smoke paper precision speed foundation tests" >&2; exit 2 ;;
+  esac
+done
 PY=${PYTHON:-python3}
 DEV=${DEVICE:-cuda}  # DEVICE=cpu: a dry run of the script itself
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -41,7 +47,7 @@ cap() {  # seconds a stage may take: its own cap, or what is left minus a margin
 }
 run() {  # name cap command...: one stage, its output in R/name.log
   local name=$1 t; t=$(cap "$2"); shift 2
-  if (( t < 20 )); then echo "== $name: skipped, ${t}s left"; return 99; fi
+  if (( t < 20 )); then echo "== $name: skipped, $(left)s of the budget left"; return 99; fi
   echo "== $name (cap ${t}s): $*"
   local s=$(date +%s) rc
   timeout -k 5 "$t" "$@" >"$R/$name.log" 2>&1; rc=$?
