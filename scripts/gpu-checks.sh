@@ -13,6 +13,7 @@
 #   speed       issue 7: `finer bench speed` on the card, alone on it
 #   foundation  issue 2: 16 images at 256^2, 3x128, 1000 steps, six methods (stacked, 2 processes)
 #   tests       tests/test_cuda.py
+#   stacking    diagnostic: two 512^2 images (3x256) fitted one by one and as one stacked network
 #
 # IMAGES_DIR: the 16 DIV2K crops of the shared data (images/div2k_train). Runs the library from
 # this checkout (PYTHONPATH) with the machine's own PyTorch; LPIPS needs FINER_LPIPS_WEIGHTS
@@ -21,11 +22,11 @@ set -u
 IMAGES=${1:?usage: scripts/gpu-checks.sh IMAGES_DIR OUT_DIR [BUDGET_SECONDS]}
 OUT=${2:?usage: scripts/gpu-checks.sh IMAGES_DIR OUT_DIR [BUDGET_SECONDS]}
 BUDGET=${3:-560}
-STAGES=${STAGES:-smoke paper precision speed foundation tests}
+STAGES=${STAGES:-smoke paper precision speed foundation tests stacking}
 [[ $BUDGET =~ ^[0-9]+$ ]] || { echo "BUDGET_SECONDS must be a whole number of seconds, got '$BUDGET'" >&2; exit 2; }
 for stage in $STAGES; do
-  case $stage in smoke|paper|precision|speed|foundation|tests) ;;
-    *) echo "unknown stage '$stage'; stages: smoke paper precision speed foundation tests" >&2; exit 2 ;;
+  case $stage in smoke|paper|precision|speed|foundation|tests|stacking) ;;
+    *) echo "unknown stage '$stage'; stages: smoke paper precision speed foundation tests stacking" >&2; exit 2 ;;
   esac
 done
 PY=${PYTHON:-python3}
@@ -91,6 +92,12 @@ if want foundation; then
 fi
 if want tests; then
   run tests 120 $PY -m pytest -q -p no:cacheprovider "$ROOT/tests/test_cuda.py"
+  pack
+fi
+if want stacking; then  # why a stacked pair of 512^2 images was slower than one image alone
+  run stacking 120 $PY -m finer bench speed --device "$DEV" --models finer --signals 2 --signal-size 512 \
+      --signal-width 256 --signal-steps 50 --identity-steps 0 --steps 20 --repeats 3 \
+      --signals-dir "$IMAGES" --out "$R/stacking-512.md" --quiet
   pack
 fi
 
