@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test install bench-foundation bench-sdf bench-speed bench-nerf bench-images bench-width clean
+.PHONY: demo test install bench-foundation bench-sdf bench-speed bench-nerf bench-images bench-width gpu-bundle clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -56,6 +56,13 @@ bench-images: $(STAMP)
 bench-width: $(STAMP)
 	$(BIN)/finer bench width ../shared/data/images/div2k_train --preset quick --limit 4 \
 		--models finer,siren,gauss,pemlp --widths 32,64,128,256 --out docs/results/width --quiet
+
+# What scripts/gpu-checks.sh needs on a GPU machine that cannot install packages or see ../shared:
+# the DIV2K images and the LPIPS weights, in .gpu/ (ignored by git; carry it along).
+gpu-bundle: $(STAMP)
+	mkdir -p .gpu
+	cp -r ../shared/data/images/div2k_train .gpu/
+	cp "$$($(BIN)/python -c 'from finer.lpips import weights_path; print(weights_path())')" .gpu/alexnet.ckpt
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache
