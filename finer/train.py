@@ -62,8 +62,8 @@ PRECISIONS = {
             "the same as fp32 on a CPU",
     "bf16": "mixed precision: the forward pass under torch.autocast in bfloat16, so the real matrix products "
             "of the hidden and output layers (forward and backward) are bfloat16, while the layers fed with "
-            "coordinates, the bias additions, the activations, complex (WIRE) products, the weights, the "
-            "optimiser and the loss stay float32 (finer.nn.layers.affine)",
+            "coordinates, the bias additions, the activations, the weights, the optimiser and the loss stay "
+            "float32 and complex (WIRE) products complex64 (finer.nn.layers.affine)",
 }
 
 
