@@ -44,7 +44,7 @@ from torch import Tensor, nn
 from torch.autograd.function import once_differentiable
 
 from finer.nn import activations as A
-from finer.nn.layers import FEW_INPUTS, product_autocast
+from finer.nn.layers import FEW_INPUTS, autocast_context, product_autocast
 
 Kernel = Callable[..., tuple[Tensor, Tensor]]
 
@@ -222,7 +222,7 @@ class _FusedLinearFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, weight, bias, runner, grad_runner, params):
         ctx.autocast = product_autocast(x)  # bf16 under mixed precision (float32 for few inputs)
-        with torch.autocast(**ctx.autocast):
+        with autocast_context(ctx.autocast):
             z = x @ weight.transpose(-1, -2)
         ctx.grad_runner, ctx.params = grad_runner, params
         ctx.save_for_backward(x, weight, bias, z)
@@ -233,7 +233,7 @@ class _FusedLinearFunction(torch.autograd.Function):
     def backward(ctx, grad):
         x, weight, bias, z = ctx.saved_tensors
         grad_z, grad_bias = ctx.grad_runner(grad, z, bias, **ctx.params)
-        with torch.autocast(**ctx.autocast):  # the products in the forward's precision
+        with autocast_context(ctx.autocast):  # the products in the forward's precision
             grad_x = grad_z @ weight if ctx.needs_input_grad[0] else None
             grad_w = grad_z.transpose(-1, -2) @ x if ctx.needs_input_grad[1] else None
         if grad_x is not None:
@@ -319,7 +319,7 @@ def fused_linear_apply(x: Tensor, weight: Tensor, bias: Tensor, *, runner: _Comp
     elif grad:
         y = _FusedLinearFunction.apply(x2, weight, bias, runner, grad_runner, params)
     else:
-        with torch.autocast(**product_autocast(x2)):
+        with autocast_context(product_autocast(x2)):
             z = x2 @ weight.transpose(-1, -2)
         y = runner(z, bias, **params)
     return y if stacked else y.reshape(*lead, y.shape[-1])

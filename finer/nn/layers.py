@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 from typing import Callable
 
@@ -19,13 +20,21 @@ computes in float32 under mixed precision: a few multiply-adds per output, and t
 precision sets the finest detail the network can place."""
 
 
-def product_autocast(x: Tensor) -> dict:
-    """The autocast settings for the matrix products of a layer fed with ``x``: those in force (bfloat16
-    under ``--precision bf16``), except for layers of at most :data:`FEW_INPUTS` inputs (float32)."""
+def product_autocast(x: Tensor) -> dict | None:
+    """The autocast settings for the matrix products of a layer fed with ``x``: ``None`` when no autocast
+    is in force (plain float32, the common case), else those in force (bfloat16 under ``--precision
+    bf16``), switched off for layers of at most :data:`FEW_INPUTS` inputs (float32)."""
     kind = x.device.type
-    if torch.is_autocast_enabled(kind) and x.shape[-1] > FEW_INPUTS:
+    if not torch.is_autocast_enabled(kind):
+        return None
+    if x.shape[-1] > FEW_INPUTS:
         return {"device_type": kind, "dtype": torch.get_autocast_dtype(kind), "enabled": True}
     return {"device_type": kind, "enabled": False}
+
+
+def autocast_context(settings: dict | None):
+    """A context applying :func:`product_autocast`'s settings (nothing for ``None``)."""
+    return contextlib.nullcontext() if settings is None else torch.autocast(**settings)
 
 
 def affine(x: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
@@ -36,9 +45,9 @@ def affine(x: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
     the activation that follows sees a float32 pre-activation. Complex (WIRE) layers are left to
     autocast, which does not touch complex products."""
     stacked = weight.dim() == 3
-    if weight.is_complex() or not torch.is_autocast_enabled(x.device.type):
-        return torch.baddbmm(bias, x, weight.transpose(1, 2)) if stacked else F.linear(x, weight, bias)
     settings = product_autocast(x)
+    if weight.is_complex() or settings is None:
+        return torch.baddbmm(bias, x, weight.transpose(1, 2)) if stacked else F.linear(x, weight, bias)
     if not settings["enabled"]:
         x = x.to(weight.dtype)
     with torch.autocast(**settings):
