@@ -35,6 +35,7 @@ with one warning. Only first derivatives are provided: analyses that differentia
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import warnings
 from typing import Callable
@@ -214,6 +215,54 @@ def _layer_kernels(kernel: Kernel) -> tuple[Callable, Callable]:
     return value, grad
 
 
+def _complex_parts(z: Tensor, real_weights: bool) -> tuple[Tensor, Tensor | None]:
+    """``(a, b)`` of a complex layer's pre-activation in split layout ``[a | b]`` (``(..., 2 out)``), or
+    ``(z, None)`` for a real one."""
+    if real_weights:
+        return z, None
+    half = z.shape[-1] // 2
+    return z[..., :half], z[..., half:]
+
+
+def _complex_layer_kernels(kernel: Kernel, real_weights: bool) -> tuple[Callable, Callable]:
+    """The two passes of a fused layer with a complex kernel (WIRE's Gabor family), as
+    :func:`_layer_kernels`'s: the pre-activation comes in split layout ``[a | b]`` (a real product,
+    :func:`complex_as_real_weight`), or real for a layer with real weights, and the output goes out
+    interleaved, ``(..., out, 2)``, the memory of a complex tensor (``torch.view_as_complex`` of it
+    costs nothing). Backward takes the gradient in that layout (``view_as_real`` of PyTorch's
+    ``dL/da + i dL/db``) and returns ``grad_z`` in the pre-activation's layout, so both products
+    are real ``mm``. The compiled passes read and write only contiguous rows: the complex
+    tensors' interleaved parts read with a stride are several times slower in the compiler's CPU code."""
+
+    def value(z: Tensor, bias: Tensor, **params) -> Tensor:
+        yr, yi = kernel(*_complex_parts(z + bias, real_weights), **params)[:2]
+        return torch.stack([yr, yi], -1)
+
+    def grad(grad_y: Tensor, z: Tensor, bias: Tensor, **params) -> tuple[Tensor, Tensor]:
+        _, _, ra, rb, ia, ib = kernel(*_complex_parts(z + bias, real_weights), **params)
+        gr, gi = grad_y[..., 0], grad_y[..., 1]
+        grad_z = gr * ra + gi * ia
+        if not real_weights:
+            grad_z = torch.cat([grad_z, gr * rb + gi * ib], -1)
+        return grad_z, grad_z.sum(-2, keepdim=True)
+
+    kind = "real" if real_weights else "complex"
+    value.__name__, grad.__name__ = f"{kernel.__name__}_{kind}_value", f"{kernel.__name__}_{kind}_grad"
+    return value, grad
+
+
+def complex_as_real_weight(weight: Tensor) -> Tensor:
+    """The real ``(2 out, 2 in)`` matrix ``M`` with ``view_as_real(x).flatten(-2) M^T = [Re(x W^T) | Im(x W^T)]``
+    for a complex ``W (out, in)`` (or stacked ``(K, out, in)``): rows ``[Re W, -Im W]`` then ``[Im W, Re W]``,
+    interleaved along the input to match the complex input's memory. Differentiable: autograd
+    folds the real product's weight gradient back into ``W``'s."""
+    parts = torch.view_as_real(weight)
+    re, im = parts[..., 0], parts[..., 1]
+    top = torch.stack([re, -im], -1).flatten(-2)
+    bottom = torch.stack([im, re], -1).flatten(-2)
+    return torch.cat([top, bottom], -2)
+
+
 class _FusedLinearFunction(torch.autograd.Function):
     """``f(x W^T + b)``: forward one product and one pass; backward one pass for ``grad_z`` and the
     bias gradient, then the two products. ``x (N, in)``, ``W (out, in)``, ``b (out,)``, or K stacked
@@ -310,6 +359,7 @@ def fused_linear_apply(x: Tensor, weight: Tensor, bias: Tensor, *, runner: _Comp
     stacked = weight.dim() == 3
     lead = x.shape[:-1]
     x2 = x if stacked else x.reshape(-1, x.shape[-1])
+    flat = x2.dim() - 1  # the output's dimensions beyond the points: (out,) or (out, 2) for a complex kernel
     grad = torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad or bias.requires_grad)
     if stem is not None and not x.requires_grad and x.shape[-1] <= STEM_MAX_IN:
         if grad:
@@ -322,7 +372,35 @@ def fused_linear_apply(x: Tensor, weight: Tensor, bias: Tensor, *, runner: _Comp
         with autocast_context(product_autocast(x2)):
             z = x2 @ weight.transpose(-1, -2)
         y = runner(z, bias, **params)
-    return y if stacked else y.reshape(*lead, y.shape[-1])
+    return y if stacked else y.reshape(*lead, *y.shape[flat:])
+
+
+def fused_complex_linear_apply(x: Tensor, weight: Tensor, bias: Tensor, **passes) -> Tensor:
+    """``activation(x W^T + b)`` with a complex kernel (WIRE, Wire-FINER): the layer's fused forward.
+
+    A complex layer becomes a real one on the tensors' memory: the input as ``view_as_real`` (its
+    parts interleaved), the weight as :func:`complex_as_real_weight`, the bias as ``[Re b | Im b]``;
+    one real product gives the pre-activation in split layout and :func:`_complex_layer_kernels`'s
+    passes do the rest (:func:`fused_linear_apply`). A layer with real weights (WIRE's first) keeps
+    its real product. The output is complex. The products stay float32 (complex64) under mixed
+    precision, like the plain complex layers'.
+    """
+    if weight.is_complex():
+        if not x.is_complex():
+            x = x.to(weight.dtype)
+        x = torch.view_as_real(x.contiguous()).flatten(-2)
+        weight = complex_as_real_weight(weight)
+        bias = torch.cat([bias.real, bias.imag], -1)
+    kind = x.device.type
+    with contextlib.nullcontext() if not torch.is_autocast_enabled(kind) else torch.autocast(kind, enabled=False):
+        y = fused_linear_apply(x, weight, bias, **passes)
+    return torch.view_as_complex(y)
+
+
+@functools.lru_cache(maxsize=None)
+def _complex_linear_runners(kernel: Kernel, real_weights: bool, compile: bool) -> tuple[_Compiled, _Compiled]:
+    value, grad = _complex_layer_kernels(kernel, real_weights)
+    return _Compiled(value, compile), _Compiled(grad, compile)
 
 
 @functools.lru_cache(maxsize=None)
@@ -383,6 +461,11 @@ def fuse(model: nn.Module, compile: bool = True) -> int:
                             if compile and module.linear.in_features <= STEM_MAX_IN else None)
                     module.fused_forward = functools.partial(fused_linear_apply, runner=runner,
                                                              grad_runner=grad_runner, stem=stem, **plain.keywords)
+                elif plain.func in COMPLEX_KERNELS:
+                    runner, grad_runner = _complex_linear_runners(COMPLEX_KERNELS[plain.func],
+                                                                  not module.linear.weight.is_complex(), compile)
+                    module.fused_forward = functools.partial(fused_complex_linear_apply, runner=runner,
+                                                             grad_runner=grad_runner, **plain.keywords)
                 module.activation = fused
                 count += 1
     return count

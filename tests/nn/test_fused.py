@@ -151,10 +151,11 @@ def test_compiled_learnable_activations_keep_outputs_and_gradients(name):
 
 
 def test_compiled_fused_layers_match_plain_layers_on_batched_input():
-    """The fused layer path (product, then bias + kernel in one pass; bias gradient in backward's pass)."""
-    x = torch.rand(4, 75, 2) * 2 - 1  # leading dimensions, as NeRF's rays x samples
-    plain = finer.build_model("finer", 2, 3, width=16, hidden_layers=2, seed=0, first_bias_scale=5.0)
-    fast = finer.build_model("finer", 2, 3, width=16, hidden_layers=2, seed=0, first_bias_scale=5.0)
+    """The fused layer path (product, then bias + kernel in one pass; bias gradient in backward's pass).
+    Float64: in float32 the sums in another order differ by more than any fixed tolerance now and then."""
+    x = torch.rand(4, 75, 2, dtype=torch.float64) * 2 - 1  # leading dimensions, as NeRF's rays x samples
+    plain = finer.build_model("finer", 2, 3, width=16, hidden_layers=2, seed=0, first_bias_scale=5.0).double()
+    fast = finer.build_model("finer", 2, 3, width=16, hidden_layers=2, seed=0, first_bias_scale=5.0).double()
     with warnings.catch_warnings():
         warnings.simplefilter("error", RuntimeWarning)
         assert F.fuse(fast, compile=True) == 3
@@ -165,11 +166,11 @@ def test_compiled_fused_layers_match_plain_layers_on_batched_input():
             y.square().mean().backward()
             outs.append((y.detach(), [p.grad.clone() for p in model.parameters()]))
     assert outs[1][0].shape == (4, 75, 3)
-    torch.testing.assert_close(outs[1][0], outs[0][0], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(outs[1][0], outs[0][0], rtol=1e-10, atol=1e-12)
     for a, b in zip(outs[1][1], outs[0][1]):
-        torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-4 * b.abs().max().item())
+        torch.testing.assert_close(a, b, rtol=1e-8, atol=1e-10 * b.abs().max().item())
     with torch.no_grad():
-        torch.testing.assert_close(fast(x), plain(x), rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(fast(x), plain(x), rtol=1e-10, atol=1e-12)
     F.unfuse(fast)
     assert all(m.fused_forward is None for m in fast.layers)
 
@@ -231,3 +232,57 @@ def test_products_run_in_the_forward_precision_forward_and_backward(fused):
     assert {(a, b) for coords, a, b in mixed if coords} == {("float", "float")}
     assert {(a, b) for coords, a, b in mixed if not coords} == {("c10::BFloat16", "c10::BFloat16")}
     assert {(a, b) for _, a, b in full} == {("float", "float")}
+
+
+def test_complex_weight_as_a_real_matrix_on_the_complex_memory():
+    """``view_as_real(x).flatten(-2) M^T`` is ``[Re(x W^T) | Im(x W^T)]`` (``nn.Linear``'s product, no conjugate)."""
+    gen = torch.Generator().manual_seed(5)
+    w = torch.randn(3, 7, 5, generator=gen, dtype=torch.complex128)  # stacked: (K, out, in)
+    x = torch.randn(3, 11, 5, generator=gen, dtype=torch.complex128)
+    z = torch.view_as_real(x).flatten(-2) @ F.complex_as_real_weight(w).transpose(-1, -2)
+    ref = x @ w.transpose(-1, -2)
+    torch.testing.assert_close(z, torch.cat([ref.real, ref.imag], -1), rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("compile", [False, True], ids=["eager", "compiled"])
+@pytest.mark.parametrize("name,kwargs", [("wire", {}), ("wire-finer", {}), ("wire-finer", {"scale_grad": True})],
+                         ids=["wire", "wire-finer", "wire-finer-true-derivative"])
+def test_fused_complex_layers_match_plain_layers(name, kwargs, compile):
+    """WIRE's layers fused (a real product on the complex memory, then one pass; backward one pass and
+    real products): the plain model's outputs and gradients, parameters and input, in float64."""
+    x = (torch.rand(4, 75, 2, dtype=torch.float64) * 2 - 1).requires_grad_()  # rays x samples, say
+    outs = []
+    for fused in (False, True):
+        model = finer.build_model(name, 2, 3, width=16, hidden_layers=2, seed=0, **kwargs)
+        for p in model.parameters():
+            p.data = p.data.to(torch.complex128 if p.is_complex() else torch.float64)
+        if fused:
+            with warnings.catch_warnings():
+                warnings.simplefilter("error", RuntimeWarning)  # no silent fallback to eager
+                assert F.fuse(model, compile=compile) == 3
+            assert all(layer.fused_forward is not None for layer in model.layers[:-1])
+        x.grad = None
+        y = model(x)
+        y.square().mean().backward()
+        with torch.no_grad():
+            y_eval = model(x)
+        outs.append((y.detach(), y_eval, [p.grad.clone() for p in model.parameters()] + [x.grad.clone()]))
+    assert outs[1][0].shape == (4, 75, 3) and not outs[1][0].is_complex()
+    torch.testing.assert_close(outs[1][0], outs[0][0], rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(outs[1][1], outs[0][1], rtol=1e-10, atol=1e-12)
+    for a, b in zip(outs[1][2], outs[0][2]):
+        assert a.dtype == b.dtype
+        torch.testing.assert_close(a, b, rtol=1e-8, atol=1e-10 * b.abs().max().item())
+
+
+def test_fused_complex_layers_keep_float32_products_under_mixed_precision():
+    """Complex products are not autocast (there is no bfloat16 complex type); fused, they are real
+    products, and must stay float32 too: bf16 autocast changes nothing."""
+    x = torch.rand(200, 2) * 2 - 1
+    model = finer.build_model("wire", 2, 3, width=16, hidden_layers=2, seed=0)
+    F.fuse(model, compile=False)
+    with torch.no_grad():
+        full = model(x)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            mixed = model(x)
+    assert torch.equal(mixed, full)
