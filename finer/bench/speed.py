@@ -5,7 +5,9 @@ Measured in one process, on the same shapes (an image of ``size x size`` pixels,
 
 - ``floor``: the bare matrix multiplications of one step: each layer's forward product (``mm``,
   no bias) and both backward products (input gradient, except for the first layer, and weight
-  gradient). Nothing can train this network faster on this machine with these kernels.
+  gradient). Nothing can train this network faster on this machine with these kernels. Methods whose
+  network has other products (WIRE's complex layers, PE-MLP's encoded input) are also measured against
+  their own products, timed the same way.
 - ``official-finer``: an eager re-implementation of the official code (:mod:`finer.bench.reference`)
   with its optimiser (plain ``torch.optim.Adam``), step by step.
 - each method of the library, through the library's own training loop (:func:`finer.train.fit`)
@@ -100,19 +102,23 @@ def interleaved_medians(blocks: dict, repeats: int) -> dict[str, float]:
     return {name: statistics.median(t) for name, t in times.items()}
 
 
-def floor_block(n: int, width: int, hidden_layers: int, out: int, cfg: SpeedConfig, device):
-    """A block of ``cfg.steps`` steps of the bare matrix products of a ``2 -> width^hidden -> out`` network."""
-    dims = [2] + [width] * (hidden_layers + 1) + [out]
+def products_block(n: int, layers: list[tuple[int, int, torch.dtype]], cfg: SpeedConfig, device):
+    """A block of ``cfg.steps`` steps of the bare matrix products of a network of ``layers``
+    (``(in, out, dtype)`` each, on ``n`` points): each layer's forward product (``mm``, no bias) and
+    both backward products (weight gradient, and input gradient except for the first layer)."""
     g = torch.Generator(device="cpu").manual_seed(0)
-    acts = [torch.randn(n, d, generator=g).to(device) for d in dims]
-    weights = [torch.randn(dims[i + 1], dims[i], generator=g).to(device) for i in range(len(dims) - 1)]
+
+    def rand(*shape, dtype):
+        real = torch.randn(*shape, 2, generator=g) if dtype.is_complex else torch.randn(*shape, generator=g)
+        return (torch.view_as_complex(real) if dtype.is_complex else real).to(dtype).to(device)
+
+    tensors = [(rand(n, i, dtype=d), rand(o, i, dtype=d), rand(n, o, dtype=d)) for i, o, d in layers]
 
     def step():
-        for i, w in enumerate(weights):
-            torch.mm(acts[i], w.t())  # forward
-            grad_out = acts[i + 1]
-            torch.mm(grad_out.t(), acts[i])  # weight gradient
-            if i > 0:
+        for k, (x, w, grad_out) in enumerate(tensors):
+            torch.mm(x, w.t())  # forward
+            torch.mm(grad_out.t(), x)  # weight gradient
+            if k > 0:
                 torch.mm(grad_out, w)  # input gradient
 
     def run():
@@ -121,6 +127,19 @@ def floor_block(n: int, width: int, hidden_layers: int, out: int, cfg: SpeedConf
 
     run()  # warm-up
     return _timed(run, device)
+
+
+def network_layers(width: int, hidden_layers: int, out: int) -> list[tuple[int, int, torch.dtype]]:
+    """The ``(in, out, dtype)`` of a real ``2 -> width^hidden -> out`` network (the GEMM floor's)."""
+    dims = [2] + [width] * (hidden_layers + 1) + [out]
+    return [(dims[i], dims[i + 1], torch.float32) for i in range(len(dims) - 1)]
+
+
+def model_layers(model) -> list[tuple[int, int, torch.dtype]]:
+    """The ``(in, out, dtype)`` of a coordinate MLP's layers: its own products (WIRE's are complex and
+    181 wide, PE-MLP's first layer takes the encoding)."""
+    return [(layer.linear.in_features, layer.linear.out_features, layer.linear.weight.dtype)
+            for layer in model.layers]
 
 
 def reference_block(task: ImageTask, cfg: SpeedConfig, device):
@@ -142,8 +161,10 @@ def reference_block(task: ImageTask, cfg: SpeedConfig, device):
 
 
 def library_block(name: str, task_for, cfg: SpeedConfig, device):
-    """(a block of ``cfg.steps`` steps through fit(), seconds of the first step, fused layers)."""
+    """(a block of ``cfg.steps`` steps through fit(), seconds of the first step, fused layers, the
+    model's :func:`model_layers`)."""
     model = build_model(name, 2, 3, seed=0, width=cfg.width, hidden_layers=cfg.hidden_layers).to(device)
+    layers = model_layers(model)
     fused = fuse(model, compile=cfg.compile)
     task = task_for(tuple(model.config.target_range))
 
@@ -153,7 +174,7 @@ def library_block(name: str, task_for, cfg: SpeedConfig, device):
 
     first = train(1)  # compilation happens here
     train(cfg.warmup)
-    return (lambda: train(cfg.steps)), first, fused
+    return (lambda: train(cfg.steps)), first, fused, layers
 
 
 def identity_check(image, cfg: SpeedConfig, device) -> dict:
@@ -254,13 +275,19 @@ def run_speed(cfg: SpeedConfig, log=print) -> dict:
     n = image.shape[0] * image.shape[1]
     log(f"shapes: {n} points, 2 -> {cfg.width} x {cfg.hidden_layers + 1} -> 3, {device}, "
         f"{torch.get_num_threads()} threads, compile={'on' if cfg.compile else 'off'}")
-    blocks = {"floor": floor_block(n, cfg.width, cfg.hidden_layers, 3, cfg, device),
+    floor_layers = network_layers(cfg.width, cfg.hidden_layers, 3)
+    blocks = {"floor": products_block(n, floor_layers, cfg, device),
               "official": reference_block(ImageTask(image, (-1.0, 1.0), device, seed=0), cfg, device)}
-    firsts, fused_layers = {}, {}
+    firsts, fused_layers, own = {}, {}, {}
+    products = {tuple(floor_layers): "floor"}  # each distinct network's products, timed once
     for name in cfg.methods:
         log(f"preparing {name} (compiling)" if cfg.compile else f"preparing {name}")
-        blocks[name], firsts[name], fused_layers[name] = library_block(
+        blocks[name], firsts[name], fused_layers[name], layers = library_block(
             name, lambda rng: ImageTask(image, rng, device, seed=0), cfg, device)
+        if tuple(layers) not in products:
+            products[tuple(layers)] = f"products of {name}"
+            blocks[products[tuple(layers)]] = products_block(n, layers, cfg, device)
+        own[name] = products[tuple(layers)]
     per_step = {k: v / cfg.steps for k, v in interleaved_medians(blocks, cfg.repeats).items()}
     floor, reference = per_step["floor"], per_step["official"]
     log(f"GEMM floor        {floor:.4f} s/step")
@@ -269,11 +296,14 @@ def run_speed(cfg: SpeedConfig, log=print) -> dict:
     for name in cfg.methods:
         step, fused = per_step[name], fused_layers[name]
         overhead = max(firsts[name] - step, 0.0)
+        own_products = per_step[own[name]]
         rows.append({"method": name, "seconds_per_step": step, "over_floor": step / floor,
+                     "own_products_seconds_per_step": own_products, "over_own_products": step / own_products,
                      "reference_over_this": reference / step, "fused_layers": fused,
                      "first_step_overhead_seconds": overhead})
-        log(f"{name:17s} {step:.4f} s/step  = {step / floor:.2f} x floor, reference / this = "
-            f"{reference / step:.2f}  (fused layers {fused}, first-step overhead {overhead:.1f} s)")
+        log(f"{name:17s} {step:.4f} s/step  = {step / floor:.2f} x floor ({step / own_products:.2f} x its own "
+            f"products), reference / this = {reference / step:.2f}  (fused layers {fused}, first-step overhead "
+            f"{overhead:.1f} s)")
     identity = identity_check(image, cfg, device) if cfg.identity_steps else None
     if identity:
         log(f"identity over {identity['steps']} steps: max relative loss difference "
@@ -312,11 +342,17 @@ def speed_markdown(result: dict, command: str) -> str:
         f"GEMM floor (forward and both backward products, nothing else): {result['gemm_floor_seconds_per_step']:.4f} s/step.",
         f"Official code, eager re-implementation: {result['official_seconds_per_step']:.4f} s/step = "
         f"{result['official_over_floor']:.2f} x floor.", "",
-        "| method | s/step | step / floor | official / step | fused layers | first-step overhead (s) |",
-        "|---|---|---|---|---|---|",
+        "Own products: the same bare products for the method's own network, where it differs from the "
+        "floor's (WIRE's layers are complex and width/sqrt(2) wide, PE-MLP's first layer takes the "
+        "positional encoding); a step cannot be faster than its own products.", "",
+        "| method | s/step | step / floor | own products (s/step) | step / own products | official / step "
+        "| fused layers | first-step overhead (s) |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for r in result["methods"]:
-        lines.append(f"| {r['method']} | {r['seconds_per_step']:.4f} | {r['over_floor']:.2f} | "
+        own = r.get("own_products_seconds_per_step")
+        own_cells = f"{own:.4f} | {r['over_own_products']:.2f}" if own else "- | -"
+        lines.append(f"| {r['method']} | {r['seconds_per_step']:.4f} | {r['over_floor']:.2f} | {own_cells} | "
                      f"{r['reference_over_this']:.2f} | {r['fused_layers']} | {r['first_step_overhead_seconds']:.1f} |")
     ident = result.get("identity")
     if ident:

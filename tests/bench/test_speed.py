@@ -15,6 +15,9 @@ def test_speed_report_on_tiny_shapes(tmp_path, capsys):
     assert data["points"] == 256 and data["gemm_floor_seconds_per_step"] > 0
     rows = {r["method"]: r for r in data["methods"]}
     assert rows["finer"]["fused_layers"] == 2 and rows["wire"]["fused_layers"] == 2
+    # FINER's own products are the floor's; WIRE's (complex, narrower) are timed on their own
+    assert rows["finer"]["own_products_seconds_per_step"] == data["gemm_floor_seconds_per_step"]
+    assert rows["wire"]["own_products_seconds_per_step"] != data["gemm_floor_seconds_per_step"]
     # same weights, same data, same steps: the fused library FINER is the official computation
     assert data["identity"]["max_relative_loss_difference"] < 1e-4
     assert abs(data["identity"]["psnr_difference"]) < 1e-3
@@ -41,3 +44,16 @@ def test_blocks_are_timed_round_by_round():
 
     assert interleaved_medians({"a": block("a"), "b": block("b")}, 3) == {"a": 2.0, "b": 7.0}
     assert calls == ["a", "b"] * 3  # a slow spell of the machine hits every row alike
+
+
+def test_each_method_is_measured_against_its_own_products():
+    import finer
+    import torch
+    from finer.bench.speed import model_layers, network_layers
+
+    floor = network_layers(256, 3, 3)
+    assert model_layers(finer.build_model("finer", 2, 3, width=256, hidden_layers=3)) == floor
+    wire = model_layers(finer.build_model("wire", 2, 3, width=256, hidden_layers=3))
+    assert wire[0] == (2, 181, torch.float32)  # real first layer, then complex layers of width 256/sqrt(2)
+    assert wire[1:] == [(181, 181, torch.complex64)] * 3 + [(181, 3, torch.complex64)]
+    assert model_layers(finer.build_model("pemlp", 2, 3, width=256, hidden_layers=3))[0][0] == 42  # encoded input
