@@ -22,7 +22,9 @@ included), so they are fused only when compiling.
 Where a layer has real weights and a real kernel (FINER, SIREN, Gauss, Gauss-FINER), ``fuse`` also
 fuses the layer itself (:func:`fused_linear_apply`): the product ``x W^T``, then one pass adding
 the bias and applying the activation; backward recomputes the derivative from the kept product in
-one pass that also sums the bias gradient. When compiling, a layer fed with at most four inputs
+one pass that also sums the bias gradient. Layers with a complex kernel (WIRE, Wire-FINER) are fused
+the same way on the complex tensors' memory (:func:`fused_complex_linear_apply`): one real product
+gives the pre-activation's parts side by side, and the passes read and write whole rows. When compiling, a layer fed with at most four inputs
 that need no gradient (the first layer, fed with coordinates) computes even its product inside that
 pass, and backward reduces straight into its weight gradient (:func:`_stem_kernels`).
 
