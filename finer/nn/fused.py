@@ -22,11 +22,12 @@ included), so they are fused only when compiling.
 Where a layer has real weights and a real kernel (FINER, SIREN, Gauss, Gauss-FINER), ``fuse`` also
 fuses the layer itself (:func:`fused_linear_apply`): the product ``x W^T``, then one pass adding
 the bias and applying the activation; backward recomputes the derivative from the kept product in
-one pass that also sums the bias gradient. Layers with a complex kernel (WIRE, Wire-FINER) are fused
-the same way on the complex tensors' memory (:func:`fused_complex_linear_apply`): one real product
-gives the pre-activation's parts side by side, and the passes read and write whole rows. When compiling, a layer fed with at most four inputs
-that need no gradient (the first layer, fed with coordinates) computes even its product inside that
-pass, and backward reduces straight into its weight gradient (:func:`_stem_kernels`).
+one pass that also sums the bias gradient. When compiling, a layer of these fed with at most four
+inputs that need no gradient (the first layer, fed with coordinates) computes even its product
+inside that pass, and backward reduces straight into its weight gradient (:func:`_stem_kernels`).
+Layers with a complex kernel (WIRE, Wire-FINER) are fused like the former, on the complex tensors'
+memory (:func:`fused_complex_linear_apply`): one real product gives the pre-activation's parts
+side by side, so the passes read them as contiguous runs.
 
 ``fuse(model)`` swaps the activation of every :class:`~finer.nn.layers.Layer` that has a kernel
 (FINER, SIREN, Gauss, Gauss-FINER, WIRE, Wire-FINER, and the learnable ones when compiling) and
@@ -142,6 +143,17 @@ class _Compiled:
         return self.kernel(*args, **params)
 
 
+def _own_code(fn: Callable, name: str) -> Callable:
+    """``fn``, named ``name``, with a code object of its own. torch.compile keeps its compiled versions
+    per code object, at most ``torch._dynamo.config.recompile_limit`` (8) of them, and past that runs
+    the function eagerly with a log line only; the closures one factory makes (the passes of every
+    kernel, flat and stacked, training and evaluation) would share one code object and reach that
+    limit in a process that trains a few methods."""
+    fn.__code__ = fn.__code__.replace(co_name=name)
+    fn.__name__ = fn.__qualname__ = name
+    return fn
+
+
 @functools.lru_cache(maxsize=None)
 def _runner(kernel: Callable, compile: bool) -> _Compiled:
     return _Compiled(kernel, compile)
@@ -213,8 +225,7 @@ def _layer_kernels(kernel: Kernel) -> tuple[Callable, Callable]:
         grad_z = grad_y * kernel(z + bias, **params)[1]
         return grad_z, grad_z.sum(-2, keepdim=True)  # over the points (of each network, when stacked)
 
-    value.__name__, grad.__name__ = f"{kernel.__name__}_value", f"{kernel.__name__}_grad"
-    return value, grad
+    return _own_code(value, f"{kernel.__name__}_value"), _own_code(grad, f"{kernel.__name__}_grad")
 
 
 def _complex_parts(z: Tensor, real_weights: bool) -> tuple[Tensor, Tensor | None]:
@@ -231,10 +242,11 @@ def _complex_layer_kernels(kernel: Kernel, real_weights: bool) -> tuple[Callable
     :func:`_layer_kernels`'s: the pre-activation comes in split layout ``[a | b]`` (a real product,
     :func:`complex_as_real_weight`), or real for a layer with real weights, and the output goes out
     interleaved, ``(..., out, 2)``, the memory of a complex tensor (``torch.view_as_complex`` of it
-    costs nothing). Backward takes the gradient in that layout (``view_as_real`` of PyTorch's
-    ``dL/da + i dL/db``) and returns ``grad_z`` in the pre-activation's layout, so both products
-    are real ``mm``. The compiled passes read and write only contiguous rows: the complex
-    tensors' interleaved parts read with a stride are several times slower in the compiler's CPU code."""
+    costs nothing). Backward takes the output's gradient in that layout (``view_as_real`` of PyTorch's
+    ``dL/dy_r + i dL/dy_i``) and returns ``grad_z = [dL/da | dL/db]`` in the pre-activation's layout,
+    so both products are real ``mm``. The pre-activation's parts are read as contiguous runs of a
+    row: the compiler's CPU code reads the interleaved parts of a complex tensor (a stride of 2)
+    several times slower, which was the cost of fusing the activation alone."""
 
     def value(z: Tensor, bias: Tensor, **params) -> Tensor:
         yr, yi = kernel(*_complex_parts(z + bias, real_weights), **params)[:2]
@@ -249,8 +261,7 @@ def _complex_layer_kernels(kernel: Kernel, real_weights: bool) -> tuple[Callable
         return grad_z, grad_z.sum(-2, keepdim=True)
 
     kind = "real" if real_weights else "complex"
-    value.__name__, grad.__name__ = f"{kernel.__name__}_{kind}_value", f"{kernel.__name__}_{kind}_grad"
-    return value, grad
+    return _own_code(value, f"{kernel.__name__}_{kind}_value"), _own_code(grad, f"{kernel.__name__}_{kind}_grad")
 
 
 def complex_as_real_weight(weight: Tensor) -> Tensor:
@@ -284,7 +295,10 @@ class _FusedLinearFunction(torch.autograd.Function):
     def backward(ctx, grad):
         x, weight, bias, z = ctx.saved_tensors
         grad_z, grad_bias = ctx.grad_runner(grad, z, bias, **ctx.params)
-        with autocast_context(ctx.autocast):  # the products in the forward's precision
+        settings = ctx.autocast
+        if settings is None and torch.is_autocast_enabled(x.device.type):  # a backward run under autocast
+            settings = {"device_type": x.device.type, "enabled": False}
+        with autocast_context(settings):  # the products in the forward's precision
             grad_x = grad_z @ weight if ctx.needs_input_grad[0] else None
             grad_w = grad_z.transpose(-1, -2) @ x if ctx.needs_input_grad[1] else None
         if grad_x is not None:
@@ -325,8 +339,7 @@ def _stem_kernels(kernel: Kernel) -> tuple[Callable, Callable]:
         grad_w = torch.stack([(grad_z * x[..., i:i + 1]).sum(-2) for i in range(weight.shape[-1])], dim=-1)
         return grad_w, grad_z.sum(-2, keepdim=True)
 
-    value.__name__, grad.__name__ = f"{kernel.__name__}_stem_value", f"{kernel.__name__}_stem_grad"
-    return value, grad
+    return _own_code(value, f"{kernel.__name__}_stem_value"), _own_code(grad, f"{kernel.__name__}_stem_grad")
 
 
 class _FusedStemFunction(torch.autograd.Function):
@@ -349,7 +362,8 @@ class _FusedStemFunction(torch.autograd.Function):
 
 def fused_linear_apply(x: Tensor, weight: Tensor, bias: Tensor, *, runner: _Compiled, grad_runner: _Compiled,
                        stem: tuple[_Compiled, _Compiled] | None = None, **params) -> Tensor:
-    """``activation(x W^T + b)`` with a real kernel: :class:`~finer.nn.layers.Layer`'s fused forward.
+    """``activation(x W^T + b)`` with real ``x``, ``W``, ``b``: :class:`~finer.nn.layers.Layer`'s fused forward
+    (for a complex kernel through :func:`fused_complex_linear_apply`, the output then ``(..., out, 2)``).
 
     Unlike ``nn.Linear`` (``addmm``, which first copies the bias into the output), the bias is added
     inside the activation's pass, and its gradient is summed in the same pass as ``grad_z``.
@@ -384,17 +398,19 @@ def fused_complex_linear_apply(x: Tensor, weight: Tensor, bias: Tensor, **passes
     parts interleaved), the weight as :func:`complex_as_real_weight`, the bias as ``[Re b | Im b]``;
     one real product gives the pre-activation in split layout and :func:`_complex_layer_kernels`'s
     passes do the rest (:func:`fused_linear_apply`). A layer with real weights (WIRE's first) keeps
-    its real product. The output is complex. The products stay float32 (complex64) under mixed
-    precision, like the plain complex layers'.
+    its real product. The output is complex. Under mixed precision the products of complex weights
+    stay float32, as the plain layers' complex64 products do (autocast leaves complex products alone);
+    a layer with real weights follows :func:`~finer.nn.layers.product_autocast`, as the plain one.
     """
-    if weight.is_complex():
-        if not x.is_complex():
-            x = x.to(weight.dtype)
-        x = torch.view_as_real(x.contiguous()).flatten(-2)
-        weight = complex_as_real_weight(weight)
-        bias = torch.cat([bias.real, bias.imag], -1)
+    if not weight.is_complex():  # a real product: the plain layers' precision rule (product_autocast)
+        return torch.view_as_complex(fused_linear_apply(x, weight, bias, **passes))
+    if not x.is_complex():
+        x = x.to(weight.dtype)
+    x = torch.view_as_real(x.resolve_conj().contiguous()).flatten(-2)
+    weight = complex_as_real_weight(weight)
+    bias = torch.cat([bias.real, bias.imag], -1)
     kind = x.device.type
-    with contextlib.nullcontext() if not torch.is_autocast_enabled(kind) else torch.autocast(kind, enabled=False):
+    with torch.autocast(kind, enabled=False) if torch.is_autocast_enabled(kind) else contextlib.nullcontext():
         y = fused_linear_apply(x, weight, bias, **passes)
     return torch.view_as_complex(y)
 

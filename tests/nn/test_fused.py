@@ -286,3 +286,44 @@ def test_fused_complex_layers_keep_float32_products_under_mixed_precision():
         with torch.autocast("cpu", dtype=torch.bfloat16):
             mixed = model(x)
     assert torch.equal(mixed, full)
+
+
+def test_every_pass_has_its_own_code_for_the_compiler():
+    """torch.compile keeps at most 8 compiled versions per code object and then runs eagerly, saying
+    so only in a log line: the passes of different kernels must not share one (they are closures of
+    one factory), or a process training a few methods quietly loses its compiled kernels."""
+    passes = []
+    for kernel in F.KERNELS.values():
+        passes += [*F._layer_kernels(kernel), *F._stem_kernels(kernel)]
+    for kernel in F.COMPLEX_KERNELS.values():
+        passes += [*F._complex_layer_kernels(kernel, True), *F._complex_layer_kernels(kernel, False)]
+    assert len({p.__code__ for p in passes}) == len(passes)
+    assert len({p.__name__ for p in passes}) == len(passes)
+
+
+def test_fused_complex_layer_takes_a_conjugated_input():
+    layer = finer.nn.layers.Layer(6, 5, functools.partial(A.gabor), complex_weights=True)
+    x = torch.randn(8, 6, dtype=torch.complex64).conj()
+    with torch.no_grad():
+        plain = layer(x)
+        F.fuse(layer, compile=False)
+        torch.testing.assert_close(layer(x), plain)
+
+
+def test_fused_wire_first_layer_follows_the_mixed_precision_rule():
+    """WIRE's first layer has real weights: with more than 4 inputs its product is bfloat16 under
+    autocast, fused or not; complex layers stay float32 either way, also when backward runs under
+    autocast."""
+    x = torch.rand(100, 6) * 2 - 1
+    outs = []
+    for fused in (False, True):
+        model = finer.build_model("wire", 6, 3, width=16, hidden_layers=1, seed=0)
+        if fused:
+            F.fuse(model, compile=False)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            y = model(x)
+            y.square().mean().backward()  # backward inside autocast, too
+        outs.append((y.detach(), [p.grad.clone() for p in model.parameters()]))
+    torch.testing.assert_close(outs[1][0], outs[0][0], rtol=1e-5, atol=1e-6)
+    for a, b in zip(outs[1][1], outs[0][1]):
+        torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-4 * b.abs().max().item())
