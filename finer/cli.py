@@ -243,6 +243,9 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--limit", type=_positive_int, help="only the first N images")
         p.add_argument("--seeds", default="0", help="comma-separated seeds (default 0)")
         p.add_argument("--out", required=True, help="results folder (finished runs are skipped on a rerun)")
+        p.add_argument("--report-only", action="store_true",
+                       help="train nothing: write the tables and report from the runs already finished in --out "
+                            "(a grid stopped part way, or a subset of it run on its own)")
         p.add_argument("--executor", default="local", choices=["local", "ray"],
                        help="local: this machine (--workers processes); ray: one Ray task per run")
         p.add_argument("--workers", type=_positive_int, default=1,
@@ -451,7 +454,7 @@ def _bench(args: argparse.Namespace) -> int:
                                       width=args.width, crop=args.crop, size=args.size)
     common = dict(models=[m for m in args.models.split(",") if m], protocol=protocol,
                   seeds=_ints(args.seeds, "--seeds"), limit=args.limit, out=args.out, device=args.device,
-                  progress=not args.quiet, fused=args.fused,
+                  progress=not args.quiet, fused=args.fused, report_only=args.report_only,
                   execution=bench.Execution(executor=args.executor, workers=args.workers, address=args.address,
                                             batch_signals=args.batch_signals))
     if args.bench == "images":

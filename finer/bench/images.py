@@ -255,8 +255,9 @@ class Execution:
 
 
 def run_grid(plan, out: Path, device: str, progress: bool, on_row=None, execution: Execution | None = None,
-             fused: str = "auto") -> list[dict]:
+             fused: str = "auto", train: bool = True) -> list[dict]:
     """Run ``plan`` = [(record_name, path, model, protocol, seed)], skipping records already written.
+    ``train=False``: run nothing, return the records already written (``--report-only``).
 
     Rows come back in plan order whatever order the runs finish in. ``execution.batch_signals > 1``
     fits the runs of a method and seed on up to that many same-shaped images as one stacked network
@@ -271,6 +272,8 @@ def run_grid(plan, out: Path, device: str, progress: bool, on_row=None, executio
         record = out / "runs" / f"{record_name}.json"
         if record.exists():
             done[record_name] = io.read_json(record)
+            continue
+        if not train:
             continue
         key = (path, protocol.crop, protocol.size)
         if key not in images:
@@ -303,9 +306,20 @@ def run_grid(plan, out: Path, device: str, progress: bool, on_row=None, executio
     return ordered()
 
 
+def _report_rows(jobs, out: Path, device, report_only: bool, **grid) -> list[dict]:
+    """The grid's rows: its runs trained (skipping finished ones), or with ``report_only`` only the
+    runs already finished (an error if there are none)."""
+    rows = run_grid(jobs, out, device, train=not report_only, **grid)
+    if report_only and not rows:
+        raise FinerError(f"--report-only: no finished runs of this grid in {out / 'runs'}")
+    return rows
+
+
 def run_image_bench(directory, *, models, protocol: Protocol, seeds=(0,), limit=None, out, device="auto",
-                    progress=True, execution: Execution | None = None, fused: str = "auto") -> list[dict]:
-    """``finer bench images``: methods x images x seeds at one protocol."""
+                    progress=True, execution: Execution | None = None, fused: str = "auto",
+                    report_only: bool = False) -> list[dict]:
+    """``finer bench images``: methods x images x seeds at one protocol (``report_only``: write the
+    table and report from the finished runs, train nothing)."""
     check_models(models)
     images, out, dev = list_images(directory, limit), Path(out), resolve_device(device)
     meta = _protocol_record(directory, images, protocol, seeds, dev, execution)
@@ -319,14 +333,17 @@ def run_image_bench(directory, *, models, protocol: Protocol, seeds=(0,), limit=
         io.atomic_write(out / "summary.md", lambda tmp: Path(tmp).write_text(text))
         write_report(out, rows, models, done, images)
 
-    rows = run_grid(jobs, out, device, progress, on_row=write, execution=execution, fused=fused)
+    rows = _report_rows(jobs, out, device, report_only, progress=progress, on_row=write, execution=execution,
+                        fused=fused)
     write(rows)
     return rows
 
 
 def run_width_bench(directory, *, models, widths, protocol: Protocol, seeds=(0,), limit=None, out, device="auto",
-                    progress=True, execution: Execution | None = None, fused: str = "auto") -> list[dict]:
-    """``finer bench width`` (supplement Fig. 2): PSNR against hidden width with two hidden layers."""
+                    progress=True, execution: Execution | None = None, fused: str = "auto",
+                    report_only: bool = False) -> list[dict]:
+    """``finer bench width`` (supplement Fig. 2): PSNR against hidden width with two hidden layers
+    (``report_only``: write the table and plot from the finished runs, train nothing)."""
     check_models(models)
     images, out, dev = list_images(directory, limit), Path(out), resolve_device(device)
     protocol = dataclasses.replace(protocol, hidden_layers=2)
@@ -335,13 +352,15 @@ def run_width_bench(directory, *, models, widths, protocol: Protocol, seeds=(0,)
             for w in widths for p in images for m in models for s in seeds]
 
     def write(rows):
+        done = {**meta, "runs_done": len(rows), "runs_planned": len(jobs)}
         io.write_csv(out / "width.csv", [_flat(r) for r in rows])
-        io.write_json(out / "width.json", {"protocol": {**meta, "runs_done": len(rows)}, "runs": rows})
-        text = width_table(rows, models, widths, {**meta, "runs_done": len(rows)})
+        io.write_json(out / "width.json", {"protocol": done, "runs": rows})
+        text = width_table(rows, models, widths, done)
         io.atomic_write(out / "width.md", lambda tmp: Path(tmp).write_text(text))
         width_plot(rows, models, widths, out / "width.png")
 
-    rows = run_grid(jobs, out, device, progress, on_row=write, execution=execution, fused=fused)
+    rows = _report_rows(jobs, out, device, report_only, progress=progress, on_row=write, execution=execution,
+                        fused=fused)
     write(rows)
     return rows
 

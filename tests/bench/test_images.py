@@ -76,6 +76,24 @@ def test_width_sweep(image_dir, tmp_path):
             in text)
 
 
+def test_report_only_writes_the_table_of_the_finished_runs(image_dir, tmp_path, capsys):
+    """A subset of the grid run on its own, then the whole grid's table from what finished: nothing trained."""
+    out = tmp_path / "width"
+    common = ["--steps", "2", "--crop", "none", "--size", "12", "--limit", "1", "--out", str(out), "--quiet"]
+    assert main(["bench", "width", str(image_dir), "--models", "finer", "--widths", "8", *common]) == 0
+    records = sorted(p.name for p in (out / "runs").iterdir())
+    assert main(["bench", "width", str(image_dir), "--models", "finer,siren", "--widths", "4,8", "--report-only",
+                 *common]) == 0
+    assert sorted(p.name for p in (out / "runs").iterdir()) == records  # no run trained
+    data = json.loads((out / "width.json").read_text())
+    assert len(data["runs"]) == 1 and data["protocol"]["runs_planned"] == 4
+    text = (out / "width.md").read_text()
+    assert "1 runs of 4 planned" in text and "| 4 | - | - |" in text and "| 8 | " in text
+    assert main(["bench", "images", str(image_dir), "--models", "finer", "--report-only", "--out",
+                 str(tmp_path / "empty"), "--quiet"]) == 2
+    assert "no finished runs" in capsys.readouterr().err
+
+
 def test_width_table_compares_methods_on_the_same_images():
     from finer.bench.images import width_table
 
