@@ -55,7 +55,7 @@ bench-images: $(STAMP)
 # Supplement Fig. 2: PSNR against hidden width, two hidden layers (docs/results/width).
 bench-width: $(STAMP)
 	$(BIN)/finer bench width ../shared/data/images/div2k_train --preset quick --limit 4 \
-		--models finer,siren,gauss,pemlp --widths 32,64,128,256 --out docs/results/width --quiet
+		--models finer,siren,gauss,pemlp --widths 32,64,128,256,512 --out docs/results/width --quiet
 
 # What scripts/gpu-checks.sh needs on a GPU machine that cannot install packages or see ../shared:
 # the DIV2K images and the LPIPS weights, in .gpu/ (ignored by git; carry it along).
