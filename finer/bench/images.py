@@ -484,10 +484,22 @@ def width_plot(rows: list[dict], models: list[str], widths, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6, 4), dpi=110)
+    cells = {(m, w): per for m in models for w in widths if (per := _per_image(rows, m, w))}
+    full = max((len(per) for per in cells.values()), default=0)
+    partial = False
     for m in models:
-        pts = [(w, statistics.mean(per.values())) for w in widths if (per := _per_image(rows, m, w))]
-        if pts:
-            ax.plot(*zip(*pts), "o-", label=m)
+        pts = [(w, statistics.mean(cells[m, w].values()), len(cells[m, w])) for w in widths if (m, w) in cells]
+        if not pts:
+            continue
+        (line,) = ax.plot([w for w, _, _ in pts], [p for _, p, _ in pts], "o-", label=m)
+        for w, p, n in pts:
+            if n < full:  # a mean over fewer images than the others: hollow, with its count
+                partial = True
+                ax.plot([w], [p], "o", markerfacecolor="white", markeredgecolor=line.get_color(), zorder=3)
+                ax.annotate(f"{n} of {full}", (w, p), textcoords="offset points", xytext=(4, -10), fontsize=7,
+                            color=line.get_color())
+    if partial:
+        ax.set_title("hollow: mean over fewer images (grid not finished)", fontsize=8)
     ax.set_xscale("log", base=2)
     ax.set_xlabel("hidden width (2 hidden layers)")
     ax.set_ylabel("mean PSNR (dB)")
