@@ -38,7 +38,6 @@ with one warning. Only first derivatives are provided: analyses that differentia
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import warnings
 from typing import Callable
@@ -410,7 +409,7 @@ def fused_complex_linear_apply(x: Tensor, weight: Tensor, bias: Tensor, **passes
     weight = complex_as_real_weight(weight)
     bias = torch.cat([bias.real, bias.imag], -1)
     kind = x.device.type
-    with torch.autocast(kind, enabled=False) if torch.is_autocast_enabled(kind) else contextlib.nullcontext():
+    with autocast_context({"device_type": kind, "enabled": False} if torch.is_autocast_enabled(kind) else None):
         y = fused_linear_apply(x, weight, bias, **passes)
     return torch.view_as_complex(y)
 
