@@ -47,7 +47,7 @@ from torch import Tensor, nn
 from torch.autograd.function import once_differentiable
 
 from finer.nn import activations as A
-from finer.nn.layers import FEW_INPUTS, autocast_context, product_autocast
+from finer.nn.layers import FEW_INPUTS, autocast_context, autocast_off, product_autocast
 
 Kernel = Callable[..., tuple[Tensor, Tensor]]
 
@@ -294,10 +294,8 @@ class _FusedLinearFunction(torch.autograd.Function):
     def backward(ctx, grad):
         x, weight, bias, z = ctx.saved_tensors
         grad_z, grad_bias = ctx.grad_runner(grad, z, bias, **ctx.params)
-        settings = ctx.autocast
-        if settings is None and torch.is_autocast_enabled(x.device.type):  # a backward run under autocast
-            settings = {"device_type": x.device.type, "enabled": False}
-        with autocast_context(settings):  # the products in the forward's precision
+        # the products in the forward's precision, also when backward runs under autocast
+        with autocast_context(ctx.autocast or autocast_off(x.device.type)):
             grad_x = grad_z @ weight if ctx.needs_input_grad[0] else None
             grad_w = grad_z.transpose(-1, -2) @ x if ctx.needs_input_grad[1] else None
         if grad_x is not None:
@@ -408,8 +406,7 @@ def fused_complex_linear_apply(x: Tensor, weight: Tensor, bias: Tensor, **passes
     x = torch.view_as_real(x.resolve_conj().contiguous()).flatten(-2)
     weight = complex_as_real_weight(weight)
     bias = torch.cat([bias.real, bias.imag], -1)
-    kind = x.device.type
-    with autocast_context({"device_type": kind, "enabled": False} if torch.is_autocast_enabled(kind) else None):
+    with autocast_context(autocast_off(x.device.type)):
         y = fused_linear_apply(x, weight, bias, **passes)
     return torch.view_as_complex(y)
 

@@ -32,6 +32,12 @@ def product_autocast(x: Tensor) -> dict | None:
     return {"device_type": kind, "enabled": False}
 
 
+def autocast_off(device_type: str) -> dict | None:
+    """Settings that switch autocast off where it is on (``None`` where it is off already): products
+    that must stay float32 whatever context they run in."""
+    return {"device_type": device_type, "enabled": False} if torch.is_autocast_enabled(device_type) else None
+
+
 def autocast_context(settings: dict | None):
     """A context applying :func:`product_autocast`'s settings (nothing for ``None``)."""
     return contextlib.nullcontext() if settings is None else torch.autocast(**settings)
