@@ -20,14 +20,14 @@ import torch
 from torch import Tensor
 
 from finer import io, plots
-from finer.errors import FinerError
+from finer.errors import ConfigError, FinerError
 from finer.metrics import psnr, psnr_from_mse, ssim
 from finer.models import build_model, count_parameters
 from finer.nn.fused import apply_fused
 from finer.nn.stacked import StackedMLP
 from finer.runs import ImageRunConfig, _prepare_out, resolve_device
 from finer.tasks import image as img
-from finer.train import TrainConfig, fit
+from finer.train import TrainConfig, fit, graph_problem
 
 
 @dataclass
@@ -47,6 +47,11 @@ class StackedImageTask:
         self.coords = img.coordinate_grid(h, w, self.aspect).to(self.device)
         self.targets = img.to_range(torch.from_numpy(self.images.reshape(k, h * w, c)), *self.target_range).to(self.device)
         self.signal_losses: list[Tensor] = []
+
+    @property
+    def replayable(self) -> bool:
+        """The same tensors every step, and a loss that keeps nothing unless asked to."""
+        return not self.keep_signal_losses
 
     def batch(self, step: int) -> tuple[Tensor, Tensor]:
         return self.coords, self.targets
@@ -92,8 +97,11 @@ def fit_image_folder(cfg: ImageRunConfig, directory, out, *, batch_signals: int,
         listing = ", ".join(f"{p.name} {im.shape[1]}x{im.shape[0]}x{im.shape[2]}" for p, im in zip(paths, images))
         raise FinerError(f"--batch-signals needs images of one size; use --crop/--size to make them equal ({listing})")
     out = Path(out)
-    _prepare_out(out, overwrite)
     device = resolve_device(cfg.device)
+    problem = cfg.cuda_graph and graph_problem(device)  # the stacked tasks are full-batch
+    if problem:
+        raise ConfigError(problem)
+    _prepare_out(out, overwrite)
     rows, total_seconds = [], 0.0
     for start in range(0, len(paths), batch_signals):
         group = list(range(start, min(start + batch_signals, len(paths))))
@@ -104,7 +112,7 @@ def fit_image_folder(cfg: ImageRunConfig, directory, out, *, batch_signals: int,
         mcfg = models[0].config
         task = StackedImageTask(np.stack([images[i] for i in group]), tuple(mcfg.target_range), device, cfg.aspect)
         train_cfg = TrainConfig(steps=cfg.steps, lr=mcfg.lr, eval_every=0, checkpoint_every=0, log_every=cfg.log_every,
-                                precision=cfg.precision)
+                                precision=cfg.precision, cuda_graph=cfg.cuda_graph)
         state = fit(stacked, task, train_cfg, progress=progress, desc=f"images {group[0] + 1}-{group[-1] + 1}/{len(paths)}")
         if state.status != "complete":
             raise FinerError(f"images {', '.join(paths[i].name for i in group)}: {state.status}: {state.message}")

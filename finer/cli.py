@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
-from finer.errors import DivergedError, FinerError
+from finer.errors import ConfigError, DivergedError, FinerError
 
 EXIT_ERROR, EXIT_DIVERGED, EXIT_INTERRUPTED = 2, 3, 130
 
@@ -39,6 +39,12 @@ def _add_fused(p: argparse.ArgumentParser) -> None:
     p.add_argument("--fused", default="auto", choices=["auto", "compile", "eager", "off"],
                    help="activations: compile = fused kernels compiled by torch.compile, eager = fused kernels "
                         "without compiling, off = plain autograd; auto = compile for runs of 500+ steps (default)")
+
+
+def _add_cuda_graph(p: argparse.ArgumentParser, what: str) -> None:
+    p.add_argument("--cuda-graph", action="store_true",
+                   help=f"record {what} once as a CUDA graph and replay it: one launch per step instead of one per "
+                        "kernel (CUDA and full batch only; the first steps run as usual)")
 
 
 def _add_common(p: argparse.ArgumentParser) -> None:
@@ -121,6 +127,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--precision", default="fp32", choices=["fp32", "tf32", "bf16"],
                    help="training arithmetic: fp32 (default, the paper's), tf32 (CUDA matrix products in "
                         "TensorFloat-32), bf16 (autocast mixed precision); evaluation is always float32")
+    _add_cuda_graph(p, "each training step")
     _add_fused(p)
     _add_common(p)
 
@@ -286,6 +293,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--signal-steps", type=_positive_int, default=20, help="steps per image (default 20)")
     p.add_argument("--signals-dir", help="folder of the many-signals images (default: scikit-image tiles)")
     p.add_argument("--out", help="write the report here (Markdown) and its data beside it (.json)")
+    p.add_argument("--profile", action="store_true",
+                   help="after timing, profile one block of every row (operators by their own time) into "
+                        "OUT's .profile.txt beside the report (needs --out)")
+    _add_cuda_graph(p, "the library's steps")
     _add_common(p)
 
     p = bench_sub.add_parser("sdf", help="fit every mesh of a folder with several models; Chamfer/IoU table")
@@ -358,7 +369,7 @@ def _run(args: argparse.Namespace) -> int:
             image=args.path, model=args.model, model_options=_model_options(args), steps=args.steps,
             seed=args.seed, crop=args.crop, size=args.size, alpha=args.alpha, aspect=args.aspect,
             batch_size=args.batch_size, eval_every=args.eval_every, checkpoint_every=args.checkpoint_every,
-            device=args.device, fused=args.fused, precision=args.precision,
+            device=args.device, fused=args.fused, precision=args.precision, cuda_graph=args.cuda_graph,
         )
         log = (lambda *_: None) if args.quiet else (lambda msg: print(msg, file=sys.stderr))
         if args.path is not None and Path(args.path).is_dir():
@@ -496,11 +507,17 @@ def _bench_speed(args: argparse.Namespace) -> int:
                       repeats=args.repeats, warmup=args.warmup, methods=tuple(m for m in args.models.split(",") if m),
                       compile=not args.no_compile, identity_steps=args.identity_steps, device=args.device,
                       image=args.image, signals=args.signals, signal_size=args.signal_size,
-                      signal_width=args.signal_width, signal_steps=args.signal_steps, signals_dir=args.signals_dir)
+                      signal_width=args.signal_width, signal_steps=args.signal_steps, signals_dir=args.signals_dir,
+                      cuda_graph=args.cuda_graph, profile=args.profile)
+    if args.profile and not args.out:
+        raise ConfigError("--profile writes its tables beside the report: give --out")
     result = run_speed(cfg, log=lambda msg: print(msg, flush=True))
     if args.out:
         out = Path(args.out)
-        command = "finer " + " ".join(sys.argv[1:]) if Path(sys.argv[0]).name in ("finer", "__main__.py") else "finer bench speed ..."
+        command = "finer " + " ".join(args.argv)
+        profiles = result.pop("profiles")
+        if profiles:
+            io.atomic_write(out.with_suffix(".profile.txt"), lambda tmp: Path(tmp).write_text(profiles))
         io.write_json(out.with_suffix(".json"), result)
         text = speed_markdown(result, command)
         io.atomic_write(out, lambda tmp: Path(tmp).write_text(text))
@@ -529,6 +546,7 @@ def _report(job) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)  # the command, as reports record it
     try:
         return _run(args)
     except DivergedError as exc:

@@ -24,7 +24,7 @@ from finer.models import build_model, count_parameters
 from finer.nn.fused import FUSED_MODES, apply_fused
 from finer.plots import error_map, psnr_curve
 from finer.tasks import image as img
-from finer.train import PRECISIONS, FitState, TrainConfig, fit
+from finer.train import PRECISIONS, FitState, TrainConfig, fit, graph_problem
 
 DEVICE_CHOICES = ("auto", "cpu", "cuda")
 
@@ -68,6 +68,9 @@ class ImageRunConfig:
     (compile for runs of 500 steps or more); see finer.nn.fused."""
     precision: str = "fp32"
     """Training arithmetic: fp32, tf32 or bf16 (see finer.train.PRECISIONS); evaluation is float32."""
+    cuda_graph: bool = False
+    """Record the training step once as a CUDA graph and replay it (CUDA, full batch; see
+    finer.train.TrainStep)."""
 
     def validate(self) -> None:
         for name in ("steps", "eval_chunk", "log_every"):
@@ -155,7 +158,11 @@ class _Run:
             eval_every=cfg.eval_every,
             checkpoint_every=cfg.checkpoint_every,
             precision=cfg.precision,
+            cuda_graph=cfg.cuda_graph,
         )
+        problem = cfg.cuda_graph and graph_problem(self.device, self.task)
+        if problem:  # before anything is written
+            raise ConfigError(problem)
 
     def resolved(self) -> dict[str, Any]:
         h, w, c = self.image.shape

@@ -3,6 +3,9 @@
 It knows a task only through a small interface (:class:`Task`): ``batch(step)``, ``loss``,
 ``step_metrics(loss)`` and ``evaluate(model)``. Everything written to disk is done by the caller
 through the ``on_checkpoint`` callback, so the loop stays task- and file-agnostic.
+
+One step (:class:`TrainStep`) runs eagerly, or, on a CUDA device with ``cuda_graph``, is recorded
+once as a CUDA graph and replayed: one launch per step instead of one per kernel.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ import math
 import signal
 import threading
 import time
+import warnings
 from dataclasses import dataclass, field
 from typing import Callable, Protocol
 
@@ -24,6 +28,10 @@ from finer.errors import ConfigError
 
 
 class Task(Protocol):
+    """What the loop needs of a task. A task may also set ``replayable = True``: ``batch`` returns
+    the same tensors at every step and ``loss`` keeps nothing between steps, so a step can be
+    recorded once and replayed (``TrainConfig.cuda_graph``); without it a task is not replayable."""
+
     def batch(self, step: int) -> tuple[Tensor, Tensor]: ...
     def loss(self, pred: Tensor, target: Tensor) -> Tensor: ...
     def step_metrics(self, loss: float) -> dict[str, float]: ...
@@ -54,6 +62,9 @@ class TrainConfig:
     """A loss above this multiple of the first loss counts as divergence."""
     precision: str = "fp32"
     """Arithmetic of the training steps (:data:`PRECISIONS`); evaluation is always float32."""
+    cuda_graph: bool = False
+    """Record the step once as a CUDA graph after :data:`GRAPH_WARMUP` eager steps and replay it
+    (CUDA devices and replayable, i.e. full-batch, tasks only; see :class:`TrainStep`)."""
 
 
 PRECISIONS = {
@@ -67,10 +78,11 @@ PRECISIONS = {
 }
 
 
-def autocast(precision: str, device: torch.device):
-    """The forward pass's context: bfloat16 autocast for ``bf16``, nothing otherwise."""
+def autocast(precision: str, device: torch.device, cache: bool = True):
+    """The forward pass's context: bfloat16 autocast for ``bf16``, nothing otherwise. ``cache=False``
+    for a step recorded as a CUDA graph (PyTorch: autocast's cache of cast weights must be off there)."""
     if precision == "bf16":
-        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+        return torch.autocast(device_type=device.type, dtype=torch.bfloat16, cache_enabled=cache)
     return contextlib.nullcontext()
 
 
@@ -102,16 +114,18 @@ class FitState:
     first_loss: float | None = None
 
 
-def make_adam(params, lr: float, amsgrad: bool = False) -> torch.optim.Adam:
+def make_adam(params, lr: float | Tensor, amsgrad: bool = False, capturable: bool = False) -> torch.optim.Adam:
     """Adam, with PyTorch's fused (single-kernel) update when every parameter is a real float
-    tensor (complex WIRE weights keep the multi-tensor update); the same algorithm either way."""
+    tensor (complex WIRE weights keep the multi-tensor update); the same algorithm either way.
+    ``capturable`` (with ``lr`` a one-element tensor on the parameters' device) keeps all of the
+    update on the device, as a CUDA graph needs."""
     params = list(params)
     if params and all(p.is_floating_point() for p in params):
         try:
-            return torch.optim.Adam(params, lr=lr, amsgrad=amsgrad, fused=True)
+            return torch.optim.Adam(params, lr=lr, amsgrad=amsgrad, fused=True, capturable=capturable)
         except (RuntimeError, ValueError):  # a device without the fused kernel
             pass
-    return torch.optim.Adam(params, lr=lr, amsgrad=amsgrad)
+    return torch.optim.Adam(params, lr=lr, amsgrad=amsgrad, capturable=capturable)
 
 
 def exponential_decay(steps: int, final_factor: float) -> Callable[[int], float]:
@@ -141,6 +155,134 @@ class _StopFlag:
             signal.signal(signal.SIGINT, self._previous)
 
 
+GRAPH_WARMUP = 3
+"""Eager steps before a step is recorded as a CUDA graph: compilation, lazy initialisation and the
+optimiser's state happen in them, outside the recording, as PyTorch's CUDA-graph notes advise."""
+
+
+class CudaGraphRecorder:
+    """Warm-up steps on a side stream, then the step recorded as a CUDA graph on that same stream
+    (PyTorch's whole-network capture: the gradients, set to None before recording, are allocated
+    from the graph's own memory and rewritten by every replay). The stream is the recorder's own,
+    not PyTorch's shared capture stream, so cuBLAS's per-stream workspace is set up by the warm-up
+    and no other graph's lifetime touches it."""
+
+    def __init__(self, device: torch.device):
+        self.device = device
+        self.stream = torch.cuda.Stream(device)
+
+    def warmup(self, fn: Callable[[], Tensor]) -> Tensor:
+        main = torch.cuda.current_stream(self.device)
+        self.stream.wait_stream(main)
+        with torch.cuda.stream(self.stream):
+            out = fn()
+        main.wait_stream(self.stream)
+        out.record_stream(main)  # used on the main stream from here on
+        return out
+
+    def record(self, fn: Callable[[], Tensor]) -> tuple[Callable[[], None], Tensor]:
+        """``(replay, output)``: recording runs nothing; each ``replay()`` runs ``fn``'s kernels
+        and rewrites ``output``."""
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph, stream=self.stream):
+            out = fn()
+        return graph.replay, out
+
+
+GRAPH_RECORDERS: dict[str, Callable[[torch.device], CudaGraphRecorder]] = {"cuda": CudaGraphRecorder}
+"""Device type -> how a step is recorded there (only CUDA graphs exist)."""
+
+
+def graph_problem(device: torch.device, task: Task | None = None) -> str | None:
+    """Why a step of ``task`` on ``device`` cannot be recorded as a CUDA graph (``None`` if it can;
+    ``task=None``: the device alone, for a task known to be replayable)."""
+    if device.type not in GRAPH_RECORDERS:
+        return f"a CUDA graph needs a CUDA device, and the model is on the {device.type} (leave --cuda-graph out)"
+    if task is not None and not getattr(task, "replayable", False):
+        return (f"a CUDA graph replays one fixed batch, and this {type(task).__name__} draws a new batch every step "
+                "(train on the full batch, or leave --cuda-graph out)")
+    return None
+
+
+class TrainStep:
+    """One optimisation step of ``model`` on ``task`` with its own Adam: zero the gradients, the
+    forward pass (under the precision's autocast), the loss, backward, optional clipping, Adam.
+
+    With ``cfg.cuda_graph`` the first :data:`GRAPH_WARMUP` calls run eagerly, the next one records
+    the step as a CUDA graph, and every call from then on replays it: one launch per step instead of
+    one per kernel, and no Python between the kernels. The learning rate is then a tensor on the
+    device, written before each replay, and the task must be replayable (see :class:`Task`). A
+    step kept across :func:`fit` calls (the speed bench's timed blocks) is recorded once.
+    """
+
+    def __init__(self, model: nn.Module, task: Task, cfg: TrainConfig, optimizer_state: dict | None = None):
+        self.model, self.task, self.cfg = model, task, cfg
+        self.device = next(iter(model.parameters())).device
+        self.recorder = None
+        self.lr = None
+        if cfg.cuda_graph:
+            problem = graph_problem(self.device, task)
+            if problem:
+                raise ConfigError(problem)
+            self.recorder = GRAPH_RECORDERS[self.device.type](self.device)
+            self.lr = torch.tensor(cfg.lr, dtype=torch.float32, device=self.device)
+        self.optimizer = make_adam(model.parameters(), lr=cfg.lr if self.lr is None else self.lr,
+                                   amsgrad=cfg.amsgrad, capturable=self.lr is not None)
+        if optimizer_state is not None:
+            self.optimizer.load_state_dict(optimizer_state)
+            if self.lr is not None:
+                self._make_capturable()
+        self.warmups = 0
+        self._replay: Callable[[], None] | None = None
+        self._loss: Tensor | None = None
+        self._batch: tuple[Tensor, Tensor] | None = None
+
+    def _make_capturable(self) -> None:
+        """A loaded state replaces the parameter groups with the saved ones (a number for the learning
+        rate, ``capturable`` as saved) and keeps the step counts where they were saved: make them
+        what a recorded step needs, the learning-rate tensor and the counts on the device."""
+        for group in self.optimizer.param_groups:
+            group["lr"], group["capturable"] = self.lr, True
+            for p in group["params"]:
+                state = self.optimizer.state.get(p)
+                if state and "step" in state:
+                    state["step"] = state["step"].to(device=p.device, dtype=torch.float32)
+
+    def _step(self, x: Tensor, y: Tensor) -> Tensor:
+        self.optimizer.zero_grad(set_to_none=True)
+        with matmul_precision(self.cfg.precision, self.device):
+            with autocast(self.cfg.precision, self.device, cache=self.recorder is None):  # the forward pass only
+                pred = self.model(x)
+            loss = self.task.loss(pred.float(), y)
+            loss.backward()
+        if self.cfg.grad_clip is not None:
+            nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
+        self.optimizer.step()
+        return loss.detach()
+
+    def __call__(self, step: int, lr: float) -> Tensor:
+        """Run step ``step`` at learning rate ``lr``; returns its loss (a tensor of its own, on the device)."""
+        x, y = self.task.batch(step)
+        if self.recorder is None:
+            for group in self.optimizer.param_groups:
+                group["lr"] = lr
+            return self._step(x, y)
+        self.lr.fill_(lr)
+        if self._replay is None:
+            with warnings.catch_warnings():  # PyTorch warns that a capturable Adam runs unrecorded here
+                warnings.filterwarnings("ignore", message=".*capturable=True.*")
+                if self.warmups < GRAPH_WARMUP:
+                    self.warmups += 1
+                    return self.recorder.warmup(lambda: self._step(x, y))
+                self._replay, self._loss = self.recorder.record(lambda: self._step(x, y))
+            self._batch = (x, y)
+        elif x is not self._batch[0] or y is not self._batch[1]:
+            raise RuntimeError(f"{type(self.task).__name__} is marked replayable but returned a new batch at step "
+                               f"{step}; a recorded step would train on the old one")
+        self._replay()
+        return self._loss.clone()
+
+
 def fit(
     model: nn.Module,
     task: Task,
@@ -151,6 +293,7 @@ def fit(
     on_checkpoint: Callable[[FitState, dict], None] | None = None,
     progress: bool = True,
     desc: str = "fit",
+    trainer: TrainStep | None = None,
 ) -> FitState:
     """Optimise ``model`` on ``task`` from ``state.step`` to ``cfg.steps``.
 
@@ -158,6 +301,8 @@ def fit(
     end, with ``snapshot = {"model": state_dict, "optimizer": state_dict}`` of a consistent,
     finite state. On a non-finite or diverging loss the model is restored to the last good
     snapshot and ``state.status`` becomes ``"diverged"``; on Ctrl-C it becomes ``"interrupted"``.
+    ``trainer``: a :class:`TrainStep` of this model and task to use (and keep across calls) instead
+    of a new one; ``optimizer_state`` then does not apply.
     """
     state = state or FitState()
     if cfg.precision not in PRECISIONS:
@@ -166,9 +311,10 @@ def fit(
     if cfg.precision == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
         raise ConfigError("precision bf16 needs a GPU with bfloat16 support (compute capability 8.0 or later); "
                           "use fp32 or tf32")
-    optimizer = make_adam(model.parameters(), lr=cfg.lr, amsgrad=cfg.amsgrad)
-    if optimizer_state is not None:
-        optimizer.load_state_dict(optimizer_state)
+    if trainer is not None and optimizer_state is not None:
+        raise ValueError("give the optimiser state to the TrainStep, not to fit() beside it")
+    trainer = trainer or TrainStep(model, task, cfg, optimizer_state)
+    optimizer = trainer.optimizer
     schedule = exponential_decay(cfg.steps, cfg.lr_final_factor)
     good, good_step = _snapshot(model, optimizer), state.step
     pending: list[tuple[int, Tensor, float]] = []
@@ -201,19 +347,7 @@ def fit(
     with _StopFlag() as stop:
         while state.step < cfg.steps:
             lr = cfg.lr * schedule(state.step)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-            x, y = task.batch(state.step)
-            optimizer.zero_grad(set_to_none=True)
-            with matmul_precision(cfg.precision, device):
-                with autocast(cfg.precision, device):  # the forward pass only, as PyTorch advises
-                    pred = model(x)
-                loss = task.loss(pred.float(), y)
-                loss.backward()
-            if cfg.grad_clip is not None:
-                nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-            optimizer.step()
-            pending.append((state.step, loss.detach(), lr))
+            pending.append((state.step, trainer(state.step, lr), lr))
             state.step += 1
             bar.update(1)
             last = state.step == cfg.steps

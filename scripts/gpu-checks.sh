@@ -7,13 +7,16 @@
 #
 # Stages (default: all, in this order; smoke failing stops the script):
 #   smoke       a compiled FINER fit on the GPU
+#   tests       tests/test_cuda.py
+#   graphs      issue 7: `finer bench speed --cuda-graph --profile` (each method eager and as a replayed
+#               CUDA graph, in the same rounds; operator tables in speed-cuda-graph.profile.txt), then
+#               FINER at the paper protocol with --cuda-graph
 #   paper       issue 3: FINER and SIREN at the paper protocol (whole 512^2 images, 3x256, 5000
 #               steps) on two images, one run at a time (stacked pairs were slow at this size)
 #   precision   issue 7: FINER on 00.png at the paper protocol in fp32, bf16 and tf32
-#   speed       issue 7: `finer bench speed` on the card, alone on it
-#   foundation  issue 2: 16 images at 256^2, 3x128, 1000 steps, six methods (stacked, 2 processes)
-#   tests       tests/test_cuda.py
 #   stacking    diagnostic: two 512^2 images (3x256) fitted one by one and as one stacked network
+#   speed       issue 7: `finer bench speed` on the card, alone on it (graphs includes these rows)
+#   foundation  issue 2: 16 images at 256^2, 3x128, 1000 steps, six methods (stacked, 2 processes)
 #
 # IMAGES_DIR: the 16 DIV2K crops of the shared data (images/div2k_train). Runs the library from
 # this checkout (PYTHONPATH) with the machine's own PyTorch; LPIPS needs FINER_LPIPS_WEIGHTS
@@ -22,11 +25,11 @@ set -u
 IMAGES=${1:?usage: scripts/gpu-checks.sh IMAGES_DIR OUT_DIR [BUDGET_SECONDS]}
 OUT=${2:?usage: scripts/gpu-checks.sh IMAGES_DIR OUT_DIR [BUDGET_SECONDS]}
 BUDGET=${3:-560}
-STAGES=${STAGES:-smoke paper precision speed foundation tests stacking}
+STAGES=${STAGES:-smoke tests graphs paper precision stacking speed foundation}
 [[ $BUDGET =~ ^[0-9]+$ ]] || { echo "BUDGET_SECONDS must be a whole number of seconds, got '$BUDGET'" >&2; exit 2; }
 for stage in $STAGES; do
-  case $stage in smoke|paper|precision|speed|foundation|tests|stacking) ;;
-    *) echo "unknown stage '$stage'; stages: smoke paper precision speed foundation tests stacking" >&2; exit 2 ;;
+  case $stage in smoke|paper|precision|speed|graphs|foundation|tests|stacking) ;;
+    *) echo "unknown stage '$stage'; stages: smoke paper precision speed graphs foundation tests stacking" >&2; exit 2 ;;
   esac
 done
 PY=${PYTHON:-python3}
@@ -67,6 +70,18 @@ if want smoke; then
       --out "$R/smoke" --quiet; then pack; exit 3; fi
   pack
 fi
+if want tests; then
+  run tests 120 $PY -m pytest -q -p no:cacheprovider "$ROOT/tests/test_cuda.py"
+  pack
+fi
+if want graphs; then
+  run graphs 240 $PY -m finer bench speed --device "$DEV" --cuda-graph --models finer,siren,gauss,pemlp,wire \
+      --steps 50 --repeats 5 --warmup 5 --profile --out "$R/speed-cuda-graph.md" --quiet
+  pack
+  run graphs-paper 90 $PY -m finer fit image "$IMAGES/00.png" --steps 5000 --device "$DEV" --fused compile \
+      --cuda-graph --eval-every 500 --checkpoint-every 0 --out "$R/precision/fp32-graph" --quiet
+  pack
+fi
 if want paper; then
   run paper 300 $PY -m finer bench images "$IMAGES" --preset paper --limit 2 --models finer,siren \
       --device "$DEV" --out "$R/paper-protocol" --quiet
@@ -79,6 +94,12 @@ if want precision; then
     pack
   done
 fi
+if want stacking; then  # why a stacked pair of 512^2 images was slower than one image alone
+  run stacking 120 $PY -m finer bench speed --device "$DEV" --models finer --signals 2 --signal-size 512 \
+      --signal-width 256 --signal-steps 50 --identity-steps 0 --steps 20 --repeats 3 \
+      --signals-dir "$IMAGES" --out "$R/stacking-512.md" --quiet
+  pack
+fi
 if want speed; then
   run speed 200 $PY -m finer bench speed --device "$DEV" --steps 50 --repeats 5 --warmup 5 \
       --out "$R/speed-cuda.md" --quiet
@@ -90,21 +111,11 @@ if want foundation; then
       --out "$R/foundation-images-256" --quiet
   pack
 fi
-if want tests; then
-  run tests 120 $PY -m pytest -q -p no:cacheprovider "$ROOT/tests/test_cuda.py"
-  pack
-fi
-if want stacking; then  # why a stacked pair of 512^2 images was slower than one image alone
-  run stacking 120 $PY -m finer bench speed --device "$DEV" --models finer --signals 2 --signal-size 512 \
-      --signal-width 256 --signal-steps 50 --identity-steps 0 --steps 20 --repeats 3 \
-      --signals-dir "$IMAGES" --out "$R/stacking-512.md" --quiet
-  pack
-fi
 
 echo "== done after $(( $(date +%s) - START ))s"
 for f in "$R/foundation-images-256/summary.md" "$R/paper-protocol/summary.md"; do [ -f "$f" ] && head -n 20 "$f"; done
-[ -f "$R/speed-cuda.md" ] && head -n 40 "$R/speed-cuda.md"
-for p in fp32 bf16 tf32; do [ -f "$R/precision/$p/metrics.json" ] && \
+for f in "$R/speed-cuda.md" "$R/speed-cuda-graph.md"; do [ -f "$f" ] && head -n 40 "$f"; done
+for p in fp32 bf16 tf32 fp32-graph; do [ -f "$R/precision/$p/metrics.json" ] && \
   $PY -c "import json,sys; m=json.load(open(sys.argv[1])); print(sys.argv[2], m['psnr'], m['seconds_per_step'])" \
   "$R/precision/$p/metrics.json" "$p"; done
 exit 0

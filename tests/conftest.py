@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import torch
 import pytest
 from PIL import Image
 
@@ -33,3 +34,31 @@ def shared_images() -> Path:
     if not path.is_dir():
         pytest.skip(f"real-image data not present ({path}); it lives in the project's shared data folder")
     return path
+
+
+class CallingRecorder:
+    """A stand-in for CUDA-graph recording on the CPU: "recording" runs nothing and every replay
+    runs the step's Python again, so the loop's bookkeeping around a recorded step (warm-up count,
+    the learning rate as a tensor, the loss copied out of the replayed output) can be checked here."""
+
+    records = 0
+
+    def __init__(self, device):
+        self.device = device
+
+    def warmup(self, fn):
+        return fn()
+
+    def record(self, fn):
+        CallingRecorder.records += 1
+        out = torch.zeros(())
+        return (lambda: out.copy_(fn())), out
+
+
+@pytest.fixture
+def cpu_recorder(monkeypatch):
+    from finer import train
+
+    monkeypatch.setitem(train.GRAPH_RECORDERS, "cpu", CallingRecorder)
+    CallingRecorder.records = 0
+    return CallingRecorder

@@ -58,6 +58,8 @@ def test_default_image_and_models_listing(tmp_path, capsys):
         (["fit", "image", "--model", "nope"], "unknown model 'nope'; choose one of"),
         (["fit", "image", "--model", "gauss", "--first-omega", "3"], "has no option first_omega"),
         (["render", "/no/such/checkpoint.pt"], "checkpoint not found"),
+        (["fit", "image", "--device", "cpu", "--cuda-graph"], "a CUDA graph needs a CUDA device"),
+        (["bench", "speed", "--device", "cpu", "--cuda-graph"], "a CUDA graph needs a CUDA device"),
     ],
 )
 def test_bad_input_gives_one_line_and_nonzero_exit(args, message, tmp_path, capsys):

@@ -98,3 +98,37 @@ def test_stacked_networks_on_the_gpu_match_each_network():
     out = StackedMLP(models)(x)
     for k, m in enumerate(models):
         torch.testing.assert_close(out[k], m(x), rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("name,fused", [("finer", "compile"), ("finer", "off"), ("wire", "compile")])
+def test_a_recorded_cuda_graph_step_trains_as_the_eager_step(astronaut_small, name, fused):
+    """The whole step (forward, backward, Adam) replayed as a CUDA graph: the same losses and
+    evaluations as eager steps, the learning rate read from the device every replay."""
+    results = []
+    for cuda_graph in (False, True):
+        model = finer.build_model(name, 2, 3, width=32, hidden_layers=2, seed=0).to(CUDA)
+        F.apply_fused(model, fused, 30)
+        task = ImageTask(astronaut_small, tuple(model.config.target_range), CUDA, seed=0)
+        state = fit(model, task, TrainConfig(steps=30, lr=model.config.lr, log_every=4, eval_every=10,
+                                             cuda_graph=cuda_graph), progress=False)
+        assert state.status == "complete"
+        results.append(([h["loss"] for h in state.history], [h["eval_psnr"] for h in state.history if "eval_psnr" in h]))
+    (eager_loss, eager_psnr), (graph_loss, graph_psnr) = results
+    assert graph_loss == pytest.approx(eager_loss, rel=1e-4)
+    assert graph_psnr == pytest.approx(eager_psnr, abs=0.01)
+
+
+def test_a_cuda_graph_step_replays_a_stacked_fit():
+    from finer.batch_runs import StackedImageTask
+
+    images = torch.rand(4, 16, 16, 3, generator=torch.Generator().manual_seed(0)).numpy()
+    losses = []
+    for cuda_graph in (False, True):
+        models = [finer.build_model("finer", 2, 3, width=32, hidden_layers=2, seed=0).to(CUDA) for _ in images]
+        for m in models:
+            F.fuse(m, compile=True)
+        task = StackedImageTask(images, (-1.0, 1.0), CUDA)
+        state = fit(StackedMLP(models), task, TrainConfig(steps=12, eval_every=0, cuda_graph=cuda_graph),
+                    progress=False)
+        losses.append([h["loss"] for h in state.history])
+    assert losses[1] == pytest.approx(losses[0], rel=1e-4)

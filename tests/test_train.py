@@ -151,3 +151,86 @@ def test_layers_with_few_inputs_stay_float32_under_autocast():
         hidden = affine(torch.rand(10, 8), torch.rand(8, 8), b)
     assert coords.dtype == hidden.dtype == torch.float32  # the bias and what follows are float32
     torch.testing.assert_close(coords, torch.nn.functional.linear(x, w, b))  # the coordinates' product too
+
+
+def _fit_losses(data, cuda_graph, steps=10, **task_options):
+    net = build_model("finer", 2, 3, width=16, hidden_layers=1, seed=0)
+    task = ImageTask(data, (-1.0, 1.0), torch.device("cpu"), **task_options)
+    cfg = TrainConfig(steps=steps, log_every=3, eval_every=4, cuda_graph=cuda_graph)
+    state = fit(net, task, cfg, progress=False)
+    return [h["loss"] for h in state.history], state
+
+
+def test_a_recorded_step_trains_as_the_eager_step(astronaut_small, cpu_recorder):
+    eager, _ = _fit_losses(astronaut_small, cuda_graph=False)
+    recorded, state = _fit_losses(astronaut_small, cuda_graph=True)
+    assert cpu_recorder.records == 1 and state.status == "complete"
+    # the learning rate falls 21 % per step here, so a replay that kept the first one would differ
+    assert recorded == pytest.approx(eager, rel=1e-6)
+    assert [h["step"] for h in state.history if "eval_psnr" in h] == [4, 8, 10]
+
+
+def test_a_step_kept_across_fits_is_recorded_once(astronaut_small, cpu_recorder):
+    from finer.train import GRAPH_WARMUP, TrainStep
+
+    net = build_model("finer", 2, 3, width=16, hidden_layers=1, seed=0)
+    task = ImageTask(astronaut_small, (-1.0, 1.0), torch.device("cpu"))
+    cfg = TrainConfig(steps=GRAPH_WARMUP + 2, eval_every=0, cuda_graph=True)
+    trainer = TrainStep(net, task, cfg)
+    for _ in range(3):
+        fit(net, task, cfg, progress=False, trainer=trainer)
+    assert cpu_recorder.records == 1 and trainer.warmups == GRAPH_WARMUP
+
+
+def test_a_cuda_graph_needs_a_cuda_device(astronaut_small):
+    with pytest.raises(ConfigError, match="CUDA graph needs a CUDA device, and the model is on the cpu"):
+        _fit_losses(astronaut_small, cuda_graph=True)
+
+
+def test_a_cuda_graph_needs_a_full_batch(astronaut_small, cpu_recorder):
+    with pytest.raises(ConfigError, match="new batch every step"):
+        _fit_losses(astronaut_small, cuda_graph=True, batch_size=100)
+
+
+class NewTensorsTask(ImageTask):
+    """Claims to be replayable but hands out fresh tensors."""
+
+    replayable = True
+
+    def batch(self, step):
+        return self.coords.clone(), self.targets.clone()
+
+
+def test_a_task_that_breaks_its_replayable_promise_is_caught(astronaut_small, cpu_recorder):
+    net = build_model("finer", 2, 3, width=16, hidden_layers=1, seed=0)
+    task = NewTensorsTask(astronaut_small, (-1.0, 1.0), torch.device("cpu"))
+    with pytest.raises(RuntimeError, match="returned a new batch"):
+        fit(net, task, TrainConfig(steps=8, eval_every=0, cuda_graph=True), progress=False)
+
+
+def test_a_recorded_fit_resumes_from_an_eager_checkpoint(astronaut_small, cpu_recorder):
+    """An optimiser state saved by eager steps (learning rate a number, not capturable) is made fit
+    for recording, and the resumed recorded fit continues the eager one exactly."""
+    from finer.train import TrainStep
+
+    def fresh():
+        return build_model("finer", 2, 3, width=16, hidden_layers=1, seed=0), \
+            ImageTask(astronaut_small, (-1.0, 1.0), torch.device("cpu"))
+
+    net, task = fresh()
+    straight = fit(net, task, TrainConfig(steps=12, log_every=3, eval_every=0), progress=False)
+    net2, task2 = fresh()
+    snaps = []
+    fit(net2, task2, TrainConfig(steps=12, log_every=3, eval_every=0, checkpoint_every=6), progress=False,
+        on_checkpoint=lambda st, snap: snaps.append((st.step, snap)))
+    step, snap = snaps[0]
+    net3, task3 = fresh()
+    net3.load_state_dict(snap["model"])
+    cfg = TrainConfig(steps=12, log_every=3, eval_every=0, cuda_graph=True)
+    trainer = TrainStep(net3, task3, cfg, snap["optimizer"])
+    group = trainer.optimizer.param_groups[0]
+    assert group["capturable"] and group["lr"] is trainer.lr
+    resumed = fit(net3, task3, cfg, state=FitState(step=step, history=straight.history[:step]), progress=False,
+                  trainer=trainer)
+    assert cpu_recorder.records == 1
+    assert [h["loss"] for h in resumed.history] == pytest.approx([h["loss"] for h in straight.history], rel=1e-6)

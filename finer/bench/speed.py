@@ -11,7 +11,9 @@ Measured in one process, on the same shapes (an image of ``size x size`` pixels,
 - ``official-finer``: an eager re-implementation of the official code (:mod:`finer.bench.reference`)
   with its optimiser (plain ``torch.optim.Adam``), step by step.
 - each method of the library, through the library's own training loop (:func:`finer.train.fit`)
-  with the fused activations (:mod:`finer.nn.fused`), compiled or eager.
+  with the fused activations (:mod:`finer.nn.fused`), compiled or eager; with ``cuda_graph``, each
+  method also a second time, its steps replayed as a CUDA graph recorded during the warm-up
+  (:class:`finer.train.TrainStep`), in the same rounds.
 
 Every number is the median over ``repeats`` timed blocks of ``steps`` steps, after warm-up steps;
 the blocks are interleaved (each round times the floor, the reference and every method once), so a
@@ -38,7 +40,7 @@ from finer.metrics import psnr
 from finer.models import MODELS, build_model
 from finer.nn.fused import fuse
 from finer.tasks.image import ImageTask, load_image, predict_image
-from finer.train import TrainConfig, fit
+from finer.train import GRAPH_WARMUP, TrainConfig, TrainStep, fit, graph_problem
 
 DEFAULT_METHODS = ("finer", "siren", "gauss", "wire", "pemlp", "gauss-finer", "wire-finer")
 
@@ -69,6 +71,11 @@ class SpeedConfig:
     signals_dir: str | None = None
     """Folder of the many-signals images (default: tiles of scikit-image samples)."""
     threads: int = field(default_factory=torch.get_num_threads)
+    profile: bool = False
+    """After timing, run each block once more under PyTorch's profiler (``result["profiles"]``)."""
+    cuda_graph: bool = False
+    """Each method also with its steps replayed as a CUDA graph (a row of its own); the identity and
+    many-signals checks then use recorded steps."""
 
 
 def _sync(device: torch.device) -> None:
@@ -160,21 +167,26 @@ def reference_block(task: ImageTask, cfg: SpeedConfig, device):
     return _timed(run, device)
 
 
-def library_block(name: str, task_for, cfg: SpeedConfig, device):
+def library_block(name: str, task_for, cfg: SpeedConfig, device, cuda_graph: bool = False):
     """(a block of ``cfg.steps`` steps through fit(), seconds of the first step, fused layers, the
-    model's :func:`model_layers`)."""
+    model's :func:`model_layers`); with ``cuda_graph``, steps replayed from one recording."""
     model = build_model(name, 2, 3, seed=0, width=cfg.width, hidden_layers=cfg.hidden_layers).to(device)
     layers = model_layers(model)
     fused = fuse(model, compile=cfg.compile)
     task = task_for(tuple(model.config.target_range))
+    trainer = TrainStep(model, task, _train_config(1, model.config.lr, cuda_graph))  # kept: recorded once
 
     def train(steps):
-        return fit(model, task, TrainConfig(steps=steps, lr=model.config.lr, eval_every=0, checkpoint_every=0,
-                                            log_every=steps), progress=False).train_seconds
+        return fit(model, task, _train_config(steps, model.config.lr, cuda_graph), progress=False,
+                   trainer=trainer).train_seconds
 
     first = train(1)  # compilation happens here
-    train(cfg.warmup)
+    train(max(cfg.warmup, GRAPH_WARMUP) if cuda_graph else cfg.warmup)  # a CUDA graph is recorded by now
     return (lambda: train(cfg.steps)), first, fused, layers
+
+
+def _train_config(steps: int, lr: float, cuda_graph: bool) -> TrainConfig:
+    return TrainConfig(steps=steps, lr=lr, eval_every=0, checkpoint_every=0, log_every=steps, cuda_graph=cuda_graph)
 
 
 def identity_check(image, cfg: SpeedConfig, device) -> dict:
@@ -190,8 +202,8 @@ def identity_check(image, cfg: SpeedConfig, device) -> dict:
     losses, psnrs = {}, {}
     for name, model in (("library", lib), ("reference", ref)):
         task = ImageTask(image, (-1.0, 1.0), device, seed=0)
-        state = fit(model, task, TrainConfig(steps=steps, lr=5e-4, eval_every=0, checkpoint_every=0, log_every=10),
-                    progress=False)
+        state = fit(model, task, TrainConfig(steps=steps, lr=5e-4, eval_every=0, checkpoint_every=0, log_every=10,
+                                             cuda_graph=cfg.cuda_graph and name == "library"), progress=False)
         losses[name] = [h["loss"] for h in state.history]
         psnrs[name] = psnr(task.predict(model), image)
     rel = max(abs(a - b) / max(abs(b), 1e-12) for a, b in zip(losses["library"], losses["reference"]))
@@ -223,7 +235,7 @@ def sample_signals(count: int, size: int, directory: str | None = None) -> np.nd
 
 
 def batch_signals_check(images: np.ndarray, *, method: str, width: int, hidden_layers: int, steps: int,
-                        batch: int, compile: bool, device, repeats: int = 1) -> dict:
+                        batch: int, compile: bool, device, repeats: int = 1, cuda_graph: bool = False) -> dict:
     """Images per second fitting ``images`` one by one vs ``batch`` at a time, same seed, same steps
     (the median of ``repeats`` interleaved rounds)."""
     from finer.batch_runs import StackedImageTask
@@ -239,8 +251,7 @@ def batch_signals_check(images: np.ndarray, *, method: str, width: int, hidden_l
                 fuse(m, compile=compile)
             stacked = StackedMLP(models)
             task = StackedImageTask(group, tuple(models[0].config.target_range), device)
-            state = fit(stacked, task, TrainConfig(steps=steps, lr=models[0].config.lr, eval_every=0,
-                                                   checkpoint_every=0, log_every=steps), progress=False)
+            state = fit(stacked, task, _train_config(steps, models[0].config.lr, cuda_graph), progress=False)
             seconds += state.train_seconds
             for m, im in zip(stacked.unstack(), group):
                 pred = predict_image(m.eval(), im.shape[0], im.shape[1], target_range=m.config.target_range,
@@ -262,6 +273,21 @@ def batch_signals_check(images: np.ndarray, *, method: str, width: int, hidden_l
             "speedup": one_s / many_s, "max_psnr_difference": max(abs(a - b) for a, b in zip(one_p, many_p))}
 
 
+def profile_blocks(blocks: dict, device: torch.device, rows: int = 15) -> str:
+    """Each block run once under PyTorch's profiler: a table of its operators by their own time
+    (device time on a GPU, CPU time otherwise), to see where a step's time above its products goes."""
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    key = "self_device_time_total" if device.type == "cuda" else "self_cpu_time_total"
+    parts = []
+    for name, block in blocks.items():
+        with profile(activities=activities) as prof:
+            block()
+        parts.append(f"== {name}\n{prof.key_averages().table(sort_by=key, row_limit=rows)}")
+    return "\n".join(parts)
+
+
 def run_speed(cfg: SpeedConfig, log=print) -> dict:
     unknown = [m for m in cfg.methods if m not in MODELS]
     if unknown:
@@ -269,39 +295,46 @@ def run_speed(cfg: SpeedConfig, log=print) -> dict:
     from finer.runs import resolve_device
 
     device = resolve_device(cfg.device)
+    problem = cfg.cuda_graph and graph_problem(device)
+    if problem:
+        raise FinerError(problem)
     full = load_image(cfg.image)
     image = load_image(cfg.image, crop=min(full.shape[:2]), size=cfg.size)  # square centre crop, resized
     image = image[..., :3] if image.shape[-1] >= 3 else np.repeat(image, 3, axis=-1)
     n = image.shape[0] * image.shape[1]
     log(f"shapes: {n} points, 2 -> {cfg.width} x {cfg.hidden_layers + 1} -> 3, {device}, "
-        f"{torch.get_num_threads()} threads, compile={'on' if cfg.compile else 'off'}")
+        f"{torch.get_num_threads()} threads, compile={'on' if cfg.compile else 'off'}"
+        f"{', each method also with its steps replayed as CUDA graphs' if cfg.cuda_graph else ''}")
     floor_layers = network_layers(cfg.width, cfg.hidden_layers, 3)
     blocks = {"floor": products_block(n, floor_layers, cfg, device),
               "official": reference_block(ImageTask(image, (-1.0, 1.0), device, seed=0), cfg, device)}
     firsts, fused_layers, own = {}, {}, {}
     products = {tuple(floor_layers): "floor"}  # each distinct network's products, timed once
-    for name in cfg.methods:
-        log(f"preparing {name} (compiling)" if cfg.compile else f"preparing {name}")
-        blocks[name], firsts[name], fused_layers[name], layers = library_block(
-            name, lambda rng: ImageTask(image, rng, device, seed=0), cfg, device)
+    variants = [(name, graph) for name in cfg.methods for graph in ((False, True) if cfg.cuda_graph else (False,))]
+    labels = {variant: variant[0] + (" (CUDA graph)" if variant[1] else "") for variant in variants}
+    for (name, graph), label in labels.items():
+        log(f"preparing {label} (compiling)" if cfg.compile else f"preparing {label}")
+        blocks[label], firsts[label], fused_layers[label], layers = library_block(
+            name, lambda rng: ImageTask(image, rng, device, seed=0), cfg, device, cuda_graph=graph)
         if tuple(layers) not in products:
             products[tuple(layers)] = f"products of {name}"
             blocks[products[tuple(layers)]] = products_block(n, layers, cfg, device)
-        own[name] = products[tuple(layers)]
+        own[label] = products[tuple(layers)]
     per_step = {k: v / cfg.steps for k, v in interleaved_medians(blocks, cfg.repeats).items()}
+    profiles = profile_blocks(blocks, device) if cfg.profile else None
     floor, reference = per_step["floor"], per_step["official"]
     log(f"GEMM floor        {floor:.4f} s/step")
     log(f"official (eager)  {reference:.4f} s/step  = {reference / floor:.2f} x floor")
     rows = []
-    for name in cfg.methods:
-        step, fused = per_step[name], fused_layers[name]
-        overhead = max(firsts[name] - step, 0.0)
-        own_products = per_step[own[name]]
-        rows.append({"method": name, "seconds_per_step": step, "over_floor": step / floor,
+    for (name, graph), label in labels.items():
+        step, fused = per_step[label], fused_layers[label]
+        overhead = max(firsts[label] - step, 0.0)
+        own_products = per_step[own[label]]
+        rows.append({"method": name, "cuda_graph": graph, "label": label, "seconds_per_step": step, "over_floor": step / floor,
                      "own_products_seconds_per_step": own_products, "over_own_products": step / own_products,
                      "reference_over_this": reference / step, "fused_layers": fused,
                      "first_step_overhead_seconds": overhead})
-        log(f"{name:17s} {step:.4f} s/step  = {step / floor:.2f} x floor ({step / own_products:.2f} x its own "
+        log(f"{label:17s} {step:.4f} s/step  = {step / floor:.2f} x floor ({step / own_products:.2f} x its own "
             f"products), reference / this = {reference / step:.2f}  (fused layers {fused}, first-step overhead "
             f"{overhead:.1f} s)")
     identity = identity_check(image, cfg, device) if cfg.identity_steps else None
@@ -314,7 +347,7 @@ def run_speed(cfg: SpeedConfig, log=print) -> dict:
         signals = batch_signals_check(sample_signals(cfg.signals, cfg.signal_size, cfg.signals_dir), method="finer",
                                       width=cfg.signal_width, hidden_layers=cfg.hidden_layers,
                                       steps=cfg.signal_steps, batch=cfg.signals, compile=cfg.compile, device=device,
-                                      repeats=cfg.repeats)
+                                      repeats=cfg.repeats, cuda_graph=cfg.cuda_graph)
         log(f"{signals['images']} signals of {signals['size']}^2, 2 -> {signals['width']} x "
             f"{signals['hidden_layers'] + 1} -> 3, {signals['steps']} steps: one by one "
             f"{signals['one_by_one_images_per_second']:.3f} images/s, {signals['batch_signals']} at once "
@@ -325,7 +358,12 @@ def run_speed(cfg: SpeedConfig, log=print) -> dict:
                        f"huge pages {'on' if huge_pages_requested() else 'off'} (THP_MEM_ALLOC_ENABLE)",
             "torch": torch.__version__, "date": time.strftime("%Y-%m-%d"),
             "gemm_floor_seconds_per_step": floor, "official_seconds_per_step": reference,
-            "official_over_floor": reference / floor, "methods": rows, "identity": identity, "signals": signals}
+            "official_over_floor": reference / floor, "methods": rows, "identity": identity, "signals": signals,
+            "profiles": profiles}
+
+
+GRAPH_NOTE = ("; each method also with its steps replayed as a CUDA graph (`--cuda-graph`: a row of its own, "
+              "and the identity and many-signals checks with recorded steps)")
 
 
 def speed_markdown(result: dict, command: str) -> str:
@@ -338,7 +376,7 @@ def speed_markdown(result: dict, command: str) -> str:
         f"`2 -> {cfg['width']}` then {cfg['hidden_layers']} x `{cfg['width']} -> {cfg['width']}` then "
         f"`{cfg['width']} -> 3`. Median of {cfg['repeats']} blocks of {cfg['steps']} steps after "
         f"{cfg['warmup']} warm-up steps, the blocks of all rows interleaved round by round; "
-        f"torch.compile {'on' if cfg['compile'] else 'off'}.", "",
+        f"torch.compile {'on' if cfg['compile'] else 'off'}{GRAPH_NOTE if cfg.get('cuda_graph') else ''}.", "",
         f"GEMM floor (forward and both backward products, nothing else): {result['gemm_floor_seconds_per_step']:.4f} s/step.",
         f"Official code, eager re-implementation: {result['official_seconds_per_step']:.4f} s/step = "
         f"{result['official_over_floor']:.2f} x floor.", "",
@@ -352,7 +390,7 @@ def speed_markdown(result: dict, command: str) -> str:
     for r in result["methods"]:
         own = r.get("own_products_seconds_per_step")
         own_cells = f"{own:.4f} | {r['over_own_products']:.2f}" if own else "- | -"
-        lines.append(f"| {r['method']} | {r['seconds_per_step']:.4f} | {r['over_floor']:.2f} | {own_cells} | "
+        lines.append(f"| {r.get('label', r['method'])} | {r['seconds_per_step']:.4f} | {r['over_floor']:.2f} | {own_cells} | "
                      f"{r['reference_over_this']:.2f} | {r['fused_layers']} | {r['first_step_overhead_seconds']:.1f} |")
     ident = result.get("identity")
     if ident:

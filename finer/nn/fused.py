@@ -136,6 +136,8 @@ class _Compiled:
             try:
                 return self.compiled(*args, **params)
             except Exception as exc:  # noqa: BLE001 - any compiler failure falls back to eager
+                if torch.cuda.is_available() and torch.cuda.is_current_stream_capturing():
+                    raise  # inside a CUDA graph recording: the recording is broken, say so where it broke
                 warnings.warn(f"torch.compile of {self.kernel.__name__} failed ({type(exc).__name__}: {exc}); "
                               "running it eagerly", RuntimeWarning, stacklevel=2)
                 self.compiled = None

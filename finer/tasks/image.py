@@ -250,6 +250,11 @@ class ImageTask:
             self.batch_size = None
 
     @property
+    def replayable(self) -> bool:
+        """Full batch: the same tensors every step, so a step can be recorded as a CUDA graph."""
+        return self.batch_size is None
+
+    @property
     def in_features(self) -> int:
         return 2
 

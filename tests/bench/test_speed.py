@@ -57,3 +57,34 @@ def test_each_method_is_measured_against_its_own_products():
     assert wire[0] == (2, 181, torch.float32)  # real first layer, then complex layers of width 256/sqrt(2)
     assert wire[1:] == [(181, 181, torch.complex64)] * 3 + [(181, 3, torch.complex64)]
     assert model_layers(finer.build_model("pemlp", 2, 3, width=256, hidden_layers=3))[0][0] == 42  # encoded input
+
+
+def test_speed_report_with_recorded_steps(tmp_path, cpu_recorder):
+    """--cuda-graph: every library row and the identity check's library fit run as recorded steps
+    (replayed by the CPU stand-in here), and the identity with the reference still holds."""
+    out = tmp_path / "speed.md"
+    assert main(["bench", "speed", "--size", "16", "--width", "8", "--hidden-layers", "1", "--steps", "2",
+                 "--repeats", "1", "--warmup", "0", "--models", "finer,siren", "--no-compile",
+                 "--identity-steps", "20", "--signals", "0", "--device", "cpu", "--cuda-graph",
+                 "--out", str(out), "--quiet"]) == 0
+    data = json.loads(out.with_suffix(".json").read_text())
+    labels = [r["label"] for r in data["methods"]]
+    assert labels == ["finer", "finer (CUDA graph)", "siren", "siren (CUDA graph)"]
+    assert cpu_recorder.records == 3  # two graph rows (recorded in warm-up) + the identity check
+    assert data["identity"]["max_relative_loss_difference"] < 1e-4
+    text = out.read_text()
+    assert "| finer (CUDA graph) |" in text and "replayed as a CUDA graph" in text
+    assert "Command: `finer bench speed --size 16 " in text
+
+
+def test_speed_profile_tables_every_row(tmp_path, capsys):
+    out = tmp_path / "speed.md"
+    assert main(["bench", "speed", "--size", "16", "--width", "8", "--hidden-layers", "1", "--steps", "2",
+                 "--repeats", "1", "--warmup", "1", "--models", "finer", "--no-compile", "--identity-steps", "0",
+                 "--signals", "0", "--profile", "--out", str(out), "--quiet"]) == 0
+    text = out.with_suffix(".profile.txt").read_text()
+    assert [line for line in text.splitlines() if line.startswith("== ")] == ["== floor", "== official", "== finer"]
+    assert "aten::mm" in text  # the products show up by name
+    assert "profiles" not in json.loads(out.with_suffix(".json").read_text())
+    assert main(["bench", "speed", "--profile", "--quiet"]) == 2
+    assert "give --out" in capsys.readouterr().err
