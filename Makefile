@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test install bench-foundation bench-sdf bench-speed bench-nerf bench-images bench-width gpu-bundle clean
+.PHONY: demo test install bench-foundation bench-sdf bench-speed bench-precision bench-nerf bench-images bench-width gpu-bundle clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -32,6 +32,15 @@ bench-foundation: $(STAMP)
 # The SDF comparison recorded in docs/results/sdf (about an hour on 2 CPU cores).
 bench-sdf: $(STAMP)
 	$(BIN)/finer bench sdf ../shared/data/meshes --models finer,siren,gauss,pemlp,wire --out docs/results/sdf --quiet
+
+# Mixed precision on the CPU (docs/results/precision-cpu; about 25 minutes on 2 CPU cores): FINER, the
+# paper's 3x256 network, two DIV2K images downscaled to 256^2, 1000 steps in float32 and in bf16.
+PRECISION_OUT = docs/results/precision-cpu
+bench-precision: $(STAMP)
+	for im in 00 01; do for p in fp32 bf16; do \
+	  $(BIN)/finer fit image ../shared/data/images/div2k_train/$$im.png --size 256 --steps 1000 --precision $$p \
+	    --fused compile --eval-every 250 --checkpoint-every 0 --out $(PRECISION_OUT)/$$im-$$p --overwrite --quiet \
+	  && rm -f $(PRECISION_OUT)/$$im-$$p/checkpoint.pt || exit 1; done; done
 
 # Training speed (docs/results/speed.md; about 15 minutes on 2 CPU cores).
 bench-speed: $(STAMP)

@@ -74,7 +74,9 @@ PRECISIONS = {
     "bf16": "mixed precision: the forward pass under torch.autocast in bfloat16, so the real matrix products "
             "of the hidden and output layers (forward and backward) are bfloat16, while the layers fed with "
             "coordinates, the bias additions, the activations, the weights, the optimiser and the loss stay "
-            "float32 and complex (WIRE) products complex64 (finer.nn.layers.affine)",
+            "float32 and complex (WIRE) products complex64 (finer.nn.layers.affine); fused layers write an "
+            "activation that feeds a bfloat16 product in bfloat16, the value that product rounds it to "
+            "(finer.nn.layers.handoff_dtype)",
 }
 
 

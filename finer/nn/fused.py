@@ -47,7 +47,7 @@ from torch import Tensor, nn
 from torch.autograd.function import once_differentiable
 
 from finer.nn import activations as A
-from finer.nn.layers import FEW_INPUTS, autocast_context, autocast_off, product_autocast
+from finer.nn.layers import FEW_INPUTS, autocast_context, autocast_off, handoff_dtype, product_autocast
 
 Kernel = Callable[..., tuple[Tensor, Tensor]]
 
@@ -216,15 +216,19 @@ def _layer_kernels(kernel: Kernel) -> tuple[Callable, Callable]:
     and its sum over the points (the bias gradient). The derivative is recomputed from the product
     ``z`` kept for backward instead of being stored by forward: one tensor less to allocate and write
     per layer and step, the same arithmetic (the compiler drops the half of the kernel each pass
-    does not use).
+    does not use). ``out_dtype``: the type the output (``grad_z``) is written in, when it goes on to
+    a product in that type (mixed precision); the bias gradient is summed before that rounding.
     """
 
-    def value(z: Tensor, bias: Tensor, **params) -> Tensor:
-        return kernel(z + bias, **params)[0]
+    def value(z: Tensor, bias: Tensor, out_dtype: torch.dtype | None = None, **params) -> Tensor:
+        y = kernel(z + bias, **params)[0]
+        return y if out_dtype is None else y.to(out_dtype)
 
-    def grad(grad_y: Tensor, z: Tensor, bias: Tensor, **params) -> tuple[Tensor, Tensor]:
-        grad_z = grad_y * kernel(z + bias, **params)[1]
-        return grad_z, grad_z.sum(-2, keepdim=True)  # over the points (of each network, when stacked)
+    def grad(grad_y: Tensor, z: Tensor, bias: Tensor, out_dtype: torch.dtype | None = None,
+             **params) -> tuple[Tensor, Tensor]:
+        grad_z = grad_y * kernel(z + bias, **params)[1]  # float32, also for a bfloat16 grad_y
+        grad_bias = grad_z.sum(-2, keepdim=True)  # over the points (of each network, when stacked)
+        return (grad_z if out_dtype is None else grad_z.to(out_dtype)), grad_bias
 
     return _own_code(value, f"{kernel.__name__}_value"), _own_code(grad, f"{kernel.__name__}_grad")
 
@@ -280,22 +284,29 @@ def complex_as_real_weight(weight: Tensor) -> Tensor:
 class _FusedLinearFunction(torch.autograd.Function):
     """``f(x W^T + b)``: forward one product and one pass; backward one pass for ``grad_z`` and the
     bias gradient, then the two products. ``x (N, in)``, ``W (out, in)``, ``b (out,)``, or K stacked
-    networks: ``x (K, N, in)``, ``W (K, out, in)``, ``b (K, 1, out)`` (batched products)."""
+    networks: ``x (K, N, in)``, ``W (K, out, in)``, ``b (K, 1, out)`` (batched products). ``handoff``
+    (real kernels): under mixed precision the passes write the output and ``grad_z`` in the type of
+    the products they feed (:func:`~finer.nn.layers.handoff_dtype`), instead of a cast pass each."""
 
     @staticmethod
-    def forward(ctx, x, weight, bias, runner, grad_runner, params):
+    def forward(ctx, x, weight, bias, runner, grad_runner, params, handoff=False):
         ctx.autocast = product_autocast(x)  # bf16 under mixed precision (float32 for few inputs)
         with autocast_context(ctx.autocast):
             z = x @ weight.transpose(-1, -2)
         ctx.grad_runner, ctx.params = grad_runner, params
+        ctx.grad_out = {}
+        out = {}
+        if handoff:
+            out = {"out_dtype": handoff_dtype(x.device.type, weight.shape[-2])}
+            ctx.grad_out = {"out_dtype": ctx.autocast["dtype"] if ctx.autocast and ctx.autocast["enabled"] else None}
         ctx.save_for_backward(x, weight, bias, z)
-        return runner(z, bias, **params)
+        return runner(z, bias, **out, **params)
 
     @staticmethod
     @once_differentiable  # the kernels give first derivatives only: a second one must fail loudly
     def backward(ctx, grad):
         x, weight, bias, z = ctx.saved_tensors
-        grad_z, grad_bias = ctx.grad_runner(grad, z, bias, **ctx.params)
+        grad_z, grad_bias = ctx.grad_runner(grad, z, bias, **ctx.grad_out, **ctx.params)
         # the products in the forward's precision, also when backward runs under autocast
         with autocast_context(ctx.autocast or autocast_off(x.device.type)):
             grad_x = grad_z @ weight if ctx.needs_input_grad[0] else None
@@ -304,7 +315,7 @@ class _FusedLinearFunction(torch.autograd.Function):
             grad_x = grad_x.to(x.dtype)
         if grad_w is not None:
             grad_w = grad_w.to(weight.dtype)
-        return grad_x, grad_w, grad_bias.reshape(bias.shape).to(bias.dtype), None, None, None
+        return grad_x, grad_w, grad_bias.reshape(bias.shape).to(bias.dtype), None, None, None, None
 
 
 STEM_MAX_IN = FEW_INPUTS
@@ -330,8 +341,9 @@ def _stem_kernels(kernel: Kernel) -> tuple[Callable, Callable]:
     would spend a pass over memory writing ``z`` and one reading ``grad_z``, about as long as the pass itself.
     """
 
-    def value(x: Tensor, weight: Tensor, bias: Tensor, **params) -> Tensor:
-        return kernel(_stem_product(x, weight, bias), **params)[0]
+    def value(x: Tensor, weight: Tensor, bias: Tensor, out_dtype: torch.dtype | None = None, **params) -> Tensor:
+        y = kernel(_stem_product(x, weight, bias), **params)[0]
+        return y if out_dtype is None else y.to(out_dtype)
 
     def grad(grad_y: Tensor, x: Tensor, weight: Tensor, bias: Tensor, **params) -> tuple[Tensor, Tensor]:
         grad_z = grad_y * kernel(_stem_product(x, weight, bias), **params)[1]
@@ -349,7 +361,7 @@ class _FusedStemFunction(torch.autograd.Function):
     def forward(ctx, x, weight, bias, runner, grad_runner, params):
         ctx.grad_runner, ctx.params = grad_runner, params
         ctx.save_for_backward(x, weight, bias)
-        return runner(x, weight, bias, **params)
+        return runner(x, weight, bias, out_dtype=handoff_dtype(x.device.type, weight.shape[-2]), **params)
 
     @staticmethod
     @once_differentiable  # the kernels give first derivatives only: a second one must fail loudly
@@ -360,7 +372,7 @@ class _FusedStemFunction(torch.autograd.Function):
 
 
 def fused_linear_apply(x: Tensor, weight: Tensor, bias: Tensor, *, runner: _Compiled, grad_runner: _Compiled,
-                       stem: tuple[_Compiled, _Compiled] | None = None, **params) -> Tensor:
+                       stem: tuple[_Compiled, _Compiled] | None = None, handoff: bool = False, **params) -> Tensor:
     """``activation(x W^T + b)`` with real ``x``, ``W``, ``b``: :class:`~finer.nn.layers.Layer`'s fused forward
     (for a complex kernel through :func:`fused_complex_linear_apply`, the output then ``(..., out, 2)``).
 
@@ -369,7 +381,9 @@ def fused_linear_apply(x: Tensor, weight: Tensor, bias: Tensor, *, runner: _Comp
     A 3-D ``weight (K, out, in)`` with ``bias (K, 1, out)`` applies K stacked layers to
     ``x (K, N, in)`` (:class:`~finer.nn.stacked.StackedMLP`); otherwise ``x`` may have any leading shape.
     ``stem``: the passes of :func:`_stem_kernels`, used for a layer of at most :data:`STEM_MAX_IN`
-    inputs whose input needs no gradient.
+    inputs whose input needs no gradient. ``handoff`` (the passes of :func:`_layer_kernels`): under
+    mixed precision the output is written in the type of the next product
+    (:func:`~finer.nn.layers.handoff_dtype`): the values it would be rounded to there, without a cast pass.
     """
     stacked = weight.dim() == 3
     lead = x.shape[:-1]
@@ -380,13 +394,14 @@ def fused_linear_apply(x: Tensor, weight: Tensor, bias: Tensor, *, runner: _Comp
         if grad:
             y = _FusedStemFunction.apply(x2, weight, bias, *stem, params)
         else:
-            y = stem[0](x2, weight, bias, **params)
+            y = stem[0](x2, weight, bias, out_dtype=handoff_dtype(x2.device.type, weight.shape[-2]), **params)
     elif grad:
-        y = _FusedLinearFunction.apply(x2, weight, bias, runner, grad_runner, params)
+        y = _FusedLinearFunction.apply(x2, weight, bias, runner, grad_runner, params, handoff)
     else:
         with autocast_context(product_autocast(x2)):
             z = x2 @ weight.transpose(-1, -2)
-        y = runner(z, bias, **params)
+        out = {"out_dtype": handoff_dtype(x2.device.type, weight.shape[-2])} if handoff else {}
+        y = runner(z, bias, **out, **params)
     return y if stacked else y.reshape(*lead, *y.shape[flat:])
 
 
@@ -475,8 +490,8 @@ def fuse(model: nn.Module, compile: bool = True) -> int:
                     # only when compiling: run eagerly, the term-by-term product is slower than mm
                     stem = (_stem_runners(KERNELS[plain.func], True)
                             if compile and module.linear.in_features <= STEM_MAX_IN else None)
-                    module.fused_forward = functools.partial(fused_linear_apply, runner=runner,
-                                                             grad_runner=grad_runner, stem=stem, **plain.keywords)
+                    module.fused_forward = functools.partial(fused_linear_apply, runner=runner, grad_runner=grad_runner,
+                                                             stem=stem, handoff=True, **plain.keywords)
                 elif plain.func in COMPLEX_KERNELS:
                     runner, grad_runner = _complex_linear_runners(COMPLEX_KERNELS[plain.func],
                                                                   not module.linear.weight.is_complex(), compile)

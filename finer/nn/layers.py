@@ -32,6 +32,16 @@ def product_autocast(x: Tensor) -> dict | None:
     return {"device_type": kind, "enabled": False}
 
 
+def handoff_dtype(device_type: str, out_features: int) -> torch.dtype | None:
+    """The type a fused layer writes its output in: under autocast, the autocast type (bfloat16) when
+    the layer has more than :data:`FEW_INPUTS` outputs, since the product of the layer it feeds rounds
+    its input to that type anyway (:func:`product_autocast`); the same values, written at half the
+    size and without a separate cast pass. ``None`` (float32, as computed) otherwise."""
+    if out_features > FEW_INPUTS and torch.is_autocast_enabled(device_type):
+        return torch.get_autocast_dtype(device_type)
+    return None
+
+
 def autocast_off(device_type: str) -> dict | None:
     """Settings that switch autocast off where it is on (``None`` where it is off already): products
     that must stay float32 whatever context they run in."""

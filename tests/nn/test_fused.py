@@ -327,3 +327,37 @@ def test_fused_wire_first_layer_follows_the_mixed_precision_rule():
     torch.testing.assert_close(outs[1][0], outs[0][0], rtol=1e-5, atol=1e-6)
     for a, b in zip(outs[1][1], outs[0][1]):
         torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-4 * b.abs().max().item())
+
+
+@pytest.mark.parametrize("compile", [False, True], ids=["eager", "compiled"])
+@pytest.mark.parametrize("stacked", [False, True], ids=["flat", "stacked"])
+def test_mixed_precision_handoff_changes_types_not_values(compile, stacked):
+    """Under bf16 autocast a fused layer writes its output (and backward its ``grad_z``) in bfloat16,
+    the type the next product rounds them to anyway: outputs and gradients are those of the same
+    layers writing float32 and leaving the cast to the next product, and only the casts go."""
+    from torch.profiler import profile
+
+    from finer.nn.stacked import StackedMLP
+
+    x = torch.rand(300, 2, generator=torch.Generator().manual_seed(1)) * 2 - 1
+    results = {}
+    for handoff in (False, True):
+        models = [finer.build_model("finer", 2, 3, width=32, hidden_layers=2, seed=s) for s in range(2 if stacked else 1)]
+        for m in models:
+            F.fuse(m, compile=compile)
+            for layer in m.layers:
+                if isinstance(layer.fused_forward, functools.partial):
+                    layer.fused_forward = functools.partial(layer.fused_forward, handoff=handoff)
+        model = StackedMLP(models) if stacked else models[0]
+        with profile() as prof:
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                y = model(x)
+            y.float().square().mean().backward()
+        casts = sum(1 for e in prof.events() if e.name == "aten::_to_copy")
+        results[handoff] = (y.detach().float(), [p.grad.clone() for p in model.parameters()], casts)
+    (y0, g0, casts0), (y1, g1, casts1) = results[False], results[True]
+    tol = {} if compile else {"rtol": 0, "atol": 0}  # eager: the very same operations, bit for bit
+    torch.testing.assert_close(y1, y0, **tol)
+    for a, b in zip(g1, g0):
+        torch.testing.assert_close(a, b, **tol)
+    assert casts1 < casts0, (casts1, casts0)
