@@ -289,7 +289,7 @@ class _FusedLinearFunction(torch.autograd.Function):
     the products they feed (:func:`~finer.nn.layers.handoff_dtype`), instead of a cast pass each."""
 
     @staticmethod
-    def forward(ctx, x, weight, bias, runner, grad_runner, params, handoff=False):
+    def forward(ctx, x, weight, bias, runner, grad_runner, params, handoff):
         ctx.autocast = product_autocast(x)  # bf16 under mixed precision (float32 for few inputs)
         with autocast_context(ctx.autocast):
             z = x @ weight.transpose(-1, -2)
@@ -358,17 +358,18 @@ class _FusedStemFunction(torch.autograd.Function):
     pass backward (weight and bias gradients only). Shapes as :class:`_FusedLinearFunction`'s."""
 
     @staticmethod
-    def forward(ctx, x, weight, bias, runner, grad_runner, params):
+    def forward(ctx, x, weight, bias, runner, grad_runner, params, handoff):
         ctx.grad_runner, ctx.params = grad_runner, params
         ctx.save_for_backward(x, weight, bias)
-        return runner(x, weight, bias, out_dtype=handoff_dtype(x.device.type, weight.shape[-2]), **params)
+        out_dtype = handoff_dtype(x.device.type, weight.shape[-2]) if handoff else None
+        return runner(x, weight, bias, out_dtype=out_dtype, **params)
 
     @staticmethod
     @once_differentiable  # the kernels give first derivatives only: a second one must fail loudly
     def backward(ctx, grad):
         x, weight, bias = ctx.saved_tensors
         grad_w, grad_bias = ctx.grad_runner(grad, x, weight, bias, **ctx.params)
-        return None, grad_w, grad_bias.reshape(bias.shape), None, None, None
+        return None, grad_w, grad_bias.reshape(bias.shape), None, None, None, None
 
 
 def fused_linear_apply(x: Tensor, weight: Tensor, bias: Tensor, *, runner: _Compiled, grad_runner: _Compiled,
@@ -381,9 +382,11 @@ def fused_linear_apply(x: Tensor, weight: Tensor, bias: Tensor, *, runner: _Comp
     A 3-D ``weight (K, out, in)`` with ``bias (K, 1, out)`` applies K stacked layers to
     ``x (K, N, in)`` (:class:`~finer.nn.stacked.StackedMLP`); otherwise ``x`` may have any leading shape.
     ``stem``: the passes of :func:`_stem_kernels`, used for a layer of at most :data:`STEM_MAX_IN`
-    inputs whose input needs no gradient. ``handoff`` (the passes of :func:`_layer_kernels`): under
-    mixed precision the output is written in the type of the next product
-    (:func:`~finer.nn.layers.handoff_dtype`): the values it would be rounded to there, without a cast pass.
+    inputs whose input needs no gradient. ``handoff`` (the passes of :func:`_layer_kernels` and
+    :func:`_stem_kernels`): under mixed precision the output is written in the type of the next product
+    (:func:`~finer.nn.layers.handoff_dtype`): the values it would be rounded to there, without a cast
+    pass. :func:`fuse` sets it for the layers of a coordinate MLP, whose outputs feed the next layer;
+    a layer whose output goes elsewhere under autocast (a residual sum, a loss) must not have it.
     """
     stacked = weight.dim() == 3
     lead = x.shape[:-1]
@@ -392,9 +395,10 @@ def fused_linear_apply(x: Tensor, weight: Tensor, bias: Tensor, *, runner: _Comp
     grad = torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad or bias.requires_grad)
     if stem is not None and not x.requires_grad and x.shape[-1] <= STEM_MAX_IN:
         if grad:
-            y = _FusedStemFunction.apply(x2, weight, bias, *stem, params)
+            y = _FusedStemFunction.apply(x2, weight, bias, *stem, params, handoff)
         else:
-            y = stem[0](x2, weight, bias, out_dtype=handoff_dtype(x2.device.type, weight.shape[-2]), **params)
+            out_dtype = handoff_dtype(x2.device.type, weight.shape[-2]) if handoff else None
+            y = stem[0](x2, weight, bias, out_dtype=out_dtype, **params)
     elif grad:
         y = _FusedLinearFunction.apply(x2, weight, bias, runner, grad_runner, params, handoff)
     else:

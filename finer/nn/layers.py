@@ -36,7 +36,9 @@ def handoff_dtype(device_type: str, out_features: int) -> torch.dtype | None:
     """The type a fused layer writes its output in: under autocast, the autocast type (bfloat16) when
     the layer has more than :data:`FEW_INPUTS` outputs, since the product of the layer it feeds rounds
     its input to that type anyway (:func:`product_autocast`); the same values, written at half the
-    size and without a separate cast pass. ``None`` (float32, as computed) otherwise."""
+    size and without a separate cast pass. ``None`` (float32, as computed) otherwise. This holds for a
+    layer whose output feeds a product (the layers of a coordinate MLP, which is how :func:`finer.nn.fused.fuse`
+    uses it), not for one whose output is used as it is under autocast."""
     if out_features > FEW_INPUTS and torch.is_autocast_enabled(device_type):
         return torch.get_autocast_dtype(device_type)
     return None
