@@ -124,7 +124,12 @@ COMPLEX_KERNELS: dict[Callable, Kernel] = {
 
 
 class _Compiled:
-    """A kernel (or any pure function) compiled on first use, eager if compilation is off or fails."""
+    """A kernel (or any pure function) compiled on first use, eager if compilation is off or fails.
+
+    Compiled with dynamic shapes, so one compiled version serves every width; the fused layers pass
+    their weights and biases detached (their gradients are computed by hand), because the compiler
+    keeps a parameter's shape static and would compile again for every width, up to its limit of
+    8 versions per function, then run eagerly (seen with a sweep over widths in one process)."""
 
     def __init__(self, kernel: Callable, compile: bool):
         self.kernel = kernel
@@ -300,13 +305,13 @@ class _FusedLinearFunction(torch.autograd.Function):
             out = {"out_dtype": handoff_dtype(x.device.type, weight.shape[-2])}
             ctx.grad_out = {"out_dtype": ctx.autocast["dtype"] if ctx.autocast and ctx.autocast["enabled"] else None}
         ctx.save_for_backward(x, weight, bias, z)
-        return runner(z, bias, **out, **params)
+        return runner(z, bias.detach(), **out, **params)  # detached: see _Compiled
 
     @staticmethod
     @once_differentiable  # the kernels give first derivatives only: a second one must fail loudly
     def backward(ctx, grad):
         x, weight, bias, z = ctx.saved_tensors
-        grad_z, grad_bias = ctx.grad_runner(grad, z, bias, **ctx.grad_out, **ctx.params)
+        grad_z, grad_bias = ctx.grad_runner(grad, z, bias.detach(), **ctx.grad_out, **ctx.params)
         # the products in the forward's precision, also when backward runs under autocast
         with autocast_context(ctx.autocast or autocast_off(x.device.type)):
             grad_x = grad_z @ weight if ctx.needs_input_grad[0] else None
@@ -362,13 +367,13 @@ class _FusedStemFunction(torch.autograd.Function):
         ctx.grad_runner, ctx.params = grad_runner, params
         ctx.save_for_backward(x, weight, bias)
         out_dtype = handoff_dtype(x.device.type, weight.shape[-2]) if handoff else None
-        return runner(x, weight, bias, out_dtype=out_dtype, **params)
+        return runner(x, weight.detach(), bias.detach(), out_dtype=out_dtype, **params)  # detached: see _Compiled
 
     @staticmethod
     @once_differentiable  # the kernels give first derivatives only: a second one must fail loudly
     def backward(ctx, grad):
         x, weight, bias = ctx.saved_tensors
-        grad_w, grad_bias = ctx.grad_runner(grad, x, weight, bias, **ctx.params)
+        grad_w, grad_bias = ctx.grad_runner(grad, x, weight.detach(), bias.detach(), **ctx.params)
         return None, grad_w, grad_bias.reshape(bias.shape), None, None, None, None
 
 
@@ -398,14 +403,14 @@ def fused_linear_apply(x: Tensor, weight: Tensor, bias: Tensor, *, runner: _Comp
             y = _FusedStemFunction.apply(x2, weight, bias, *stem, params, handoff)
         else:
             out_dtype = handoff_dtype(x2.device.type, weight.shape[-2]) if handoff else None
-            y = stem[0](x2, weight, bias, out_dtype=out_dtype, **params)
+            y = stem[0](x2, weight.detach(), bias.detach(), out_dtype=out_dtype, **params)
     elif grad:
         y = _FusedLinearFunction.apply(x2, weight, bias, runner, grad_runner, params, handoff)
     else:
         with autocast_context(product_autocast(x2)):
             z = x2 @ weight.transpose(-1, -2)
         out = {"out_dtype": handoff_dtype(x2.device.type, weight.shape[-2])} if handoff else {}
-        y = runner(z, bias, **out, **params)
+        y = runner(z, bias.detach(), **out, **params)
     return y if stacked else y.reshape(*lead, *y.shape[flat:])
 
 

@@ -361,3 +361,25 @@ def test_mixed_precision_handoff_changes_types_not_values(compile, stacked):
     for a, b in zip(g1, g0):
         torch.testing.assert_close(a, b, **tol)
     assert casts1 < casts0, (casts1, casts0)
+
+
+def test_one_compiled_version_serves_every_width():
+    """The passes are compiled with dynamic shapes and get the weights and biases detached: were they
+    parameters, the compiler would keep their shapes static and compile every pass again for each
+    width, and past 8 versions per pass run it eagerly (a width sweep in one process)."""
+    from torch._dynamo.utils import counters
+
+    x = torch.rand(300, 2, generator=torch.Generator().manual_seed(0)) * 2 - 1
+
+    def train_step(width):
+        model = finer.build_model("finer", 2, 3, width=width, hidden_layers=2, seed=0)
+        assert F.fuse(model, compile=True) == 3
+        model(x).square().mean().backward()
+        with torch.no_grad():
+            model(x)
+
+    train_step(20)
+    graphs = counters["stats"]["unique_graphs"]
+    for width in (28, 44, 76):
+        train_step(width)
+    assert counters["stats"]["unique_graphs"] == graphs
