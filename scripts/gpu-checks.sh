@@ -15,6 +15,7 @@
 #               steps) on two images, one run at a time (stacked pairs were slow at this size)
 #   precision   issue 7: FINER on 00.png at the paper protocol in fp32, bf16 and tf32
 #   stacking    diagnostic: two 512^2 images (3x256) fitted one by one and as one stacked network
+#               (stacked weight gradients one mm per network on CUDA since, finer.nn.fused.weight_grad)
 #   speed       issue 7: `finer bench speed` on the card, alone on it (graphs includes these rows)
 #   foundation  issue 2: 16 images at 256^2, 3x128, 1000 steps, six methods (stacked, 2 processes)
 #

@@ -132,3 +132,19 @@ def test_a_cuda_graph_step_replays_a_stacked_fit():
                     progress=False)
         losses.append([h["loss"] for h in state.history])
     assert losses[1] == pytest.approx(losses[0], rel=1e-4)
+
+
+def test_stacked_weight_gradients_over_many_points_match_each_network():
+    """At PER_NETWORK_WEIGHT_GRAD_POINTS points the stacked layers' weight gradients come from one
+    ``mm`` per network: the same gradients as each network's own backward."""
+    n = F.PER_NETWORK_WEIGHT_GRAD_POINTS
+    models = [finer.build_model("finer", 2, 3, width=64, hidden_layers=2, seed=s).to(CUDA) for s in range(2)]
+    for m in models:
+        F.fuse(m, compile=True)
+    coords = torch.rand(n, 2, device=CUDA) * 2 - 1
+    stacked = StackedMLP(models)
+    stacked(coords).square().mean(dim=(1, 2)).sum().backward()
+    for k, m in enumerate(models):
+        m(coords).square().mean().backward()
+        for i, layer in enumerate(m.layers):
+            torch.testing.assert_close(stacked.weights[i].grad[k], layer.linear.weight.grad, rtol=1e-3, atol=1e-6)

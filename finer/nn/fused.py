@@ -315,12 +315,37 @@ class _FusedLinearFunction(torch.autograd.Function):
         # the products in the forward's precision, also when backward runs under autocast
         with autocast_context(ctx.autocast or autocast_off(x.device.type)):
             grad_x = grad_z @ weight if ctx.needs_input_grad[0] else None
-            grad_w = grad_z.transpose(-1, -2) @ x if ctx.needs_input_grad[1] else None
+            grad_w = weight_grad(grad_z, x) if ctx.needs_input_grad[1] else None
         if grad_x is not None:
             grad_x = grad_x.to(x.dtype)
         if grad_w is not None:
             grad_w = grad_w.to(weight.dtype)
         return grad_x, grad_w, grad_bias.reshape(bias.shape).to(bias.dtype), None, None, None, None
+
+
+PER_NETWORK_WEIGHT_GRAD_POINTS = 65536
+"""On a CUDA device, K stacked layers reducing over at least this many points per network get their
+weight gradients from one ``mm`` per network instead of one batched product (:func:`weight_grad`)."""
+
+
+def weight_grad(grad_z: Tensor, x: Tensor, per_network: bool | None = None) -> Tensor:
+    """``grad_z^T x``, the weight gradient of a layer: ``(N, out), (N, in) -> (out, in)``, or for K
+    stacked layers ``(K, N, out), (K, N, in) -> (K, out, in)``.
+
+    Stacked, this is one batched product whose reduction runs over all N points of a network into a
+    small ``out x in`` result. A GPU spreads a batched product over its output tiles, and only a single
+    ``mm`` is split along its reduction (the CUTLASS maintainers describe the limit for a small batch and
+    a long reduction, NVIDIA/cutlass issue 1033): two stacked 512^2 images kept a handful of an H200's
+    multiprocessors busy (43 ms per step for the pair against 9.3 ms for one image alone, see
+    docs/results/README.md). ``per_network`` (default: stacked, on CUDA, at least
+    :data:`PER_NETWORK_WEIGHT_GRAD_POINTS` points) computes the K products one ``mm`` each instead; on
+    the CPU both take the same time (measured at 2 x 262,144 x 256 and 16 x 16,384 x 128), so it stays
+    one product there."""
+    if per_network is None:
+        per_network = grad_z.dim() == 3 and grad_z.is_cuda and grad_z.shape[-2] >= PER_NETWORK_WEIGHT_GRAD_POINTS
+    if per_network and grad_z.dim() == 3:
+        return torch.stack([g.transpose(0, 1) @ xk for g, xk in zip(grad_z, x)])
+    return grad_z.transpose(-1, -2) @ x
 
 
 STEM_MAX_IN = FEW_INPUTS

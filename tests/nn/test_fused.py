@@ -390,3 +390,32 @@ def test_one_compiled_version_serves_every_width():
     for width in (28, 44, 76):
         train_step(width)
     assert counters["stats"]["unique_graphs"] == graphs
+
+
+def test_per_network_weight_gradients_equal_the_batched_product(monkeypatch):
+    """Stacked layers' weight gradients one ``mm`` per network (the CUDA path for long reductions)
+    give the batched product's values, through the fused layer's backward too."""
+    from finer.nn.stacked import StackedMLP
+
+    gen = torch.Generator().manual_seed(0)
+    gz = torch.randn(3, 200, 7, generator=gen, dtype=torch.float64)
+    x = torch.randn(3, 200, 5, generator=gen, dtype=torch.float64)
+    batched = F.weight_grad(gz, x, per_network=False)
+    assert batched.shape == (3, 7, 5)
+    torch.testing.assert_close(F.weight_grad(gz, x, per_network=True), batched, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(F.weight_grad(gz[0], x[0]), batched[0], rtol=1e-12, atol=1e-12)
+
+    original = F.weight_grad
+
+    def grads(per_network):
+        models = [finer.build_model("finer", 2, 3, width=16, hidden_layers=2, seed=s) for s in range(3)]
+        for m in models:
+            F.fuse(m, compile=False)
+        stacked = StackedMLP(models)
+        monkeypatch.setattr(F, "weight_grad", functools.partial(original, per_network=per_network))
+        coords = torch.rand(300, 2, generator=torch.Generator().manual_seed(1)) * 2 - 1
+        stacked(coords).square().mean().backward()
+        return [w.grad.clone() for w in stacked.weights]
+
+    for split, whole in zip(grads(True), grads(False)):
+        torch.testing.assert_close(split, whole, rtol=1e-5, atol=1e-7)
