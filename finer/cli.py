@@ -265,6 +265,9 @@ def build_parser() -> argparse.ArgumentParser:
                             "128^2 images on an H200, but slower there at 512^2 and on a small CPU, see "
                             "docs/results/README.md; methods with learnable activations and the reference run "
                             "alone; default 1)")
+        p.add_argument("--checkpoint-every", type=_non_negative_int, default=250, metavar="N",
+                       help="steps between writes of a run's state to OUT/runs/RECORD.partial.pt, from which a "
+                            "rerun continues an interrupted run (default 250; 0: none; stacked runs start again)")
         _add_fused(p)
         _add_common(p)
     p = bench_sub.add_parser("compare", help="per-image PSNR differences between methods of a finished grid")
@@ -467,7 +470,8 @@ def _bench(args: argparse.Namespace) -> int:
                   seeds=_ints(args.seeds, "--seeds"), limit=args.limit, out=args.out, device=args.device,
                   progress=not args.quiet, fused=args.fused, report_only=args.report_only,
                   execution=bench.Execution(executor=args.executor, workers=args.workers, address=args.address,
-                                            batch_signals=args.batch_signals))
+                                            batch_signals=args.batch_signals,
+                                            checkpoint_every=args.checkpoint_every))
     if args.bench == "images":
         bench.run_image_bench(args.directory, **common)
     else:

@@ -1,7 +1,9 @@
 """Image benchmarks: a grid of fits (methods x images x seeds, or x widths) and its tables.
 
 Each run writes one JSON record under ``OUT/runs/``; a rerun skips the records already written,
-so an interrupted grid resumes where it stopped. ``official-finer`` is the eager reference of the
+so an interrupted grid resumes where it stopped. A run also writes its state every
+``checkpoint_every`` steps to ``OUT/runs/RECORD.partial.pt`` (removed once its record is written), and
+a rerun continues an interrupted run from there: a paper-protocol run on a CPU takes hours. ``official-finer`` is the eager reference of the
 official code (:mod:`finer.bench.reference`), trained by the same loop on the same data.
 """
 
@@ -30,11 +32,13 @@ from finer.nn.fused import apply_fused
 from finer.nn.stacked import StackedMLP, stack_problem
 from finer.runs import resolve_device
 from finer.tasks.image import ImageTask, load_image, save_image
-from finer.train import TrainConfig, fit
+from finer.train import FitState, TrainConfig, fit
 
 REFERENCE = "official-finer"
 CURVE_EVERY = 10  # steps between the points of each run's recorded training-PSNR curve
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}
+PARTIAL_SUFFIX = ".partial.pt"
+PARTIAL_FORMAT = "finer-inr bench partial run"
 
 
 @dataclass
@@ -93,18 +97,74 @@ class Job:
     device: str = "auto"
     progress: bool = False
     fused: str = "auto"
+    partial: str | None = None
+    """Where the run's state is kept while it trains (``OUT/runs/RECORD.partial.pt``), and continued
+    from if it is there; None: neither."""
+    checkpoint_every: int = 0
+    """Steps between writes of ``partial`` (0: none)."""
+
+
+def _partial_key(job: Job) -> dict:
+    """What a partial run must match to be continued: the run's method, seed, protocol and image."""
+    return {"model": job.model, "seed": job.seed, "protocol": dataclasses.asdict(job.protocol),
+            "image": job.image_name, "shape": list(job.image.shape)}
+
+
+def _load_partial(job: Job, model, task: ImageTask) -> tuple[FitState | None, dict | None]:
+    """Load the state of an interrupted run of ``job`` into ``model`` and ``task``; returns the fit state
+    and optimiser state to continue from, or ``(None, None)`` if there is none."""
+    if not job.partial or not Path(job.partial).exists():
+        return None, None
+    try:
+        payload = torch.load(job.partial, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises many kinds for a bad file
+        raise FinerError(f"cannot read the partial run {job.partial}: {exc}; delete it to start the run again") from None
+    if not isinstance(payload, dict) or payload.get("format") != PARTIAL_FORMAT or payload.get("key") != _partial_key(job):
+        raise FinerError(f"{job.partial} is not a partial run of {job.model} on {job.image_name} (seed {job.seed}) "
+                         "at this protocol; delete it, or write this grid to another --out")
+    model.load_state_dict(payload["model"])
+    task.load_state_dict(payload["task"])
+    f = payload["fit"]
+    return (FitState(step=f["step"], history=f["history"], train_seconds=f["train_seconds"],
+                     first_loss=f["first_loss"]), payload["optimizer"])
+
+
+def _save_partial(path: str, payload: dict) -> None:
+    io.atomic_write(path, lambda tmp: torch.save(payload, tmp))
+
+
+def _partial_writer(job: Job, task: ImageTask):
+    """``fit``'s checkpoint callback for ``job``: the state of a run still training or interrupted
+    (a finished run's result is its record)."""
+
+    def write(state: FitState, snapshot: dict) -> None:
+        if state.status not in ("running", "interrupted"):
+            return
+        _save_partial(job.partial, {
+            "format": PARTIAL_FORMAT, "key": _partial_key(job), "model": snapshot["model"],
+            "optimizer": snapshot["optimizer"], "task": task.state_dict(),
+            "fit": {"step": state.step, "history": state.history, "train_seconds": state.train_seconds,
+                    "first_loss": state.first_loss}})
+
+    return write
 
 
 def run_one(job: Job) -> tuple[dict, np.ndarray]:
     """One fit at the method's defaults; returns its metrics row (with a training-PSNR curve) and the
-    reconstruction."""
+    reconstruction. With ``job.partial``, it continues an interrupted run from there and, every
+    ``job.checkpoint_every`` steps, keeps its state there."""
     image, protocol, device = job.image, job.protocol, resolve_device(job.device)
     model, lr, target_range = _build(job.model, image.shape[-1], protocol.width, protocol.hidden_layers, job.seed)
     model = model.to(device)
     fused = apply_fused(model, job.fused, protocol.steps)
     task = ImageTask(image, target_range, device, seed=job.seed)
-    cfg = TrainConfig(steps=protocol.steps, lr=lr, eval_every=0, checkpoint_every=0, log_every=50)
-    state = fit(model, task, cfg, progress=job.progress, desc=f"{Path(job.image_name).stem}/{job.model}")
+    state, optimizer_state = _load_partial(job, model, task)
+    writes = bool(job.partial and job.checkpoint_every)
+    cfg = TrainConfig(steps=protocol.steps, lr=lr, eval_every=0, checkpoint_every=job.checkpoint_every if writes else 0,
+                      log_every=50)
+    state = fit(model, task, cfg, state=state, optimizer_state=optimizer_state,
+                on_checkpoint=_partial_writer(job, task) if writes else None, progress=job.progress,
+                desc=f"{Path(job.image_name).stem}/{job.model}")
     pred = task.predict(model)
     psnrs = {h["step"]: h["train_psnr"] for h in state.history}
     return _row(job, model, pred, state.status, state.step, state.train_seconds, psnrs, lr, device, fused), pred
@@ -252,6 +312,9 @@ class Execution:
     address: str | None = None
     batch_signals: int = 1
     """Runs of one method and seed fitted together as one stacked network (``--batch-signals``)."""
+    checkpoint_every: int = 250
+    """Steps between writes of a run's state to ``OUT/runs/RECORD.partial.pt``, from which a rerun
+    continues it (0: none; runs fitted as one stacked network start again)."""
 
 
 def run_grid(plan, out: Path, device: str, progress: bool, on_row=None, execution: Execution | None = None,
@@ -270,8 +333,10 @@ def run_grid(plan, out: Path, device: str, progress: bool, on_row=None, executio
     jobs = []
     for record_name, path, name, protocol, seed in plan:
         record = out / "runs" / f"{record_name}.json"
+        partial = out / "runs" / f"{record_name}{PARTIAL_SUFFIX}"
         if record.exists():
             done[record_name] = io.read_json(record)
+            partial.unlink(missing_ok=True)  # left if a run stopped between its record and this
             continue
         if not train:
             continue
@@ -280,7 +345,8 @@ def run_grid(plan, out: Path, device: str, progress: bool, on_row=None, executio
             images[key] = load_image(path, crop=protocol.crop, size=protocol.size)
         sequential = execution.executor == "local" and execution.workers == 1
         jobs.append(Job(record_name, path.name, images[key], name, protocol, seed, str(device),
-                        progress and sequential, fused))
+                        progress and sequential, fused, partial=str(partial),
+                        checkpoint_every=execution.checkpoint_every))
     order = {record_name: i for i, (record_name, *_) in enumerate(plan)}
 
     def ordered():
@@ -296,6 +362,7 @@ def run_grid(plan, out: Path, device: str, progress: bool, on_row=None, executio
             count += 1
             save_image(pred, out / "runs" / f"{job.record}.png")  # before the record, which marks the run done
             io.write_json(out / "runs" / f"{job.record}.json", row)
+            Path(job.partial).unlink(missing_ok=True)
             done[job.record] = row
             lp = f"  LPIPS {row['lpips']:.4f}" if row.get("lpips") is not None else ""
             print(f"[{count}/{total}] {job.image_name} {job.model:14s} w{job.protocol.width} s{job.seed} "

@@ -1,5 +1,6 @@
 """Benchmark grids: records per run, resumable, summary tables, width sweep."""
 
+import dataclasses
 import json
 
 import numpy as np
@@ -26,8 +27,9 @@ def image_dir(tmp_path, astronaut_small):
 def test_image_grid_is_resumable_and_summarised(image_dir, tmp_path, capsys):
     out = tmp_path / "bench"
     args = ["bench", "images", str(image_dir), "--models", "finer,official-finer", "--steps", "3", "--width", "8",
-            "--crop", "16", "--size", "16", "--seeds", "0,1", "--out", str(out), "--quiet"]
+            "--crop", "16", "--size", "16", "--seeds", "0,1", "--out", str(out), "--checkpoint-every", "1", "--quiet"]
     assert main(args) == 0
+    assert not list((out / "runs").glob("*.partial.pt"))  # a run's state goes once its record is written
     first = capsys.readouterr().out
     assert first.count("PSNR") == 2 * 2 * 2
     results = json.loads((out / "results.json").read_text())
@@ -202,3 +204,38 @@ def test_best_counts_only_count_images_every_method_ran():
                                                                 "steps": 3, "seeds": [0], "device": "cpu", "machine": "m",
                                                                 "torch": "t", "date": "d", "runs_done": 11})
     assert "| best on |" in table and table.count("| 2/3 |") == 2 and "| 0/3 |" in table
+
+
+def test_an_interrupted_run_continues_from_its_partial_state(astronaut_small, tmp_path, monkeypatch):
+    """A run killed after a checkpoint continues from it on the next call and ends where the
+    uninterrupted run ends; another run's state is refused."""
+    from finer.bench import images as bench
+
+    protocol = bench.Protocol(steps=40, hidden_layers=1, width=16, crop=None, size=None)
+    image = np.ascontiguousarray(astronaut_small[:16, :16])
+
+    def job(partial=None):
+        return bench.Job("00-finer-s0", "00.png", image, "finer", protocol, 0, "cpu", fused="off",
+                         partial=partial, checkpoint_every=10 if partial else 0)
+
+    whole, _ = bench.run_one(job())
+    partial = str(tmp_path / "00-finer-s0.partial.pt")
+    save = bench._save_partial
+
+    def dies_after_step_20(path, payload):
+        save(path, payload)
+        if payload["fit"]["step"] == 20:
+            raise KeyboardInterrupt  # the process is killed right after that checkpoint
+
+    monkeypatch.setattr(bench, "_save_partial", dies_after_step_20)
+    with pytest.raises(KeyboardInterrupt):
+        bench.run_one(job(partial))
+    monkeypatch.setattr(bench, "_save_partial", save)
+    assert torch.load(partial, weights_only=True)["fit"]["step"] == 20
+    resumed, _ = bench.run_one(job(partial))
+    assert resumed["status"] == "complete" and resumed["steps"] == 40
+    assert [c[0] for c in resumed["curve"]] == [c[0] for c in whole["curve"]]
+    np.testing.assert_allclose([c[1] for c in resumed["curve"]], [c[1] for c in whole["curve"]], rtol=1e-5)
+    assert resumed["psnr"] == pytest.approx(whole["psnr"], abs=1e-4)
+    with pytest.raises(FinerError, match="not a partial run of finer on 00.png"):
+        bench.run_one(dataclasses.replace(job(partial), seed=1))
