@@ -159,7 +159,8 @@ def run_one(job: Job) -> tuple[dict, np.ndarray]:
     fused = apply_fused(model, job.fused, protocol.steps)
     task = ImageTask(image, target_range, device, seed=job.seed)
     state, optimizer_state = _load_partial(job, model, task)
-    writes = bool(job.partial and job.checkpoint_every)
+    # a Ray worker on another machine has no grid folder: its run just keeps no state
+    writes = bool(job.partial and job.checkpoint_every and Path(job.partial).parent.is_dir())
     cfg = TrainConfig(steps=protocol.steps, lr=lr, eval_every=0, checkpoint_every=job.checkpoint_every if writes else 0,
                       log_every=50)
     state = fit(model, task, cfg, state=state, optimizer_state=optimizer_state,
