@@ -179,6 +179,7 @@ def _row(job: Job, model, pred: np.ndarray, status: str, steps: int, seconds: fl
              if step % CURVE_EVERY == 0 or step in (1, steps)]
     return {
         "image": job.image_name, "model": job.model, "seed": job.seed, "status": status, "steps": steps,
+        "steps_planned": protocol.steps,
         **image_metrics(pred, job.image, with_lpips=lpips_available()), "params": count_parameters(model),
         "seconds": seconds, "seconds_per_step": seconds / max(steps, 1), "threads": torch.get_num_threads(),
         "lr": lr, "width": protocol.width, "hidden_layers": protocol.hidden_layers, "crop": protocol.crop,
@@ -318,6 +319,18 @@ class Execution:
     continues it (0: none; runs fitted as one stacked network start again)."""
 
 
+def protocol_mismatch(row: dict, protocol: Protocol) -> str:
+    """How a finished run's record differs from ``protocol`` (empty if it does not): a grid's runs are
+    named by image, method and seed only, so a rerun with other settings must not take old runs as its own."""
+    planned = row.get("steps_planned", row["steps"] if row.get("status") == "complete" else protocol.steps)
+    recorded = {"steps": planned, "width": row.get("width"), "hidden_layers": row.get("hidden_layers"),
+                "crop": row.get("crop"), "size": row.get("size")}
+    wanted = {"steps": protocol.steps, "width": protocol.width, "hidden_layers": protocol.hidden_layers,
+              "crop": protocol.crop, "size": protocol.size}
+    return ", ".join(f"{k} {recorded[k]} where this grid has {wanted[k]}" for k in wanted
+                     if str(recorded[k]) != str(wanted[k]))
+
+
 def run_grid(plan, out: Path, device: str, progress: bool, on_row=None, execution: Execution | None = None,
              fused: str = "auto", train: bool = True) -> list[dict]:
     """Run ``plan`` = [(record_name, path, model, protocol, seed)], skipping records already written.
@@ -336,7 +349,12 @@ def run_grid(plan, out: Path, device: str, progress: bool, on_row=None, executio
         record = out / "runs" / f"{record_name}.json"
         partial = out / "runs" / f"{record_name}{PARTIAL_SUFFIX}"
         if record.exists():
-            done[record_name] = io.read_json(record)
+            row = io.read_json(record)
+            mismatch = protocol_mismatch(row, protocol)
+            if mismatch:
+                raise FinerError(f"{record} is a run of another protocol ({mismatch}); write this grid to another "
+                                 "--out, or delete that folder's runs")
+            done[record_name] = row
             partial.unlink(missing_ok=True)  # left if a run stopped between its record and this
             continue
         if not train:

@@ -239,3 +239,20 @@ def test_an_interrupted_run_continues_from_its_partial_state(astronaut_small, tm
     assert resumed["psnr"] == pytest.approx(whole["psnr"], abs=1e-4)
     with pytest.raises(FinerError, match="not a partial run of finer on 00.png"):
         bench.run_one(dataclasses.replace(job(partial), seed=1))
+
+
+def test_a_rerun_with_other_settings_does_not_take_the_old_runs(image_dir, tmp_path, capsys):
+    out = tmp_path / "bench"
+    args = ["bench", "images", str(image_dir), "--models", "finer", "--limit", "1", "--steps", "3", "--width", "8",
+            "--crop", "16", "--size", "16", "--out", str(out), "--quiet"]
+    assert main(args) == 0
+    summary = (out / "summary.md").read_text()
+    capsys.readouterr()
+    for flag, value, said in (("--width", "16", "width 8 where this grid has 16"),
+                              ("--steps", "4", "steps 3 where this grid has 4")):
+        changed = [*args]
+        changed[changed.index(flag) + 1] = value
+        assert main(changed) == 2
+        assert said in capsys.readouterr().err
+        assert main([*changed, "--report-only"]) == 2
+        assert (out / "summary.md").read_text() == summary  # the old grid's table stays as it was
