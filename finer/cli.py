@@ -95,8 +95,18 @@ def _options(items) -> dict:
     return options
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse whose errors are one line (the usage is one ``--help`` away); subcommands inherit it."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see `{self.prog} --help`)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="finer", description="FINER and its rivals as implicit neural representations.")
+    from finer import __version__
+
+    parser = _Parser(prog="finer", description="FINER and its rivals as implicit neural representations.")
+    parser.add_argument("--version", action="version", version=f"finer-inr {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("models", help="list the registered models and their defaults")
@@ -542,7 +552,8 @@ def _report(job) -> int:
     metrics = job()
     print(json.dumps({k: metrics[k] for k in ("model", "status", "psnr", "ssim", "steps", "seconds_per_step")}))
     if metrics["status"] == "interrupted":
-        print(f"error: {metrics.get('message', 'interrupted')}; continue with `finer resume DIR`", file=sys.stderr)
+        print(f"error: {metrics.get('message', 'interrupted')}; continue with `finer resume {metrics.get('out', 'DIR')}`",
+              file=sys.stderr)
         return EXIT_INTERRUPTED
     return 0
 

@@ -107,14 +107,16 @@ def default_out_dir(cfg: ImageRunConfig) -> Path:
     return Path("runs") / f"image-{stem}-{cfg.model}-{time.strftime('%Y%m%d-%H%M%S')}"
 
 
-def _prepare_out(out: Path, overwrite: bool, create: bool = True) -> None:
+def _prepare_out(out: Path, overwrite: bool, create: bool = True, resumable: bool = False) -> None:
+    """Check (and with ``create`` make) a run's output folder. ``resumable``: the run is one that
+    ``finer resume`` continues (a single image fit), so the error for a used folder suggests it
+    when the folder holds such a run."""
     if out.exists() and not out.is_dir():
         raise FinerError(f"--out {out} exists and is not a directory")
     if out.exists() and any(out.iterdir()) and not overwrite:
-        raise FinerError(
-            f"output folder {out} is not empty; choose another --out, pass --overwrite, "
-            f"or continue it with `finer resume {out}`"
-        )
+        hint = (f", or continue its run with `finer resume {out}`"
+                if resumable and (out / "checkpoint.pt").exists() and _run_kind(out) == "image" else "")
+        raise FinerError(f"output folder {out} is not empty; choose another --out or pass --overwrite{hint}")
     if create:
         out.mkdir(parents=True, exist_ok=True)
 
@@ -243,15 +245,15 @@ class _Run:
         metrics = self.write_metrics(state, final=True)
         if state.status == "diverged":
             raise DivergedError(f"{state.message}; checkpoint of step {state.step} kept in {self.out}")
-        return metrics
+        return {**metrics, "out": str(self.out)}
 
 
 def fit_image(cfg: ImageRunConfig, out: str | Path | None = None, *, progress: bool = True,
               overwrite: bool = False, log=print) -> dict[str, Any]:
-    """Fit one image; returns the metrics (also written to ``out/metrics.json``)."""
+    """Fit one image; returns the metrics (also written to ``out/metrics.json``) and the run folder (``out``)."""
     cfg.validate()
     out = Path(out) if out is not None else default_out_dir(cfg)
-    _prepare_out(out, overwrite, create=False)
+    _prepare_out(out, overwrite, create=False, resumable=True)
     run = _Run(cfg, out, progress)  # reads the image and builds the model before anything is written
     out.mkdir(parents=True, exist_ok=True)
     if run.note:
@@ -260,9 +262,27 @@ def fit_image(cfg: ImageRunConfig, out: str | Path | None = None, *, progress: b
     return run.run()
 
 
+def _run_kind(run_dir: Path) -> str | None:
+    """The task of the run in ``run_dir`` as its config.json names it ("image", "sdf", "nerf"), or None."""
+    try:
+        config = io.read_json(run_dir / "config.json")
+    except FinerError:
+        return None
+    return config.get("task", "image") if isinstance(config, dict) else None
+
+
 def resume_image(run_dir: str | Path, *, steps: int | None = None, progress: bool = True) -> dict[str, Any]:
     """Continue an interrupted run (or extend a finished one to ``steps``) from its checkpoint."""
     run_dir = Path(run_dir)
+    kind = _run_kind(run_dir)
+    if kind != "image":
+        what = ({"sdf": "an SDF run", "nerf": "a NeRF run"}.get(kind, f"a {kind} run") if kind
+                else "not the folder of a `finer fit image` run (no config.json)")
+        raise FinerError(f"{run_dir} is {what}; `finer resume` continues single image fits"
+                         + (" (a folder fitted with --batch-signals is not resumable; fit it again)"
+                            if (run_dir / "metrics.json").exists() and kind is None else ""))
+    if not (run_dir / "checkpoint.pt").exists():
+        raise FinerError(f"{run_dir} has no checkpoint.pt to continue from")
     config = io.read_json(run_dir / "config.json")
     known = {f.name for f in dataclasses.fields(ImageRunConfig)}
     cfg = ImageRunConfig(**{k: v for k, v in config.get("run", {}).items() if k in known})
@@ -272,7 +292,8 @@ def resume_image(run_dir: str | Path, *, steps: int | None = None, progress: boo
     _, payload = io.load_checkpoint(run_dir / "checkpoint.pt")
     done = payload["fit"]["step"]
     if done >= cfg.steps:
-        raise FinerError(f"{run_dir} already reached step {done} of {cfg.steps}; pass --steps to train longer")
+        raise FinerError(f"{run_dir} already reached step {done}" + (f" of {cfg.steps}" if steps is None else "")
+                         + f"; pass --steps with more than {done} to train longer")
     run.model.load_state_dict(payload["model"])
     run.task.load_state_dict(payload["task"]["rng"])
     state = FitState(step=done, history=payload["fit"]["history"], train_seconds=payload["fit"]["train_seconds"],

@@ -14,6 +14,7 @@ import pytest
 from PIL import Image
 
 from finer.cli import main
+from finer.errors import FinerError
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -176,3 +177,37 @@ def test_precision_choices_are_the_training_loops():
     fit = next(a for a in parser._subparsers._group_actions[0].choices["fit"]._subparsers._group_actions[0]
                .choices["image"]._actions if a.dest == "precision")
     assert list(fit.choices) == list(PRECISIONS)
+
+
+def test_resume_names_what_it_cannot_continue(tmp_path, capsys):
+    sdf = tmp_path / "bunny"
+    sdf.mkdir()
+    (sdf / "config.json").write_text(json.dumps({"task": "sdf", "run": {}}))
+    (sdf / "checkpoint.pt").write_bytes(b"")
+    assert main(["resume", str(sdf)]) == 2
+    assert "is an SDF run; `finer resume` continues single image fits" in capsys.readouterr().err
+    assert main(["resume", str(tmp_path)]) == 2
+    assert "not the folder of a `finer fit image` run" in capsys.readouterr().err
+
+
+def test_a_used_folder_suggests_resume_only_for_a_resumable_run(png_path, tmp_path, capsys):
+    from finer.runs import _prepare_out
+
+    out = tmp_path / "sdf-run"
+    out.mkdir()
+    (out / "config.json").write_text(json.dumps({"task": "sdf"}))
+    (out / "checkpoint.pt").write_bytes(b"")
+    with pytest.raises(FinerError) as err:
+        _prepare_out(out, overwrite=False, resumable=True)
+    assert "not empty" in str(err.value) and "resume" not in str(err.value)
+    (out / "config.json").write_text(json.dumps({"task": "image"}))
+    with pytest.raises(FinerError, match="continue its run with `finer resume"):
+        _prepare_out(out, overwrite=False, resumable=True)
+
+
+def test_usage_errors_are_one_line(capsys):
+    with pytest.raises(SystemExit) as stop:
+        main(["fit", "image", "--steps", "-5"])
+    assert stop.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "expected a positive integer, got '-5'" in err and "finer fit image --help" in err
