@@ -134,7 +134,7 @@ class _Run:
         self.model = build_model(cfg.model, 2, c, seed=cfg.seed, **cfg.model_options).to(self.device)
         self.fused = apply_fused(self.model, cfg.fused, cfg.steps)
         mcfg = self.model.config
-        self.batch_size = cfg.batch_size
+        self.batch_size = cfg.batch_size if cfg.batch_size is None or cfg.batch_size < h * w else None  # all pixels: full batch
         self.note = ""
         if self.batch_size is None:
             full = img.full_batch_bytes(h * w, mcfg.width, mcfg.hidden_layers + 1, mcfg.complex_weights)

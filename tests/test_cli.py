@@ -211,3 +211,13 @@ def test_usage_errors_are_one_line(capsys):
     assert stop.value.code == 2
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "expected a positive integer, got '-5'" in err and "finer fit image --help" in err
+
+
+def test_a_batch_of_at_least_every_pixel_is_recorded_as_the_full_batch(png_path, tmp_path):
+    out = tmp_path / "big-batch"
+    assert main(["fit", "image", str(png_path), "--batch-size", "100000000", "--steps", "2", "--width", "8",
+                 "--out", str(out), "--quiet"]) == 0
+    config, metrics = (json.loads((out / name).read_text()) for name in ("config.json", "metrics.json"))
+    pixels = metrics["height"] * metrics["width"]
+    assert config["train"]["full_batch"] is True and config["train"]["batch_size"] == pixels
+    assert metrics["batch_size"] == pixels
