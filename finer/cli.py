@@ -474,6 +474,11 @@ def _bench(args: argparse.Namespace) -> int:
         return _bench_compare(args)
     from finer.bench import images as bench
 
+    if args.bench == "width" and (args.width is not None or args.hidden_layers is not None):
+        raise FinerError("`finer bench width` takes its widths from --widths and uses two hidden layers "
+                         "(supplement Fig. 2); --width and --hidden-layers do not apply")
+    if args.address and args.executor != "ray":
+        raise FinerError("--address is the Ray cluster's address: use it with --executor ray")
     protocol = bench.resolve_protocol(args.preset, steps=args.steps, hidden_layers=args.hidden_layers,
                                       width=args.width, crop=args.crop, size=args.size)
     common = dict(models=[m for m in args.models.split(",") if m], protocol=protocol,
@@ -482,13 +487,17 @@ def _bench(args: argparse.Namespace) -> int:
                   execution=bench.Execution(executor=args.executor, workers=args.workers, address=args.address,
                                             batch_signals=args.batch_signals,
                                             checkpoint_every=args.checkpoint_every))
+    out = Path(args.out)
     if args.bench == "images":
-        bench.run_image_bench(args.directory, **common)
+        rows = bench.run_image_bench(args.directory, **common)
+        written = [out / "summary.md", out / "report.html", out / "results.csv", out / "results.json"]
     else:
         widths = _ints(args.widths, "--widths")
         if min(widths) <= 0:
             raise FinerError("--widths must be positive")
-        bench.run_width_bench(args.directory, widths=widths, **common)
+        rows = bench.run_width_bench(args.directory, widths=widths, **common)
+        written = [out / "width.md", out / "width.png", out / "width.csv", out / "width.json"]
+    print(f"{len(rows)} runs: " + ", ".join(str(p) for p in written), flush=True)
     return 0
 
 

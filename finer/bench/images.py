@@ -366,6 +366,9 @@ def run_grid(plan, out: Path, device: str, progress: bool, on_row=None, executio
         jobs.append(Job(record_name, path.name, images[key], name, protocol, seed, str(device),
                         progress and sequential, fused, partial=str(partial),
                         checkpoint_every=execution.checkpoint_every))
+    if done:
+        print(f"{len(done)} of {len(plan)} runs already finished in {out / 'runs'}" + (": skipped" if train else ""),
+              flush=True)
     order = {record_name: i for i, (record_name, *_) in enumerate(plan)}
 
     def ordered():

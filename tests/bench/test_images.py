@@ -256,3 +256,12 @@ def test_a_rerun_with_other_settings_does_not_take_the_old_runs(image_dir, tmp_p
         assert said in capsys.readouterr().err
         assert main([*changed, "--report-only"]) == 2
         assert (out / "summary.md").read_text() == summary  # the old grid's table stays as it was
+
+
+def test_options_that_would_be_ignored_are_refused(image_dir, tmp_path, capsys):
+    base = [str(image_dir), "--out", str(tmp_path / "x"), "--quiet"]
+    assert main(["bench", "width", *base, "--width", "64"]) == 2
+    assert "--width and --hidden-layers do not apply" in capsys.readouterr().err
+    assert main(["bench", "images", *base, "--address", "auto"]) == 2
+    assert "use it with --executor ray" in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()
