@@ -19,7 +19,7 @@ install: $(STAMP)
 # Fit FINER to scikit-image's astronaut (shipped with the package): about a minute on 2 CPU cores.
 demo: $(STAMP)
 	$(BIN)/finer fit image --size 128 --steps 200 --eval-every 25 --out runs/demo --overwrite
-	@echo "outputs in runs/demo: reconstruction.png error_map.png psnr_curve.png metrics.json curve.csv checkpoint.pt"
+	@echo "outputs in runs/demo: reconstruction.png error_map.png psnr_curve.png metrics.json curve.csv config.json checkpoint.pt"
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q

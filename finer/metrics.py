@@ -11,7 +11,7 @@ from skimage.metrics import structural_similarity
 def psnr(pred: np.ndarray, target: np.ndarray, clip: bool = True) -> float:
     """Peak signal-to-noise ratio in dB of images with values in [0, 1].
 
-    ``pred`` is clipped to [0, 1] first (the honest choice, finer-notes.md §4).
+    ``pred`` is clipped to [0, 1] first (the honest choice; the paper does not say whether it clips).
     A perfect reconstruction returns ``inf``.
     """
     pred = np.asarray(pred, dtype=np.float64)

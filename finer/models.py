@@ -1,6 +1,7 @@
 """One config dataclass per method, the registry of methods, and :func:`build_model`.
 
-Defaults are the papers' image-fitting defaults (finer-notes.md §1-3). Every config also carries
+Defaults are the papers' image-fitting defaults (from the official FINER and FINER++ code and each
+baseline's own). Every config also carries
 the method's default learning rate and the range its targets are scaled to, so a fit with
 ``finer fit image --model NAME`` uses the method as its authors ran it.
 """
@@ -278,7 +279,7 @@ class WireFinerConfig(WireConfig):
 class MetaSinConfig(MLPConfig):
     """MS-MLP: a ReLU MLP whose activations are MetaSin, ``relu(z) + sum_k a_k sin(f_k z + p_k)``.
 
-    *Unverified against the MetaSin code* (finer-notes.md §3): one learnable set of ``n_sines``
+    *Unverified against the MetaSin code* (which we could not read): one learnable set of ``n_sines``
     sinusoids per layer, frequencies initialised on ``[1, max_frequency]``, PyTorch init.
     """
 
@@ -296,7 +297,7 @@ class MetaSinConfig(MLPConfig):
 class SCMLPConfig(MLPConfig):
     """SC-MLP: NeuRBF's sinusoidal composition ``z + sin(omega z)`` in the first layer of a ReLU MLP.
 
-    ``omega`` is fixed per unit, log-spaced over ``[omega_min, omega_max]`` (finer-notes.md §3);
+    ``omega`` is fixed per unit, log-spaced over ``[omega_min, omega_max]`` (NeuRBF);
     the first layer has no other non-linearity (an assumption), the others are ReLU.
     """
 
@@ -317,7 +318,7 @@ class MPAConfig(MLPConfig):
     """MPA (Mehta et al. 2021): SIREN synthesis layers ``m_i * sin(omega (W_i h + b_i))`` whose amplitudes
     ``m_i`` come from a ReLU modulator fed with a learned latent code.
 
-    *Unverified* (finer-notes.md §3): the auto-encoder is replaced by one learned latent per signal,
+    *Unverified against the MPA code* (which we could not read): the auto-encoder is replaced by one learned latent per signal,
     the modulator is as wide as the synthesis network, SIREN init with omega 30.
     """
 

@@ -48,7 +48,7 @@ def test_same_seed_same_network():
 
 
 def test_paper_image_network_parameter_count():
-    """finer-notes.md §1: the 3 x 256 image network has 198,915 parameters."""
+    """The paper's 3 x 256 image network (2 -> 256, three 256 -> 256, 256 -> 3) has 198,915 parameters."""
     assert count_parameters(build_model("finer", 2, 3)) == 198_915
     wire = build_model("wire", 2, 3)
     assert wire.layers[1].linear.in_features == 181  # int(256 / sqrt 2), parameter parity

@@ -1,6 +1,6 @@
 """An eager re-implementation of the official FINER image network, kept as a reference.
 
-Written from the description in finer-notes.md §1 (not from the official source): separate
+Written from a description of the official code (github.com/liuzhen0212/FINER; not copied from it): separate
 ``nn.Linear`` layers, PyTorch's default init overwritten in place by the SIREN bounds, and the
 activation ``sin(omega * (|z|+1) * z)`` evaluated op by op with ``|z|+1`` under ``no_grad``.
 It draws its initialisation from the global RNG, as the official code does.

@@ -1,6 +1,6 @@
 """Initialisers: pure functions that fill a tensor in place from an explicit generator.
 
-Bounds (supplement / official code, finer-notes.md §1):
+Bounds (supplement and the official code, github.com/liuzhen0212/FINER):
 - SIREN first layer ``U(-1/n_in, 1/n_in)``; other layers ``U(-sqrt(6/n_in)/omega, +sqrt(6/n_in)/omega)``.
 - PyTorch's ``nn.Linear`` default: weight and bias ``U(-1/sqrt(n_in), 1/sqrt(n_in))``.
 - FINER's first-layer bias range ``k``: ``U(-k, k)``.

@@ -6,7 +6,7 @@ and a colour network built from the model registry (so FINER, SIREN, WIRE, Gauss
 plug in), and :class:`Renderer`, which turns a batch of rays into colours and is what the generic
 training loop optimises.
 
-Conventions (finer-notes.md §4, WIRE's setting): Blender cameras look down their -z axis with +y
+Conventions (WIRE's setting, which the paper follows): Blender cameras look down their -z axis with +y
 up; rays go through pixel centres; RGBA images are composited on a white background and the
 renderer composites the leftover transmittance on white too; points are divided by ``bound``
 (1.5 for the synthetic scenes) so the networks see coordinates in about [-1, 1]; samples lie

@@ -1,6 +1,6 @@
 """3-D signed-distance fields of meshes: loading, sampling, ground truth, extraction, metrics.
 
-Conventions (finer-notes.md §4): a mesh is normalised into ``[-0.45, 0.45]^3`` (its longest side
+Conventions (the paper's SDF protocol, from its official code): a mesh is normalised into ``[-0.45, 0.45]^3`` (its longest side
 spans 0.9) and the field is learned on ``[-0.5, 0.5]^3``; the transform is kept so outputs can be
 put back in the mesh's own units. Signed distances are negative inside.
 
