@@ -16,6 +16,9 @@ from finer.errors import FinerError
 from finer.models import MODELS, build_from_config, make_config
 
 CHECKPOINT_FORMAT = "finer-inr checkpoint"
+NERF_CHECKPOINT_FORMAT = "finer-nerf"
+_KINDS = {CHECKPOINT_FORMAT: "an image or SDF model's checkpoint",
+          NERF_CHECKPOINT_FORMAT: "a NeRF checkpoint (for `finer render nerf`)"}
 CHECKPOINT_VERSION = 1
 
 
@@ -124,9 +127,12 @@ def read_payload(path: str | os.PathLike, fmt: str = CHECKPOINT_FORMAT) -> tuple
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises many kinds for a bad file
-        raise FinerError(f"cannot read checkpoint {path}: {exc}") from None
-    if not isinstance(payload, dict) or payload.get("format") != fmt:
-        raise FinerError(f"{path} is not a finer-inr checkpoint" + ("" if fmt == CHECKPOINT_FORMAT else f" ({fmt})"))
+        raise FinerError(f"cannot read checkpoint {path}: not a file saved by PyTorch ({type(exc).__name__}: {exc})") from None
+    found = payload.get("format") if isinstance(payload, dict) else None
+    if found != fmt:
+        if found in _KINDS:
+            raise FinerError(f"{path} is {_KINDS[found]}, not {_KINDS.get(fmt, fmt)}")
+        raise FinerError(f"{path} is not a finer-inr checkpoint")
     return path, payload
 
 

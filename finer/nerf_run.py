@@ -29,7 +29,7 @@ from finer.tasks import nerf as N
 from finer.tasks.image import save_image
 from finer.train import TrainConfig, fit
 
-NERF_FORMAT = "finer-nerf"
+NERF_FORMAT = io.NERF_CHECKPOINT_FORMAT
 
 
 @dataclass

@@ -307,6 +307,8 @@ def render_checkpoint(checkpoint: str | Path, *, scale: float = 2.0, out: str | 
     """Render an image model at ``scale`` times its training resolution from the checkpoint alone."""
     if not scale > 0:
         raise ConfigError(f"scale must be positive, got {scale!r}")
+    if out:
+        img.check_image_path(out)
     model, payload = io.load_checkpoint(checkpoint)
     task = payload.get("task", {})
     if task.get("kind") != "image":

@@ -27,6 +27,20 @@ def test_bad_checkpoints(tmp_path):
     torch.save({"hello": 1}, tmp_path / "other.pt")
     with pytest.raises(FinerError, match="not a finer-inr checkpoint"):
         io.load_checkpoint(tmp_path / "other.pt")
+    torch.save({"format": io.NERF_CHECKPOINT_FORMAT}, tmp_path / "nerf.pt")  # the other kind: say which it is
+    with pytest.raises(FinerError, match="is a NeRF checkpoint .for `finer render nerf`., not an image or SDF"):
+        io.load_checkpoint(tmp_path / "nerf.pt")
+    torch.save({"format": io.CHECKPOINT_FORMAT}, tmp_path / "image.pt")
+    with pytest.raises(FinerError, match="is an image or SDF model's checkpoint, not a NeRF checkpoint"):
+        io.read_payload(tmp_path / "image.pt", io.NERF_CHECKPOINT_FORMAT)
+
+
+def test_an_unknown_image_extension_is_refused_before_any_work(tmp_path):
+    from finer.tasks.image import check_image_path
+
+    check_image_path(tmp_path / "a.png")
+    with pytest.raises(FinerError, match="unknown image extension '.jpgg'"):
+        check_image_path(tmp_path / "x.jpgg")
 
 
 def test_json_handles_non_finite_numbers(tmp_path):

@@ -166,6 +166,14 @@ def _read_file(path: Path, max_bytes: int | None) -> np.ndarray:
         raise FinerError(f"cannot read image {path}: {exc}") from None
 
 
+def check_image_path(path: str | os.PathLike) -> None:
+    """Refuse, before any work, a path whose extension names no image format PIL can write."""
+    suffix = Path(path).suffix.lower()
+    if suffix not in Image.registered_extensions():
+        raise FinerError(f"cannot write an image to {path}: unknown image extension {suffix or '(none)'!r}; "
+                         "use .png (or .jpg, .tif, ...)")
+
+
 def save_image(arr: np.ndarray, path: str | os.PathLike) -> None:
     """Write a ``(H, W, C)`` array in [0, 1] as an 8-bit PNG (grey, RGB or RGBA)."""
     arr = np.clip(np.asarray(arr), 0.0, 1.0)
