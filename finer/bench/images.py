@@ -459,13 +459,18 @@ def _flat(row: dict) -> dict:
     return {k: v for k, v in row.items() if k != "curve"}
 
 
+def count(n: int, noun: str) -> str:
+    """``"1 image"``, ``"2 images"``."""
+    return f"{n} {noun}" + ("" if n == 1 else "s")
+
+
 def _protocol_line(p: dict) -> str:
     crop = f"centre crop {p['crop']}" if p["crop"] else "whole images"
     size = f", resized to {p['size']}" if p["size"] else ""
-    return (f"Protocol: {p['images']} images from `{p['directory']}`, {crop}{size}, {p['hidden_layers']} hidden "
+    return (f"Protocol: {count(p['images'], 'image')} from `{p['directory']}`, {crop}{size}, {p['hidden_layers']} hidden "
             f"layers x width {p['width']}, {p['steps']} full-batch steps, each method's default learning rate, "
             f"seeds {p['seeds']}, {p['device']} ({p['machine']}), torch {p['torch']}, {p['date']}; "
-            f"{p['runs_done']} runs" + (f" of {p['runs_planned']} planned" if p.get("runs_planned", p["runs_done"])
+            f"{count(p['runs_done'], 'run')}" + (f" of {p['runs_planned']} planned" if p.get("runs_planned", p["runs_done"])
                                         != p["runs_done"] else "")
             + (f"; a method's runs fitted up to {p['batch_signals']} images at a time as one stacked network "
                "(a stacked run's seconds: its group's divided by the group's size)" if p.get("batch_signals", 1) > 1 else "")

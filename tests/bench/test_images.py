@@ -90,7 +90,7 @@ def test_report_only_writes_the_table_of_the_finished_runs(image_dir, tmp_path, 
     data = json.loads((out / "width.json").read_text())
     assert len(data["runs"]) == 1 and data["protocol"]["runs_planned"] == 4
     text = (out / "width.md").read_text()
-    assert "1 runs of 4 planned" in text and "| 4 | - | - |" in text and "| 8 | " in text
+    assert "1 run of 4 planned" in text and "| 4 | - | - |" in text and "| 8 | " in text
     assert main(["bench", "images", str(image_dir), "--models", "finer", "--report-only", "--out",
                  str(tmp_path / "empty"), "--quiet"]) == 2
     assert "no finished runs" in capsys.readouterr().err
