@@ -95,7 +95,10 @@ def fit_image_folder(cfg: ImageRunConfig, directory, out, *, batch_signals: int,
     shapes = {im.shape for im in images}
     if len(shapes) > 1:
         listing = ", ".join(f"{p.name} {im.shape[1]}x{im.shape[0]}x{im.shape[2]}" for p, im in zip(paths, images))
-        raise FinerError(f"--batch-signals needs images of one size; use --crop/--size to make them equal ({listing})")
+        channels = "" if len({im.shape[2] for im in images}) == 1 else (
+            "; their channels differ too (grey, RGB, RGBA): convert them or leave some out")
+        raise FinerError(f"a folder is fitted as one batch of networks, which needs images of one shape; these differ "
+                         f"({listing}): --crop/--size make their sizes equal{channels}")
     out = Path(out)
     device = resolve_device(cfg.device)
     problem = cfg.cuda_graph and graph_problem(device)  # the stacked tasks are full-batch

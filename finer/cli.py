@@ -95,6 +95,13 @@ def _options(items) -> dict:
     return options
 
 
+def _dumps(value, **kwargs) -> str:
+    """Strict JSON (an infinite PSNR of identical images as "inf", as in the files written)."""
+    from finer.io import jsonable
+
+    return json.dumps(jsonable(value), **kwargs)
+
+
 class _Parser(argparse.ArgumentParser):
     """argparse whose errors are one line (the usage is one ``--help`` away); subcommands inherit it."""
 
@@ -329,7 +336,7 @@ def _run(args: argparse.Namespace) -> int:
 
         table = models()
         if args.json:
-            print(json.dumps(table, indent=2))
+            print(_dumps(table, indent=2))
         else:
             for name, defaults in table.items():
                 print(f"{name:12s} " + ", ".join(f"{k}={v}" for k, v in defaults.items()))
@@ -343,7 +350,7 @@ def _run(args: argparse.Namespace) -> int:
                             device=args.device, fused=args.fused)
         log = (lambda *_: None) if args.quiet else (lambda msg: print(msg, file=sys.stderr))
         metrics = fit_nerf(cfg, args.out, progress=not args.quiet, overwrite=args.overwrite, log=log)
-        print(json.dumps({k: metrics[k] for k in ("model", "status", "steps", "test_psnr", "test_ssim", "test_lpips",
+        print(_dumps({k: metrics[k] for k in ("model", "status", "steps", "test_psnr", "test_ssim", "test_lpips",
                                                   "seconds_per_step")}))
         return EXIT_INTERRUPTED if metrics["status"] == "interrupted" else 0
     if args.command == "fit" and args.task == "sdf":
@@ -356,7 +363,7 @@ def _run(args: argparse.Namespace) -> int:
                            fused=args.fused)
         log = (lambda *_: None) if args.quiet else (lambda msg: print(msg, file=sys.stderr))
         metrics = fit_sdf(cfg, args.out, progress=not args.quiet, overwrite=args.overwrite, log=log)
-        print(json.dumps({k: metrics[k] for k in ("model", "status", "chamfer", "iou", "steps", "seconds_per_step")}))
+        print(_dumps({k: metrics[k] for k in ("model", "status", "chamfer", "iou", "steps", "seconds_per_step")}))
         return EXIT_INTERRUPTED if metrics["status"] == "interrupted" else 0
     if args.command == "eval" and args.task == "image":
         from finer.metrics import image_metrics
@@ -366,12 +373,12 @@ def _run(args: argparse.Namespace) -> int:
         if a.shape != b.shape:
             raise FinerError(f"{args.a} is {a.shape[1]}x{a.shape[0]}x{a.shape[2]} but {args.b} is "
                              f"{b.shape[1]}x{b.shape[0]}x{b.shape[2]} (width x height x channels); they must match")
-        print(json.dumps(image_metrics(a, b, with_lpips=not args.no_lpips)))
+        print(_dumps(image_metrics(a, b, with_lpips=not args.no_lpips)))
         return 0
     if args.command == "eval":
         from finer.sdf_run import eval_sdf
 
-        print(json.dumps(eval_sdf(args.checkpoint, args.mesh, out=args.out, resolution=args.resolution,
+        print(_dumps(eval_sdf(args.checkpoint, args.mesh, out=args.out, resolution=args.resolution,
                                   chamfer_samples=args.chamfer_samples, iou_resolution=args.iou_resolution,
                                   surface_samples=args.surface_samples, device=args.device)))
         return 0
@@ -393,7 +400,7 @@ def _run(args: argparse.Namespace) -> int:
             cfg.image = None
             summary = fit_image_folder(cfg, args.path, args.out, batch_signals=args.batch_signals or 1,
                                        progress=not args.quiet, overwrite=args.overwrite, log=log)
-            print(json.dumps({k: summary[k] for k in ("images", "batch_signals", "mean_psnr", "images_per_second")}))
+            print(_dumps({k: summary[k] for k in ("images", "batch_signals", "mean_psnr", "images_per_second")}))
             return 0
         if args.batch_signals is not None:
             raise FinerError("--batch-signals needs a folder of images as the path")
@@ -451,7 +458,7 @@ def _analyze(args: argparse.Namespace) -> int:
         run.analyze_activations(args.out, ks=_floats(args.k, allow_default=True), layers=args.layers,
                                 resolution=args.resolution, seed=args.seed)
     else:
-        print(json.dumps(run.analyze_neurons(args.checkpoint, args.out, count=args.count)))
+        print(_dumps(run.analyze_neurons(args.checkpoint, args.out, count=args.count)))
     return 0
 
 
@@ -516,7 +523,7 @@ def _bench_compare(args: argparse.Namespace) -> int:
     if args.lead:
         results.append(compare.lead(table, args.lead))
     for stats in results:
-        print(json.dumps(stats) if args.json else compare.describe(stats))
+        print(_dumps(stats) if args.json else compare.describe(stats))
     return 0
 
 
@@ -559,7 +566,7 @@ def _bench_sdf(args: argparse.Namespace) -> int:
 
 def _report(job) -> int:
     metrics = job()
-    print(json.dumps({k: metrics[k] for k in ("model", "status", "psnr", "ssim", "steps", "seconds_per_step")}))
+    print(_dumps({k: metrics[k] for k in ("model", "status", "psnr", "ssim", "steps", "seconds_per_step")}))
     if metrics["status"] == "interrupted":
         print(f"error: {metrics.get('message', 'interrupted')}; continue with `finer resume {metrics.get('out', 'DIR')}`",
               file=sys.stderr)

@@ -52,7 +52,11 @@ def test_batched_fit_matches_one_by_one(folder, tmp_path, capsys, fused):
 def test_batched_fit_errors(folder, tmp_path, capsys):
     Image.fromarray(np.zeros((10, 12, 3), np.uint8)).save(folder / "odd.png")
     assert main(["fit", "image", str(folder), "--batch-signals", "2", "--out", str(tmp_path / "x"), "--quiet"]) == 2
-    assert "needs images of one size" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "needs images of one shape" in err and "odd.png 12x10x3" in err and "channels differ" not in err
+    Image.fromarray(np.zeros((10, 12), np.uint8)).save(folder / "odd.png")  # grey among RGB: no crop helps
+    assert main(["fit", "image", str(folder), "--size", "12", "--out", str(tmp_path / "y"), "--quiet"]) == 2
+    assert "their channels differ too" in capsys.readouterr().err
     with pytest.raises(FinerError, match="learnable activations"):
         StackedMLP([finer.build_model("metasin", 2, 3, width=8, hidden_layers=1)] * 2)
     assert main(["fit", "image", str(folder / "00.png"), "--batch-signals", "2", "--quiet"]) == 2

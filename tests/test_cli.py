@@ -221,3 +221,12 @@ def test_a_batch_of_at_least_every_pixel_is_recorded_as_the_full_batch(png_path,
     pixels = metrics["height"] * metrics["width"]
     assert config["train"]["full_batch"] is True and config["train"]["batch_size"] == pixels
     assert metrics["batch_size"] == pixels
+
+
+def test_eval_of_identical_images_prints_strict_json(png_path, capsys):
+    assert main(["eval", "image", str(png_path), str(png_path), "--no-lpips"]) == 0
+
+    def refuse(constant):
+        raise AssertionError(f"not strict JSON: {constant}")
+
+    assert json.loads(capsys.readouterr().out, parse_constant=refuse) == {"psnr": "inf", "ssim": 1.0}
