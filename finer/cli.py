@@ -128,7 +128,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=_positive_int, default=1000, help="optimisation steps (default 1000)")
     p.add_argument("--batch-signals", type=_positive_int, default=None, metavar="K",
                    help="with a folder: train K images' networks at once as one batched network (default 1)")
-    _add_model_options(p, layers="paper: 3", lr="the method's own", k="PyTorch's default")
+    _add_model_options(p, layers="default 3, as in the paper", lr="the method's own", k="PyTorch's default")
     p.add_argument("--size", type=_positive_int, help="resize so the longer side has SIZE pixels")
     p.add_argument("--crop", help="centre crop N or HxW (before resizing)")
     p.add_argument("--alpha", default="white", choices=["white", "black", "keep", "drop"],

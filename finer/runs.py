@@ -202,6 +202,8 @@ class _Run:
             "model": self.cfg.model,
             "status": state.status if final else "running",
             "params": count_parameters(self.model),
+            "hidden_layers": self.model.config.hidden_layers,
+            "hidden_width": self.model.config.width,
             "steps": state.step,
             "steps_planned": self.cfg.steps,
             "psnr": None,

@@ -221,6 +221,7 @@ def test_a_batch_of_at_least_every_pixel_is_recorded_as_the_full_batch(png_path,
     pixels = metrics["height"] * metrics["width"]
     assert config["train"]["full_batch"] is True and config["train"]["batch_size"] == pixels
     assert metrics["batch_size"] == pixels
+    assert metrics["hidden_width"] == 8 and metrics["hidden_layers"] == 3  # the network's, beside the image's size
 
 
 def test_eval_of_identical_images_prints_strict_json(png_path, capsys):
