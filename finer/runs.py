@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import platform
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -119,6 +120,19 @@ def _prepare_out(out: Path, overwrite: bool, create: bool = True, resumable: boo
         raise FinerError(f"output folder {out} is not empty; choose another --out or pass --overwrite{hint}")
     if create:
         out.mkdir(parents=True, exist_ok=True)
+
+
+def start_out(out: Path) -> None:
+    """Create ``out`` for a new run, after its inputs were read. A previous run there (``--overwrite``:
+    a folder whose config.json names a task, with a checkpoint.pt) is removed whole, so none of its
+    files (renders, analyses, turntables) stays beside the new run's; other files are left alone."""
+    if out.is_dir() and _run_kind(out) is not None and (out / "checkpoint.pt").exists():
+        for entry in out.iterdir():
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry)
+            else:
+                entry.unlink()
+    out.mkdir(parents=True, exist_ok=True)
 
 
 class _Run:
@@ -257,7 +271,7 @@ def fit_image(cfg: ImageRunConfig, out: str | Path | None = None, *, progress: b
     out = Path(out) if out is not None else default_out_dir(cfg)
     _prepare_out(out, overwrite, create=False, resumable=True)
     run = _Run(cfg, out, progress)  # reads the image and builds the model before anything is written
-    out.mkdir(parents=True, exist_ok=True)
+    start_out(out)
     if run.note:
         log(run.note)
     io.write_json(out / "config.json", run.resolved())
