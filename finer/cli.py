@@ -225,13 +225,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = an_sub.add_parser("ntk", help="empirical NTK of the supplement's shallow networks vs the bias range k")
     p.add_argument("--models", default="siren,finer", help="comma-separated registry names (default siren,finer)")
     p.add_argument("--k", default="1,5,10,20", help="first-layer bias ranges for the FINER family (default 1,5,10,20)")
-    p.add_argument("--width", type=_positive_int, default=256)
-    p.add_argument("--points", type=_positive_int, default=1024)
+    p.add_argument("--width", type=_positive_int, default=256, help="hidden units (default 256, the supplement's)")
+    p.add_argument("--points", type=_positive_int, default=1024, help="points of the 1-D grid (default 1024)")
     p.add_argument("--params", choices=["all", "first"], default="all", help="parameters the kernel is taken over")
     p.add_argument("--threshold", type=_positive_float, default=1.0, help="count eigenvalues above this (default 1)")
     p.add_argument("--steps", type=_positive_int, default=1000, help="steps of the 1-D fit (default 1000)")
-    p.add_argument("--mc-samples", type=_positive_int, default=200_000, help="Monte-Carlo samples for Eq. (5)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--mc-samples", type=_positive_int, default=200_000, help="Monte-Carlo samples for Eq. (5) (default 200000)")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     p.add_argument("--out", required=True)
     p.add_argument("--debug", action="store_true", help="show tracebacks")
     p = an_sub.add_parser("activations", help="supplement Fig. 5: activation statistics at initialisation")
@@ -254,7 +254,8 @@ def build_parser() -> argparse.ArgumentParser:
         p = bench_sub.add_parser(name, help=help_text)
         p.add_argument("directory", help="folder of images")
         p.add_argument("--models", default="finer,siren,gauss,wire,pemlp,official-finer",
-                       help="comma-separated registry names; official-finer is the eager reference")
+                       help="comma-separated registry names; official-finer is the eager reference "
+                            "(default finer,siren,gauss,wire,pemlp,official-finer)")
         p.add_argument("--preset", default="quick", choices=["quick", "paper"],
                        help="quick: 256-px crops downscaled to 128, 3x128, 1000 steps; paper: 512^2, 3x256, 5000")
         p.add_argument("--steps", type=_positive_int, help="override the preset's steps")

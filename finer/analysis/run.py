@@ -147,13 +147,14 @@ def analyze_activations(out, *, ks=(None, 1.0, 5.0, 10.0, 20.0), layers=2, resol
     for k in ks:
         net = build_model("finer", 2, 3, seed=seed, **({} if k is None else {"first_bias_scale": k}))
         stats[k] = layer_statistics(net, coords, layers)
+        name = "k=default" if k is None else f"k={k:g}"
         for i, s in enumerate(stats[k]):
             rows.append({"k": k, "layer": i + 1, "z_abs_max": float(s["z"].abs().max()),
                          "max_freq_z": float(s["freq_z"].max()), "max_freq_x": float(s["freq_x"].max()),
                          "mean_freq_x": float(s["freq_x"].mean()),
                          "p99_freq_x": float(torch.quantile(s["freq_x"][:: max(1, s["freq_x"].numel() // 1_000_000)],
                                                             0.99))})
-            log(f"k={k} layer {i + 1}: max omega(2|z|+1) {rows[-1]['max_freq_z']:.1f}, "
+            log(f"{name} layer {i + 1}: max omega(2|z|+1) {rows[-1]['max_freq_z']:.1f}, "
                 f"max frequency in x {rows[-1]['max_freq_x']:.1f}")
     fig, axes = plt.subplots(layers, 4, figsize=(16, 3.2 * layers), dpi=100, squeeze=False)
     for k, layer_stats in stats.items():
