@@ -24,7 +24,7 @@ from finer.errors import FinerError
 from finer.metrics import image_metrics
 from finer.models import count_parameters
 from finer.nn.fused import apply_fused
-from finer.runs import _prepare_out, resolve_device, start_out
+from finer.runs import _prepare_out, resolve_device
 from finer.tasks import nerf as N
 from finer.tasks.image import save_image
 from finer.train import TrainConfig, fit
@@ -86,7 +86,7 @@ def fit_nerf(cfg: NeRFRunConfig, out, *, progress: bool = True, overwrite: bool 
     renderer = build_renderer(cfg).to(device)
     fused = apply_fused(renderer, cfg.fused, cfg.steps)
     task = N.NeRFTask(train, cfg.rays, device, seed=cfg.seed)
-    start_out(out)
+    out.mkdir(parents=True, exist_ok=True)
     io.write_json(out / "config.json", {
         "task": "nerf", "run": dataclasses.asdict(cfg), "train_views": train.names, "test_views": test.names,
         "height": train.height, "width": train.width, "focal": train.focal, "near": renderer.near,

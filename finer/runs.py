@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import platform
-import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -120,19 +119,6 @@ def _prepare_out(out: Path, overwrite: bool, create: bool = True, resumable: boo
         raise FinerError(f"output folder {out} is not empty; choose another --out or pass --overwrite{hint}")
     if create:
         out.mkdir(parents=True, exist_ok=True)
-
-
-def start_out(out: Path) -> None:
-    """Create ``out`` for a new run, after its inputs were read. A previous run there (``--overwrite``:
-    a folder whose config.json names a task, with a checkpoint.pt) is removed whole, so none of its
-    files (renders, analyses, turntables) stays beside the new run's; other files are left alone."""
-    if out.is_dir() and _run_kind(out) is not None and (out / "checkpoint.pt").exists():
-        for entry in out.iterdir():
-            if entry.is_dir() and not entry.is_symlink():
-                shutil.rmtree(entry)
-            else:
-                entry.unlink()
-    out.mkdir(parents=True, exist_ok=True)
 
 
 class _Run:
@@ -271,7 +257,7 @@ def fit_image(cfg: ImageRunConfig, out: str | Path | None = None, *, progress: b
     out = Path(out) if out is not None else default_out_dir(cfg)
     _prepare_out(out, overwrite, create=False, resumable=True)
     run = _Run(cfg, out, progress)  # reads the image and builds the model before anything is written
-    start_out(out)
+    out.mkdir(parents=True, exist_ok=True)
     if run.note:
         log(run.note)
     io.write_json(out / "config.json", run.resolved())
@@ -284,7 +270,8 @@ def _run_kind(run_dir: Path) -> str | None:
         config = io.read_json(run_dir / "config.json")
     except FinerError:
         return None
-    return config.get("task", "image") if isinstance(config, dict) else None
+    task = config.get("task") if isinstance(config, dict) else None
+    return task if task in ("image", "sdf", "nerf") else None
 
 
 def resume_image(run_dir: str | Path, *, steps: int | None = None, progress: bool = True) -> dict[str, Any]:

@@ -21,7 +21,7 @@ from finer.errors import ConfigError, DivergedError, FinerError
 from finer.models import build_model, count_parameters, make_config
 from finer.nn.fused import apply_fused
 from finer.render3d import render_meshes
-from finer.runs import _prepare_out, resolve_device, start_out
+from finer.runs import _prepare_out, resolve_device
 from finer.tasks import sdf as S
 from finer.train import FitState, TrainConfig, fit
 
@@ -125,7 +125,7 @@ def fit_sdf(cfg: SDFRunConfig, out: str | Path, *, progress: bool = True, overwr
     task = S.SDFTask(points, sdf, device, batch_size=cfg.batch_size, seed=cfg.seed)
     train = TrainConfig(steps=cfg.steps, lr=model.config.lr, lr_final_factor=1.0, grad_clip=cfg.grad_clip,
                         amsgrad=True, eval_every=cfg.eval_every, checkpoint_every=cfg.checkpoint_every, log_every=50)
-    start_out(out)
+    out.mkdir(parents=True, exist_ok=True)
     io.write_json(out / "config.json", {"task": "sdf", "run": dataclasses.asdict(cfg),
                                         "model": {"name": cfg.model, **dataclasses.asdict(model.config)},
                                         "train": dataclasses.asdict(train), "normalization": dataclasses.asdict(norm),
