@@ -17,7 +17,7 @@ import signal
 import threading
 import time
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Callable, Protocol
 
 import torch
@@ -367,8 +367,9 @@ def fit(
                 state.status = "interrupted"
                 state.message = f"interrupted at step {state.step} of {cfg.steps}"
                 break
-            if on_checkpoint and ckpt_due:
-                on_checkpoint(state, good)
+            if on_checkpoint and ckpt_due:  # with the training time so far, for a resume to carry on from
+                on_checkpoint(replace(state, train_seconds=state.train_seconds + t0 - start - overhead),
+                              good)
             overhead += time.perf_counter() - t0
     bar.close()
     state.train_seconds += time.perf_counter() - start - overhead

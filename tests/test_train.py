@@ -234,3 +234,16 @@ def test_a_recorded_fit_resumes_from_an_eager_checkpoint(astronaut_small, cpu_re
                   trainer=trainer)
     assert cpu_recorder.records == 1
     assert [h["loss"] for h in resumed.history] == pytest.approx([h["loss"] for h in straight.history], rel=1e-6)
+
+
+def test_a_checkpoint_carries_the_training_time_so_far(astronaut_small):
+    """A run resumed from a mid-run checkpoint adds its time to the time saved there, so the saved
+    time must be the time trained up to that step (it was 0 until the end of the fit call)."""
+    model = build_model("finer", 2, 3, width=16, hidden_layers=1, seed=0)
+    task = ImageTask(astronaut_small, (-1.0, 1.0), torch.device("cpu"))
+    saved = []
+    state = fit(model, task, TrainConfig(steps=30, checkpoint_every=10, eval_every=0), progress=False,
+                on_checkpoint=lambda st, snap: saved.append((st.step, st.train_seconds)))
+    steps, seconds = zip(*saved)
+    assert steps == (10, 20, 30)
+    assert 0 < seconds[0] < seconds[1] < seconds[2] == state.train_seconds
