@@ -6,6 +6,7 @@ import csv
 import json
 import math
 import os
+import pickle
 import tempfile
 from pathlib import Path
 from typing import Any, Iterable
@@ -17,8 +18,10 @@ from finer.models import MODELS, build_from_config, make_config
 
 CHECKPOINT_FORMAT = "finer-inr checkpoint"
 NERF_CHECKPOINT_FORMAT = "finer-nerf"
+BENCH_PARTIAL_FORMAT = "finer-inr bench partial run"
 _KINDS = {CHECKPOINT_FORMAT: "an image or SDF model's checkpoint",
-          NERF_CHECKPOINT_FORMAT: "a NeRF checkpoint (for `finer render nerf`)"}
+          NERF_CHECKPOINT_FORMAT: "a NeRF checkpoint (for `finer render nerf`)",
+          BENCH_PARTIAL_FORMAT: "the saved state of a benchmark run still in progress"}
 CHECKPOINT_VERSION = 1
 
 
@@ -128,6 +131,8 @@ def read_payload(path: str | os.PathLike, fmt: str = CHECKPOINT_FORMAT) -> tuple
         raise FinerError(f"checkpoint not found: {path}")
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:  # a PyTorch file holding more than tensors and plain data
+        raise FinerError(f"{path} is not a finer-inr checkpoint (it holds Python objects, not only tensors)") from None
     except Exception as exc:  # torch raises many kinds for a bad file
         raise FinerError(f"cannot read checkpoint {path}: not a file saved by PyTorch ({type(exc).__name__}: {exc})") from None
     found = payload.get("format") if isinstance(payload, dict) else None

@@ -138,6 +138,8 @@ def test_stacked_weight_gradients_over_many_points_match_each_network():
     """At PER_NETWORK_WEIGHT_GRAD_POINTS points the stacked layers' weight gradients come from one
     ``mm`` per network: the same gradients as each network's own backward."""
     n = F.PER_NETWORK_WEIGHT_GRAD_POINTS
+    assert F.splits_weight_grad(torch.empty(2, n, 64, device=CUDA))  # this test takes the per-network path
+    assert not F.splits_weight_grad(torch.empty(2, n - 1, 64, device=CUDA))
     models = [finer.build_model("finer", 2, 3, width=64, hidden_layers=2, seed=s).to(CUDA) for s in range(2)]
     for m in models:
         F.fuse(m, compile=True)

@@ -39,8 +39,12 @@ def test_an_unknown_image_extension_is_refused_before_any_work(tmp_path):
     from finer.tasks.image import check_image_path
 
     check_image_path(tmp_path / "a.png")
-    with pytest.raises(FinerError, match="unknown image extension '.jpgg'"):
-        check_image_path(tmp_path / "x.jpgg")
+    for name in ("x.jpgg", "x.psd"):  # unknown, and a format PIL reads but cannot write
+        with pytest.raises(FinerError, match=f"no format with the extension '.{name[2:]}'"):
+            check_image_path(tmp_path / name)
+    torch.save(torch.nn.Linear(2, 2), tmp_path / "module.pt")  # a PyTorch file, but of pickled objects
+    with pytest.raises(FinerError, match="holds Python objects"):
+        io.load_checkpoint(tmp_path / "module.pt")
 
 
 def test_json_handles_non_finite_numbers(tmp_path):

@@ -10,6 +10,7 @@ official code (:mod:`finer.bench.reference`), trained by the same loop on the sa
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import math
 import platform
 import statistics
@@ -38,7 +39,6 @@ REFERENCE = "official-finer"
 CURVE_EVERY = 10  # steps between the points of each run's recorded training-PSNR curve
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}
 PARTIAL_SUFFIX = ".partial.pt"
-PARTIAL_FORMAT = "finer-inr bench partial run"
 
 
 @dataclass
@@ -104,24 +104,42 @@ class Job:
     """Steps between writes of ``partial`` (0: none)."""
 
 
+def image_digest(image: np.ndarray) -> str:
+    """A short hash of the pixels a run fits (after crop and resize): records and partial runs name
+    the image by it, so a grid written to the same --out with other images of the same file names
+    (the natural and text sets are both 00.png ... 15.png) does not take their runs as its own."""
+    data = np.ascontiguousarray(image, dtype=np.float32)
+    return hashlib.sha1(str(data.shape).encode() + data.tobytes()).hexdigest()[:16]
+
+
 def _partial_key(job: Job) -> dict:
-    """What a partial run must match to be continued: the run's method, seed, protocol and image."""
-    return {"model": job.model, "seed": job.seed, "protocol": dataclasses.asdict(job.protocol),
-            "image": job.image_name, "shape": list(job.image.shape)}
+    """What a partial run must match to be continued: the run's method, seed, protocol and pixels."""
+    p = job.protocol
+    return {"model": job.model, "seed": job.seed, "steps": p.steps, "width": p.width,
+            "hidden_layers": p.hidden_layers, "image": image_digest(job.image)}
+
+
+def _read_partial(job: Job) -> dict | None:
+    """The saved state of an interrupted run of ``job`` (None if there is none); an error if the file
+    there is not one of this run."""
+    if not job.partial or not Path(job.partial).exists():
+        return None
+    try:
+        _, payload = io.read_payload(job.partial, io.BENCH_PARTIAL_FORMAT)
+    except FinerError as exc:
+        raise FinerError(f"{exc}; delete {job.partial} to start that run again") from None
+    if payload.get("key") != _partial_key(job):
+        raise FinerError(f"{job.partial} is not a partial run of {job.model} on {job.image_name} (seed {job.seed}) "
+                         "at this protocol; delete it, or write this grid to another --out")
+    return payload
 
 
 def _load_partial(job: Job, model, task: ImageTask) -> tuple[FitState | None, dict | None]:
     """Load the state of an interrupted run of ``job`` into ``model`` and ``task``; returns the fit state
     and optimiser state to continue from, or ``(None, None)`` if there is none."""
-    if not job.partial or not Path(job.partial).exists():
+    payload = _read_partial(job)
+    if payload is None:
         return None, None
-    try:
-        payload = torch.load(job.partial, map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch raises many kinds for a bad file
-        raise FinerError(f"cannot read the partial run {job.partial}: {exc}; delete it to start the run again") from None
-    if not isinstance(payload, dict) or payload.get("format") != PARTIAL_FORMAT or payload.get("key") != _partial_key(job):
-        raise FinerError(f"{job.partial} is not a partial run of {job.model} on {job.image_name} (seed {job.seed}) "
-                         "at this protocol; delete it, or write this grid to another --out")
     model.load_state_dict(payload["model"])
     task.load_state_dict(payload["task"])
     f = payload["fit"]
@@ -141,7 +159,7 @@ def _partial_writer(job: Job, task: ImageTask):
         if state.status not in ("running", "interrupted"):
             return
         _save_partial(job.partial, {
-            "format": PARTIAL_FORMAT, "key": _partial_key(job), "model": snapshot["model"],
+            "format": io.BENCH_PARTIAL_FORMAT, "key": _partial_key(job), "model": snapshot["model"],
             "optimizer": snapshot["optimizer"], "task": task.state_dict(),
             "fit": {"step": state.step, "history": state.history, "train_seconds": state.train_seconds,
                     "first_loss": state.first_loss}})
@@ -178,8 +196,8 @@ def _row(job: Job, model, pred: np.ndarray, status: str, steps: int, seconds: fl
     curve = [[step, round(float(train_psnr[step]), 4)] for step in sorted(train_psnr)
              if step % CURVE_EVERY == 0 or step in (1, steps)]
     return {
-        "image": job.image_name, "model": job.model, "seed": job.seed, "status": status, "steps": steps,
-        "steps_planned": protocol.steps,
+        "image": job.image_name, "image_digest": image_digest(job.image), "model": job.model, "seed": job.seed,
+        "status": status, "steps": steps, "steps_planned": protocol.steps,
         **image_metrics(pred, job.image, with_lpips=lpips_available()), "params": count_parameters(model),
         "seconds": seconds, "seconds_per_step": seconds / max(steps, 1), "threads": torch.get_num_threads(),
         "lr": lr, "width": protocol.width, "hidden_layers": protocol.hidden_layers, "crop": protocol.crop,
@@ -319,14 +337,20 @@ class Execution:
     continues it (0: none; runs fitted as one stacked network start again)."""
 
 
-def protocol_mismatch(row: dict, protocol: Protocol) -> str:
-    """How a finished run's record differs from ``protocol`` (empty if it does not): a grid's runs are
-    named by image, method and seed only, so a rerun with other settings must not take old runs as its own."""
-    planned = row.get("steps_planned", row["steps"] if row.get("status") == "complete" else protocol.steps)
-    recorded = {"steps": planned, "width": row.get("width"), "hidden_layers": row.get("hidden_layers"),
-                "crop": row.get("crop"), "size": row.get("size")}
-    wanted = {"steps": protocol.steps, "width": protocol.width, "hidden_layers": protocol.hidden_layers,
-              "crop": protocol.crop, "size": protocol.size}
+def protocol_mismatch(row: dict, protocol: Protocol, digest: str) -> str:
+    """How a finished run's record differs from ``protocol`` on the image of digest ``digest`` (empty if
+    it does not): a grid's runs are named by image file, method and seed only, so a rerun with other
+    settings or other images must not take old runs as its own. Records written before they carried
+    the image's digest are compared on crop and size instead."""
+    steps = row.get("steps", 0)
+    planned = row.get("steps_planned", steps if row.get("status") == "complete" else max(steps, protocol.steps))
+    recorded = {"steps": planned, "width": row.get("width"), "hidden_layers": row.get("hidden_layers")}
+    wanted = {"steps": protocol.steps, "width": protocol.width, "hidden_layers": protocol.hidden_layers}
+    if "image_digest" in row:
+        recorded["image"], wanted["image"] = f"pixels {row['image_digest']}", f"pixels {digest}"
+    else:
+        recorded.update(crop=row.get("crop"), size=row.get("size"))
+        wanted.update(crop=protocol.crop, size=protocol.size)
     return ", ".join(f"{k} {recorded[k]} where this grid has {wanted[k]}" for k in wanted
                      if str(recorded[k]) != str(wanted[k]))
 
@@ -345,27 +369,30 @@ def run_grid(plan, out: Path, device: str, progress: bool, on_row=None, executio
     done: dict[str, dict] = {}
     images: dict[tuple, np.ndarray] = {}
     jobs = []
+    digests: dict[tuple, str] = {}
     for record_name, path, name, protocol, seed in plan:
         record = out / "runs" / f"{record_name}.json"
-        partial = out / "runs" / f"{record_name}{PARTIAL_SUFFIX}"
-        if record.exists():
-            row = io.read_json(record)
-            mismatch = protocol_mismatch(row, protocol)
-            if mismatch:
-                raise FinerError(f"{record} is a run of another protocol ({mismatch}); write this grid to another "
-                                 "--out, or delete that folder's runs")
-            done[record_name] = row
-            partial.unlink(missing_ok=True)  # left if a run stopped between its record and this
-            continue
-        if not train:
+        partial = (out / "runs" / f"{record_name}{PARTIAL_SUFFIX}").resolve()  # absolute: Ray workers have other cwds
+        if not train and not record.exists():
             continue
         key = (path, protocol.crop, protocol.size)
         if key not in images:
             images[key] = load_image(path, crop=protocol.crop, size=protocol.size)
+            digests[key] = image_digest(images[key])
+        if record.exists():
+            row = io.read_json(record)
+            mismatch = protocol_mismatch(row, protocol, digests[key])
+            if mismatch:
+                raise FinerError(f"{record} is a run of another protocol or image ({mismatch}); write this grid to "
+                                 "another --out, or delete that folder's runs")
+            done[record_name] = row
+            partial.unlink(missing_ok=True)  # left if a run stopped between its record and this
+            continue
         sequential = execution.executor == "local" and execution.workers == 1
-        jobs.append(Job(record_name, path.name, images[key], name, protocol, seed, str(device),
-                        progress and sequential, fused, partial=str(partial),
-                        checkpoint_every=execution.checkpoint_every))
+        job = Job(record_name, path.name, images[key], name, protocol, seed, str(device), progress and sequential,
+                  fused, partial=str(partial), checkpoint_every=execution.checkpoint_every)
+        _read_partial(job)  # a partial run of other settings stops the grid now, not hours into it
+        jobs.append(job)
     if done:
         print(f"{len(done)} of {len(plan)} runs already finished in {out / 'runs'}" + (": skipped" if train else ""),
               flush=True)

@@ -328,6 +328,11 @@ PER_NETWORK_WEIGHT_GRAD_POINTS = 65536
 weight gradients from one ``mm`` per network instead of one batched product (:func:`weight_grad`)."""
 
 
+def splits_weight_grad(grad_z: Tensor) -> bool:
+    """Whether :func:`weight_grad` computes these stacked layers' weight gradients one ``mm`` per network."""
+    return grad_z.dim() == 3 and grad_z.is_cuda and grad_z.shape[-2] >= PER_NETWORK_WEIGHT_GRAD_POINTS
+
+
 def weight_grad(grad_z: Tensor, x: Tensor, per_network: bool | None = None) -> Tensor:
     """``grad_z^T x``, the weight gradient of a layer: ``(N, out), (N, in) -> (out, in)``, or for K
     stacked layers ``(K, N, out), (K, N, in) -> (K, out, in)``.
@@ -342,7 +347,7 @@ def weight_grad(grad_z: Tensor, x: Tensor, per_network: bool | None = None) -> T
     the CPU both take the same time (measured at 2 x 262,144 x 256 and 16 x 16,384 x 128), so it stays
     one product there."""
     if per_network is None:
-        per_network = grad_z.dim() == 3 and grad_z.is_cuda and grad_z.shape[-2] >= PER_NETWORK_WEIGHT_GRAD_POINTS
+        per_network = splits_weight_grad(grad_z)
     if per_network and grad_z.dim() == 3:
         return torch.stack([g.transpose(0, 1) @ xk for g, xk in zip(grad_z, x)])
     return grad_z.transpose(-1, -2) @ x

@@ -169,9 +169,9 @@ def _read_file(path: Path, max_bytes: int | None) -> np.ndarray:
 def check_image_path(path: str | os.PathLike) -> None:
     """Refuse, before any work, a path whose extension names no image format PIL can write."""
     suffix = Path(path).suffix.lower()
-    if suffix not in Image.registered_extensions():
-        raise FinerError(f"cannot write an image to {path}: unknown image extension {suffix or '(none)'!r}; "
-                         "use .png (or .jpg, .tif, ...)")
+    if Image.registered_extensions().get(suffix) not in Image.SAVE:  # PIL reads some formats it cannot write
+        raise FinerError(f"cannot write an image to {path}: PIL writes no format with the extension "
+                         f"{suffix or '(none)'!r}; use .png (or .jpg, .tif, ...)")
 
 
 def save_image(arr: np.ndarray, path: str | os.PathLike) -> None:

@@ -8,6 +8,7 @@ import pytest
 import torch
 from PIL import Image
 
+from finer import io
 from finer.cli import main
 from finer.errors import FinerError
 from finer.bench.executors import threads_per_worker
@@ -257,6 +258,19 @@ def test_a_rerun_with_other_settings_does_not_take_the_old_runs(image_dir, tmp_p
         assert said in capsys.readouterr().err
         assert main([*changed, "--report-only"]) == 2
         assert (out / "summary.md").read_text() == summary  # the old grid's table stays as it was
+    same = [*args]
+    same[same.index("--crop") + 1] = "16x16"  # the same crop written otherwise: the same pixels, accepted
+    assert main(same) == 0 and "1 of 1 runs already finished" in capsys.readouterr().out
+    other = tmp_path / "other"  # other images under the same file names
+    other.mkdir()
+    Image.fromarray(np.full((24, 24, 3), 77, np.uint8)).save(other / "00.png")
+    assert main([args[0], args[1], str(other), *args[3:]]) == 2
+    assert "pixels" in capsys.readouterr().err
+    # a partial run of other settings stops the grid before anything trains
+    torch.save({"format": io.BENCH_PARTIAL_FORMAT, "key": {"model": "siren"}}, out / "runs" / "00-siren-s0.partial.pt")
+    assert main([*args[:3], "--models", "gauss,siren", *args[5:]]) == 2
+    assert "is not a partial run of siren on 00.png" in capsys.readouterr().err
+    assert not (out / "runs" / "00-gauss-s0.json").exists()
 
 
 def test_options_that_would_be_ignored_are_refused(image_dir, tmp_path, capsys):

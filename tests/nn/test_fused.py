@@ -400,6 +400,7 @@ def test_per_network_weight_gradients_equal_the_batched_product(monkeypatch):
     gen = torch.Generator().manual_seed(0)
     gz = torch.randn(3, 200, 7, generator=gen, dtype=torch.float64)
     x = torch.randn(3, 200, 5, generator=gen, dtype=torch.float64)
+    assert not F.splits_weight_grad(torch.empty(2, F.PER_NETWORK_WEIGHT_GRAD_POINTS, 4))  # the CPU keeps bmm
     batched = F.weight_grad(gz, x, per_network=False)
     assert batched.shape == (3, 7, 5)
     torch.testing.assert_close(F.weight_grad(gz, x, per_network=True), batched, rtol=1e-12, atol=1e-12)
