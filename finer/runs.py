@@ -144,6 +144,9 @@ class _Run:
                     f"a full batch of {h}x{w} pixels needs about {full / 2**30:.1f} GiB "
                     f"(> {budget / 2**30:.1f} GiB available): training on random batches of {self.batch_size} pixels"
                 )
+        if cfg.precision == "tf32" and self.device.type != "cuda":
+            self.note = "; ".join(filter(None, [self.note, "tf32 changes only CUDA matrix products: on the CPU this "
+                                                "run computes in float32, as fp32 does"]))
         self.task = img.ImageTask(
             self.image,
             tuple(mcfg.target_range),

@@ -246,3 +246,9 @@ def test_overwrite_writes_the_new_run_and_deletes_nothing(png_path, tmp_path):
     assert (out / "render_x2.png").exists()  # another command's output: left for the user
     bad = ["fit", "image", str(tmp_path / "missing.png"), "--steps", "2", "--out", str(out), "--quiet", "--overwrite"]
     assert main(bad) == 2 and (out / "checkpoint.pt").exists()  # bad input: the old run is not touched
+
+
+def test_tf32_on_the_cpu_says_it_is_float32(png_path, tmp_path, capsys):
+    assert main(["fit", "image", str(png_path), "--precision", "tf32", "--device", "cpu", "--steps", "2", "--width", "8",
+                 "--out", str(tmp_path / "t")]) == 0
+    assert "on the CPU this run computes in float32" in capsys.readouterr().err
