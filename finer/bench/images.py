@@ -2,8 +2,10 @@
 
 Each run writes one JSON record under ``OUT/runs/``; a rerun skips the records already written,
 so an interrupted grid resumes where it stopped. A run also writes its state every
-``checkpoint_every`` steps to ``OUT/runs/RECORD.partial.pt`` (removed once its record is written), and
-a rerun continues an interrupted run from there: a paper-protocol run on a CPU takes hours. ``official-finer`` is the eager reference of the
+``checkpoint_every`` steps to ``OUT/runs/RECORD.partial.pt`` (removed once its record is written),
+and a rerun continues an interrupted run from there: a paper-protocol run takes hours on a CPU.
+Records and partial runs name their image by a digest of its pixels, so a rerun with other settings
+or other images is refused rather than mixed in. ``official-finer`` is the eager reference of the
 official code (:mod:`finer.bench.reference`), trained by the same loop on the same data.
 """
 
@@ -494,11 +496,12 @@ def count(n: int, noun: str) -> str:
 def _protocol_line(p: dict) -> str:
     crop = f"centre crop {p['crop']}" if p["crop"] else "whole images"
     size = f", resized to {p['size']}" if p["size"] else ""
-    return (f"Protocol: {count(p['images'], 'image')} from `{p['directory']}`, {crop}{size}, {p['hidden_layers']} hidden "
-            f"layers x width {p['width']}, {p['steps']} full-batch steps, each method's default learning rate, "
+    return (f"Protocol: {count(p['images'], 'image')} from `{p['directory']}`, {crop}{size}, "
+            f"{p['hidden_layers']} hidden layers x width {p['width']}, {p['steps']} full-batch steps, "
+            "each method's default learning rate, "
             f"seeds {p['seeds']}, {p['device']} ({p['machine']}), torch {p['torch']}, {p['date']}; "
-            f"{count(p['runs_done'], 'run')}" + (f" of {p['runs_planned']} planned" if p.get("runs_planned", p["runs_done"])
-                                        != p["runs_done"] else "")
+            + count(p["runs_done"], "run")
+            + (f" of {p['runs_planned']} planned" if p.get("runs_planned", p["runs_done"]) != p["runs_done"] else "")
             + (f"; a method's runs fitted up to {p['batch_signals']} images at a time as one stacked network "
                "(a stacked run's seconds: its group's divided by the group's size)" if p.get("batch_signals", 1) > 1 else "")
             + ". PSNR/SSIM/LPIPS (AlexNet, v0.1) of the clipped prediction on [0, 1], mean ± std over runs.")
