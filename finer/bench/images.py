@@ -396,8 +396,8 @@ def run_grid(plan, out: Path, device: str, progress: bool, on_row=None, executio
         _read_partial(job)  # a partial run of other settings stops the grid now, not hours into it
         jobs.append(job)
     if done:
-        print(f"{len(done)} of {len(plan)} runs already finished in {out / 'runs'}" + (": skipped" if train else ""),
-              flush=True)
+        print(f"{len(done)} of {count(len(plan), 'run')} already finished in {out / 'runs'}"
+              + (": skipped" if train else ""), flush=True)
     order = {record_name: i for i, (record_name, *_) in enumerate(plan)}
 
     def ordered():

@@ -260,7 +260,7 @@ def test_a_rerun_with_other_settings_does_not_take_the_old_runs(image_dir, tmp_p
         assert (out / "summary.md").read_text() == summary  # the old grid's table stays as it was
     same = [*args]
     same[same.index("--crop") + 1] = "16x16"  # the same crop written otherwise: the same pixels, accepted
-    assert main(same) == 0 and "1 of 1 runs already finished" in capsys.readouterr().out
+    assert main(same) == 0 and "1 of 1 run already finished" in capsys.readouterr().out
     other = tmp_path / "other"  # other images under the same file names
     other.mkdir()
     Image.fromarray(np.full((24, 24, 3), 77, np.uint8)).save(other / "00.png")
