@@ -505,7 +505,7 @@ def _bench(args: argparse.Namespace) -> int:
             raise FinerError("--widths must be positive")
         rows = bench.run_width_bench(args.directory, widths=widths, **common)
         written = [out / "width.md", out / "width.png", out / "width.csv", out / "width.json"]
-    print(f"{bench.count(len(rows), 'run')}: " + ", ".join(str(p) for p in written), flush=True)
+    print(f"{bench.plural(len(rows), 'run')}: " + ", ".join(str(p) for p in written), flush=True)
     return 0
 
 

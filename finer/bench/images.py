@@ -396,7 +396,7 @@ def run_grid(plan, out: Path, device: str, progress: bool, on_row=None, executio
         _read_partial(job)  # a partial run of other settings stops the grid now, not hours into it
         jobs.append(job)
     if done:
-        print(f"{len(done)} of {count(len(plan), 'run')} already finished in {out / 'runs'}"
+        print(f"{len(done)} of {plural(len(plan), 'run')} already finished in {out / 'runs'}"
               + (": skipped" if train else ""), flush=True)
     order = {record_name: i for i, (record_name, *_) in enumerate(plan)}
 
@@ -488,7 +488,7 @@ def _flat(row: dict) -> dict:
     return {k: v for k, v in row.items() if k != "curve"}
 
 
-def count(n: int, noun: str) -> str:
+def plural(n: int, noun: str) -> str:
     """``"1 image"``, ``"2 images"``."""
     return f"{n} {noun}" + ("" if n == 1 else "s")
 
@@ -496,11 +496,11 @@ def count(n: int, noun: str) -> str:
 def _protocol_line(p: dict) -> str:
     crop = f"centre crop {p['crop']}" if p["crop"] else "whole images"
     size = f", resized to {p['size']}" if p["size"] else ""
-    return (f"Protocol: {count(p['images'], 'image')} from `{p['directory']}`, {crop}{size}, "
+    return (f"Protocol: {plural(p['images'], 'image')} from `{p['directory']}`, {crop}{size}, "
             f"{p['hidden_layers']} hidden layers x width {p['width']}, {p['steps']} full-batch steps, "
             "each method's default learning rate, "
             f"seeds {p['seeds']}, {p['device']} ({p['machine']}), torch {p['torch']}, {p['date']}; "
-            + count(p["runs_done"], "run")
+            + plural(p["runs_done"], "run")
             + (f" of {p['runs_planned']} planned" if p.get("runs_planned", p["runs_done"]) != p["runs_done"] else "")
             + (f"; a method's runs fitted up to {p['batch_signals']} images at a time as one stacked network "
                "(a stacked run's seconds: its group's divided by the group's size)" if p.get("batch_signals", 1) > 1 else "")
