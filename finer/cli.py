@@ -495,17 +495,13 @@ def _bench(args: argparse.Namespace) -> int:
                   execution=bench.Execution(executor=args.executor, workers=args.workers, address=args.address,
                                             batch_signals=args.batch_signals,
                                             checkpoint_every=args.checkpoint_every))
-    out = Path(args.out)
     if args.bench == "images":
-        rows = bench.run_image_bench(args.directory, **common)
-        written = [out / "summary.md", out / "report.html", out / "results.csv", out / "results.json"]
+        bench.run_image_bench(args.directory, **common)
     else:
         widths = _ints(args.widths, "--widths")
         if min(widths) <= 0:
             raise FinerError("--widths must be positive")
-        rows = bench.run_width_bench(args.directory, widths=widths, **common)
-        written = [out / "width.md", out / "width.png", out / "width.csv", out / "width.json"]
-    print(f"{bench.plural(len(rows), 'run')}: " + ", ".join(str(p) for p in written), flush=True)
+        bench.run_width_bench(args.directory, widths=widths, **common)
     return 0
 
 

@@ -443,17 +443,18 @@ def run_image_bench(directory, *, models, protocol: Protocol, seeds=(0,), limit=
     meta = _protocol_record(directory, images, protocol, seeds, dev, execution)
     jobs = [(f"{p.stem}-{m}-s{s}", p, m, protocol, s) for p in images for m in models for s in seeds]
 
-    def write(rows):
+    def write(rows) -> list[Path]:
         done = {**meta, "runs_done": len(rows), "runs_planned": len(jobs)}
         io.write_csv(out / "results.csv", [_flat(r) for r in rows])
         io.write_json(out / "results.json", {"protocol": done, "runs": rows})
         text = summary_table(rows, models, done)
         io.atomic_write(out / "summary.md", lambda tmp: Path(tmp).write_text(text))
-        write_report(out, rows, models, done, images)
+        report = write_report(out, rows, models, done, images)
+        return [out / "summary.md", report, out / "results.csv", out / "results.json"]
 
     rows = _report_rows(jobs, out, device, report_only, progress=progress, on_row=write, execution=execution,
                         fused=fused)
-    write(rows)
+    _say_written(rows, write(rows))
     return rows
 
 
@@ -469,18 +470,23 @@ def run_width_bench(directory, *, models, widths, protocol: Protocol, seeds=(0,)
     jobs = [(f"{p.stem}-{m}-w{w}-s{s}", p, m, dataclasses.replace(protocol, width=w), s)
             for w in widths for p in images for m in models for s in seeds]
 
-    def write(rows):
+    def write(rows) -> list[Path]:
         done = {**meta, "runs_done": len(rows), "runs_planned": len(jobs)}
         io.write_csv(out / "width.csv", [_flat(r) for r in rows])
         io.write_json(out / "width.json", {"protocol": done, "runs": rows})
         text = width_table(rows, models, widths, done)
         io.atomic_write(out / "width.md", lambda tmp: Path(tmp).write_text(text))
         width_plot(rows, models, widths, out / "width.png")
+        return [out / "width.md", out / "width.png", out / "width.csv", out / "width.json"]
 
     rows = _report_rows(jobs, out, device, report_only, progress=progress, on_row=write, execution=execution,
                         fused=fused)
-    write(rows)
+    _say_written(rows, write(rows))
     return rows
+
+
+def _say_written(rows: list[dict], paths: list[Path]) -> None:
+    print(f"{plural(len(rows), 'run')}: " + ", ".join(str(p) for p in paths), flush=True)
 
 
 def _flat(row: dict) -> dict:
