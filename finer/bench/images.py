@@ -12,6 +12,7 @@ official code (:mod:`finer.bench.reference`), trained by the same loop on the sa
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import math
 import platform
@@ -105,6 +106,11 @@ class Job:
     checkpoint_every: int = 0
     """Steps between writes of ``partial`` (0: none)."""
 
+    @functools.cached_property
+    def digest(self) -> str:
+        """:func:`image_digest` of the run's image, computed once."""
+        return image_digest(self.image)
+
 
 def image_digest(image: np.ndarray) -> str:
     """A short hash of the pixels a run fits (after crop and resize): records and partial runs name
@@ -118,7 +124,7 @@ def _partial_key(job: Job) -> dict:
     """What a partial run must match to be continued: the run's method, seed, protocol and pixels."""
     p = job.protocol
     return {"model": job.model, "seed": job.seed, "steps": p.steps, "width": p.width,
-            "hidden_layers": p.hidden_layers, "image": image_digest(job.image)}
+            "hidden_layers": p.hidden_layers, "image": job.digest}
 
 
 def _read_partial(job: Job) -> dict | None:
@@ -198,7 +204,7 @@ def _row(job: Job, model, pred: np.ndarray, status: str, steps: int, seconds: fl
     curve = [[step, round(float(train_psnr[step]), 4)] for step in sorted(train_psnr)
              if step % CURVE_EVERY == 0 or step in (1, steps)]
     return {
-        "image": job.image_name, "image_digest": image_digest(job.image), "model": job.model, "seed": job.seed,
+        "image": job.image_name, "image_digest": job.digest, "model": job.model, "seed": job.seed,
         "status": status, "steps": steps, "steps_planned": protocol.steps,
         **image_metrics(pred, job.image, with_lpips=lpips_available()), "params": count_parameters(model),
         "seconds": seconds, "seconds_per_step": seconds / max(steps, 1), "threads": torch.get_num_threads(),
