@@ -282,8 +282,8 @@ def resume_image(run_dir: str | Path, *, steps: int | None = None, progress: boo
     run_dir = Path(run_dir)
     kind = _run_kind(run_dir)
     if kind != "image":
-        what = ({"sdf": "an SDF run", "nerf": "a NeRF run"}.get(kind, f"a {kind} run") if kind
-                else "not the folder of a `finer fit image` run (no config.json)")
+        what = ({"sdf": "an SDF run", "nerf": "a NeRF run"}[kind] if kind
+                else "not the folder of a `finer fit image` run (no config.json naming its task)")
         raise FinerError(f"{run_dir} is {what}; `finer resume` continues single image fits"
                          + (" (a folder fitted with --batch-signals is not resumable; fit it again)"
                             if (run_dir / "metrics.json").exists() and kind is None else ""))
