@@ -50,7 +50,7 @@ bench-precision: $(STAMP)
 
 # Training speed (docs/results/speed.md; about 15 minutes on 2 CPU cores).
 bench-speed: $(STAMP)
-	$(BIN)/finer bench speed --steps 5 --out docs/results/speed.md --quiet
+	$(BIN)/finer bench speed --steps 10 --repeats 5 --out docs/results/speed.md --quiet
 
 # NeRF on the shared lego at a CPU-sized protocol (docs/results/nerf; about 40 minutes on 2 CPU cores).
 bench-nerf: $(STAMP)

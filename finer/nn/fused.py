@@ -52,6 +52,21 @@ from finer.nn.layers import FEW_INPUTS, autocast_context, autocast_off, handoff_
 Kernel = Callable[..., tuple[Tensor, Tensor]]
 
 
+_LOG2_E = 1.4426950408889634
+
+
+def _exp(x: Tensor) -> Tensor:
+    """``exp(x)``; compiled for a CPU, as ``2^(x log2 e)``. There the compiler writes any value that holds
+    an ``exp`` and is read twice to memory and reads it back (a heuristic of its own,
+    ``should_realize_on_reuse``), where recomputing it in registers costs less; ``exp2`` is not on its
+    list (Gauss's first-layer backward about 1.6x faster, ``scripts/pass-times.py``). The extra rounding of
+    ``x log2 e`` is within the rounding ``x`` already carries (relative ``2^-24 |x|``; measured: the same
+    largest error against float64). Eagerly, and on other devices, whose compiler has no such rule, ``exp``."""
+    if x.device.type == "cpu" and torch.compiler.is_compiling():
+        return torch.exp2(x * _LOG2_E)
+    return torch.exp(x)
+
+
 def finer_kernel(z: Tensor, omega: float = 30.0, detach: bool = True) -> tuple[Tensor, Tensor]:
     """``sin(omega (|z|+1) z)`` and its derivative (``omega (|z|+1) cos`` when ``detach``)."""
     mag = z.abs()
@@ -67,7 +82,7 @@ def sine_kernel(z: Tensor, omega: float = 30.0) -> tuple[Tensor, Tensor]:
 
 
 def gauss_kernel(z: Tensor, scale: float = 30.0) -> tuple[Tensor, Tensor]:
-    y = torch.exp(-((scale * z) ** 2))
+    y = _exp(-((scale * z) ** 2))
     return y, (-2.0 * scale * scale) * z * y
 
 
@@ -85,7 +100,7 @@ def gabor_kernel(a: Tensor, b: Tensor | None, omega: float = 20.0, scale: float 
     if b is None:
         b = torch.zeros_like(a)
     s2 = scale * scale
-    envelope = torch.exp(-omega * b - s2 * (a * a + b * b))
+    envelope = _exp(-omega * b - s2 * (a * a + b * b))
     yr = envelope * torch.cos(omega * a)
     yi = envelope * torch.sin(omega * a)
     da = -2.0 * s2 * a  # d log(envelope) / da
@@ -129,23 +144,36 @@ class _Compiled:
     Compiled with dynamic shapes, so one compiled version serves every width; the fused layers pass
     their weights and biases detached (their gradients are computed by hand), because the compiler
     keeps a parameter's shape static and would compile again for every width, up to its limit of
-    8 versions per function, then run eagerly (seen with a sweep over widths in one process)."""
+    8 versions per function, then run eagerly (seen with a sweep over widths in one process).
+
+    On a CPU the compiler writes an intermediate value to memory once more than
+    ``realize_reads_threshold`` (default 4) expressions read it; these passes read a few values
+    (Wire-FINER's ``sin(omega w)``, a first layer's ``grad_z``) many times, and recomputing them in
+    registers is cheaper than a write and a read of a tensor the size of the layer: with the threshold
+    raised, Wire-FINER's backward pass and FINER's first-layer backward run about twice as fast on the
+    project's CPU (``scripts/pass-times.py``). Other devices keep the compiler's defaults (not measured
+    there)."""
+
+    CPU_OPTIONS = {"realize_reads_threshold": 64}
 
     def __init__(self, kernel: Callable, compile: bool):
         self.kernel = kernel
         self.__name__ = kernel.__name__
         self.compiled = torch.compile(kernel, dynamic=True) if compile else None
+        self.compiled_cpu = torch.compile(kernel, dynamic=True, options=self.CPU_OPTIONS) if compile else None
 
     def __call__(self, *args, **params):
         if self.compiled is not None:
+            tensors = [a for a in (*args, *params.values()) if isinstance(a, Tensor)]
+            on_cpu = not tensors or tensors[0].device.type == "cpu"
             try:
-                return self.compiled(*args, **params)
+                return (self.compiled_cpu if on_cpu else self.compiled)(*args, **params)
             except Exception as exc:  # noqa: BLE001 - any compiler failure falls back to eager
                 if torch.cuda.is_available() and torch.cuda.is_current_stream_capturing():
                     raise  # inside a CUDA graph recording: the recording is broken, say so where it broke
                 warnings.warn(f"torch.compile of {self.kernel.__name__} failed ({type(exc).__name__}: {exc}); "
                               "running it eagerly", RuntimeWarning, stacklevel=2)
-                self.compiled = None
+                self.compiled = self.compiled_cpu = None
         return self.kernel(*args, **params)
 
 
@@ -238,13 +266,16 @@ def _layer_kernels(kernel: Kernel) -> tuple[Callable, Callable]:
     return _own_code(value, f"{kernel.__name__}_value"), _own_code(grad, f"{kernel.__name__}_grad")
 
 
-def _complex_parts(z: Tensor, real_weights: bool) -> tuple[Tensor, Tensor | None]:
+def _complex_parts(z: Tensor, real_weights: bool, out: int | None = None) -> tuple[Tensor, Tensor | None]:
     """``(a, b)`` of a complex layer's pre-activation in split layout ``[a | b]`` (``(..., 2 out)``), or
-    ``(z, None)`` for a real one."""
+    ``(z, None)`` for a real one. ``out``: the layer's output width when known from another tensor of the
+    pass (the output gradient): with dynamic shapes the compiler then knows that the parts have that
+    tensor's size, and runs the whole pass as one loop (split at ``z.shape[-1] // 2`` it cannot tell,
+    and wrote seven intermediate tensors to memory in Wire-FINER's backward)."""
     if real_weights:
         return z, None
-    half = z.shape[-1] // 2
-    return z[..., :half], z[..., half:]
+    a, b = z.unflatten(-1, (2, -1 if out is None else out)).unbind(-2)
+    return a, b
 
 
 def _complex_layer_kernels(kernel: Kernel, real_weights: bool) -> tuple[Callable, Callable]:
@@ -263,7 +294,7 @@ def _complex_layer_kernels(kernel: Kernel, real_weights: bool) -> tuple[Callable
         return torch.stack([yr, yi], -1)
 
     def grad(grad_y: Tensor, z: Tensor, bias: Tensor, **params) -> tuple[Tensor, Tensor]:
-        _, _, ra, rb, ia, ib = kernel(*_complex_parts(z + bias, real_weights), **params)
+        _, _, ra, rb, ia, ib = kernel(*_complex_parts(z + bias, real_weights, grad_y.shape[-2]), **params)
         gr, gi = grad_y[..., 0], grad_y[..., 1]
         grad_z = gr * ra + gi * ia
         if not real_weights:
@@ -358,11 +389,15 @@ STEM_MAX_IN = FEW_INPUTS
 its product inside the activation's pass (:func:`_stem_kernels`) instead of calling ``mm``."""
 
 
-def _stem_product(x: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
-    """``x W^T + b`` term by term; ``x (N, in), W (out, in)`` or stacked ``x (K, N, in), W (K, out, in)``."""
-    z = bias + x[..., 0:1] * weight[..., None, :, 0]
-    for i in range(1, weight.shape[-1]):
-        z = z + x[..., i:i + 1] * weight[..., None, :, i]
+def _stem_product(x: Tensor, weight_t: Tensor, bias: Tensor) -> Tensor:
+    """``x W^T + b`` term by term, from the transposed weight ``W^T``: ``x (N, in), W^T (in, out)`` or stacked
+    ``x (K, N, in), W^T (K, in, out)``. Each term reads a contiguous row of ``W^T`` along the outputs, the
+    pass's vectorised dimension: read as a column of ``W`` (stride ``in``), the compiler counts strided loads
+    and, in a pass as short as SIREN's or Gauss's, declines to vectorise it (several times slower on a CPU,
+    ``scripts/pass-times.py``)."""
+    z = bias + x[..., 0:1] * weight_t[..., None, 0, :]
+    for i in range(1, weight_t.shape[-2]):
+        z = z + x[..., i:i + 1] * weight_t[..., None, i, :]
     return z
 
 
@@ -370,22 +405,27 @@ def _stem_kernels(kernel: Kernel) -> tuple[Callable, Callable]:
     """The two passes of a fused first layer with few inputs, built from ``kernel``.
 
     Its product ``x W^T`` has a handful of terms per output, so it is computed inside the pass and
-    never written: ``value(x, W, b) = f(x W^T + b)``; ``grad(grad_y, x, W, b)`` recomputes the
-    derivative from ``x`` and reduces ``grad_z = grad_y f'`` straight into the weight and bias
-    gradients (``grad_z^T x`` and its column sums) without writing ``grad_z``. A plain product
+    never written: ``value(x, W^T, b) = f(x W^T + b)``; ``grad(grad_y, x, W^T, b)`` recomputes the
+    derivative from ``x`` and reduces ``grad_z = grad_y f'`` straight into the (transposed) weight
+    gradient ``x^T grad_z`` and the bias gradient (its column sums) without writing ``grad_z``. Both take
+    the weight transposed, ``(in, out)``, see :func:`_stem_product`. A plain product
     would spend a pass over memory writing ``z`` and one reading ``grad_z``, about as long as the pass itself.
     """
 
-    def value(x: Tensor, weight: Tensor, bias: Tensor, out_dtype: torch.dtype | None = None, **params) -> Tensor:
-        y = kernel(_stem_product(x, weight, bias), **params)[0]
+    def value(x: Tensor, weight_t: Tensor, bias: Tensor, out_dtype: torch.dtype | None = None, **params) -> Tensor:
+        y = kernel(_stem_product(x, weight_t, bias), **params)[0]
         return y if out_dtype is None else y.to(out_dtype)
 
-    def grad(grad_y: Tensor, x: Tensor, weight: Tensor, bias: Tensor, **params) -> tuple[Tensor, Tensor]:
-        grad_z = grad_y * kernel(_stem_product(x, weight, bias), **params)[1]
-        grad_w = torch.stack([(grad_z * x[..., i:i + 1]).sum(-2) for i in range(weight.shape[-1])], dim=-1)
-        return grad_w, grad_z.sum(-2, keepdim=True)
+    def grad(grad_y: Tensor, x: Tensor, weight_t: Tensor, bias: Tensor, **params) -> tuple[Tensor, Tensor]:
+        grad_z = grad_y * kernel(_stem_product(x, weight_t, bias), **params)[1]
+        grad_w_t = torch.stack([(grad_z * x[..., i:i + 1]).sum(-2) for i in range(weight_t.shape[-2])], dim=-2)
+        return grad_w_t, grad_z.sum(-2, keepdim=True)
 
     return _own_code(value, f"{kernel.__name__}_stem_value"), _own_code(grad, f"{kernel.__name__}_stem_grad")
+
+
+def _transposed(weight: Tensor) -> Tensor:
+    return weight.detach().transpose(-1, -2).contiguous()
 
 
 class _FusedStemFunction(torch.autograd.Function):
@@ -397,14 +437,15 @@ class _FusedStemFunction(torch.autograd.Function):
         ctx.grad_runner, ctx.params = grad_runner, params
         ctx.save_for_backward(x, weight, bias)
         out_dtype = handoff_dtype(x.device.type, weight.shape[-2]) if handoff else None
-        return runner(x, weight.detach(), bias.detach(), out_dtype=out_dtype, **params)  # detached: see _Compiled
+        # detached: see _Compiled; transposed (a few hundred numbers): see _stem_product
+        return runner(x, _transposed(weight), bias.detach(), out_dtype=out_dtype, **params)
 
     @staticmethod
     @once_differentiable  # the kernels give first derivatives only: a second one must fail loudly
     def backward(ctx, grad):
         x, weight, bias = ctx.saved_tensors
-        grad_w, grad_bias = ctx.grad_runner(grad, x, weight.detach(), bias.detach(), **ctx.params)
-        return None, grad_w, grad_bias.reshape(bias.shape), None, None, None, None
+        grad_w_t, grad_bias = ctx.grad_runner(grad, x, _transposed(weight), bias.detach(), **ctx.params)
+        return None, grad_w_t.transpose(-1, -2), grad_bias.reshape(bias.shape), None, None, None, None
 
 
 def fused_linear_apply(x: Tensor, weight: Tensor, bias: Tensor, *, runner: _Compiled, grad_runner: _Compiled,
@@ -433,7 +474,7 @@ def fused_linear_apply(x: Tensor, weight: Tensor, bias: Tensor, *, runner: _Comp
             y = _FusedStemFunction.apply(x2, weight, bias, *stem, params, handoff)
         else:
             out_dtype = handoff_dtype(x2.device.type, weight.shape[-2]) if handoff else None
-            y = stem[0](x2, weight.detach(), bias.detach(), out_dtype=out_dtype, **params)
+            y = stem[0](x2, _transposed(weight), bias.detach(), out_dtype=out_dtype, **params)
     elif grad:
         y = _FusedLinearFunction.apply(x2, weight, bias, runner, grad_runner, params, handoff)
     else:

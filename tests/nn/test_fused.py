@@ -93,6 +93,27 @@ def test_failed_compilation_falls_back_to_eager(monkeypatch):
     y, _ = runner(z, omega=30.0)  # no second warning: the runner stays eager
 
 
+def test_exp_compiled_for_the_cpu_is_exp_to_float32_rounding():
+    """``_exp`` is ``exp2(x log2 e)`` only when compiled for a CPU (a way round a compiler heuristic);
+    its error is within the rounding of ``x`` itself, ``2^-24 |x|``, and eagerly it is ``torch.exp``."""
+    x = torch.linspace(-87.0, 20.0, 20001)  # exp(-87) is still a normal float32
+    assert torch.equal(F._exp(x), torch.exp(x))
+    y = torch.compile(F._exp, dynamic=True)(x)
+    ref = torch.exp(x.double())
+    rel = ((y.double() - ref).abs() / ref).max().item()
+    assert rel < 2.0 ** -24 * 87 * 2, rel
+    assert not torch.equal(y, torch.exp(x))  # the compiled path did take exp2
+
+
+def test_first_layer_passes_take_the_weight_transposed():
+    """The first layer's passes read ``W^T`` (rows along the outputs, see ``_stem_product``): flat and stacked."""
+    x = torch.rand(50, 2, dtype=torch.float64) * 2 - 1
+    w, b = torch.randn(7, 2, dtype=torch.float64), torch.randn(7, dtype=torch.float64)
+    torch.testing.assert_close(F._stem_product(x, w.t().contiguous(), b), x @ w.t() + b)
+    xs, ws, bs = torch.rand(3, 50, 2, dtype=torch.float64), torch.randn(3, 7, 2, dtype=torch.float64), torch.randn(3, 1, 7, dtype=torch.float64)
+    torch.testing.assert_close(F._stem_product(xs, ws.transpose(1, 2).contiguous(), bs), xs @ ws.transpose(1, 2) + bs)
+
+
 @pytest.mark.parametrize("name,expected", [("finer", 3), ("siren", 3), ("gauss-finer", 3), ("wire", 3), ("wire-finer", 3), ("pemlp", 0), ("metasin", 0)])
 def test_fuse_a_model_keeps_outputs_and_parameter_gradients(name, expected):
     x = torch.rand(300, 2) * 2 - 1
