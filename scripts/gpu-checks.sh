@@ -16,6 +16,8 @@
 #   precision   issue 7: FINER on 00.png at the paper protocol in fp32, bf16 and tf32
 #   stacking    diagnostic: two 512^2 images (3x256) fitted one by one and as one stacked network
 #               (stacked weight gradients one mm per network on CUDA since, finer.nn.fused.weight_grad)
+#   passes      issue 7: scripts/pass-times.py on the card (each fused pass alone; the transposed
+#               first-layer weight and the complex split of 2026-11-28 were measured on the CPU only)
 #   speed       issue 7: `finer bench speed` on the card, alone on it (graphs includes these rows)
 #   foundation  issue 2: 16 images at 256^2, 3x128, 1000 steps, six methods (stacked, 2 processes)
 #
@@ -26,11 +28,11 @@ set -u
 IMAGES=${1:?usage: scripts/gpu-checks.sh IMAGES_DIR OUT_DIR [BUDGET_SECONDS]}
 OUT=${2:?usage: scripts/gpu-checks.sh IMAGES_DIR OUT_DIR [BUDGET_SECONDS]}
 BUDGET=${3:-560}
-STAGES=${STAGES:-smoke tests graphs paper precision stacking speed foundation}
+STAGES=${STAGES:-smoke tests graphs paper precision stacking passes speed foundation}
 [[ $BUDGET =~ ^[0-9]+$ ]] || { echo "BUDGET_SECONDS must be a whole number of seconds, got '$BUDGET'" >&2; exit 2; }
 for stage in $STAGES; do
-  case $stage in smoke|paper|precision|speed|graphs|foundation|tests|stacking) ;;
-    *) echo "unknown stage '$stage'; stages: smoke paper precision speed graphs foundation tests stacking" >&2; exit 2 ;;
+  case $stage in smoke|paper|precision|speed|graphs|foundation|tests|stacking|passes) ;;
+    *) echo "unknown stage '$stage'; stages: smoke paper precision speed graphs foundation tests stacking passes" >&2; exit 2 ;;
   esac
 done
 PY=${PYTHON:-python3}
@@ -99,6 +101,10 @@ if want stacking; then  # why a stacked pair of 512^2 images was slower than one
   run stacking 120 $PY -m finer bench speed --device "$DEV" --models finer --signals 2 --signal-size 512 \
       --signal-width 256 --signal-steps 50 --identity-steps 0 --steps 20 --repeats 3 \
       --signals-dir "$IMAGES" --out "$R/stacking-512.md" --quiet
+  pack
+fi
+if want passes; then
+  run passes 120 $PY "$ROOT/scripts/pass-times.py" --device "$DEV"
   pack
 fi
 if want speed; then
