@@ -48,7 +48,7 @@ bench-precision: $(STAMP)
 	    --eval-every 500 --out $(PRECISION_OUT)/00-128px-5000-$$p && rm -f $(PRECISION_OUT)/00-128px-5000-$$p/checkpoint.pt \
 	  || exit 1; done
 
-# Training speed (docs/results/speed.md; about 15 minutes on 2 CPU cores).
+# Training speed (docs/results/speed.md; about 13 minutes on 2 CPU cores, measured 2026-11-28).
 bench-speed: $(STAMP)
 	$(BIN)/finer bench speed --steps 10 --repeats 5 --out docs/results/speed.md --quiet
 

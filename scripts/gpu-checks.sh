@@ -16,8 +16,9 @@
 #   precision   issue 7: FINER on 00.png at the paper protocol in fp32, bf16 and tf32
 #   stacking    diagnostic: two 512^2 images (3x256) fitted one by one and as one stacked network
 #               (stacked weight gradients one mm per network on CUDA since, finer.nn.fused.weight_grad)
-#   passes      issue 7: scripts/pass-times.py on the card (each fused pass alone; the transposed
-#               first-layer weight and the complex split of 2026-11-28 were measured on the CPU only)
+#   passes      issue 7: scripts/pass-times.py on the card (each fused pass alone, absolute times; the
+#               transposed first-layer weight and the complex split of 2026-11-28 were compared with
+#               the old code on the CPU only)
 #   speed       issue 7: `finer bench speed` on the card, alone on it (graphs includes these rows)
 #   foundation  issue 2: 16 images at 256^2, 3x128, 1000 steps, six methods (stacked, 2 processes)
 #

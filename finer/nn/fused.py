@@ -59,9 +59,10 @@ def _exp(x: Tensor) -> Tensor:
     """``exp(x)``; compiled for a CPU, as ``2^(x log2 e)``. There the compiler writes any value that holds
     an ``exp`` and is read twice to memory and reads it back (a heuristic of its own,
     ``should_realize_on_reuse``), where recomputing it in registers costs less; ``exp2`` is not on its
-    list (Gauss's first-layer backward about 1.6x faster, ``scripts/pass-times.py``). The extra rounding of
-    ``x log2 e`` is within the rounding ``x`` already carries (relative ``2^-24 |x|``; measured: the same
-    largest error against float64). Eagerly, and on other devices, whose compiler has no such rule, ``exp``."""
+    list (Gauss's first-layer backward: 21-87 ms before, 15 ms after, ``scripts/pass-times.py``). The extra
+    rounding of ``x log2 e`` (relative error up to ``2^-24 |x|``, 4e-6 at ``|x| = 87``) is within the rounding
+    an ``x`` computed in float32 already carries: Gauss's and the Gabor kernel's largest errors against
+    float64 are unchanged. Eagerly, and on other devices, whose compiler has no such rule, ``exp``."""
     if x.device.type == "cpu" and torch.compiler.is_compiling():
         return torch.exp2(x * _LOG2_E)
     return torch.exp(x)
@@ -138,6 +139,16 @@ COMPLEX_KERNELS: dict[Callable, Kernel] = {
 }
 
 
+PASS_CPU_OPTIONS = {"realize_reads_threshold": 64}
+"""Compiler options for the fused layers' passes on a CPU. There the compiler writes a value that more
+than one expression uses to memory, and reads it back, when computing it takes more than
+``realize_reads_threshold`` (default 4) loads; the passes use a few such values (Wire-FINER's
+``sin(omega w)``, a first layer's ``grad_z`` of about six loads) at every element, where recomputing them
+in registers is cheaper than a write and a read of a tensor the size of the layer: Wire-FINER's
+backward pass and FINER's first-layer backward run about twice as fast with the threshold raised on
+the project's CPU (``scripts/pass-times.py``). Not measured on other devices, which keep the defaults."""
+
+
 class _Compiled:
     """A kernel (or any pure function) compiled on first use, eager if compilation is off or fails.
 
@@ -146,28 +157,27 @@ class _Compiled:
     keeps a parameter's shape static and would compile again for every width, up to its limit of
     8 versions per function, then run eagerly (seen with a sweep over widths in one process).
 
-    On a CPU the compiler writes an intermediate value to memory once more than
-    ``realize_reads_threshold`` (default 4) expressions read it; these passes read a few values
-    (Wire-FINER's ``sin(omega w)``, a first layer's ``grad_z``) many times, and recomputing them in
-    registers is cheaper than a write and a read of a tensor the size of the layer: with the threshold
-    raised, Wire-FINER's backward pass and FINER's first-layer backward run about twice as fast on the
-    project's CPU (``scripts/pass-times.py``). Other devices keep the compiler's defaults (not measured
-    there)."""
+    ``cpu_options``: compiler options for the version that runs on CPU tensors (the fused layers' passes
+    use :data:`PASS_CPU_OPTIONS`); other devices keep the compiler's defaults."""
 
-    CPU_OPTIONS = {"realize_reads_threshold": 64}
-
-    def __init__(self, kernel: Callable, compile: bool):
+    def __init__(self, kernel: Callable, compile: bool, cpu_options: dict | None = None):
         self.kernel = kernel
         self.__name__ = kernel.__name__
         self.compiled = torch.compile(kernel, dynamic=True) if compile else None
-        self.compiled_cpu = torch.compile(kernel, dynamic=True, options=self.CPU_OPTIONS) if compile else None
+        self.compiled_cpu = (torch.compile(kernel, dynamic=True, options=cpu_options) if compile and cpu_options
+                             else self.compiled)
+
+    @property
+    def is_compiled(self) -> bool:
+        """Whether calls go to a compiled version (compilation on and not failed)."""
+        return self.compiled is not None
 
     def __call__(self, *args, **params):
-        if self.compiled is not None:
-            tensors = [a for a in (*args, *params.values()) if isinstance(a, Tensor)]
-            on_cpu = not tensors or tensors[0].device.type == "cpu"
+        if self.is_compiled:
+            first = args[0] if args and isinstance(args[0], Tensor) else None
+            compiled = self.compiled_cpu if first is None or first.device.type == "cpu" else self.compiled
             try:
-                return (self.compiled_cpu if on_cpu else self.compiled)(*args, **params)
+                return compiled(*args, **params)
             except Exception as exc:  # noqa: BLE001 - any compiler failure falls back to eager
                 if torch.cuda.is_available() and torch.cuda.is_current_stream_capturing():
                     raise  # inside a CUDA graph recording: the recording is broken, say so where it broke
@@ -227,7 +237,7 @@ class _FusedComplexFunction(torch.autograd.Function):
     def forward(ctx, z, runner, params):
         is_complex = z.is_complex()
         yr, yi, j00, j01, j10, j11 = runner(z.real, z.imag if is_complex else None, **params)
-        ctx.is_complex, ctx.combine = is_complex, _combine_runner(runner.compiled is not None)
+        ctx.is_complex, ctx.combine = is_complex, _combine_runner(runner.is_compiled)
         ctx.save_for_backward(*((j00, j10, j01, j11) if is_complex else (j00, j10)))
         return _complex(yr, yi)
 
@@ -435,16 +445,16 @@ class _FusedStemFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, weight, bias, runner, grad_runner, params, handoff):
         ctx.grad_runner, ctx.params = grad_runner, params
-        ctx.save_for_backward(x, weight, bias)
+        weight_t = _transposed(weight)  # detached: see _Compiled; transposed (a few hundred numbers): see _stem_product
+        ctx.save_for_backward(x, weight_t, bias)
         out_dtype = handoff_dtype(x.device.type, weight.shape[-2]) if handoff else None
-        # detached: see _Compiled; transposed (a few hundred numbers): see _stem_product
-        return runner(x, _transposed(weight), bias.detach(), out_dtype=out_dtype, **params)
+        return runner(x, weight_t, bias.detach(), out_dtype=out_dtype, **params)
 
     @staticmethod
     @once_differentiable  # the kernels give first derivatives only: a second one must fail loudly
     def backward(ctx, grad):
-        x, weight, bias = ctx.saved_tensors
-        grad_w_t, grad_bias = ctx.grad_runner(grad, x, _transposed(weight), bias.detach(), **ctx.params)
+        x, weight_t, bias = ctx.saved_tensors
+        grad_w_t, grad_bias = ctx.grad_runner(grad, x, weight_t, bias.detach(), **ctx.params)
         return None, grad_w_t.transpose(-1, -2), grad_bias.reshape(bias.shape), None, None, None, None
 
 
@@ -511,19 +521,19 @@ def fused_complex_linear_apply(x: Tensor, weight: Tensor, bias: Tensor, **passes
 @functools.lru_cache(maxsize=None)
 def _complex_linear_runners(kernel: Kernel, real_weights: bool, compile: bool) -> tuple[_Compiled, _Compiled]:
     value, grad = _complex_layer_kernels(kernel, real_weights)
-    return _Compiled(value, compile), _Compiled(grad, compile)
+    return _Compiled(value, compile, PASS_CPU_OPTIONS), _Compiled(grad, compile, PASS_CPU_OPTIONS)
 
 
 @functools.lru_cache(maxsize=None)
 def _linear_runners(kernel: Kernel, compile: bool) -> tuple[_Compiled, _Compiled]:
     value, grad = _layer_kernels(kernel)
-    return _Compiled(value, compile), _Compiled(grad, compile)
+    return _Compiled(value, compile, PASS_CPU_OPTIONS), _Compiled(grad, compile, PASS_CPU_OPTIONS)
 
 
 @functools.lru_cache(maxsize=None)
 def _stem_runners(kernel: Kernel, compile: bool) -> tuple[_Compiled, _Compiled]:
     value, grad = _stem_kernels(kernel)
-    return _Compiled(value, compile), _Compiled(grad, compile)
+    return _Compiled(value, compile, PASS_CPU_OPTIONS), _Compiled(grad, compile, PASS_CPU_OPTIONS)
 
 
 def fused_apply(z: Tensor, *, reference: Callable, runner: _Compiled, **params) -> Tensor:

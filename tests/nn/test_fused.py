@@ -72,7 +72,7 @@ def test_compiled_kernel_matches_the_reference():
     with warnings.catch_warnings():
         warnings.simplefilter("error", RuntimeWarning)  # a fallback to eager would not test the compiled path
         y, gz = _value_and_grad(fused, z, g)
-    assert fused.keywords["runner"].compiled is not None
+    assert fused.keywords["runner"].is_compiled
     y_ref, gz_ref = _value_and_grad(ref, z, g)
     torch.testing.assert_close(y, y_ref, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(gz, gz_ref, rtol=1e-4, atol=1e-3 * gz_ref.abs().max().item())
@@ -90,7 +90,32 @@ def test_failed_compilation_falls_back_to_eager(monkeypatch):
     with pytest.warns(RuntimeWarning, match="running it eagerly"):
         y, _ = runner(z, omega=30.0)
     torch.testing.assert_close(y, torch.sin(30.0 * z))
-    y, _ = runner(z, omega=30.0)  # no second warning: the runner stays eager
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        y, _ = runner(z, omega=30.0)  # no second warning: the runner stays eager
+    assert not runner.is_compiled
+
+
+def test_passes_on_cpu_tensors_use_the_cpu_options(monkeypatch):
+    """The fused layers' passes have a version compiled with PASS_CPU_OPTIONS for CPU tensors;
+    other activations (and other devices) get the compiler's defaults."""
+    made = []
+
+    def recording(fn, **kwargs):
+        options = kwargs.get("options")
+        made.append(options)
+
+        def run(*args, **kw):
+            return "cpu-options" if options else "defaults"
+        return run
+
+    monkeypatch.setattr(torch, "compile", recording)
+    value, grad = F._linear_runners.__wrapped__(F.sine_kernel, True)
+    assert made == [None, F.PASS_CPU_OPTIONS] * 2
+    assert value(torch.zeros(2, 3), torch.zeros(3)) == "cpu-options"
+    assert value(torch.zeros(2, 3, device="meta"), torch.zeros(3)) == "defaults"  # any other device
+    plain = F._Compiled(F.sine_kernel, compile=True)
+    assert plain(torch.zeros(3)) == "defaults"
 
 
 def test_exp_compiled_for_the_cpu_is_exp_to_float32_rounding():
@@ -102,7 +127,7 @@ def test_exp_compiled_for_the_cpu_is_exp_to_float32_rounding():
     ref = torch.exp(x.double())
     rel = ((y.double() - ref).abs() / ref).max().item()
     assert rel < 2.0 ** -24 * 87 * 2, rel
-    assert not torch.equal(y, torch.exp(x))  # the compiled path did take exp2
+    assert not torch.equal(y, torch.compile(lambda t: torch.exp(t), dynamic=True)(x))  # it did take exp2
 
 
 def test_first_layer_passes_take_the_weight_transposed():
@@ -110,7 +135,8 @@ def test_first_layer_passes_take_the_weight_transposed():
     x = torch.rand(50, 2, dtype=torch.float64) * 2 - 1
     w, b = torch.randn(7, 2, dtype=torch.float64), torch.randn(7, dtype=torch.float64)
     torch.testing.assert_close(F._stem_product(x, w.t().contiguous(), b), x @ w.t() + b)
-    xs, ws, bs = torch.rand(3, 50, 2, dtype=torch.float64), torch.randn(3, 7, 2, dtype=torch.float64), torch.randn(3, 1, 7, dtype=torch.float64)
+    xs, ws = torch.rand(3, 50, 2, dtype=torch.float64), torch.randn(3, 7, 2, dtype=torch.float64)
+    bs = torch.randn(3, 1, 7, dtype=torch.float64)
     torch.testing.assert_close(F._stem_product(xs, ws.transpose(1, 2).contiguous(), bs), xs @ ws.transpose(1, 2) + bs)
 
 
