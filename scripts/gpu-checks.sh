@@ -5,7 +5,8 @@
 #
 #   usage: [STAGES="smoke paper ..."] scripts/gpu-checks.sh IMAGES_DIR OUT_DIR [BUDGET_SECONDS]
 #
-# Stages (default: all, in this order; smoke failing stops the script):
+# Stages, run in the order STAGES lists them (default: all, in this order; smoke failing stops the
+# script; PRECISIONS picks the precision stage's runs, default "fp32 bf16 tf32"):
 #   smoke       a compiled FINER fit on the GPU
 #   tests       tests/test_cuda.py
 #   graphs      issue 7: `finer bench speed --cuda-graph --profile` (each method eager and as a replayed
@@ -67,58 +68,59 @@ run() {  # name cap command...: one stage, its output in R/name.log
 'cuda', torch.version.cuda, torch.cuda.get_device_name(0))"; nproc; } >"$R/env.txt" 2>&1
 cat "$R/env.txt" | tail -n 3
 
-want() { [[ " $STAGES " == *" $1 "* ]]; }
 
-if want smoke; then
+stage_smoke() {
   if ! run smoke 120 $PY -m finer fit image "$IMAGES/00.png" --size 128 --steps 200 --device "$DEV" --fused compile \
       --out "$R/smoke" --quiet; then pack; exit 3; fi
   pack
-fi
-if want tests; then
+}
+stage_tests() {
   run tests 120 $PY -m pytest -q -p no:cacheprovider "$ROOT/tests/test_cuda.py"
   pack
-fi
-if want graphs; then
+}
+stage_graphs() {
   run graphs 240 $PY -m finer bench speed --device "$DEV" --cuda-graph --models finer,siren,gauss,pemlp,wire \
       --steps 50 --repeats 5 --warmup 5 --profile --out "$R/speed-cuda-graph.md" --quiet
   pack
   run graphs-paper 90 $PY -m finer fit image "$IMAGES/00.png" --steps 5000 --device "$DEV" --fused compile \
       --cuda-graph --eval-every 500 --checkpoint-every 0 --out "$R/precision/fp32-graph" --quiet
   pack
-fi
-if want paper; then
-  run paper 300 $PY -m finer bench images "$IMAGES" --preset paper --limit 2 --models finer,siren \
+}
+stage_paper() {
+  run paper 360 $PY -m finer bench images "$IMAGES" --preset paper --limit 2 --models finer,siren \
       --device "$DEV" --out "$R/paper-protocol" --quiet
   pack
-fi
-if want precision; then
-  for p in fp32 bf16 tf32; do
+}
+stage_precision() {
+  for p in ${PRECISIONS:-fp32 bf16 tf32}; do
     run "precision-$p" 90 $PY -m finer fit image "$IMAGES/00.png" --steps 5000 --precision "$p" --device "$DEV" \
         --fused compile --eval-every 500 --checkpoint-every 0 --out "$R/precision/$p" --quiet
     pack
   done
-fi
-if want stacking; then  # why a stacked pair of 512^2 images was slower than one image alone
+}
+stage_stacking() {  # why a stacked pair of 512^2 images was slower than one image alone
   run stacking 120 $PY -m finer bench speed --device "$DEV" --models finer --signals 2 --signal-size 512 \
       --signal-width 256 --signal-steps 50 --identity-steps 0 --steps 20 --repeats 3 \
       --signals-dir "$IMAGES" --out "$R/stacking-512.md" --quiet
   pack
-fi
-if want passes; then
+}
+stage_passes() {
   run passes 120 $PY "$ROOT/scripts/pass-times.py" --device "$DEV"
   pack
-fi
-if want speed; then
+}
+stage_speed() {
   run speed 200 $PY -m finer bench speed --device "$DEV" --steps 50 --repeats 5 --warmup 5 \
       --out "$R/speed-cuda.md" --quiet
   pack
-fi
-if want foundation; then
+}
+stage_foundation() {
   run foundation 300 $PY -m finer bench images "$IMAGES" --preset quick --size 256 \
       --models finer,official-finer,siren,gauss,pemlp,wire --device "$DEV" --batch-signals 16 --workers 2 \
       --out "$R/foundation-images-256" --quiet
   pack
-fi
+}
+
+for stage in $STAGES; do "stage_$stage"; done
 
 echo "== done after $(( $(date +%s) - START ))s"
 for f in "$R/foundation-images-256/summary.md" "$R/paper-protocol/summary.md"; do [ -f "$f" ] && head -n 20 "$f"; done

@@ -103,13 +103,20 @@ def test_stacked_networks_on_the_gpu_match_each_network():
 @pytest.mark.parametrize("name,fused", [("finer", "compile"), ("finer", "off"), ("wire", "compile")])
 def test_a_recorded_cuda_graph_step_trains_as_the_eager_step(astronaut_small, name, fused):
     """The whole step (forward, backward, Adam) replayed as a CUDA graph: the same losses and
-    evaluations as eager steps, the learning rate read from the device every replay."""
+    evaluations as eager steps, the learning rate read from the device every replay.
+
+    WIRE trains at a tenth of its default rate here: at 5e-3 its 30 steps amplify rounding (on the
+    CPU, one weight moved by one ulp changes the losses by 5e-4 to 2.7e-3 relative, and the
+    compiled against the plain layers by 5.2e-3; measured 2026-11-28), so the recorded step's
+    different Adam kernels (capturable, multi-tensor for complex weights) differed by 5.6e-3 on
+    the H200. At 5e-4 the same perturbations move the losses by under 1e-6."""
     results = []
     for cuda_graph in (False, True):
         model = finer.build_model(name, 2, 3, width=32, hidden_layers=2, seed=0).to(CUDA)
         F.apply_fused(model, fused, 30)
         task = ImageTask(astronaut_small, tuple(model.config.target_range), CUDA, seed=0)
-        state = fit(model, task, TrainConfig(steps=30, lr=model.config.lr, log_every=4, eval_every=10,
+        lr = model.config.lr * (0.1 if name == "wire" else 1.0)
+        state = fit(model, task, TrainConfig(steps=30, lr=lr, log_every=4, eval_every=10,
                                              cuda_graph=cuda_graph), progress=False)
         assert state.status == "complete"
         results.append(([h["loss"] for h in state.history], [h["eval_psnr"] for h in state.history if "eval_psnr" in h]))
