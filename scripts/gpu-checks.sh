@@ -21,6 +21,10 @@
 #               transposed first-layer weight and the complex split of 2026-11-28 were compared with
 #               the old code on the CPU only)
 #   speed       issue 7: `finer bench speed` on the card, alone on it (graphs includes these rows)
+#   eager       issue 7: FINER and PE-MLP, eager steps only, with operator tables (--profile); with
+#               OLD_CHECKOUT (an older checkout carried along, e.g. `git worktree add .gpu/old 5521b37`)
+#               the same rows from that code, one after the other: the fused layers' eager step took
+#               3.4 ms on 2026-11-27 (5521b37) and 5.7 ms on 2026-11-28 (8287108) on the H200
 #   foundation  issue 2: 16 images at 256^2, 3x128, 1000 steps, six methods (stacked, 2 processes)
 #
 # IMAGES_DIR: the 16 DIV2K crops of the shared data (images/div2k_train). Runs the library from
@@ -30,11 +34,11 @@ set -u
 IMAGES=${1:?usage: scripts/gpu-checks.sh IMAGES_DIR OUT_DIR [BUDGET_SECONDS]}
 OUT=${2:?usage: scripts/gpu-checks.sh IMAGES_DIR OUT_DIR [BUDGET_SECONDS]}
 BUDGET=${3:-560}
-STAGES=${STAGES:-smoke tests graphs paper precision stacking passes speed foundation}
+STAGES=${STAGES:-smoke tests graphs paper precision stacking passes speed eager foundation}
 [[ $BUDGET =~ ^[0-9]+$ ]] || { echo "BUDGET_SECONDS must be a whole number of seconds, got '$BUDGET'" >&2; exit 2; }
 for stage in $STAGES; do
-  case $stage in smoke|paper|precision|speed|graphs|foundation|tests|stacking|passes) ;;
-    *) echo "unknown stage '$stage'; stages: smoke paper precision speed graphs foundation tests stacking passes" >&2; exit 2 ;;
+  case $stage in smoke|paper|precision|speed|graphs|foundation|tests|stacking|passes|eager) ;;
+    *) echo "unknown stage '$stage'; stages: smoke paper precision speed graphs foundation tests stacking passes eager" >&2; exit 2 ;;
   esac
 done
 PY=${PYTHON:-python3}
@@ -112,6 +116,16 @@ stage_speed() {
   run speed 200 $PY -m finer bench speed --device "$DEV" --steps 50 --repeats 5 --warmup 5 \
       --out "$R/speed-cuda.md" --quiet
   pack
+}
+stage_eager() {  # FINER's eager step on the card against PE-MLP's, now and (OLD_CHECKOUT) before
+  local rows=(--device "$DEV" --models finer,pemlp --steps 50 --repeats 5 --warmup 5 --signals 0 --identity-steps 0)
+  run eager 120 $PY -m finer bench speed "${rows[@]}" --profile --out "$R/speed-eager.md" --quiet
+  pack
+  if [ -n "${OLD_CHECKOUT:-}" ]; then
+    run eager-old 120 env PYTHONPATH="$(cd "$OLD_CHECKOUT" && pwd)" $PY -m finer bench speed "${rows[@]}" \
+        --out "$R/speed-eager-old.md" --quiet
+    pack
+  fi
 }
 stage_foundation() {
   run foundation 300 $PY -m finer bench images "$IMAGES" --preset quick --size 256 \
