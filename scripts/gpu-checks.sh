@@ -24,7 +24,8 @@
 #   eager       issue 7: FINER and PE-MLP, eager steps only, with operator tables (--profile); with
 #               OLD_CHECKOUT (an older checkout carried along, e.g. `git worktree add .gpu/old 5521b37`)
 #               the same rows from that code, one after the other: the fused layers' eager step took
-#               3.4 ms on 2026-11-27 (5521b37) and 5.7 ms on 2026-11-28 (8287108) on the H200
+#               3.4 ms on 2026-11-27 (5521b37) and 5.7 ms on 2026-11-28 (8287108) on the H200; and
+#               FINER with its passes compiled for fixed sizes (finer.nn.fused.DEVICE_DYNAMIC = None)
 #   foundation  issue 2: 16 images at 256^2, 3x128, 1000 steps, six methods (stacked, 2 processes)
 #
 # IMAGES_DIR: the 16 DIV2K crops of the shared data (images/div2k_train). Runs the library from
@@ -118,12 +119,16 @@ stage_speed() {
   pack
 }
 stage_eager() {  # FINER's eager step on the card against PE-MLP's, now and (OLD_CHECKOUT) before
-  local rows=(--device "$DEV" --models finer,pemlp --steps 50 --repeats 5 --warmup 5 --signals 0 --identity-steps 0)
-  run eager 120 $PY -m finer bench speed "${rows[@]}" --profile --out "$R/speed-eager.md" --quiet
+  local rows=(--device "$DEV" --steps 50 --repeats 5 --warmup 5 --signals 0 --identity-steps 0)
+  run eager 120 $PY -m finer bench speed "${rows[@]}" --models finer,pemlp --profile --out "$R/speed-eager.md" --quiet
+  pack
+  # the passes compiled with fixed sizes on the card (finer.nn.fused.DEVICE_DYNAMIC = None)
+  run eager-fixed 100 $PY -c "import sys, finer.nn.fused as f; f.DEVICE_DYNAMIC = None; from finer.cli import main; \
+sys.exit(main(sys.argv[1:]))" bench speed "${rows[@]}" --models finer --profile --out "$R/speed-eager-fixed.md" --quiet
   pack
   if [ -n "${OLD_CHECKOUT:-}" ]; then
     run eager-old 120 env PYTHONPATH="$(cd "$OLD_CHECKOUT" && pwd)" $PY -m finer bench speed "${rows[@]}" \
-        --out "$R/speed-eager-old.md" --quiet
+        --models finer,pemlp --out "$R/speed-eager-old.md" --quiet
     pack
   fi
 }

@@ -149,6 +149,16 @@ backward pass and FINER's first-layer backward run about twice as fast with the 
 the project's CPU (``scripts/pass-times.py``). Not measured on other devices, which keep the defaults."""
 
 
+DEVICE_DYNAMIC: bool | None = True
+"""``torch.compile``'s ``dynamic`` for the passes' version on devices other than the CPU: ``True``, sizes
+symbolic from the first compilation (one version for every width, as on the CPU), or ``None``, sizes
+fixed until a call brings new ones, then those made symbolic (a fixed width can give a GPU leaner
+kernels: a constant row length to index the bias with). Read when a pass is first built. On an H200
+the fused layers' eager step took 3.4 ms at commit 5521b37 and 5.7 ms at 8287108, whose changes
+include making the width symbolic (biases passed detached, see :class:`_Compiled`); the ``eager``
+stage of ``scripts/gpu-checks.sh`` times FINER with ``None`` beside the default to test that."""
+
+
 class _Compiled:
     """A kernel (or any pure function) compiled on first use, eager if compilation is off or fails.
 
@@ -158,14 +168,15 @@ class _Compiled:
     8 versions per function, then run eagerly (seen with a sweep over widths in one process).
 
     ``cpu_options``: compiler options for the version that runs on CPU tensors (the fused layers' passes
-    use :data:`PASS_CPU_OPTIONS`); other devices keep the compiler's defaults."""
+    use :data:`PASS_CPU_OPTIONS`); other devices keep the compiler's defaults, with
+    :data:`DEVICE_DYNAMIC`."""
 
     def __init__(self, kernel: Callable, compile: bool, cpu_options: dict | None = None):
         self.kernel = kernel
         self.__name__ = kernel.__name__
-        self.compiled = torch.compile(kernel, dynamic=True) if compile else None
-        self.compiled_cpu = (torch.compile(kernel, dynamic=True, options=cpu_options) if compile and cpu_options
-                             else self.compiled)
+        self.compiled = torch.compile(kernel, dynamic=DEVICE_DYNAMIC) if compile else None
+        self.compiled_cpu = (torch.compile(kernel, dynamic=True, options=cpu_options)
+                             if compile and (cpu_options or DEVICE_DYNAMIC is not True) else self.compiled)
 
     @property
     def is_compiled(self) -> bool:

@@ -118,6 +118,40 @@ def test_passes_on_cpu_tensors_use_the_cpu_options(monkeypatch):
     assert plain(torch.zeros(3)) == "defaults"
 
 
+def test_device_dynamic_applies_to_other_devices_only(monkeypatch):
+    """DEVICE_DYNAMIC sets ``dynamic`` of the version for other devices; CPU tensors keep the
+    symbolic-size version, also for a pass without CPU options."""
+    made = []
+
+    def recording(fn, dynamic=None, options=None):
+        made.append((dynamic, options))
+        return lambda *args, **kw: dynamic
+
+    monkeypatch.setattr(torch, "compile", recording)
+    monkeypatch.setattr(F, "DEVICE_DYNAMIC", None)
+    value, _ = F._linear_runners.__wrapped__(F.sine_kernel, True)
+    assert made[:2] == [(None, None), (True, F.PASS_CPU_OPTIONS)]
+    assert value(torch.zeros(2, 3), torch.zeros(3)) is True
+    assert value(torch.zeros(2, 3, device="meta"), torch.zeros(3)) is None
+    plain = F._Compiled(F.sine_kernel, compile=True)
+    assert made[-2:] == [(None, None), (True, None)]
+    assert plain(torch.zeros(3)) is True and plain(torch.zeros(3, device="meta")) is None
+
+
+def test_passes_compiled_for_fixed_sizes_compute_the_same_values(monkeypatch):
+    """The version DEVICE_DYNAMIC = None builds (sizes fixed until they change, then symbolic), run
+    here on CPU tensors, against the eager pass, for two widths and two point counts."""
+    monkeypatch.setattr(F, "DEVICE_DYNAMIC", None)
+    value, grad = F._linear_runners.__wrapped__(F.finer_kernel, True)
+    eager_value, eager_grad = F._layer_kernels(F.finer_kernel)
+    g = torch.Generator().manual_seed(0)
+    for n, width in ((64, 16), (64, 24), (40, 24)):
+        z, bias, grad_y = torch.randn(n, width, generator=g), torch.randn(width, generator=g), torch.randn(n, width, generator=g)
+        torch.testing.assert_close(value.compiled(z, bias, omega=30.0), eager_value(z, bias, omega=30.0))
+        for got, want in zip(grad.compiled(grad_y, z, bias, omega=30.0), eager_grad(grad_y, z, bias, omega=30.0)):
+            torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-4)  # the bias gradient: sums of 64 terms
+
+
 def test_exp_compiled_for_the_cpu_is_exp_to_float32_rounding():
     """``_exp`` is ``exp2(x log2 e)`` only when compiled for a CPU (a way round a compiler heuristic);
     its error is within the rounding of ``x`` itself, ``2^-24 |x|``, and eagerly it is ``torch.exp``."""
