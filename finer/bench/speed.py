@@ -273,18 +273,28 @@ def batch_signals_check(images: np.ndarray, *, method: str, width: int, hidden_l
             "speedup": one_s / many_s, "max_psnr_difference": max(abs(a - b) for a, b in zip(one_p, many_p))}
 
 
+def profile_orders(device: torch.device) -> list[tuple[str, str]]:
+    """The tables :func:`profile_blocks` writes per block, ``(title, sort key)``: on a GPU, operators by
+    their own device time (the card's work) and by their own CPU time (the host's: launches, Python,
+    waits, which bound a step of small kernels); on a CPU, by their own CPU time."""
+    if device.type == "cuda":
+        return [("by device time", "self_device_time_total"), ("by host time", "self_cpu_time_total")]
+    return [("by CPU time", "self_cpu_time_total")]
+
+
 def profile_blocks(blocks: dict, device: torch.device, rows: int = 15) -> str:
-    """Each block run once under PyTorch's profiler: a table of its operators by their own time
-    (device time on a GPU, CPU time otherwise), to see where a step's time above its products goes."""
+    """Each block run once under PyTorch's profiler: tables of its operators by their own time
+    (:func:`profile_orders`), to see where a step's time above its products goes."""
     from torch.profiler import ProfilerActivity, profile
 
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
-    key = "self_device_time_total" if device.type == "cuda" else "self_cpu_time_total"
     parts = []
     for name, block in blocks.items():
         with profile(activities=activities) as prof:
             block()
-        parts.append(f"== {name}\n{prof.key_averages().table(sort_by=key, row_limit=rows)}")
+        averages = prof.key_averages()
+        parts.append(f"== {name}")
+        parts += [f"-- {title}\n{averages.table(sort_by=key, row_limit=rows)}" for title, key in profile_orders(device)]
     return "\n".join(parts)
 
 

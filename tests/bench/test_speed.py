@@ -2,6 +2,8 @@
 
 import json
 
+import torch
+
 from finer.cli import main
 
 
@@ -85,6 +87,15 @@ def test_speed_profile_tables_every_row(tmp_path, capsys):
     text = out.with_suffix(".profile.txt").read_text()
     assert [line for line in text.splitlines() if line.startswith("== ")] == ["== floor", "== official", "== finer"]
     assert "aten::mm" in text  # the products show up by name
+    assert text.count("-- by CPU time") == 3
     assert "profiles" not in json.loads(out.with_suffix(".json").read_text())
     assert main(["bench", "speed", "--profile", "--quiet"]) == 2
     assert "give --out" in capsys.readouterr().err
+
+
+def test_profile_orders_show_the_host_beside_the_card():
+    """On a GPU a step of small kernels is bound by the host: its tables give both sides."""
+    from finer.bench.speed import profile_orders
+
+    assert [key for _, key in profile_orders(torch.device("cuda"))] == ["self_device_time_total", "self_cpu_time_total"]
+    assert [key for _, key in profile_orders(torch.device("cpu"))] == ["self_cpu_time_total"]
