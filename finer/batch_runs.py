@@ -25,7 +25,7 @@ from finer.metrics import psnr, psnr_from_mse, ssim
 from finer.models import build_model, count_parameters
 from finer.nn.fused import apply_fused
 from finer.nn.stacked import StackedMLP
-from finer.runs import ImageRunConfig, _prepare_out, resolve_device
+from finer.runs import RUN_FILES, ImageRunConfig, _prepare_out, resolve_device
 from finer.tasks import image as img
 from finer.train import TrainConfig, fit, graph_problem
 
@@ -105,6 +105,7 @@ def fit_image_folder(cfg: ImageRunConfig, directory, out, *, batch_signals: int,
     if problem:
         raise ConfigError(problem)
     _prepare_out(out, overwrite)
+    io.remove_outputs(out, ["summary.json", *(Path(p.stem) / name for p in paths for name in RUN_FILES)])
     rows, total_seconds = [], 0.0
     for start in range(0, len(paths), batch_signals):
         group = list(range(start, min(start + batch_signals, len(paths))))

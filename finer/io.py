@@ -61,6 +61,30 @@ def atomic_write(path: str | os.PathLike, write) -> None:
             os.unlink(tmp)
 
 
+def remove_outputs(folder: str | os.PathLike, names: Iterable[str | os.PathLike]) -> None:
+    """Delete the files (or folders) ``names`` of ``folder`` where they exist: the outputs of an earlier run
+    in a folder that a new run overwrites, so none of them stands beside the new run's as if it were its own."""
+    import shutil
+
+    for name in names:
+        path = Path(folder) / name
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        else:
+            path.unlink(missing_ok=True)
+
+
+def file_digest(path: str | os.PathLike) -> str:
+    """The SHA-256 of a file's bytes (hex)."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
 def jsonable(value: Any) -> Any:
     """``value`` with what strict JSON cannot hold replaced: NaN by null, infinities by "inf"/"-inf",
     tuples by lists, paths by strings."""

@@ -31,6 +31,9 @@ from finer.tasks.image import save_image
 from finer.train import TrainConfig, fit
 
 NERF_FORMAT = io.NERF_CHECKPOINT_FORMAT
+RUN_FILES = ("config.json", "checkpoint.pt", "curve.csv", "metrics.json", "test")
+"""What a NeRF run writes; ``--overwrite`` deletes these (and only these) before the new run starts
+(a turntable rendered from an earlier run's checkpoint stays)."""
 
 
 @dataclass
@@ -88,6 +91,7 @@ def fit_nerf(cfg: NeRFRunConfig, out, *, progress: bool = True, overwrite: bool 
     fused = apply_fused(renderer, cfg.fused, cfg.steps)
     task = N.NeRFTask(train, cfg.rays, device, seed=cfg.seed)
     out.mkdir(parents=True, exist_ok=True)
+    io.remove_outputs(out, RUN_FILES)  # an overwritten run's files: none may pass for this run's
     io.write_json(out / "config.json", {
         "task": "nerf", "run": dataclasses.asdict(cfg), "train_views": train.names, "test_views": test.names,
         "height": train.height, "width": train.width, "focal": train.focal, "near": renderer.near,

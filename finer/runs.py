@@ -1,9 +1,10 @@
 """Image-fitting runs: a run folder in, a fitted model and self-describing outputs out.
 
-A run folder holds ``config.json`` (the resolved config), ``checkpoint.pt`` (weights, optimiser,
+A run folder holds ``config.json`` (the resolved config, with the image's absolute path and the
+SHA-256 of its file, which ``finer resume`` checks), ``checkpoint.pt`` (weights, optimiser,
 progress and everything needed to rebuild the model), ``curve.csv`` (per-step loss/PSNR),
 ``reconstruction.png``, ``error_map.png``, ``psnr_curve.png`` and ``metrics.json``, whose
-``status`` says whether the run is ``complete``, ``interrupted`` or ``diverged``.
+``status`` says whether the run is ``complete``, ``interrupted`` or ``diverged`` (``running`` while it trains).
 """
 
 from __future__ import annotations
@@ -27,6 +28,9 @@ from finer.tasks import image as img
 from finer.train import PRECISIONS, FitState, TrainConfig, fit, graph_problem
 
 DEVICE_CHOICES = ("auto", "cpu", "cuda")
+RUN_FILES = ("config.json", "checkpoint.pt", "curve.csv", "metrics.json", "reconstruction.png", "error_map.png",
+             "psnr_curve.png")
+"""The files an image run writes; ``--overwrite`` deletes these (and only these) before the new run starts."""
 
 
 @dataclass
@@ -124,12 +128,18 @@ def _prepare_out(out: Path, overwrite: bool, create: bool = True, resumable: boo
 class _Run:
     """The pieces of one image run, shared by a fresh fit and a resumed one."""
 
-    def __init__(self, cfg: ImageRunConfig, out: Path, progress: bool):
+    def __init__(self, cfg: ImageRunConfig, out: Path, progress: bool, image_file: str | None = None):
+        """``image_file``: where to read the image (default ``cfg.image``; a resumed run reads the file its
+        first run recorded, wherever the command is run from)."""
         cfg.validate()
         self.cfg, self.out, self.progress = cfg, out, progress
         self.device = resolve_device(cfg.device)
         budget = img.memory_budget(self.device)
-        self.image = img.load_image(cfg.image, crop=cfg.crop, size=cfg.size, alpha=cfg.alpha, max_bytes=budget)
+        source = image_file or cfg.image
+        self.image = img.load_image(source, crop=cfg.crop, size=cfg.size, alpha=cfg.alpha, max_bytes=budget)
+        is_file = source is not None and not str(source).startswith("skimage:")
+        self.image_file = str(Path(source).resolve()) if is_file else None
+        self.image_sha256 = io.file_digest(self.image_file) if is_file else None
         h, w, c = self.image.shape
         self.model = build_model(cfg.model, 2, c, seed=cfg.seed, **cfg.model_options).to(self.device)
         self.fused = apply_fused(self.model, cfg.fused, cfg.steps)
@@ -174,7 +184,8 @@ class _Run:
         return {
             "task": "image",
             "run": dataclasses.asdict(self.cfg),
-            "image": {"source": self.cfg.image or img.DEFAULT_IMAGE, "height": h, "width": w, "channels": c},
+            "image": {"source": self.cfg.image or img.DEFAULT_IMAGE, "path": self.image_file, "sha256": self.image_sha256,
+                      "height": h, "width": w, "channels": c},
             "model": {"name": self.cfg.model, **dataclasses.asdict(self.model.config)},
             "train": {**dataclasses.asdict(self.train_cfg), "optimizer": "Adam", "loss": "MSE",
                       "batch_size": self.batch_size or h * w, "full_batch": self.batch_size is None},
@@ -261,6 +272,8 @@ def fit_image(cfg: ImageRunConfig, out: str | Path | None = None, *, progress: b
     _prepare_out(out, overwrite, create=False, resumable=True)
     run = _Run(cfg, out, progress)  # reads the image and builds the model before anything is written
     out.mkdir(parents=True, exist_ok=True)
+    # an overwritten run's files: none may pass for this run's (the input image may sit in the folder)
+    io.remove_outputs(out, [name for name in RUN_FILES if str((out / name).resolve()) != run.image_file])
     if run.note:
         log(run.note)
     io.write_json(out / "config.json", run.resolved())
@@ -294,8 +307,13 @@ def resume_image(run_dir: str | Path, *, steps: int | None = None, progress: boo
     cfg = ImageRunConfig(**{k: v for k, v in config.get("run", {}).items() if k in known})
     if steps is not None:
         cfg.steps = steps
-    run = _Run(cfg, run_dir, progress)
+    recorded = config.get("image") if isinstance(config.get("image"), dict) else {}
+    if recorded.get("path") and not Path(recorded["path"]).is_file():
+        raise FinerError(f"{run_dir} was fitted to {recorded['path']}, which is no longer there; "
+                         "put it back to continue, or fit again")
+    run = _Run(cfg, run_dir, progress, image_file=recorded.get("path"))
     _, payload = io.load_checkpoint(run_dir / "checkpoint.pt")
+    _check_resumable(run_dir, run, recorded, payload)
     done = payload["fit"]["step"]
     if done >= cfg.steps:
         raise FinerError(f"{run_dir} already reached step {done}" + (f" of {cfg.steps}" if steps is None else "")
@@ -306,6 +324,23 @@ def resume_image(run_dir: str | Path, *, steps: int | None = None, progress: boo
                      first_loss=payload["fit"]["first_loss"])
     io.write_json(run_dir / "config.json", run.resolved())
     return run.run(state, payload["optimizer"])
+
+
+def _check_resumable(run_dir: Path, run: _Run, recorded: dict, payload: dict) -> None:
+    """Refuse to continue when the checkpoint is not the run ``config.json`` describes (a folder that mixes
+    two runs) or the image is not the one the checkpoint was trained on."""
+    config = io.jsonable(dataclasses.asdict(run.model.config))
+    if payload["method"] != run.cfg.model or io.jsonable(payload["model_config"]) != config:
+        raise FinerError(f"{run_dir}: checkpoint.pt holds a {payload['method']!r} network that is not the "
+                         f"{run.cfg.model!r} network config.json describes (the folder mixes two runs); fit again")
+    if recorded.get("sha256") and run.image_sha256 != recorded["sha256"]:
+        raise FinerError(f"{run.image_file} has changed since {run_dir} was fitted to it (its contents differ); "
+                         "fit the new image into a new folder")
+    task, (h, w, c) = payload.get("task", {}), run.image.shape
+    if (task.get("height"), task.get("width"), task.get("channels")) != (h, w, c):
+        raise FinerError(f"{run.image_file or run.cfg.image} gives a {w}x{h}x{c} image but {run_dir} was trained on "
+                         f"{task.get('width')}x{task.get('height')}x{task.get('channels')} (width x height x channels); "
+                         "it is not the image of that run")
 
 
 def render_checkpoint(checkpoint: str | Path, *, scale: float = 2.0, out: str | Path | None = None,

@@ -25,6 +25,9 @@ from finer.runs import _prepare_out, resolve_device
 from finer.tasks import sdf as S
 from finer.train import FitState, TrainConfig, fit
 
+RUN_FILES = ("config.json", "checkpoint.pt", "curve.csv", "metrics.json", "mesh.ply", "render.png")
+"""The files an SDF run writes; ``--overwrite`` deletes these (and only these) before the new run starts."""
+
 SDF_DEFAULTS = {"hidden_layers": 2, "lr": 1e-4}
 """The official SDF scripts' network and learning rate (2 x 256, constant 1e-4); FINER also k = 1."""
 
@@ -101,6 +104,8 @@ def evaluate_sdf(model, index: S.SurfaceIndex, true_mesh_unit, norm: S.Normaliza
         export = surface.copy()
         export.vertices = norm.to_mesh(surface.vertices)
         io.atomic_write(out / "mesh.ply", lambda tmp: export.export(tmp, file_type="ply"))
+    else:  # no surface: an earlier evaluation's mesh must not stay beside this result
+        (out / "mesh.ply").unlink(missing_ok=True)
     render_meshes({"ground truth": true_mesh_unit, "fit": surface}, out / "render.png")
     return result
 
@@ -126,6 +131,7 @@ def fit_sdf(cfg: SDFRunConfig, out: str | Path, *, progress: bool = True, overwr
     train = TrainConfig(steps=cfg.steps, lr=model.config.lr, lr_final_factor=1.0, grad_clip=cfg.grad_clip,
                         amsgrad=True, eval_every=cfg.eval_every, checkpoint_every=cfg.checkpoint_every, log_every=50)
     out.mkdir(parents=True, exist_ok=True)
+    io.remove_outputs(out, RUN_FILES)  # an overwritten run's files: none may pass for this run's
     io.write_json(out / "config.json", {"task": "sdf", "run": dataclasses.asdict(cfg),
                                         "model": {"name": cfg.model, **dataclasses.asdict(model.config)},
                                         "train": dataclasses.asdict(train), "normalization": dataclasses.asdict(norm),

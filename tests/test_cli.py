@@ -248,6 +248,59 @@ def test_overwrite_writes_the_new_run_and_deletes_nothing(png_path, tmp_path):
     assert main(bad) == 2 and (out / "checkpoint.pt").exists()  # bad input: the old run is not touched
 
 
+def test_overwrite_deletes_the_old_runs_files_before_training(png_path, tmp_path, monkeypatch):
+    import finer.runs
+
+    out = tmp_path / "run"
+    fit = ["fit", "image", str(png_path), "--steps", "2", "--width", "8", "--out", str(out), "--quiet"]
+    assert main(fit) == 0
+    (out / "notes.txt").write_text("keep me")
+    seen, real_fit = [], finer.runs.fit
+
+    def spying_fit(*args, **kwargs):  # what the folder holds while the new run trains
+        seen.append(sorted(p.name for p in out.iterdir()))
+        return real_fit(*args, **kwargs)
+
+    monkeypatch.setattr(finer.runs, "fit", spying_fit)
+    assert main(["fit", "image", "--model", "siren", *fit[2:], "--overwrite"]) == 0
+    assert seen == [["config.json", "notes.txt"]]  # no metrics.json saying "complete" for the old model
+    assert json.loads((out / "metrics.json").read_text())["model"] == "siren"
+
+
+def test_resume_reads_the_recorded_image_from_any_folder(png_path, tmp_path, monkeypatch):
+    monkeypatch.chdir(png_path.parent)
+    out = tmp_path / "run"
+    assert main(["fit", "image", png_path.name, "--steps", "3", "--width", "8", "--out", str(out), "--quiet"]) == 0
+    config = json.loads((out / "config.json").read_text())
+    assert config["image"]["path"] == str(png_path.resolve()) and len(config["image"]["sha256"]) == 64
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    Image.new("RGB", (5, 7)).save(elsewhere / png_path.name)  # the same relative name, another image
+    monkeypatch.chdir(elsewhere)
+    assert main(["resume", str(out), "--steps", "5", "--quiet"]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["steps"] == 5 and (metrics["height"], metrics["width"]) == (24, 24)
+
+
+def test_resume_refuses_a_changed_image_and_a_folder_that_mixes_two_runs(png_path, tmp_path, capsys):
+    import torch
+
+    out = tmp_path / "run"
+    fit = ["fit", "image", str(png_path), "--steps", "3", "--width", "8", "--out", str(out), "--quiet"]
+    assert main(fit) == 0
+    payload = torch.load(out / "checkpoint.pt", weights_only=True)
+    Image.open(png_path).transpose(Image.Transpose.FLIP_LEFT_RIGHT).save(png_path)  # same size, other pixels
+    assert main(["resume", str(out), "--steps", "5", "--quiet"]) == 2
+    assert "has changed since" in capsys.readouterr().err
+    assert json.loads((out / "metrics.json").read_text())["steps"] == 3  # nothing was trained or written
+    other = tmp_path / "other"
+    assert main(["fit", "image", str(png_path), "--model", "siren", *fit[3:7], "--out", str(other), "--quiet"]) == 0
+    (other / "checkpoint.pt").write_bytes((out / "checkpoint.pt").read_bytes())  # a finer checkpoint, a siren config
+    assert payload["method"] == "finer"
+    assert main(["resume", str(other), "--steps", "5", "--quiet"]) == 2
+    assert "the folder mixes two runs" in capsys.readouterr().err
+
+
 def test_tf32_on_the_cpu_says_it_is_float32(png_path, tmp_path, capsys):
     assert main(["fit", "image", str(png_path), "--precision", "tf32", "--device", "cpu", "--steps", "2", "--width", "8",
                  "--out", str(tmp_path / "t")]) == 0

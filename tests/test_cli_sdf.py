@@ -50,3 +50,26 @@ def test_non_watertight_mesh_trains_and_says_how_inside_was_decided(tmp_path):
     assert main(["fit", "sdf", str(dragon), "--out", str(out), *TINY]) == 0
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["watertight"] is False and "not watertight" in metrics["inside_outside"]
+
+
+def test_an_evaluation_without_a_surface_leaves_no_mesh_of_an_earlier_one(tmp_path):
+    import torch
+
+    from finer.io import load_checkpoint, save_checkpoint
+
+    mesh = trimesh.creation.icosphere(subdivisions=2)
+    mesh.export(tmp_path / "ball.off")
+    out = tmp_path / "run"
+    assert main(["fit", "sdf", str(tmp_path / "ball.off"), "--out", str(out), *TINY]) == 0
+    model, payload = load_checkpoint(out)
+    with torch.no_grad():
+        model.layers[-1].linear.bias.fill_(100.0)  # outside everywhere: no surface to extract
+    save_checkpoint(out / "flat.pt", model=model, extra={**payload, "model": model.state_dict()})
+    ev = tmp_path / "ev"
+    ev.mkdir()
+    (ev / "mesh.ply").write_text("an earlier evaluation's surface")
+    assert main(["eval", "sdf", str(out / "flat.pt"), "--mesh", str(tmp_path / "ball.off"), "--resolution", "16",
+                 "--iou-resolution", "16", "--chamfer-samples", "2000", "--surface-samples", "5000",
+                 "--out", str(ev)]) == 0
+    result = json.loads((ev / "eval.json").read_text())
+    assert result["vertices"] == 0 and not (ev / "mesh.ply").exists()
