@@ -79,7 +79,7 @@ class MLPConfig:
     def validate(self) -> None:
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
-            _check_value(type(self).__name__, f.name, value)
+            _check_value(type(self).__name__, f.name, value, str(f.type))
 
     def build(self, in_features: int, out_features: int, generator: torch.Generator | None = None) -> CoordinateMLP:
         """Build the network ``(..., in_features) -> (..., out_features)``."""
@@ -114,7 +114,17 @@ _POSITIVE = {"width", "lr", "first_omega", "hidden_omega", "omega", "omega_w", "
 _NON_NEGATIVE = {"hidden_layers", "first_bias_scale", "hidden_bias_scale", "n_freqs"}
 
 
-def _check_value(owner: str, name: str, value: Any) -> None:
+def _check_value(owner: str, name: str, value: Any, kind: str = "") -> None:
+    """Check one option's value; ``kind`` is its declared type (``"bool"``, ``"float"``, ...): an on/off
+    option takes only ``true``/``false`` (``--option scale_grad=no`` must not read as on), and a number
+    is not a truth value."""
+    if kind == "bool":
+        if not isinstance(value, bool):
+            raise ConfigError(f"{owner}.{name} is on or off: true or false, got {value!r}")
+        return
+    if isinstance(value, bool) and kind:
+        raise ConfigError(f"{owner}.{name} must be {'an integer' if kind.startswith('int') else 'a number'}, "
+                          f"got {value!r}")
     if name == "target_range":
         ok = (
             isinstance(value, (tuple, list))

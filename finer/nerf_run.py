@@ -72,6 +72,10 @@ class NeRFRunConfig:
             raise FinerError(f"fine must be zero or a positive integer, got {self.fine!r}")
         if not self.lr > 0:
             raise FinerError(f"lr must be positive, got {self.lr!r}")
+        fixed = {"width": "--width", "lr": "--lr", "hidden_layers": "no option: the networks' depths are fixed"}
+        clash = sorted(set(self.model_options) & set(fixed))
+        if clash:
+            raise FinerError(f"--option {clash[0]}=... does not apply to a radiance field ({fixed[clash[0]]})")
 
 
 def build_renderer(cfg: NeRFRunConfig | dict) -> N.Renderer:

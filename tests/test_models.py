@@ -95,6 +95,11 @@ def test_unknown_name_lists_the_choices():
         ({"first_omega": float("nan")}, "finite"),
         ({"target_range": (1.0, 0.0)}, "low < high"),
         ({"omega_w": 3.0}, "no option omega_w.*its options are"),
+        ({"scale_grad": "no"}, "scale_grad is on or off: true or false, got 'no'"),
+        ({"scale_grad": 1}, "scale_grad is on or off"),
+        ({"width": True}, "width must be an integer, got True"),
+        ({"hidden_layers": False}, "hidden_layers must be an integer"),
+        ({"first_omega": True}, "first_omega must be a number"),
     ],
 )
 def test_bad_values_raise_clear_errors(overrides, message):
@@ -111,3 +116,19 @@ def test_config_is_plain_data():
     cfg = make_config("gauss-finer", width=64)
     assert dataclasses.asdict(cfg)["width"] == 64
     assert dataclasses.asdict(cfg)["first_bias_scale"] == 1.0
+
+
+def test_on_off_options_of_every_method_take_only_true_or_false():
+    import dataclasses
+
+    from finer.models import MODELS
+
+    checked = []
+    for name, cls in MODELS.items():
+        for f in dataclasses.fields(cls):
+            if str(f.type) == "bool":
+                checked.append((name, f.name))
+                build_model(name, 2, 3, width=8, **{f.name: not f.default})  # the other setting builds
+                with pytest.raises(finer.ConfigError, match="true or false"):
+                    build_model(name, 2, 3, width=8, **{f.name: "maybe"})
+    assert ("finer", "scale_grad") in checked and ("wire", "complex_parity") in checked

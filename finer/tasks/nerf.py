@@ -57,6 +57,20 @@ def spread(total: int, count: int | None) -> list[int]:
     return sorted({int(round(i)) for i in np.linspace(0, total - 1, count)})
 
 
+def _frame_pose(frame, index: int, meta_path: Path) -> np.ndarray:
+    """A frame's camera-to-world matrix, checked: ``{"file_path": ..., "transform_matrix": 4 x 4}``."""
+    if not isinstance(frame, dict) or not isinstance(frame.get("file_path"), str):
+        raise FinerError(f"{meta_path}: frame {index} has no file_path")
+    try:
+        pose = np.asarray(frame.get("transform_matrix"), dtype=np.float32)
+    except (TypeError, ValueError):
+        pose = np.empty(0)
+    if pose.shape != (4, 4) or not np.isfinite(pose).all():
+        raise FinerError(f"{meta_path}: frame {index} ({frame['file_path']}) needs a transform_matrix of 4 x 4 "
+                         "finite numbers")
+    return pose
+
+
 def load_views(scene: str | Path, split: str, *, views: int | None = None, downscale: int = 1) -> Views:
     """Read ``transforms_{split}.json`` and its images (a subset of ``views`` spread over the split)."""
     from PIL import Image
@@ -72,9 +86,12 @@ def load_views(scene: str | Path, split: str, *, views: int | None = None, downs
         raise FinerError(f"cannot read {meta_path}: {exc}") from None
     if downscale < 1:
         raise FinerError(f"downscale must be >= 1, got {downscale}")
+    if not isinstance(frames, list) or not frames:
+        raise FinerError(f"{meta_path} lists no frames")
     images, poses, names = [], [], []
     for i in spread(len(frames), views):
         frame = frames[i]
+        pose = _frame_pose(frame, i, meta_path)
         path = scene / frame["file_path"]
         if not path.suffix:
             path = path.with_suffix(".png")
@@ -82,12 +99,15 @@ def load_views(scene: str | Path, split: str, *, views: int | None = None, downs
             with Image.open(path) as im:
                 im = im.convert("RGBA")
                 if downscale > 1:
+                    if im.width < downscale or im.height < downscale:
+                        raise FinerError(f"--downscale {downscale} leaves nothing of the {im.width}x{im.height} "
+                                         f"view {path}; use at most {min(im.width, im.height)}")
                     im = im.resize((im.width // downscale, im.height // downscale), Image.Resampling.BOX)
                 rgba = np.asarray(im, dtype=np.float32) / 255.0
         except (FileNotFoundError, OSError) as exc:
             raise FinerError(f"cannot read view {path}: {exc}") from None
         images.append(rgba[..., :3] * rgba[..., 3:] + (1.0 - rgba[..., 3:]))  # on white
-        poses.append(np.asarray(frame["transform_matrix"], dtype=np.float32))
+        poses.append(pose)
         names.append(Path(frame["file_path"]).name)
     width = images[0].shape[1]
     return Views(np.stack(images), np.stack(poses), 0.5 * width / math.tan(0.5 * angle), names)

@@ -100,6 +100,29 @@ def test_loader_composites_on_white_and_spreads_views(tmp_path):
         N.load_views(tmp_path, "train")
 
 
+@pytest.mark.parametrize("edit, message", [
+    (lambda meta: meta.update(frames=[]), "lists no frames"),
+    (lambda meta: meta["frames"][0].pop("file_path"), "frame 0 has no file_path"),
+    (lambda meta: meta["frames"][0].update(transform_matrix=[[1, 0], [0, 1]]), "transform_matrix of 4 x 4"),
+    (lambda meta: meta["frames"][0].update(transform_matrix="eye"), "transform_matrix of 4 x 4"),
+])
+def test_malformed_scenes_are_named_in_one_line(tmp_path, edit, message, capsys):
+    scene = _scene(tmp_path / "ball")
+    meta = json.loads((scene / "transforms_train.json").read_text())
+    edit(meta)
+    (scene / "transforms_train.json").write_text(json.dumps(meta))
+    with pytest.raises(FinerError, match=message):
+        N.load_views(scene, "train", views=None)
+    with pytest.raises(FinerError, match="leaves nothing of the 16x16 view"):
+        N.load_views(_scene(tmp_path / "other"), "train", downscale=17)
+    fit = ["fit", "nerf", str(scene), "--steps", "1", "--out", str(tmp_path / "o"), "--quiet"]
+    for option, hint in (("width=8", "(--width)"), ("lr=1", "(--lr)"), ("hidden_layers=2", "depths are fixed")):
+        assert main([*fit, "--option", option]) == 2
+        err = capsys.readouterr().err
+        assert hint in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "o").exists()
+
+
 def test_a_few_training_steps_lower_the_loss_and_the_run_renders(tmp_path, capsys):
     scene = _scene(tmp_path / "ball")
     out = tmp_path / "run"
