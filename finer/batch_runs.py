@@ -20,7 +20,7 @@ import torch
 from torch import Tensor
 
 from finer import io, plots
-from finer.errors import ConfigError, FinerError
+from finer.errors import ConfigError, FinerError, InterruptedRun
 from finer.metrics import psnr, psnr_from_mse, ssim
 from finer.models import build_model, count_parameters
 from finer.nn.fused import apply_fused
@@ -85,12 +85,23 @@ def list_images(directory) -> list[Path]:
 def fit_image_folder(cfg: ImageRunConfig, directory, out, *, batch_signals: int, progress: bool = True,
                      overwrite: bool = False, log=print) -> dict[str, Any]:
     """Fit every image of ``directory``, ``batch_signals`` at a time; returns the summary."""
+    from finer.bench.images import stackable
+
     cfg.validate()
     if batch_signals < 1:
         raise FinerError(f"--batch-signals must be >= 1, got {batch_signals}")
-    if cfg.batch_size is not None:
-        raise FinerError("--batch-signals fits full batches; drop --batch-size")
+    one_by_one = not stackable(cfg.model)
+    if one_by_one and batch_signals > 1:
+        raise FinerError(f"method {cfg.model!r} has learnable activations or encodings, so its networks cannot be "
+                         "stacked; drop --batch-signals to fit the images one by one")
+    if cfg.batch_size is not None and not one_by_one:
+        raise FinerError("a folder is fitted with full batches (its networks stacked, --batch-signals); "
+                         "drop --batch-size")
     paths = list_images(directory)
+    if one_by_one:
+        for path in paths:  # every image readable before the first fit
+            img.load_image(path, crop=cfg.crop, size=cfg.size, alpha=cfg.alpha)
+        return _fit_one_by_one(cfg, directory, paths, Path(out), progress=progress, overwrite=overwrite, log=log)
     images = [img.load_image(p, crop=cfg.crop, size=cfg.size, alpha=cfg.alpha) for p in paths]
     shapes = {im.shape for im in images}
     if len(shapes) > 1:
@@ -118,19 +129,50 @@ def fit_image_folder(cfg: ImageRunConfig, directory, out, *, batch_signals: int,
         train_cfg = TrainConfig(steps=cfg.steps, lr=mcfg.lr, eval_every=0, checkpoint_every=0, log_every=cfg.log_every,
                                 precision=cfg.precision, cuda_graph=cfg.cuda_graph)
         state = fit(stacked, task, train_cfg, progress=progress, desc=f"images {group[0] + 1}-{group[-1] + 1}/{len(paths)}")
+        names = ", ".join(paths[i].name for i in group)
+        if state.status == "interrupted":
+            raise InterruptedRun(f"{state.message} while fitting {names}; the images before them are fitted in {out} "
+                                 "(a folder fit is not resumable: fit again with --overwrite)")
         if state.status != "complete":
-            raise FinerError(f"images {', '.join(paths[i].name for i in group)}: {state.status}: {state.message}")
+            raise FinerError(f"images {names}: {state.status}: {state.message}")
         total_seconds += state.train_seconds
         for model, i in zip(stacked.unstack(), group):
             rows.append(_write_one(out / paths[i].stem, model, paths[i], images[i], cfg, state, len(group), fused, device))
             log(f"{paths[i].name}: PSNR {rows[-1]['psnr']:.2f} dB, SSIM {rows[-1]['ssim']:.4f}")
-    summary = {"directory": str(directory), "images": len(paths), "batch_signals": batch_signals,
-               "model": cfg.model, "steps": cfg.steps, "seed": cfg.seed, "device": str(device),
-               "train_seconds": total_seconds, "images_per_second": len(paths) / max(total_seconds, 1e-12),
+    return _write_summary(out, directory, cfg, batch_signals, rows, total_seconds, str(device))
+
+
+def _write_summary(out: Path, directory, cfg: ImageRunConfig, batch_signals: int, rows: list[dict],
+                   total_seconds: float, device: str) -> dict[str, Any]:
+    summary = {"directory": str(directory), "images": len(rows), "batch_signals": batch_signals,
+               "model": cfg.model, "steps": cfg.steps, "seed": cfg.seed, "device": device,
+               "train_seconds": total_seconds, "images_per_second": len(rows) / max(total_seconds, 1e-12),
                "mean_psnr": float(np.mean([r["psnr"] for r in rows])), "runs": rows,
                "run": dataclasses.asdict(cfg), "date": time.strftime("%Y-%m-%d")}
     io.write_json(out / "summary.json", summary)
     return summary
+
+
+def _fit_one_by_one(cfg: ImageRunConfig, directory, paths: list[Path], out: Path, *, progress: bool, overwrite: bool,
+                    log) -> dict[str, Any]:
+    """A folder of a method whose networks cannot be stacked: each image a single ``finer fit image`` run
+    (of any size, in its own folder, resumable with ``finer resume OUT/IMAGE``)."""
+    from finer.runs import fit_image
+
+    _prepare_out(out, overwrite)
+    io.remove_outputs(out, ["summary.json"])
+    rows, total_seconds, device = [], 0.0, ""
+    for path in paths:
+        metrics = fit_image(dataclasses.replace(cfg, image=str(path)), out / path.stem, progress=progress,
+                            overwrite=True, log=log)
+        if metrics["status"] == "interrupted":
+            raise InterruptedRun(f"{metrics.get('message', 'interrupted')} while fitting {path.name}; continue it with "
+                                 f"`finer resume {out / path.stem}` (the images before it are fitted in {out})")
+        total_seconds += metrics["seconds"]
+        device = metrics["device"]
+        rows.append({"image": path.name, **{k: metrics[k] for k in ("psnr", "ssim", "seconds", "params")}})
+        log(f"{path.name}: PSNR {metrics['psnr']:.2f} dB, SSIM {metrics['ssim']:.4f}")
+    return _write_summary(out, directory, cfg, 1, rows, total_seconds, device)
 
 
 def _write_one(folder: Path, model, path: Path, image: np.ndarray, cfg: ImageRunConfig, state, group_size: int,

@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
-from finer.errors import ConfigError, DivergedError, FinerError
+from finer.errors import ConfigError, DivergedError, FinerError, InterruptedRun
 
 EXIT_ERROR, EXIT_DIVERGED, EXIT_INTERRUPTED = 2, 3, 130
 
@@ -582,6 +582,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_DIVERGED
+    except InterruptedRun as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_INTERRUPTED
     except FinerError as exc:
         if args.debug:
             raise

@@ -11,3 +11,7 @@ class ConfigError(FinerError, ValueError):
 
 class DivergedError(FinerError):
     """Training produced a non-finite loss; the message names the last good step."""
+
+
+class InterruptedRun(FinerError):
+    """The user stopped a run (Ctrl-C) that cannot be resumed as it was; the message says what was kept."""

@@ -74,6 +74,19 @@ def remove_outputs(folder: str | os.PathLike, names: Iterable[str | os.PathLike]
             path.unlink(missing_ok=True)
 
 
+def check_unique_stems(paths: Iterable[Path], what: str) -> None:
+    """Refuse inputs whose names differ only by extension (``a.png``, ``a.jpg``): runs and records are
+    named by the stem, so one would overwrite the other."""
+    by_stem: dict[str, list[str]] = {}
+    for path in paths:
+        by_stem.setdefault(Path(path).stem, []).append(Path(path).name)
+    clashes = [names for names in by_stem.values() if len(names) > 1]
+    if clashes:
+        listing = "; ".join(" and ".join(names) for names in clashes)
+        raise FinerError(f"{listing}: {what} whose names differ only by extension, and their runs are named without "
+                         "it; rename or move one of each")
+
+
 def file_digest(path: str | os.PathLike) -> str:
     """The SHA-256 of a file's bytes (hex)."""
     import hashlib

@@ -135,7 +135,8 @@ def fit_sdf(cfg: SDFRunConfig, out: str | Path, *, progress: bool = True, overwr
     io.write_json(out / "config.json", {"task": "sdf", "run": dataclasses.asdict(cfg),
                                         "model": {"name": cfg.model, **dataclasses.asdict(model.config)},
                                         "train": dataclasses.asdict(train), "normalization": dataclasses.asdict(norm),
-                                        "sign_method": S.SIGN_METHOD, "device": str(device)})
+                                        "sign_method": S.SIGN_METHOD, "device": str(device),
+                                        "mesh_sha256": io.file_digest(cfg.mesh)})
 
     def save(state: FitState, snapshot: dict) -> None:
         io.save_checkpoint(out / "checkpoint.pt", model=model, extra={

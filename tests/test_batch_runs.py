@@ -59,6 +59,15 @@ def test_batched_fit_errors(folder, tmp_path, capsys):
     assert "their channels differ too" in capsys.readouterr().err
     with pytest.raises(FinerError, match="learnable activations"):
         StackedMLP([finer.build_model("metasin", 2, 3, width=8, hidden_layers=1)] * 2)
+    assert main(["fit", "image", str(folder), "--model", "metasin", "--batch-signals", "2",
+                 "--out", str(tmp_path / "m"), "--quiet"]) == 2
+    assert "drop --batch-signals to fit the images one by one" in capsys.readouterr().err
+    assert not (tmp_path / "m").exists()
+    assert main(["fit", "image", str(folder), "--batch-size", "64", "--out", str(tmp_path / "b"), "--quiet"]) == 2
+    assert "full batches" in capsys.readouterr().err
+    Image.fromarray(np.zeros((10, 12, 3), np.uint8)).save(folder / "00.jpg")
+    assert main(["fit", "image", str(folder), "--size", "12", "--out", str(tmp_path / "j"), "--quiet"]) == 2
+    assert "00.jpg and 00.png: images whose names differ only by extension" in capsys.readouterr().err
     assert main(["fit", "image", str(folder / "00.png"), "--batch-signals", "2", "--quiet"]) == 2
     assert "needs a folder" in capsys.readouterr().err
 
@@ -86,3 +95,30 @@ def test_stacked_fused_layers_keep_outputs_and_gradients(name):
     for a, b in zip(g1, g0):
         assert a.shape == b.shape
         torch.testing.assert_close(a, b, rtol=1e-8, atol=1e-10 * b.abs().max().item())
+
+
+def test_a_folder_of_a_method_that_cannot_be_stacked_is_fitted_one_by_one(folder, tmp_path, capsys):
+    Image.fromarray(np.zeros((10, 12, 3), np.uint8)).save(folder / "odd.png")  # sizes may differ here
+    out = tmp_path / "m"
+    common = ["--steps", "4", "--width", "8", "--hidden-layers", "1", "--quiet"]
+    assert main(["fit", "image", str(folder), "--model", "metasin", "--out", str(out), *common]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["images"] == 4 and summary["batch_signals"] == 1
+    single = tmp_path / "single"
+    assert main(["fit", "image", str(folder / "01.png"), "--model", "metasin", "--out", str(single), *common]) == 0
+    row = next(r for r in summary["runs"] if r["image"] == "01.png")
+    assert row["psnr"] == json.loads((single / "metrics.json").read_text())["psnr"]  # the same single fit
+    assert json.loads((out / "odd" / "metrics.json").read_text())["width"] == 12
+
+
+def test_ctrl_c_in_a_folder_fit_exits_130_and_says_what_was_kept(folder, tmp_path, capsys, monkeypatch):
+    import finer.batch_runs
+    from finer.train import FitState
+
+    monkeypatch.setattr(finer.batch_runs, "fit", lambda *a, **k: FitState(step=3, status="interrupted",
+                                                                           message="interrupted at step 3 of 15"))
+    assert main(["fit", "image", str(folder), "--steps", "15", "--width", "8", "--out", str(tmp_path / "i"),
+                 "--quiet"]) == 130
+    err = capsys.readouterr().err
+    assert "interrupted at step 3 of 15 while fitting 00.png" in err and "not resumable" in err
+    assert not (tmp_path / "i" / "summary.json").exists()

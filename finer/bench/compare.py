@@ -1,9 +1,11 @@
 """``finer bench compare``: per-image head-to-head comparisons from a grid's ``results.json``.
 
 A grid's summary gives means; a user choosing a method also asks "on how many of my images is A
-better than B, and by how much at worst?". ``A:B`` answers over the (image, seed) pairs both
-methods ran: the mean, smallest and largest PSNR difference A − B and the number of pairs where A
-is ahead. ``lead(A)``: A's margin over the best other method, over the pairs every method ran.
+better than B, and by how much at worst?". ``A:B`` answers over the (image, seed, width) cases both
+methods ran (a width sweep's ``width.json`` has several widths per image): the mean, smallest and
+largest PSNR difference A − B and the number of cases where A is ahead. ``lead(A)``: A's margin over
+the best other method, over the cases every method ran. A run without a PSNR (one that diverged before
+its first evaluation) takes no part.
 """
 
 from __future__ import annotations
@@ -15,19 +17,22 @@ from finer import io
 from finer.errors import FinerError
 
 
-def psnr_table(results: str | Path) -> dict[tuple[str, int], dict[str, float]]:
-    """``{(image, seed): {model: psnr}}`` from a grid's ``results.json`` (or its folder)."""
+def psnr_table(results: str | Path) -> dict[tuple[str, int, int], dict[str, float]]:
+    """``{(image, seed, width): {model: psnr}}`` from a grid's ``results.json`` or a width sweep's
+    ``width.json`` (or the folder of either)."""
     path = Path(results)
     if path.is_dir():
-        path = path / "results.json"
+        path = path / ("width.json" if (path / "width.json").is_file() and not (path / "results.json").exists()
+                       else "results.json")
     if not path.is_file():
-        raise FinerError(f"no grid results at {path} (a folder written by `finer bench images`, or its results.json)")
+        raise FinerError(f"no grid results at {path} (a folder written by `finer bench images` or `finer bench width`, or its results.json or width.json)")
     data = io.read_json(path)
     if not isinstance(data, dict) or not isinstance(data.get("runs"), list):
         raise FinerError(f"{path} is not a grid's results.json (no list of runs)")
-    table: dict[tuple[str, int], dict[str, float]] = {}
+    table: dict[tuple[str, int, int], dict[str, float]] = {}
     for run in data["runs"]:
-        table.setdefault((run["image"], run["seed"]), {})[run["model"]] = run["psnr"]
+        if run.get("psnr") is not None:
+            table.setdefault((run["image"], run["seed"], run.get("width")), {})[run["model"]] = run["psnr"]
     return table
 
 
@@ -45,14 +50,14 @@ def _check(table: dict, name: str) -> None:
 
 
 def pair(table: dict, a: str, b: str) -> dict:
-    """PSNR differences ``a - b`` over the (image, seed) pairs both ran."""
+    """PSNR differences ``a - b`` over the (image, seed, width) cases both ran."""
     _check(table, a)
     _check(table, b)
     return {"a": a, "b": b, **_stats([row[a] - row[b] for row in table.values() if a in row and b in row])}
 
 
 def lead(table: dict, a: str) -> dict:
-    """``a``'s margin over the best other method, over the pairs that every method ran."""
+    """``a``'s margin over the best other method, over the cases that every method ran."""
     _check(table, a)
     models = {m for row in table.values() for m in row}
     if len(models) < 2:

@@ -300,6 +300,7 @@ def list_images(directory, limit: int | None = None) -> list[Path]:
     images = sorted(p for p in directory.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)[:limit]
     if not images:
         raise FinerError(f"no images in {directory}")
+    io.check_unique_stems(images, "images")
     return images
 
 

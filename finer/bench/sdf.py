@@ -6,6 +6,7 @@ mesh); a rerun skips finished runs. ``summary.md`` tabulates Chamfer and IoU per
 
 from __future__ import annotations
 
+import dataclasses
 import platform
 import statistics
 import time
@@ -32,6 +33,7 @@ def run_sdf_bench(directory, *, models, out, settings=None, device="auto", progr
     meshes = sorted(p for p in directory.iterdir() if p.suffix.lower() in MESH_SUFFIXES)
     if not meshes:
         raise FinerError(f"no meshes in {directory}")
+    io.check_unique_stems(meshes, "meshes")
     unknown = [m for m in models if m not in MODELS]
     if unknown:
         raise FinerError(f"unknown model(s) {', '.join(unknown)}; choose from: {', '.join(MODELS)}")
@@ -41,10 +43,14 @@ def run_sdf_bench(directory, *, models, out, settings=None, device="auto", progr
         for path in meshes:
             run_dir = out / "runs" / f"{path.stem}-{name}"
             done = run_dir / "metrics.json"
+            cfg = SDFRunConfig(mesh=str(path), model=name, device=device, **settings)
             if done.exists() and io.read_json(done).get("status") == "complete":
+                mismatch = _protocol_mismatch(run_dir, cfg)
+                if mismatch:
+                    raise FinerError(f"{run_dir} is a run of another protocol or mesh ({mismatch}); write this grid "
+                                     "to another --out, or delete that folder's runs")
                 rows.append({"shape": path.stem, **io.read_json(done)})
                 continue
-            cfg = SDFRunConfig(mesh=str(path), model=name, device=device, **settings)
             metrics = fit_sdf(cfg, run_dir, progress=progress, overwrite=True, log=lambda *_: None)
             rows.append({"shape": path.stem, **metrics})
             print(f"{path.stem:10s} {name:8s} chamfer {metrics['chamfer']} IoU {metrics['iou']:.4f} "
@@ -52,6 +58,18 @@ def run_sdf_bench(directory, *, models, out, settings=None, device="auto", progr
             _write(out, rows, models, meshes, settings)
     _write(out, rows, models, meshes, settings)
     return rows
+
+
+def _protocol_mismatch(run_dir: Path, cfg: SDFRunConfig) -> str:
+    """How the finished run in ``run_dir`` differs from ``cfg`` in what it recorded (its config.json's
+    settings and its mesh's SHA-256); empty if it does not. Runs are named by mesh and method only, so a
+    rerun with other settings must not take old runs as its own."""
+    config = io.read_json(run_dir / "config.json") if (run_dir / "config.json").exists() else {}
+    recorded = config.get("run", {}) if isinstance(config, dict) else {}
+    wanted = {k: v for k, v in dataclasses.asdict(cfg).items() if k in QUICK or k in ("model", "seed", "grad_clip")}
+    wanted["mesh_sha256"] = io.file_digest(cfg.mesh)
+    recorded = {**recorded, "mesh_sha256": config.get("mesh_sha256")}
+    return ", ".join(f"{k} {recorded.get(k)} where this grid has {v}" for k, v in wanted.items() if recorded.get(k) != v)
 
 
 def _fmt(value) -> str:

@@ -56,3 +56,14 @@ def test_missing_or_foreign_results(tmp_path):
     (tmp_path / "results.json").write_text("[1, 2]")
     with pytest.raises(FinerError, match="not a grid's results.json"):
         compare.psnr_table(tmp_path)
+
+
+def test_a_width_sweep_compares_every_width_and_skips_runs_without_a_psnr(tmp_path, capsys):
+    def run(width, model, psnr):
+        return {"image": "a", "model": model, "seed": 0, "width": width, "psnr": psnr}
+
+    runs = [run(4, "finer", 20.0), run(4, "siren", 18.0), run(8, "finer", 22.0), run(8, "siren", 23.0),
+            run(16, "finer", None), run(16, "siren", 25.0)]  # finer diverged at width 16 before any PSNR
+    (tmp_path / "width.json").write_text(json.dumps({"protocol": {}, "runs": runs}))
+    assert main(["bench", "compare", str(tmp_path), "finer:siren"]) == 0
+    assert capsys.readouterr().out.strip() == "finer - siren: mean +0.50 dB, range -1.00 to +2.00 dB, ahead on 1 of 2"

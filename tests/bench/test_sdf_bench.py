@@ -1,6 +1,9 @@
 import json
 
+import pytest
 import trimesh
+
+from finer.errors import FinerError
 
 from finer.bench.sdf import run_sdf_bench
 
@@ -21,3 +24,18 @@ def test_sdf_grid_table_and_resume(tmp_path, capsys):
     assert len(json.loads((tmp_path / "b" / "results.json").read_text())["runs"]) == 4
     run_sdf_bench(meshes, models=["finer", "siren"], out=tmp_path / "b", settings=TINY, progress=False)
     assert capsys.readouterr().out.count("IoU") == 0  # finished runs are skipped
+    with pytest.raises(FinerError, match="another protocol or mesh \\(steps 3 where this grid has 4"):
+        run_sdf_bench(meshes, models=["finer"], out=tmp_path / "b", settings={**TINY, "steps": 4}, progress=False)
+    trimesh.creation.icosphere(2).export(meshes / "ball.obj")  # another mesh under the same name
+    with pytest.raises(FinerError, match="mesh_sha256"):
+        run_sdf_bench(meshes, models=["finer"], out=tmp_path / "b", settings=TINY, progress=False)
+
+
+def test_meshes_whose_names_differ_only_by_extension_are_refused(tmp_path):
+    meshes = tmp_path / "meshes"
+    meshes.mkdir()
+    trimesh.creation.icosphere(1).export(meshes / "s.obj")
+    trimesh.creation.box().export(meshes / "s.stl")
+    with pytest.raises(FinerError, match="s.obj and s.stl: meshes whose names differ only by extension"):
+        run_sdf_bench(meshes, models=["finer"], out=tmp_path / "b", settings=TINY, progress=False)
+    assert not (tmp_path / "b").exists()
