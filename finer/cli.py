@@ -449,7 +449,11 @@ def _floats(text: str, allow_default: bool = False) -> list:
 
 
 def _analyze(args: argparse.Namespace) -> int:
+    from finer import io
     from finer.analysis import run
+
+    if args.out:
+        io.check_out(args.out, folder=True)
 
     if args.analysis == "ntk":
         run.analyze_ntk(args.out, models=[m for m in args.models.split(",") if m], ks=_floats(args.k),
@@ -474,12 +478,15 @@ def _ints(text: str, what: str) -> list[int]:
 
 
 def _bench(args: argparse.Namespace) -> int:
-    if args.bench == "sdf":
-        return _bench_sdf(args)
     if args.bench == "speed":
         return _bench_speed(args)
     if args.bench == "compare":
         return _bench_compare(args)
+    from finer import io
+
+    io.check_out(args.out, folder=True)
+    if args.bench == "sdf":
+        return _bench_sdf(args)
     from finer.bench import images as bench
 
     if args.bench == "width" and (args.width is not None or args.hidden_layers is not None):
@@ -538,6 +545,13 @@ def _bench_speed(args: argparse.Namespace) -> int:
                       cuda_graph=args.cuda_graph, profile=args.profile)
     if args.profile and not args.out:
         raise ConfigError("--profile writes its tables beside the report: give --out")
+    if args.out:  # before the timings, which take minutes
+        io.check_out(args.out, folder=False)
+        io.check_out(Path(args.out).with_suffix(".json"), folder=False)
+    if args.signals and args.signals_dir:
+        from finer.bench.images import list_images
+
+        list_images(args.signals_dir)
     result = run_speed(cfg, log=lambda msg: print(msg, flush=True))
     if args.out:
         out = Path(args.out)
@@ -596,6 +610,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BrokenPipeError:  # `finer models | head`: the reader left; not an error of ours
         sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - silences the flush at exit
         return 0
+    except (FileExistsError, NotADirectoryError) as exc:  # a file where a folder must be (or the reverse)
+        if args.debug:
+            raise
+        print(f"error: {exc.filename}: {exc.strerror} (a file stands where a folder is needed, or the reverse)",
+              file=sys.stderr)
+        return EXIT_ERROR
     except MemoryError:
         if args.debug:
             raise

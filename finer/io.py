@@ -74,6 +74,20 @@ def remove_outputs(folder: str | os.PathLike, names: Iterable[str | os.PathLike]
             path.unlink(missing_ok=True)
 
 
+def check_out(path: str | os.PathLike, *, folder: bool, option: str = "--out") -> Path:
+    """Fail at once, before any work, when ``path`` cannot be written as a folder (``folder``) or a file:
+    it exists as the other kind, or a file stands where one of its parent folders should be."""
+    path = Path(path)
+    if path.exists() and path.is_dir() != folder:
+        raise FinerError(f"{option} {path} exists and is " + ("not a folder" if folder else "a folder; give a file name"))
+    for parent in path.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise FinerError(f"{option} {path}: {parent} is a file, not a folder")
+            break
+    return path
+
+
 def check_unique_stems(paths: Iterable[Path], what: str) -> None:
     """Refuse inputs whose names differ only by extension (``a.png``, ``a.jpg``): runs and records are
     named by the stem, so one would overwrite the other."""
@@ -168,8 +182,10 @@ def read_payload(path: str | os.PathLike, fmt: str = CHECKPOINT_FORMAT) -> tuple
         raise FinerError(f"checkpoint not found: {path}")
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError:  # a PyTorch file holding more than tensors and plain data
-        raise FinerError(f"{path} is not a finer-inr checkpoint (it holds Python objects, not only tensors)") from None
+    except pickle.UnpicklingError as exc:
+        if "Unsupported global" in str(exc):  # a PyTorch file holding more than tensors and plain data
+            raise FinerError(f"{path} is not a finer-inr checkpoint (it holds Python objects, not only tensors)") from None
+        raise FinerError(f"cannot read checkpoint {path}: not a file saved by PyTorch") from None
     except Exception as exc:  # torch raises many kinds for a bad file
         raise FinerError(f"cannot read checkpoint {path}: not a file saved by PyTorch ({type(exc).__name__}: {exc})") from None
     found = payload.get("format") if isinstance(payload, dict) else None

@@ -165,6 +165,12 @@ def render_nerf(checkpoint, *, frames: int = 60, out=None, device: str = "auto",
         raise FinerError(f"frames must be >= 1, got {frames}")
     if not scale > 0:
         raise FinerError(f"scale must be positive, got {scale}")
+    if not -90.0 <= elevation <= 90.0:  # also refuses NaN
+        raise FinerError(f"elevation is in degrees, from -90 to 90; got {elevation}")
+    if out:
+        if Path(out).suffix.lower() in (".gif", ".png", ".jpg", ".mp4"):
+            raise FinerError(f"--out {out} names a file; it is the folder that gets turntable.gif and turntable_depth.gif")
+        io.check_out(out, folder=True)
     dev = resolve_device(device)
     renderer, payload = load_renderer(checkpoint, dev)
     cam = payload["camera"]

@@ -115,8 +115,7 @@ def _prepare_out(out: Path, overwrite: bool, create: bool = True, resumable: boo
     """Check (and with ``create`` make) a run's output folder. ``resumable``: the run is one that
     ``finer resume`` continues (a single image fit), so the error for a used folder suggests it
     when the folder holds such a run."""
-    if out.exists() and not out.is_dir():
-        raise FinerError(f"--out {out} exists and is not a directory")
+    io.check_out(out, folder=True)
     if out.exists() and any(out.iterdir()) and not overwrite:
         hint = (f", or continue its run with `finer resume {out}`"
                 if resumable and (out / "checkpoint.pt").exists() and _run_kind(out) == "image" else "")
@@ -293,6 +292,8 @@ def _run_kind(run_dir: Path) -> str | None:
 def resume_image(run_dir: str | Path, *, steps: int | None = None, progress: bool = True) -> dict[str, Any]:
     """Continue an interrupted run (or extend a finished one to ``steps``) from its checkpoint."""
     run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise FinerError(f"no run folder at {run_dir}" + (" (a file)" if run_dir.exists() else ""))
     kind = _run_kind(run_dir)
     if kind != "image":
         what = ({"sdf": "an SDF run", "nerf": "a NeRF run"}[kind] if kind
@@ -350,12 +351,19 @@ def render_checkpoint(checkpoint: str | Path, *, scale: float = 2.0, out: str | 
         raise ConfigError(f"scale must be positive, got {scale!r}")
     if out:
         img.check_image_path(out)
+        io.check_out(out, folder=False)
     model, payload = io.load_checkpoint(checkpoint)
     task = payload.get("task", {})
     if task.get("kind") != "image":
         raise FinerError(f"{checkpoint} is not an image model (task {task.get('kind')!r})")
+    if out:
+        img.check_writable_as(out, task["channels"])
     dev = resolve_device(device)
     h, w = max(1, round(task["height"] * scale)), max(1, round(task["width"] * scale))
+    need, budget = h * w * (4 * (task["channels"] + 2) + task["channels"]), img.memory_budget(torch.device("cpu"))
+    if need > budget:  # coordinates and the float image in memory, then the 8-bit one
+        raise FinerError(f"a {w}x{h} render needs about {need / 2**30:.1f} GiB (> {budget / 2**30:.1f} GiB available); "
+                         "use a smaller --scale")
     pred = img.predict_image(model.to(dev).eval(), h, w, target_range=tuple(task["target_range"]),
                              aspect=task["aspect"], chunk=chunk, device=dev)
     ckpt = Path(checkpoint)

@@ -70,14 +70,22 @@ class SDFRunConfig:
     """Activations: compile, eager, off, or auto (compile for 500+ steps); see finer.nn.fused."""
 
     def validate(self) -> None:
-        for name in ("steps", "batch_size", "pool_size", "surface_samples", "chamfer_samples"):
-            if not isinstance(getattr(self, name), int) or getattr(self, name) <= 0:
-                raise ConfigError(f"{name.replace('_', '-')} must be a positive integer, got {getattr(self, name)!r}")
-        for name in ("resolution", "iou_resolution"):
-            if not isinstance(getattr(self, name), int) or getattr(self, name) < 8:
-                raise ConfigError(f"{name.replace('_', '-')} must be an integer >= 8, got {getattr(self, name)!r}")
+        check_sizes(**{name: getattr(self, name) for name in ("steps", "batch_size", "pool_size", "surface_samples",
+                                                              "chamfer_samples", "resolution", "iou_resolution")})
         if self.pool_size < self.batch_size:
             raise ConfigError("pool-size must be at least batch-size")
+
+
+GRIDS = ("resolution", "iou_resolution")
+
+
+def check_sizes(**sizes: Any) -> None:
+    """Counts must be positive integers, and grids (``resolution``, ``iou_resolution``) at least 8 a side."""
+    for name, value in sizes.items():
+        least = 8 if name in GRIDS else 1
+        if not isinstance(value, int) or isinstance(value, bool) or value < least:
+            what = "an integer >= 8" if least == 8 else "a positive integer"
+            raise ConfigError(f"{name.replace('_', '-')} must be {what}, got {value!r}")
 
 
 def sdf_model_options(model: str, overrides: dict[str, Any]) -> dict[str, Any]:
@@ -171,6 +179,10 @@ def eval_sdf(checkpoint: str | Path, mesh_path: str | Path, *, out: str | Path |
              iou_resolution: int = 128, chamfer_samples: int = 300_000, surface_samples: int = 500_000,
              device: str = "auto") -> dict[str, Any]:
     """Measure a saved SDF model against a mesh (normalised with the checkpoint's transform)."""
+    check_sizes(resolution=resolution, iou_resolution=iou_resolution, chamfer_samples=chamfer_samples,
+                surface_samples=surface_samples)
+    if out:
+        io.check_out(out, folder=True)
     model, payload = io.load_checkpoint(checkpoint)
     task = payload.get("task", {})
     if task.get("kind") != "sdf":

@@ -305,3 +305,53 @@ def test_tf32_on_the_cpu_says_it_is_float32(png_path, tmp_path, capsys):
     assert main(["fit", "image", str(png_path), "--precision", "tf32", "--device", "cpu", "--steps", "2", "--width", "8",
                  "--out", str(tmp_path / "t")]) == 0
     assert "on the CPU this run computes in float32" in capsys.readouterr().err
+
+
+def test_an_out_path_through_a_file_is_refused_before_any_work(png_path, tmp_path, capsys, monkeypatch):
+    import finer.bench.speed
+
+    afile = tmp_path / "afile"
+    afile.write_text("not a folder")
+    run = _fit_tiny(png_path, tmp_path / "run")
+    commands = [
+        ["fit", "image", str(png_path), "--steps", "2", "--out", str(afile / "sub")],
+        ["render", str(run), "--out", str(afile / "x.png")],
+        ["analyze", "neurons", str(run), "--out", str(afile)],
+        ["analyze", "ntk", "--out", str(afile / "ntk")],
+        ["bench", "images", str(png_path.parent), "--out", str(afile)],
+        ["bench", "speed", "--out", str(afile / "speed.md")],
+        ["bench", "speed", "--out", str(tmp_path)],
+        ["resume", str(afile)],
+    ]
+    monkeypatch.setattr(finer.bench.speed, "run_speed", lambda *a, **k: pytest.fail("timed before checking --out"))
+    for command in commands:
+        assert main([*command, "--quiet"] if command[0] in ("fit", "bench") and command[1] != "speed" else command) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and "Error" not in err, (command, err)
+        assert str(afile) in err or str(tmp_path) in err, (command, err)
+
+
+def _fit_tiny(png_path, out):
+    assert main(["fit", "image", str(png_path), "--steps", "2", "--width", "8", "--out", str(out), "--quiet"]) == 0
+    return out
+
+
+def test_report_only_without_runs_creates_nothing(png_path, tmp_path, capsys):
+    out = tmp_path / "nothere"
+    assert main(["bench", "images", str(png_path.parent), "--report-only", "--out", str(out), "--quiet"]) == 2
+    assert "no finished runs" in capsys.readouterr().err and not out.exists()
+
+
+def test_render_refuses_what_it_cannot_write_before_rendering(png_path, tmp_path, capsys):
+    rgba = tmp_path / "rgba.png"
+    Image.open(png_path).convert("RGBA").save(rgba)
+    run = tmp_path / "run"
+    assert main(["fit", "image", str(rgba), "--alpha", "keep", "--steps", "2", "--width", "8", "--out", str(run),
+                 "--quiet"]) == 0
+    assert main(["render", str(run), "--out", str(tmp_path / "r.jpg")]) == 2
+    assert "cannot write this RGBA image" in capsys.readouterr().err and not (tmp_path / "r.jpg").exists()
+    assert main(["render", str(run), "--scale", "100000"]) == 2
+    assert "use a smaller --scale" in capsys.readouterr().err
+    (tmp_path / "noise.pt").write_bytes(np.random.default_rng(0).bytes(300))
+    assert main(["render", str(tmp_path / "noise.pt")]) == 2
+    assert "not a file saved by PyTorch" in capsys.readouterr().err

@@ -73,3 +73,11 @@ def test_an_evaluation_without_a_surface_leaves_no_mesh_of_an_earlier_one(tmp_pa
                  "--out", str(ev)]) == 0
     result = json.loads((ev / "eval.json").read_text())
     assert result["vertices"] == 0 and not (ev / "mesh.ply").exists()
+
+
+def test_eval_checks_its_grids_before_reading_anything(tmp_path, capsys):
+    for option, value in (("--iou-resolution", "1"), ("--resolution", "2")):
+        assert main(["eval", "sdf", str(tmp_path / "none"), "--mesh", str(tmp_path / "none.obj"), option, value,
+                     "--out", str(tmp_path / "ev")]) == 2
+        assert f"{option[2:]} must be" in capsys.readouterr().err
+    assert not (tmp_path / "ev").exists()

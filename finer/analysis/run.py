@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import matplotlib
@@ -47,9 +48,17 @@ def analyze_ntk(out, *, models=("siren", "finer"), ks=(1.0, 5.0, 10.0, 20.0), wi
                 log=print) -> list[dict]:
     """Kernels, spectra, the dominance table, Eq. (5) check and 1-D convergence; returns the rows."""
     out = Path(out)
+    if not models:
+        raise FinerError("no models given")
+    if not all(math.isfinite(k) and k >= 0 for k in ks):
+        raise FinerError(f"bias ranges k must be finite and >= 0, got {', '.join(f'{k:g}' for k in ks)}")
+    if points < 2:
+        raise FinerError(f"points must be at least 2 (a kernel's off-diagonal needs two), got {points}")
+    _cases(list(models), list(ks))  # unknown names, before any work
     x = N.ntk_grid(points)
     y = sum_of_sines(x)
     rows, kernels, spectra, curves = [], {}, {}, {}
+    early = min(100, steps)  # the step of the "early" loss column
     for model, k in _cases(list(models), list(ks)):
         net = N.shallow_network(model, k, width=width, seed=seed)
         K = N.empirical_ntk(net, x, params=params)
@@ -60,7 +69,7 @@ def analyze_ntk(out, *, models=("siren", "finer"), ks=(1.0, 5.0, 10.0, 20.0), wi
         rows.append({"model": model, "k": k, "diag_dominance": N.diag_dominance(K),
                      "n_large_eigenvalues": N.count_large(eigs, threshold), "largest_eigenvalue": float(eigs[0]),
                      "trace": float(K.trace()), "final_loss": curves[label][-1],
-                     "loss_at_step_100": curves[label][min(99, len(curves[label]) - 1)]})
+                     f"loss_at_step_{early}": curves[label][early - 1]})
         log(f"{label:16s} diag/off {rows[-1]['diag_dominance']:.3f}  eigenvalues > {threshold:g}: "
             f"{rows[-1]['n_large_eigenvalues']}  fit loss {curves[label][-1]:.2e}")
     checks = _eq5_checks([k for m, k in _cases(["finer"], list(ks))], seed, mc_samples)
@@ -117,19 +126,21 @@ def _plot_lines(series: dict, path: Path, xlabel: str, ylabel: str, logy=False, 
 
 
 def _ntk_markdown(rows, setting, checks) -> str:
+    early = min(100, setting["fit"]["steps"])
     lines = [
         f"Setting: 1-D input, {setting['points']} points on [0, 1), one activated layer of width "
         f"{setting['width']} (first omega 1, final-layer init omega 30), NTK over {setting['params']} "
         f"parameters; eigenvalues counted above {setting['threshold']:g}. Fit: {setting['fit']['signal']}, "
         f"Adam lr {setting['fit']['lr']}, {setting['fit']['steps']} full-batch steps.",
         "",
-        "| model | k | diag/off-diag | eigenvalues > threshold | largest eigenvalue | fit loss at step 100 | final fit loss |",
+        f"| model | k | diag/off-diag | eigenvalues > threshold | largest eigenvalue | fit loss at step {early} "
+        "| final fit loss |",
         "|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         k = "default" if r["k"] is None else f"{r['k']:g}"
         lines.append(f"| {r['model']} | {k} | {r['diag_dominance']:.3f} | {r['n_large_eigenvalues']} | "
-                     f"{r['largest_eigenvalue']:.3g} | {r['loss_at_step_100']:.2e} | {r['final_loss']:.2e} |")
+                     f"{r['largest_eigenvalue']:.3g} | {r[f'loss_at_step_{early}']:.2e} | {r['final_loss']:.2e} |")
     lines += ["", "Eq. (5) by Monte Carlo vs the averaged empirical first-layer kernel (true derivative):", "",
               "| k | relative error | MC standard error | neurons | MC samples |", "|---|---|---|---|---|"]
     for c in checks:

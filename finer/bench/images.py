@@ -374,7 +374,8 @@ def run_grid(plan, out: Path, device: str, progress: bool, on_row=None, executio
     (:func:`run_stacked`; one executor task per group).
     """
     execution = execution or Execution()
-    (out / "runs").mkdir(parents=True, exist_ok=True)
+    if train:  # --report-only reads what is there and creates nothing
+        (out / "runs").mkdir(parents=True, exist_ok=True)
     done: dict[str, dict] = {}
     images: dict[tuple, np.ndarray] = {}
     jobs = []

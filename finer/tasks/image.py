@@ -174,6 +174,20 @@ def check_image_path(path: str | os.PathLike) -> None:
                          f"{suffix or '(none)'!r}; use .png (or .jpg, .tif, ...)")
 
 
+def check_writable_as(path: str | os.PathLike, channels: int) -> None:
+    """Refuse, before any work, a format that cannot hold an image of ``channels`` channels (JPEG has no
+    alpha), by writing a 1 x 1 image of that kind to memory."""
+    import io as _io
+
+    check_image_path(path)
+    mode = {1: "L", 3: "RGB"}.get(channels, "RGBA")  # grey + alpha is written as RGBA (save_image)
+    suffix = Path(path).suffix.lower()
+    try:
+        Image.new(mode, (1, 1)).save(_io.BytesIO(), format=Image.registered_extensions()[suffix])
+    except (OSError, KeyError, ValueError) as exc:
+        raise FinerError(f"cannot write this {mode} image to {path} ({exc}); use .png") from None
+
+
 def save_image(arr: np.ndarray, path: str | os.PathLike) -> None:
     """Write a ``(H, W, C)`` array in [0, 1] as an 8-bit PNG (grey, RGB or RGBA)."""
     arr = np.clip(np.asarray(arr), 0.0, 1.0)

@@ -2,6 +2,8 @@
 
 import json
 
+import pytest
+
 from finer.cli import main
 
 
@@ -10,7 +12,8 @@ def test_analyze_ntk_and_activations(tmp_path):
                  "--mc-samples", "2000", "--out", str(tmp_path / "ntk")]) == 0
     rows = json.loads((tmp_path / "ntk" / "ntk.json").read_text())
     assert [(r["model"], r["k"]) for r in rows] == [("siren", None), ("finer", 1.0), ("finer", 20.0)]
-    assert {"model", "k", "diag_dominance", "n_large_eigenvalues"} <= set(rows[0])
+    assert {"model", "k", "diag_dominance", "n_large_eigenvalues", "loss_at_step_5"} <= set(rows[0])
+    assert "fit loss at step 5 |" in (tmp_path / "ntk" / "ntk.md").read_text()  # 5 steps: no step 100 to name
     for name in ("ntk_kernels.png", "ntk_eigenvalues.png", "ntk_fit_loss.png", "ntk.md", "ntk_setting.json"):
         assert (tmp_path / "ntk" / name).is_file()
     assert main(["analyze", "activations", "--resolution", "8", "--k", "default,5",
@@ -26,3 +29,16 @@ def test_analyze_neurons_from_a_checkpoint(tmp_path, png_path, capsys):
     assert main(["analyze", "neurons", str(run), "--count", "9"]) == 0
     summary = json.loads(capsys.readouterr().out)
     assert summary["units"] == 16 and (run / "neurons" / "neurons.png").is_file()
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--models", ","], "no models given"),
+    (["--k", "inf"], "finite"),
+    (["--points", "1"], "points must be at least 2"),
+    (["--models", "finer,nope"], "unknown model 'nope'"),
+])
+def test_ntk_refuses_bad_settings_before_any_work(tmp_path, capsys, args, message):
+    from finer.cli import main
+
+    assert main(["analyze", "ntk", "--out", str(tmp_path / "ntk"), *args]) == 2
+    assert message in capsys.readouterr().err and not (tmp_path / "ntk").exists()

@@ -145,6 +145,10 @@ def test_a_few_training_steps_lower_the_loss_and_the_run_renders(tmp_path, capsy
     assert gif.size == (16, 16) and gif.n_frames >= 2  # (Pillow merges identical frames)
     assert main(["render", "nerf", str(tmp_path), "--quiet"]) == 2
     assert "checkpoint not found" in capsys.readouterr().err
+    assert main(["render", "nerf", str(out), "--out", str(tmp_path / "tt.gif"), "--quiet"]) == 2
+    assert "it is the folder that gets turntable.gif" in capsys.readouterr().err
+    assert main(["render", "nerf", str(out), "--elevation", "nan", "--quiet"]) == 2
+    assert "elevation is in degrees" in capsys.readouterr().err
 
 
 @pytest.mark.skipif(not LEGO.is_dir(), reason="the shared lego scene (../shared/data/nerf/lego) is absent")
