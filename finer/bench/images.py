@@ -374,8 +374,6 @@ def run_grid(plan, out: Path, device: str, progress: bool, on_row=None, executio
     (:func:`run_stacked`; one executor task per group).
     """
     execution = execution or Execution()
-    if train:  # --report-only reads what is there and creates nothing
-        (out / "runs").mkdir(parents=True, exist_ok=True)
     done: dict[str, dict] = {}
     images: dict[tuple, np.ndarray] = {}
     jobs = []
@@ -403,6 +401,8 @@ def run_grid(plan, out: Path, device: str, progress: bool, on_row=None, executio
                   fused, partial=str(partial), checkpoint_every=execution.checkpoint_every)
         _read_partial(job)  # a partial run of other settings stops the grid now, not hours into it
         jobs.append(job)
+    if train:  # every image read and every record checked: only now is anything created (--report-only: nothing)
+        (out / "runs").mkdir(parents=True, exist_ok=True)
     if done:
         print(f"{len(done)} of {plural(len(plan), 'run')} already finished in {out / 'runs'}"
               + (": skipped" if train else ""), flush=True)

@@ -280,3 +280,17 @@ def test_options_that_would_be_ignored_are_refused(image_dir, tmp_path, capsys):
     assert main(["bench", "images", *base, "--address", "auto"]) == 2
     assert "use it with --executor ray" in capsys.readouterr().err
     assert not (tmp_path / "x").exists()
+
+
+def test_a_grid_that_stops_on_bad_input_creates_nothing(tmp_path, capsys):
+    images = tmp_path / "imgs"
+    images.mkdir()
+    Image.fromarray(np.zeros((20, 20, 3), np.uint8)).save(images / "a.png")
+    grid = ["bench", "images", str(images), "--steps", "2", "--size", "16", "--width", "8", "--hidden-layers", "1",
+            "--models", "finer", "--quiet", "--out", str(tmp_path / "o")]
+    assert main([*grid, "--crop", "64"]) == 2
+    assert "larger than the image" in capsys.readouterr().err
+    (images / "b.png").write_bytes(b"not an image")
+    assert main([*grid, "--crop", "none"]) == 2
+    assert "cannot read image" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
