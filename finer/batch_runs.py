@@ -116,7 +116,8 @@ def fit_image_folder(cfg: ImageRunConfig, directory, out, *, batch_signals: int,
     if problem:
         raise ConfigError(problem)
     _prepare_out(out, overwrite)
-    io.remove_outputs(out, ["summary.json", *(Path(p.stem) / name for p in paths for name in RUN_FILES)])
+    # an earlier run's files, of a folder fit or a single one: none may pass for this run's
+    io.remove_outputs(out, ["summary.json", *RUN_FILES, *(Path(p.stem) / name for p in paths for name in RUN_FILES)])
     rows, total_seconds = [], 0.0
     for start in range(0, len(paths), batch_signals):
         group = list(range(start, min(start + batch_signals, len(paths))))
@@ -131,8 +132,8 @@ def fit_image_folder(cfg: ImageRunConfig, directory, out, *, batch_signals: int,
         state = fit(stacked, task, train_cfg, progress=progress, desc=f"images {group[0] + 1}-{group[-1] + 1}/{len(paths)}")
         names = ", ".join(paths[i].name for i in group)
         if state.status == "interrupted":
-            raise InterruptedRun(f"{state.message} while fitting {names}; the images before them are fitted in {out} "
-                                 "(a folder fit is not resumable: fit again with --overwrite)")
+            raise InterruptedRun(f"{state.message} while fitting {names}; {_kept(rows, out)} (a folder fit does "
+                                 "not resume: fit it again with --overwrite)")
         if state.status != "complete":
             raise FinerError(f"images {names}: {state.status}: {state.message}")
         total_seconds += state.train_seconds
@@ -153,6 +154,12 @@ def _write_summary(out: Path, directory, cfg: ImageRunConfig, batch_signals: int
     return summary
 
 
+def _kept(rows: list[dict], out: Path) -> str:
+    if not rows:
+        return "no image was finished"
+    return f"{len(rows)} image{'s' if len(rows) > 1 else ''} finished before that, in {out}"
+
+
 def _fit_one_by_one(cfg: ImageRunConfig, directory, paths: list[Path], out: Path, *, progress: bool, overwrite: bool,
                     log) -> dict[str, Any]:
     """A folder of a method whose networks cannot be stacked: each image a single ``finer fit image`` run
@@ -160,14 +167,15 @@ def _fit_one_by_one(cfg: ImageRunConfig, directory, paths: list[Path], out: Path
     from finer.runs import fit_image
 
     _prepare_out(out, overwrite)
-    io.remove_outputs(out, ["summary.json"])
+    io.remove_outputs(out, ["summary.json", *RUN_FILES])  # an earlier run's (the images' folders: fit_image)
     rows, total_seconds, device = [], 0.0, ""
     for path in paths:
         metrics = fit_image(dataclasses.replace(cfg, image=str(path)), out / path.stem, progress=progress,
                             overwrite=True, log=log)
         if metrics["status"] == "interrupted":
-            raise InterruptedRun(f"{metrics.get('message', 'interrupted')} while fitting {path.name}; continue it with "
-                                 f"`finer resume {out / path.stem}` (the images before it are fitted in {out})")
+            raise InterruptedRun(f"{metrics.get('message', 'interrupted')} while fitting {path.name}; {_kept(rows, out)} "
+                                 "(a folder fit does not resume: fit it again with --overwrite; `finer resume "
+                                 f"{out / path.stem}` finishes {path.name} alone)")
         total_seconds += metrics["seconds"]
         device = metrics["device"]
         rows.append({"image": path.name, **{k: metrics[k] for k in ("psnr", "ssim", "seconds", "params")}})

@@ -88,6 +88,19 @@ def check_out(path: str | os.PathLike, *, folder: bool, option: str = "--out") -
     return path
 
 
+def check_not_an_output(source: str | os.PathLike | None, out: str | os.PathLike, names: Iterable[str],
+                        what: str = "input") -> None:
+    """Refuse an input that is one of the files a run writes in ``out`` (``names``): the run would delete or
+    overwrite its own input (refitting a run's ``reconstruction.png`` or ``mesh.ply`` into the same folder)."""
+    if source is None:
+        return
+    source = Path(source).resolve()
+    for name in names:
+        if (Path(out) / name).resolve() == source:
+            raise FinerError(f"the {what} {source} is the {name} this run writes in {out}; "
+                             "copy it elsewhere or choose another --out")
+
+
 def check_unique_stems(paths: Iterable[Path], what: str) -> None:
     """Refuse inputs whose names differ only by extension (``a.png``, ``a.jpg``): runs and records are
     named by the stem, so one would overwrite the other."""

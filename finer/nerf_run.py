@@ -31,9 +31,21 @@ from finer.tasks.image import save_image
 from finer.train import TrainConfig, fit
 
 NERF_FORMAT = io.NERF_CHECKPOINT_FORMAT
-RUN_FILES = ("config.json", "checkpoint.pt", "curve.csv", "metrics.json", "test")
-"""What a NeRF run writes; ``--overwrite`` deletes these (and only these) before the new run starts
-(a turntable rendered from an earlier run's checkpoint stays)."""
+RUN_FILES = ("config.json", "checkpoint.pt", "curve.csv", "metrics.json")
+"""What a NeRF run writes besides its test views; ``--overwrite`` deletes these and the earlier run's
+test views (those its config.json names), nothing else (a turntable rendered from an earlier run's
+checkpoint stays)."""
+
+
+def _earlier_outputs(out: Path) -> list[str]:
+    """The files of the NeRF run already in ``out``: :data:`RUN_FILES` and the test views its config names."""
+    try:
+        config = io.read_json(out / "config.json")
+    except FinerError:
+        config = {}
+    views = config.get("test_views", []) if isinstance(config, dict) and config.get("task") == "nerf" else []
+    return [*RUN_FILES, *(f"test/{name}{end}" for name in views if isinstance(name, str) and "/" not in name
+                           for end in (".png", "_depth.png"))]
 
 
 @dataclass
@@ -88,6 +100,9 @@ def fit_nerf(cfg: NeRFRunConfig, out, *, progress: bool = True, overwrite: bool 
     cfg.validate()
     out = Path(out)
     _prepare_out(out, overwrite, create=False)
+    if out.resolve() == Path(cfg.scene).resolve():
+        raise FinerError(f"--out {out} is the scene folder, whose test/ views the run would write over; "
+                         "choose another --out")
     device = resolve_device(cfg.device)
     train = N.load_views(cfg.scene, "train", views=cfg.views, downscale=cfg.downscale)
     test = N.load_views(cfg.scene, "test", views=cfg.test_views, downscale=cfg.downscale)
@@ -95,7 +110,7 @@ def fit_nerf(cfg: NeRFRunConfig, out, *, progress: bool = True, overwrite: bool 
     fused = apply_fused(renderer, cfg.fused, cfg.steps)
     task = N.NeRFTask(train, cfg.rays, device, seed=cfg.seed)
     out.mkdir(parents=True, exist_ok=True)
-    io.remove_outputs(out, RUN_FILES)  # an overwritten run's files: none may pass for this run's
+    io.remove_outputs(out, _earlier_outputs(out))  # an overwritten run's files: none may pass for this run's
     io.write_json(out / "config.json", {
         "task": "nerf", "run": dataclasses.asdict(cfg), "train_views": train.names, "test_views": test.names,
         "height": train.height, "width": train.width, "focal": train.focal, "near": renderer.near,

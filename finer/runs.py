@@ -270,9 +270,9 @@ def fit_image(cfg: ImageRunConfig, out: str | Path | None = None, *, progress: b
     out = Path(out) if out is not None else default_out_dir(cfg)
     _prepare_out(out, overwrite, create=False, resumable=True)
     run = _Run(cfg, out, progress)  # reads the image and builds the model before anything is written
+    io.check_not_an_output(run.image_file, out, RUN_FILES, "image")
     out.mkdir(parents=True, exist_ok=True)
-    # an overwritten run's files: none may pass for this run's (the input image may sit in the folder)
-    io.remove_outputs(out, [name for name in RUN_FILES if str((out / name).resolve()) != run.image_file])
+    io.remove_outputs(out, RUN_FILES)  # an overwritten run's files: none may pass for this run's
     if run.note:
         log(run.note)
     io.write_json(out / "config.json", run.resolved())

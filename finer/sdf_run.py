@@ -124,6 +124,7 @@ def fit_sdf(cfg: SDFRunConfig, out: str | Path, *, progress: bool = True, overwr
     cfg.validate()
     out = Path(out)
     _prepare_out(out, overwrite, create=False)
+    io.check_not_an_output(cfg.mesh, out, RUN_FILES, "mesh")
     device = resolve_device(cfg.device)
     mesh = S.load_mesh(cfg.mesh)
     model = build_model(cfg.model, 3, 1, seed=cfg.seed, **sdf_model_options(cfg.model, cfg.model_options)).to(device)

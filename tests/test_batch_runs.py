@@ -120,5 +120,13 @@ def test_ctrl_c_in_a_folder_fit_exits_130_and_says_what_was_kept(folder, tmp_pat
     assert main(["fit", "image", str(folder), "--steps", "15", "--width", "8", "--out", str(tmp_path / "i"),
                  "--quiet"]) == 130
     err = capsys.readouterr().err
-    assert "interrupted at step 3 of 15 while fitting 00.png" in err and "not resumable" in err
-    assert not (tmp_path / "i" / "summary.json").exists()
+    assert "interrupted at step 3 of 15 while fitting 00.png" in err and "no image was finished" in err
+    assert "does not resume" in err and not (tmp_path / "i" / "summary.json").exists()
+
+
+def test_a_folder_fit_over_a_single_run_leaves_none_of_its_files(folder, tmp_path):
+    out = tmp_path / "o"
+    common = ["--steps", "2", "--width", "8", "--hidden-layers", "1", "--quiet", "--out", str(out)]
+    assert main(["fit", "image", str(folder / "00.png"), *common]) == 0
+    assert main(["fit", "image", str(folder), "--overwrite", *common]) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["00", "01", "02", "summary.json"]

@@ -355,3 +355,12 @@ def test_render_refuses_what_it_cannot_write_before_rendering(png_path, tmp_path
     (tmp_path / "noise.pt").write_bytes(np.random.default_rng(0).bytes(300))
     assert main(["render", str(tmp_path / "noise.pt")]) == 2
     assert "not a file saved by PyTorch" in capsys.readouterr().err
+
+
+def test_an_input_that_is_one_of_the_runs_own_files_is_refused(png_path, tmp_path, capsys):
+    out = _fit_tiny(png_path, tmp_path / "run")
+    before = (out / "reconstruction.png").read_bytes()
+    assert main(["fit", "image", str(out / "reconstruction.png"), "--steps", "2", "--out", str(out), "--overwrite",
+                 "--quiet"]) == 2
+    assert "is the reconstruction.png this run writes" in capsys.readouterr().err
+    assert (out / "reconstruction.png").read_bytes() == before and (out / "metrics.json").exists()

@@ -81,3 +81,13 @@ def test_eval_checks_its_grids_before_reading_anything(tmp_path, capsys):
                      "--out", str(tmp_path / "ev")]) == 2
         assert f"{option[2:]} must be" in capsys.readouterr().err
     assert not (tmp_path / "ev").exists()
+
+
+def test_a_mesh_that_is_the_runs_own_mesh_ply_is_refused(tmp_path, capsys):
+    out = tmp_path / "run"
+    out.mkdir()
+    trimesh.creation.icosphere(subdivisions=1).export(out / "mesh.ply")
+    before = (out / "mesh.ply").read_bytes()
+    assert main(["fit", "sdf", str(out / "mesh.ply"), "--out", str(out), "--overwrite", *TINY]) == 2
+    assert "is the mesh.ply this run writes" in capsys.readouterr().err
+    assert (out / "mesh.ply").read_bytes() == before

@@ -67,8 +67,9 @@ def _protocol_mismatch(run_dir: Path, cfg: SDFRunConfig) -> str:
     config = io.read_json(run_dir / "config.json") if (run_dir / "config.json").exists() else {}
     recorded = config.get("run", {}) if isinstance(config, dict) else {}
     wanted = {k: v for k, v in dataclasses.asdict(cfg).items() if k in QUICK or k in ("model", "seed", "grad_clip")}
-    wanted["mesh_sha256"] = io.file_digest(cfg.mesh)
-    recorded = {**recorded, "mesh_sha256": config.get("mesh_sha256")}
+    if config.get("mesh_sha256"):  # recorded since 2026-11-28; older runs are compared on their settings
+        wanted["mesh_sha256"] = io.file_digest(cfg.mesh)
+        recorded = {**recorded, "mesh_sha256": config["mesh_sha256"]}
     return ", ".join(f"{k} {recorded.get(k)} where this grid has {v}" for k, v in wanted.items() if recorded.get(k) != v)
 
 

@@ -26,6 +26,12 @@ def test_sdf_grid_table_and_resume(tmp_path, capsys):
     assert capsys.readouterr().out.count("IoU") == 0  # finished runs are skipped
     with pytest.raises(FinerError, match="another protocol or mesh \\(steps 3 where this grid has 4"):
         run_sdf_bench(meshes, models=["finer"], out=tmp_path / "b", settings={**TINY, "steps": 4}, progress=False)
+    config = tmp_path / "b" / "runs" / "ball-finer" / "config.json"
+    recorded = json.loads(config.read_text())
+    config.write_text(json.dumps({k: v for k, v in recorded.items() if k != "mesh_sha256"}))  # a run from before
+    run_sdf_bench(meshes, models=["finer"], out=tmp_path / "b", settings=TINY, progress=False)  # its digest: taken
+    assert capsys.readouterr().out.count("IoU") == 0
+    config.write_text(json.dumps(recorded))
     trimesh.creation.icosphere(2).export(meshes / "ball.obj")  # another mesh under the same name
     with pytest.raises(FinerError, match="mesh_sha256"):
         run_sdf_bench(meshes, models=["finer"], out=tmp_path / "b", settings=TINY, progress=False)

@@ -158,3 +158,18 @@ def test_lego_cameras():
     assert views.focal == pytest.approx(0.5 * 200 / math.tan(0.5 * 0.6911112070083618))
     radii = np.linalg.norm(views.poses[:, :3, 3], axis=1)
     np.testing.assert_allclose(radii, 4.0311, atol=1e-3)  # cameras on a sphere around the object
+
+
+def test_overwrite_removes_the_earlier_runs_test_views_only_and_the_scene_is_not_an_out(tmp_path, capsys):
+    scene = _scene(tmp_path / "ball")
+    out = tmp_path / "run"
+    fit = ["fit", "nerf", str(scene), "--views", "2", "--downscale", "1", "--steps", "2", "--rays", "32",
+           "--samples", "4", "--fine", "0", "--width", "8", "--fused", "off", "--quiet"]
+    assert main([*fit, "--test-views", "2", "--out", str(out)]) == 0
+    (out / "test" / "mine.png").write_bytes(b"the user's")
+    assert main([*fit, "--test-views", "1", "--out", str(out), "--overwrite"]) == 0
+    assert sorted(p.name for p in (out / "test").iterdir()) == ["mine.png", "r_0.png", "r_0_depth.png"]
+    capsys.readouterr()
+    assert main([*fit, "--out", str(scene), "--overwrite"]) == 2
+    assert "is the scene folder" in capsys.readouterr().err
+    assert sorted(p.name for p in (scene / "test").iterdir()) == ["r_0.png", "r_1.png"]
