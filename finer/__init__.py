@@ -14,7 +14,7 @@ import importlib
 import sys
 import types
 
-from finer.errors import ConfigError, DivergedError, FinerError
+from finer.errors import ConfigError, DivergedError, FinerError, InterruptedRun
 
 __version__ = "0.1.0"
 
@@ -44,6 +44,7 @@ __all__ = [
     "DivergedError",
     "FinerError",
     "ImageRunConfig",
+    "InterruptedRun",
     "build_model",
     "count_parameters",
     "fit_image",
