@@ -307,6 +307,9 @@ def occupancy_iou(pred_inside: np.ndarray, true_inside: np.ndarray) -> float:
 
 
 def grid_points(resolution: int) -> np.ndarray:
-    """Centres of a ``resolution^3`` grid on ``[-0.5, 0.5]^3``, ``(resolution^3, 3)`` in x-y-z order."""
+    """The ``resolution^3`` lattice points spanning ``[-0.5, 0.5]^3``, both faces included.
+
+    Returns ``(resolution^3, 3)`` in x-y-z order (x slowest), spaced ``1 / (resolution - 1)``.
+    """
     axis = np.linspace(-BOUND, BOUND, resolution)
     return np.stack(np.meshgrid(axis, axis, axis, indexing="ij"), -1).reshape(-1, 3)
