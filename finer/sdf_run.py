@@ -13,9 +13,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-import torch
-
 from finer import io
 from finer.errors import ConfigError, DivergedError, FinerError
 from finer.models import build_model, count_parameters, make_config

@@ -1,17 +1,13 @@
-"""The ``finer`` command: argument parsing only; the work is done by the library."""
+"""The ``finer`` command's arguments: one function per command adds its parser and names its handler.
+
+Each leaf parser sets ``run`` to the function of :mod:`finer.cli.commands` that does its work.
+"""
 
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import sys
-from pathlib import Path
-from typing import Sequence
 
-from finer.errors import ConfigError, DivergedError, FinerError, InterruptedRun
-
-EXIT_ERROR, EXIT_DIVERGED, EXIT_INTERRUPTED = 2, 3, 130
+from finer.cli import commands
 
 
 def _number_type(cast, accept, expected: str):
@@ -66,42 +62,6 @@ def _add_model_options(p: argparse.ArgumentParser, *, layers: str, lr: str, k: s
     p.add_argument("--option", action="append", metavar="KEY=VALUE", help="any other model option (repeatable)")
 
 
-def _model_options(args: argparse.Namespace) -> dict:
-    options = {
-        "width": args.width,
-        "hidden_layers": args.hidden_layers,
-        "lr": args.lr,
-        "first_bias_scale": args.first_bias_scale,
-        "first_omega": args.first_omega,
-        "hidden_omega": args.hidden_omega,
-    }
-    options = {k: v for k, v in options.items() if v is not None}
-    if args.scale_grad:
-        options["scale_grad"] = True
-    return {**options, **_options(args.option)}
-
-
-def _options(items) -> dict:
-    """``--option KEY=VALUE`` pairs (values parsed as JSON where they are)."""
-    options = {}
-    for item in items or []:
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise FinerError(f"--option expects KEY=VALUE, got {item!r}")
-        try:
-            options[key.replace("-", "_")] = json.loads(value)
-        except json.JSONDecodeError:
-            options[key.replace("-", "_")] = value
-    return options
-
-
-def _dumps(value, **kwargs) -> str:
-    """Strict JSON (an infinite PSNR of identical images as "inf", as in the files written)."""
-    from finer.io import jsonable
-
-    return json.dumps(jsonable(value), **kwargs)
-
-
 class _Parser(argparse.ArgumentParser):
     """argparse whose errors are one line (the usage is one ``--help`` away); subcommands inherit it."""
 
@@ -115,13 +75,28 @@ def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="finer", description="FINER and its rivals as implicit neural representations.")
     parser.add_argument("--version", action="version", version=f"finer-inr {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _add_models(sub)
+    fit_sub = sub.add_parser("fit", help="fit a signal").add_subparsers(dest="task", required=True, metavar="TASK")
+    for add in (_add_fit_image, _add_fit_nerf, _add_fit_sdf):
+        add(fit_sub)
+    for add in (_add_eval, _add_resume, _add_render, _add_analyze):
+        add(sub)
+    bench_sub = sub.add_parser("bench", help="benchmarks").add_subparsers(dest="bench", required=True, metavar="BENCH")
+    for add in (_add_bench_grid, _add_bench_compare, _add_bench_speed, _add_bench_sdf):
+        add(bench_sub)
+    return parser
 
+
+def _add_models(sub) -> None:
+    """`finer models`."""
     p = sub.add_parser("models", help="list the registered models and their defaults")
     p.add_argument("--json", action="store_true", help="print the defaults as JSON")
     p.add_argument("--debug", action="store_true", help=argparse.SUPPRESS)
+    p.set_defaults(run=commands.list_models)
 
-    fit = sub.add_parser("fit", help="fit a signal")
-    fit_sub = fit.add_subparsers(dest="task", required=True, metavar="TASK")
+
+def _add_fit_image(fit_sub) -> None:
+    """`finer fit image`."""
     p = fit_sub.add_parser("image", help="fit a 2-D image (PNG, JPEG, ...)")
     p.add_argument("path", nargs="?", default=None,
                    help="image file (default: scikit-image's astronaut), or a folder of same-sized images")
@@ -147,7 +122,11 @@ def build_parser() -> argparse.ArgumentParser:
     _add_cuda_graph(p, "each training step")
     _add_fused(p)
     _add_common(p)
+    p.set_defaults(run=commands.fit_image)
 
+
+def _add_fit_nerf(fit_sub) -> None:
+    """`finer fit nerf`."""
     p = fit_sub.add_parser("nerf", help="fit a radiance field to a Blender-format scene")
     p.add_argument("scene", help="scene folder with transforms_{train,test}.json and the images")
     p.add_argument("--model", default="finer", help="registry name for both networks (default finer)")
@@ -166,7 +145,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="allow writing into a non-empty --out")
     _add_fused(p)
     _add_common(p)
+    p.set_defaults(run=commands.fit_nerf)
 
+
+def _add_fit_sdf(fit_sub) -> None:
+    """`finer fit sdf`."""
     p = fit_sub.add_parser("sdf", help="fit the signed distance field of a mesh (OBJ, PLY, STL, OFF)")
     p.add_argument("mesh", help="mesh file")
     p.add_argument("--steps", type=_positive_int, default=2000, help="optimisation steps (default 2000; paper 200000)")
@@ -183,7 +166,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="allow writing into a non-empty --out")
     _add_fused(p)
     _add_common(p)
+    p.set_defaults(run=commands.fit_sdf)
 
+
+def _add_eval(sub) -> None:
+    """`finer eval image|sdf`."""
     p = sub.add_parser("eval", help="evaluate a saved model")
     eval_sub = p.add_subparsers(dest="task", required=True, metavar="TASK")
     p = eval_sub.add_parser("image", help="PSNR, SSIM and LPIPS of image A against reference B, as JSON")
@@ -193,6 +180,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="how an alpha channel is composited before comparing (default white)")
     p.add_argument("--no-lpips", action="store_true", help="skip LPIPS")
     p.add_argument("--debug", action="store_true", help="show tracebacks")
+    p.set_defaults(run=commands.eval_image)
 
     p = eval_sub.add_parser("sdf", help="Chamfer distance and IoU of an SDF checkpoint against a mesh")
     p.add_argument("checkpoint", help="checkpoint.pt or the run folder")
@@ -203,12 +191,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--surface-samples", type=_positive_int, default=500_000)
     p.add_argument("--out", help="folder (default: CHECKPOINT_DIR/eval)")
     _add_common(p)
+    p.set_defaults(run=commands.eval_sdf)
 
+
+def _add_resume(sub) -> None:
+    """`finer resume`."""
     p = sub.add_parser("resume", help="continue an interrupted run from its checkpoint")
     p.add_argument("run_dir", help="the run folder")
     p.add_argument("--steps", type=_positive_int, help="new total number of steps (default: as planned)")
     _add_common(p)
+    p.set_defaults(run=commands.resume)
 
+
+def _add_render(sub) -> None:
+    """`finer render [nerf]`."""
     p = sub.add_parser("render", help="render a model from its checkpoint: an image at any resolution "
                                       "(finer render CKPT) or a NeRF turntable (finer render nerf CKPT)")
     p.add_argument("target", nargs="+", metavar="[nerf] CHECKPOINT", help="checkpoint.pt or the run folder")
@@ -219,7 +215,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--elevation", type=float, default=30.0, help="NeRF orbit elevation in degrees (default 30)")
     p.add_argument("--out", help="output PNG (image) or folder (NeRF; default: next to the checkpoint)")
     _add_common(p)
+    p.set_defaults(run=commands.render)
 
+
+def _add_analyze(sub) -> None:
+    """`finer analyze ntk|activations|neurons`."""
     p = sub.add_parser("analyze", help="NTK, activation statistics, learned neurons")
     an_sub = p.add_subparsers(dest="analysis", required=True, metavar="ANALYSIS")
     p = an_sub.add_parser("ntk", help="empirical NTK of the supplement's shallow networks vs the bias range k")
@@ -234,6 +234,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     p.add_argument("--out", required=True)
     p.add_argument("--debug", action="store_true", help="show tracebacks")
+    p.set_defaults(run=commands.analyze_ntk)
     p = an_sub.add_parser("activations", help="supplement Fig. 5: activation statistics at initialisation")
     p.add_argument("--k", default="default,1,5,10,20", help="bias ranges ('default' = PyTorch's)")
     p.add_argument("--layers", type=_positive_int, default=2)
@@ -241,14 +242,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", required=True)
     p.add_argument("--debug", action="store_true", help="show tracebacks")
+    p.set_defaults(run=commands.analyze_activations)
     p = an_sub.add_parser("neurons", help="first-layer neurons of a trained image model")
     p.add_argument("checkpoint", help="checkpoint.pt or the run folder")
     p.add_argument("--count", type=_positive_int, default=64, help="neurons in the picture (default 64)")
     p.add_argument("--out", help="folder (default: CHECKPOINT_DIR/neurons)")
     p.add_argument("--debug", action="store_true", help="show tracebacks")
+    p.set_defaults(run=commands.analyze_neurons)
 
-    p = sub.add_parser("bench", help="benchmarks")
-    bench_sub = p.add_subparsers(dest="bench", required=True, metavar="BENCH")
+
+def _add_bench_grid(bench_sub) -> None:
+    """`finer bench images` and `finer bench width`."""
     for name, help_text in (("images", "fit a folder of images with several models; write a table"),
                             ("width", "supplement Fig. 2: PSNR against hidden width (two hidden layers)")):
         p = bench_sub.add_parser(name, help=help_text)
@@ -288,12 +292,22 @@ def build_parser() -> argparse.ArgumentParser:
                             "rerun continues an interrupted run (default 250; 0: none; stacked runs start again)")
         _add_fused(p)
         _add_common(p)
+        p.set_defaults(run=commands.bench_grid)
+
+
+def _add_bench_compare(bench_sub) -> None:
+    """`finer bench compare`."""
     p = bench_sub.add_parser("compare", help="per-image PSNR differences between methods of a finished grid")
     p.add_argument("results", help="a folder written by `finer bench images` (or its results.json)")
     p.add_argument("pairs", nargs="*", metavar="A:B", help="method pairs: mean/min/max of A - B, images A wins")
     p.add_argument("--lead", metavar="A", help="A's margin over the best other method on each image")
     p.add_argument("--json", action="store_true", help="print JSON (one object per comparison)")
     p.add_argument("--debug", action="store_true", help="show tracebacks")
+    p.set_defaults(run=commands.bench_compare)
+
+
+def _add_bench_speed(bench_sub) -> None:
+    """`finer bench speed`."""
     p = bench_sub.add_parser("speed", help="training step time against the GEMM floor and the official code")
     p.add_argument("--size", type=_positive_int, default=256, help="image side (default 256; full batch)")
     p.add_argument("--width", type=_positive_int, default=256, help="hidden width (default 256)")
@@ -319,7 +333,11 @@ def build_parser() -> argparse.ArgumentParser:
                         "OUT's .profile.txt beside the report (needs --out)")
     _add_cuda_graph(p, "the library's steps")
     _add_common(p)
+    p.set_defaults(run=commands.bench_speed)
 
+
+def _add_bench_sdf(bench_sub) -> None:
+    """`finer bench sdf`."""
     p = bench_sub.add_parser("sdf", help="fit every mesh of a folder with several models; Chamfer/IoU table")
     p.add_argument("directory", help="folder of meshes")
     p.add_argument("--models", default="finer,siren,wire,gauss,pemlp", help="comma-separated registry names")
@@ -328,305 +346,4 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--chamfer-samples", type=_positive_int, help="override the Chamfer samples (100k)")
     p.add_argument("--out", required=True, help="results folder (finished runs are skipped on a rerun)")
     _add_common(p)
-    return parser
-
-
-def _run(args: argparse.Namespace) -> int:
-    if args.command == "models":
-        from finer.models import models
-
-        table = models()
-        if args.json:
-            print(_dumps(table, indent=2))
-        else:
-            for name, defaults in table.items():
-                print(f"{name:12s} " + ", ".join(f"{k}={v}" for k, v in defaults.items()))
-        return 0
-    if args.command == "fit" and args.task == "nerf":
-        from finer.nerf_run import NeRFRunConfig, fit_nerf
-
-        cfg = NeRFRunConfig(scene=args.scene, model=args.model, model_options=_options(args.option), views=args.views,
-                            downscale=args.downscale, steps=args.steps, rays=args.rays, samples=args.samples,
-                            fine=args.fine, lr=args.lr, width=args.width, test_views=args.test_views, seed=args.seed,
-                            device=args.device, fused=args.fused)
-        log = (lambda *_: None) if args.quiet else (lambda msg: print(msg, file=sys.stderr))
-        metrics = fit_nerf(cfg, args.out, progress=not args.quiet, overwrite=args.overwrite, log=log)
-        print(_dumps({k: metrics[k] for k in ("model", "status", "steps", "test_psnr", "test_ssim", "test_lpips",
-                                                  "seconds_per_step")}))
-        return EXIT_INTERRUPTED if metrics["status"] == "interrupted" else 0
-    if args.command == "fit" and args.task == "sdf":
-        from finer.sdf_run import SDFRunConfig, fit_sdf
-
-        cfg = SDFRunConfig(mesh=args.mesh, model=args.model, model_options=_model_options(args), steps=args.steps,
-                           batch_size=args.batch_size, pool_size=args.pool_size, resolution=args.resolution,
-                           chamfer_samples=args.chamfer_samples, iou_resolution=args.iou_resolution,
-                           surface_samples=args.surface_samples, seed=args.seed, device=args.device,
-                           fused=args.fused)
-        log = (lambda *_: None) if args.quiet else (lambda msg: print(msg, file=sys.stderr))
-        metrics = fit_sdf(cfg, args.out, progress=not args.quiet, overwrite=args.overwrite, log=log)
-        print(_dumps({k: metrics[k] for k in ("model", "status", "chamfer", "iou", "steps", "seconds_per_step")}))
-        return EXIT_INTERRUPTED if metrics["status"] == "interrupted" else 0
-    if args.command == "eval" and args.task == "image":
-        from finer.metrics import image_metrics
-        from finer.tasks.image import load_image
-
-        a, b = load_image(args.a, alpha=args.alpha), load_image(args.b, alpha=args.alpha)
-        if a.shape != b.shape:
-            raise FinerError(f"{args.a} is {a.shape[1]}x{a.shape[0]}x{a.shape[2]} but {args.b} is "
-                             f"{b.shape[1]}x{b.shape[0]}x{b.shape[2]} (width x height x channels); they must match")
-        print(_dumps(image_metrics(a, b, with_lpips=not args.no_lpips)))
-        return 0
-    if args.command == "eval":
-        from finer.sdf_run import eval_sdf
-
-        print(_dumps(eval_sdf(args.checkpoint, args.mesh, out=args.out, resolution=args.resolution,
-                                  chamfer_samples=args.chamfer_samples, iou_resolution=args.iou_resolution,
-                                  surface_samples=args.surface_samples, device=args.device)))
-        return 0
-    if args.command == "fit":
-        from finer.runs import ImageRunConfig, fit_image
-
-        cfg = ImageRunConfig(
-            image=args.path, model=args.model, model_options=_model_options(args), steps=args.steps,
-            seed=args.seed, crop=args.crop, size=args.size, alpha=args.alpha, aspect=args.aspect,
-            batch_size=args.batch_size, eval_every=args.eval_every, checkpoint_every=args.checkpoint_every,
-            device=args.device, fused=args.fused, precision=args.precision, cuda_graph=args.cuda_graph,
-        )
-        log = (lambda *_: None) if args.quiet else (lambda msg: print(msg, file=sys.stderr))
-        if args.path is not None and Path(args.path).is_dir():
-            from finer.batch_runs import fit_image_folder
-
-            if not args.out:
-                raise FinerError("fitting a folder needs --out")
-            cfg.image = None
-            summary = fit_image_folder(cfg, args.path, args.out, batch_signals=args.batch_signals or 1,
-                                       progress=not args.quiet, overwrite=args.overwrite, log=log)
-            print(_dumps({k: summary[k] for k in ("images", "batch_signals", "mean_psnr", "images_per_second")}))
-            return 0
-        if args.batch_signals is not None:
-            raise FinerError("--batch-signals needs a folder of images as the path")
-        return _report(lambda: fit_image(cfg, args.out, progress=not args.quiet, overwrite=args.overwrite, log=log))
-    if args.command == "resume":
-        from finer.runs import resume_image
-
-        return _report(lambda: resume_image(args.run_dir, steps=args.steps, progress=not args.quiet))
-    if args.command == "render":
-        kind, target = (args.target[0], args.target[1:]) if args.target[0] in ("nerf", "image") else ("image", args.target)
-        if len(target) != 1:
-            raise FinerError("usage: finer render [nerf] CHECKPOINT")
-        if kind == "nerf":
-            from finer.nerf_run import render_nerf
-
-            out = render_nerf(target[0], frames=args.frames, out=args.out, device=args.device, scale=args.scale or 1.0,
-                              elevation=args.elevation, progress=not args.quiet)
-        else:
-            from finer.runs import render_checkpoint
-
-            out = render_checkpoint(target[0], scale=args.scale or 2.0, out=args.out, device=args.device)
-        print(out)
-        return 0
-    if args.command == "analyze":
-        return _analyze(args)
-    if args.command == "bench":
-        return _bench(args)
-    raise AssertionError(args.command)
-
-
-def _floats(text: str, allow_default: bool = False) -> list:
-    values = []
-    for item in text.split(","):
-        item = item.strip()
-        if allow_default and item == "default":
-            values.append(None)
-            continue
-        try:
-            values.append(float(item))
-        except ValueError:
-            raise FinerError(f"expected a comma-separated list of numbers, got {text!r}") from None
-        if not values[-1] >= 0:
-            raise FinerError(f"bias ranges must be >= 0, got {item!r}")
-    return values
-
-
-def _analyze(args: argparse.Namespace) -> int:
-    from finer import io
-    from finer.analysis import run
-
-    if args.out:
-        io.check_out(args.out, folder=True)
-
-    if args.analysis == "ntk":
-        run.analyze_ntk(args.out, models=[m for m in args.models.split(",") if m], ks=_floats(args.k),
-                        width=args.width, points=args.points, params=args.params, threshold=args.threshold,
-                        steps=args.steps, mc_samples=args.mc_samples, seed=args.seed)
-    elif args.analysis == "activations":
-        run.analyze_activations(args.out, ks=_floats(args.k, allow_default=True), layers=args.layers,
-                                resolution=args.resolution, seed=args.seed)
-    else:
-        print(_dumps(run.analyze_neurons(args.checkpoint, args.out, count=args.count)))
-    return 0
-
-
-def _ints(text: str, what: str) -> list[int]:
-    try:
-        values = [int(v) for v in text.split(",") if v.strip()]
-    except ValueError:
-        raise FinerError(f"{what} must be comma-separated integers, got {text!r}") from None
-    if not values:
-        raise FinerError(f"{what} must list at least one value")
-    return values
-
-
-def _bench(args: argparse.Namespace) -> int:
-    if args.bench == "speed":
-        return _bench_speed(args)
-    if args.bench == "compare":
-        return _bench_compare(args)
-    from finer import io
-
-    io.check_out(args.out, folder=True)
-    if args.bench == "sdf":
-        return _bench_sdf(args)
-    from finer.bench import images as bench
-
-    if args.bench == "width" and (args.width is not None or args.hidden_layers is not None):
-        raise FinerError("`finer bench width` takes its widths from --widths and uses two hidden layers "
-                         "(supplement Fig. 2); --width and --hidden-layers do not apply")
-    if args.address and args.executor != "ray":
-        raise FinerError("--address is the Ray cluster's address: use it with --executor ray")
-    protocol = bench.resolve_protocol(args.preset, steps=args.steps, hidden_layers=args.hidden_layers,
-                                      width=args.width, crop=args.crop, size=args.size)
-    common = dict(models=[m for m in args.models.split(",") if m], protocol=protocol,
-                  seeds=_ints(args.seeds, "--seeds"), limit=args.limit, out=args.out, device=args.device,
-                  progress=not args.quiet, fused=args.fused, report_only=args.report_only,
-                  execution=bench.Execution(executor=args.executor, workers=args.workers, address=args.address,
-                                            batch_signals=args.batch_signals,
-                                            checkpoint_every=args.checkpoint_every))
-    if args.bench == "images":
-        bench.run_image_bench(args.directory, **common)
-    else:
-        widths = _ints(args.widths, "--widths")
-        if min(widths) <= 0:
-            raise FinerError("--widths must be positive")
-        bench.run_width_bench(args.directory, widths=widths, **common)
-    return 0
-
-
-def _bench_compare(args: argparse.Namespace) -> int:
-    from finer.bench import compare
-
-    if not args.pairs and not args.lead:
-        raise FinerError("name at least one pair A:B or --lead A")
-    table = compare.psnr_table(args.results)
-    results = []
-    for text in args.pairs:
-        a, sep, b = text.partition(":")
-        if not sep or not a or not b:
-            raise FinerError(f"a pair is written A:B (e.g. finer:siren), got {text!r}")
-        results.append(compare.pair(table, a, b))
-    if args.lead:
-        results.append(compare.lead(table, args.lead))
-    for stats in results:
-        print(_dumps(stats) if args.json else compare.describe(stats))
-    return 0
-
-
-def _bench_speed(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
-    from finer import io
-    from finer.bench.speed import SpeedConfig, run_speed, speed_markdown
-
-    cfg = SpeedConfig(size=args.size, width=args.width, hidden_layers=args.hidden_layers, steps=args.steps,
-                      repeats=args.repeats, warmup=args.warmup, methods=tuple(m for m in args.models.split(",") if m),
-                      compile=not args.no_compile, identity_steps=args.identity_steps, device=args.device,
-                      image=args.image, signals=args.signals, signal_size=args.signal_size,
-                      signal_width=args.signal_width, signal_steps=args.signal_steps, signals_dir=args.signals_dir,
-                      cuda_graph=args.cuda_graph, profile=args.profile)
-    if args.profile and not args.out:
-        raise ConfigError("--profile writes its tables beside the report: give --out")
-    if args.out:  # before the timings, which take minutes
-        io.check_out(args.out, folder=False)
-        io.check_out(Path(args.out).with_suffix(".json"), folder=False)
-    if args.signals and args.signals_dir:
-        from finer.bench.images import list_images
-
-        list_images(args.signals_dir)
-    result = run_speed(cfg, log=lambda msg: print(msg, flush=True))
-    if args.out:
-        out = Path(args.out)
-        command = "finer " + " ".join(args.argv)
-        profiles = result.pop("profiles")
-        if profiles:
-            io.atomic_write(out.with_suffix(".profile.txt"), lambda tmp: Path(tmp).write_text(profiles))
-        io.write_json(out.with_suffix(".json"), result)
-        text = speed_markdown(result, command)
-        io.atomic_write(out, lambda tmp: Path(tmp).write_text(text))
-    return 0
-
-
-def _bench_sdf(args: argparse.Namespace) -> int:
-    from finer.bench.sdf import run_sdf_bench
-
-    settings = {k: v for k, v in (("steps", args.steps), ("resolution", args.resolution),
-                                  ("chamfer_samples", args.chamfer_samples)) if v is not None}
-    run_sdf_bench(args.directory, models=[m for m in args.models.split(",") if m], out=args.out,
-                  settings=settings, device=args.device, progress=not args.quiet)
-    return 0
-
-
-def _report(job) -> int:
-    metrics = job()
-    print(_dumps({k: metrics[k] for k in ("model", "status", "psnr", "ssim", "steps", "seconds_per_step")}))
-    if metrics["status"] == "interrupted":
-        print(f"error: {metrics.get('message', 'interrupted')}; continue with `finer resume {metrics.get('out', 'DIR')}`",
-              file=sys.stderr)
-        return EXIT_INTERRUPTED
-    return 0
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    args.argv = list(sys.argv[1:] if argv is None else argv)  # the command, as reports record it
-    try:
-        return _run(args)
-    except DivergedError as exc:
-        if args.debug:
-            raise
-        print(f"error: {exc}", file=sys.stderr)
-        return EXIT_DIVERGED
-    except InterruptedRun as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return EXIT_INTERRUPTED
-    except FinerError as exc:
-        if args.debug:
-            raise
-        print(f"error: {exc}", file=sys.stderr)
-        return EXIT_ERROR
-    except KeyboardInterrupt:
-        print("error: interrupted", file=sys.stderr)
-        return EXIT_INTERRUPTED
-    except BrokenPipeError:  # `finer models | head`: the reader left; not an error of ours
-        sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - silences the flush at exit
-        return 0
-    except (FileExistsError, NotADirectoryError) as exc:  # a file where a folder must be (or the reverse)
-        if args.debug:
-            raise
-        print(f"error: {exc.filename}: {exc.strerror} (a file stands where a folder is needed, or the reverse)",
-              file=sys.stderr)
-        return EXIT_ERROR
-    except MemoryError:
-        if args.debug:
-            raise
-        print("error: out of memory; use a smaller image (--size/--crop) or --batch-size", file=sys.stderr)
-        return EXIT_ERROR
-    except Exception as exc:  # anything unexpected: one line unless --debug
-        if args.debug:
-            raise
-        print(f"error: {type(exc).__name__}: {exc} (rerun with --debug for the traceback)", file=sys.stderr)
-        return 1
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+    p.set_defaults(run=commands.bench_sdf)

@@ -1,0 +1,61 @@
+"""The ``finer`` command: argument parsing only; the work is done by the library.
+
+:mod:`finer.cli.parser` builds the arguments, :mod:`finer.cli.commands` holds one function per
+command; :func:`main` runs the one the arguments name and turns errors into one line and an exit status.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import Sequence
+
+from finer.cli.commands import EXIT_DIVERGED, EXIT_ERROR, EXIT_INTERRUPTED
+from finer.cli.parser import build_parser
+from finer.errors import DivergedError, FinerError, InterruptedRun
+
+__all__ = ["EXIT_DIVERGED", "EXIT_ERROR", "EXIT_INTERRUPTED", "build_parser", "main"]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)  # the command, as reports record it
+    try:
+        return args.run(args)
+    except DivergedError as exc:
+        if args.debug:
+            raise
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_DIVERGED
+    except InterruptedRun as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except FinerError as exc:
+        if args.debug:
+            raise
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except BrokenPipeError:  # `finer models | head`: the reader left; not an error of ours
+        sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - silences the flush at exit
+        return 0
+    except (FileExistsError, NotADirectoryError) as exc:  # a file where a folder must be (or the reverse)
+        if args.debug:
+            raise
+        print(f"error: {exc.filename}: {exc.strerror} (a file stands where a folder is needed, or the reverse)",
+              file=sys.stderr)
+        return EXIT_ERROR
+    except MemoryError:
+        if args.debug:
+            raise
+        print("error: out of memory; use a smaller image (--size/--crop) or --batch-size", file=sys.stderr)
+        return EXIT_ERROR
+    except Exception as exc:  # anything unexpected: one line unless --debug
+        if args.debug:
+            raise
+        print(f"error: {type(exc).__name__}: {exc} (rerun with --debug for the traceback)", file=sys.stderr)
+        return 1
+
