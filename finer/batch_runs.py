@@ -1,5 +1,8 @@
 """``finer fit image DIR --batch-signals K``: fit a folder of same-sized images, K networks at once.
 
+Without ``--batch-signals`` (K = 1) a folder whose images differ in size, a ``--batch-size`` or a method
+whose networks cannot be stacked is fitted image by image, each a single ``finer fit image`` run.
+
 Every image gets its own network, built with the run's seed exactly as a single ``finer fit image``
 would build it, and the K networks of a group are trained together as one
 :class:`~finer.nn.stacked.StackedMLP` (full batch). Each image then gets its own folder under
@@ -90,26 +93,25 @@ def fit_image_folder(cfg: ImageRunConfig, directory, out, *, batch_signals: int,
     cfg.validate()
     if batch_signals < 1:
         raise FinerError(f"--batch-signals must be >= 1, got {batch_signals}")
-    one_by_one = not stackable(cfg.model)
-    if one_by_one and batch_signals > 1:
+    if not stackable(cfg.model) and batch_signals > 1:
         raise FinerError(f"method {cfg.model!r} has learnable activations or encodings, so its networks cannot be "
                          "stacked; drop --batch-signals to fit the images one by one")
-    if cfg.batch_size is not None and not one_by_one:
-        raise FinerError("a folder is fitted with full batches (its networks stacked, --batch-signals); "
-                         "drop --batch-size")
+    if cfg.batch_size is not None and batch_signals > 1:
+        raise FinerError("stacked networks (--batch-signals) train on full batches; drop --batch-size, or "
+                         "--batch-signals to fit the images one by one")
     paths = list_images(directory)
-    if one_by_one:
-        for path in paths:  # every image readable before the first fit
-            img.load_image(path, crop=cfg.crop, size=cfg.size, alpha=cfg.alpha)
-        return _fit_one_by_one(cfg, directory, paths, Path(out), progress=progress, overwrite=overwrite, log=log)
-    images = [img.load_image(p, crop=cfg.crop, size=cfg.size, alpha=cfg.alpha) for p in paths]
+    images = [img.load_image(p, crop=cfg.crop, size=cfg.size, alpha=cfg.alpha) for p in paths]  # all readable first
     shapes = {im.shape for im in images}
-    if len(shapes) > 1:
+    if len(shapes) > 1 and batch_signals > 1:
         listing = ", ".join(f"{p.name} {im.shape[1]}x{im.shape[0]}x{im.shape[2]}" for p, im in zip(paths, images))
         channels = "" if len({im.shape[2] for im in images}) == 1 else (
             "; their channels differ too (grey, RGB, RGBA): convert them or leave some out")
-        raise FinerError(f"a folder is fitted as one batch of networks, which needs images of one shape; these differ "
-                         f"({listing}): --crop/--size make their sizes equal{channels}")
+        raise FinerError(f"stacked networks (--batch-signals) need images of one shape; these differ ({listing}): "
+                         "--crop HxW makes them equal (--size only scales the longer side, keeping each aspect "
+                         f"ratio){channels}; or drop --batch-signals to fit them one by one")
+    if not stackable(cfg.model) or len(shapes) > 1 or cfg.batch_size is not None:
+        del images
+        return _fit_one_by_one(cfg, directory, paths, Path(out), progress=progress, overwrite=overwrite, log=log)
     out = Path(out)
     device = resolve_device(cfg.device)
     problem = cfg.cuda_graph and graph_problem(device)  # the stacked tasks are full-batch

@@ -53,9 +53,11 @@ def test_batched_fit_errors(folder, tmp_path, capsys):
     Image.fromarray(np.zeros((10, 12, 3), np.uint8)).save(folder / "odd.png")
     assert main(["fit", "image", str(folder), "--batch-signals", "2", "--out", str(tmp_path / "x"), "--quiet"]) == 2
     err = capsys.readouterr().err
-    assert "needs images of one shape" in err and "odd.png 12x10x3" in err and "channels differ" not in err
+    assert "need images of one shape" in err and "odd.png 12x10x3" in err and "channels differ" not in err
+    assert "--crop HxW" in err and "drop --batch-signals" in err
     Image.fromarray(np.zeros((10, 12), np.uint8)).save(folder / "odd.png")  # grey among RGB: no crop helps
-    assert main(["fit", "image", str(folder), "--size", "12", "--out", str(tmp_path / "y"), "--quiet"]) == 2
+    assert main(["fit", "image", str(folder), "--size", "12", "--batch-signals", "2", "--out", str(tmp_path / "y"),
+                 "--quiet"]) == 2
     assert "their channels differ too" in capsys.readouterr().err
     with pytest.raises(FinerError, match="learnable activations"):
         StackedMLP([finer.build_model("metasin", 2, 3, width=8, hidden_layers=1)] * 2)
@@ -63,7 +65,8 @@ def test_batched_fit_errors(folder, tmp_path, capsys):
                  "--out", str(tmp_path / "m"), "--quiet"]) == 2
     assert "drop --batch-signals to fit the images one by one" in capsys.readouterr().err
     assert not (tmp_path / "m").exists()
-    assert main(["fit", "image", str(folder), "--batch-size", "64", "--out", str(tmp_path / "b"), "--quiet"]) == 2
+    assert main(["fit", "image", str(folder), "--batch-size", "64", "--batch-signals", "2", "--out",
+                 str(tmp_path / "b"), "--quiet"]) == 2
     assert "full batches" in capsys.readouterr().err
     Image.fromarray(np.zeros((10, 12, 3), np.uint8)).save(folder / "00.jpg")
     assert main(["fit", "image", str(folder), "--size", "12", "--out", str(tmp_path / "j"), "--quiet"]) == 2
@@ -109,6 +112,18 @@ def test_a_folder_of_a_method_that_cannot_be_stacked_is_fitted_one_by_one(folder
     row = next(r for r in summary["runs"] if r["image"] == "01.png")
     assert row["psnr"] == json.loads((single / "metrics.json").read_text())["psnr"]  # the same single fit
     assert json.loads((out / "odd" / "metrics.json").read_text())["width"] == 12
+
+
+def test_a_folder_of_mixed_sizes_without_batch_signals_is_fitted_one_by_one(folder, tmp_path):
+    Image.fromarray(np.zeros((10, 12), np.uint8)).save(folder / "odd.png")  # another size, and grey
+    out = tmp_path / "f"
+    assert main(["fit", "image", str(folder), "--steps", "3", "--width", "8", "--hidden-layers", "1", "--quiet",
+                 "--out", str(out)]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["images"] == 4 and summary["batch_signals"] == 1
+    odd = json.loads((out / "odd" / "metrics.json").read_text())
+    assert (odd["height"], odd["width"], odd["channels"]) == (10, 12, 1)
+    assert (out / "odd" / "checkpoint.pt").exists()  # a single run: resumable on its own
 
 
 def test_ctrl_c_in_a_folder_fit_exits_130_and_says_what_was_kept(folder, tmp_path, capsys, monkeypatch):
