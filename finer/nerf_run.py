@@ -97,6 +97,7 @@ def build_renderer(cfg: NeRFRunConfig | dict) -> N.Renderer:
 
 
 def fit_nerf(cfg: NeRFRunConfig, out, *, progress: bool = True, overwrite: bool = False, log=print) -> dict:
+    """Fit a Blender scene; returns the metrics (also in ``out/metrics.json``) and the run folder (``out``)."""
     cfg.validate()
     out = Path(out)
     _prepare_out(out, overwrite, create=False)
@@ -155,7 +156,7 @@ def fit_nerf(cfg: NeRFRunConfig, out, *, progress: bool = True, overwrite: bool 
     io.write_json(out / "metrics.json", metrics)
     if state.status == "diverged":
         raise FinerError(state.message)
-    return metrics
+    return {**metrics, "out": str(out)}
 
 
 def _depth_picture(depth: np.ndarray, near: float, far: float) -> np.ndarray:
@@ -172,7 +173,10 @@ def load_renderer(checkpoint, device) -> tuple[N.Renderer, dict]:
 
 def render_nerf(checkpoint, *, frames: int = 60, out=None, device: str = "auto", scale: float = 1.0,
                 radius: float = 4.0311, elevation: float = 30.0, fps: int = 20, progress: bool = True) -> Path:
-    """A turntable around the scene: ``turntable.gif`` (colour) and ``turntable_depth.gif``."""
+    """A turntable around the scene: ``turntable.gif`` (colour) and ``turntable_depth.gif``; returns the first.
+
+    Pillow stores consecutive identical frames once, with their durations summed, so a GIF of a scene that
+    looks the same from several angles counts fewer frames than ``frames`` but plays for as long."""
     from PIL import Image
     from tqdm import tqdm
 

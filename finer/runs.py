@@ -117,9 +117,13 @@ def _prepare_out(out: Path, overwrite: bool, create: bool = True, resumable: boo
     when the folder holds such a run."""
     io.check_out(out, folder=True)
     if out.exists() and any(out.iterdir()) and not overwrite:
-        hint = (f", or continue its run with `finer resume {out}`"
-                if resumable and (out / "checkpoint.pt").exists() and _run_kind(out) == "image" else "")
-        raise FinerError(f"output folder {out} is not empty; choose another --out or pass --overwrite{hint}")
+        hint = ""
+        if resumable and (out / "checkpoint.pt").exists() and _run_kind(out) == "image":
+            status = _recorded_status(out)
+            hint = (f", or train its finished run longer with `finer resume {out} --steps N`" if status == "complete"
+                    else "" if status == "diverged" else f", or continue its run with `finer resume {out}`")
+        raise FinerError(f"output folder {out} is not empty; choose another --out or pass --overwrite "
+                         f"(overwrite=True from Python){hint}")
     if create:
         out.mkdir(parents=True, exist_ok=True)
 
@@ -247,6 +251,8 @@ class _Run:
         return metrics
 
     def run(self, state: FitState | None = None, optimizer_state: dict | None = None) -> dict[str, Any]:
+        state = state or FitState()
+        self.write_metrics(state, final=False)  # "running" from the first step on
         state = fit(
             self.model,
             self.task,
@@ -277,6 +283,15 @@ def fit_image(cfg: ImageRunConfig, out: str | Path | None = None, *, progress: b
         log(run.note)
     io.write_json(out / "config.json", run.resolved())
     return run.run()
+
+
+def _recorded_status(run_dir: Path) -> str | None:
+    """The ``status`` its metrics.json records, or None."""
+    try:
+        metrics = io.read_json(run_dir / "metrics.json")
+    except FinerError:
+        return None
+    return metrics.get("status") if isinstance(metrics, dict) else None
 
 
 def _run_kind(run_dir: Path) -> str | None:
@@ -355,7 +370,11 @@ def render_checkpoint(checkpoint: str | Path, *, scale: float = 2.0, out: str | 
     model, payload = io.load_checkpoint(checkpoint)
     task = payload.get("task", {})
     if task.get("kind") != "image":
-        raise FinerError(f"{checkpoint} is not an image model (task {task.get('kind')!r})")
+        kind = task.get("kind")
+        raise FinerError(f"{checkpoint} is not an image model but " + (
+            "an SDF run's: its folder holds the surface already (mesh.ply, render.png; `finer eval sdf` remakes "
+            "them at another --resolution)" if kind == "sdf" else f"of task {kind!r}")
+            + "; `finer render` draws image models, `finer render nerf` NeRF runs")
     if out:
         img.check_writable_as(out, task["channels"])
     dev = resolve_device(device)

@@ -117,7 +117,7 @@ def evaluate_sdf(model, index: S.SurfaceIndex, true_mesh_unit, norm: S.Normaliza
 
 def fit_sdf(cfg: SDFRunConfig, out: str | Path, *, progress: bool = True, overwrite: bool = False,
             log=print) -> dict[str, Any]:
-    """Fit a mesh's SDF; returns the metrics (also in ``out/metrics.json``)."""
+    """Fit a mesh's SDF; returns the metrics (also in ``out/metrics.json``) and the run folder (``out``)."""
     cfg.validate()
     out = Path(out)
     _prepare_out(out, overwrite, create=False)
@@ -170,7 +170,7 @@ def fit_sdf(cfg: SDFRunConfig, out: str | Path, *, progress: bool = True, overwr
     io.write_json(out / "metrics.json", metrics)
     if state.status == "diverged":
         raise DivergedError(f"{state.message}; checkpoint of step {state.step} kept in {out}")
-    return metrics
+    return {**metrics, "out": str(out)}
 
 
 def eval_sdf(checkpoint: str | Path, mesh_path: str | Path, *, out: str | Path | None = None, resolution: int = 256,
@@ -190,7 +190,9 @@ def eval_sdf(checkpoint: str | Path, mesh_path: str | Path, *, out: str | Path |
     unit = mesh.copy()
     unit.vertices = norm.to_unit(mesh.vertices)
     ckpt = Path(checkpoint)
-    out = Path(out) if out else (ckpt if ckpt.is_dir() else ckpt.parent) / "eval"
+    folder = ckpt if ckpt.is_dir() else ckpt.parent
+    warning = _other_mesh(folder, mesh_path, task.get("mesh"))
+    out = Path(out) if out else folder / "eval"
     out.mkdir(parents=True, exist_ok=True)
     index = S.SurfaceIndex(unit, surface_samples)
     result = {"checkpoint": str(checkpoint), "mesh": str(mesh_path), "method": payload["method"],
@@ -198,5 +200,20 @@ def eval_sdf(checkpoint: str | Path, mesh_path: str | Path, *, out: str | Path |
               "chamfer_samples": chamfer_samples, "inside_outside": S.SIGN_METHOD,
               **evaluate_sdf(model, index, unit, norm, resolution=resolution, iou_resolution=iou_resolution,
                              chamfer_samples=chamfer_samples, device=resolve_device(device), out=out)}
+    if warning:
+        result["warning"] = warning
     io.write_json(out / "eval.json", result)
     return result
+
+
+def _other_mesh(run_dir: Path, mesh_path, fitted) -> str:
+    """A warning if ``mesh_path`` is not the file the run recorded fitting (by SHA-256, recorded in its
+    config.json since 2026-11-28); empty if it is, or if the run recorded none."""
+    try:
+        recorded = io.read_json(run_dir / "config.json").get("mesh_sha256")
+    except (FinerError, AttributeError):
+        return ""
+    if not recorded or io.file_digest(mesh_path) == recorded:
+        return ""
+    return (f"{mesh_path} is not the mesh this run was fitted to ({fitted or 'recorded in its config.json'}; "
+            "SHA-256 differs): the scores measure the network against another surface, in the fitted mesh's frame")

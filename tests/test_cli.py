@@ -25,7 +25,7 @@ def test_fit_image_writes_a_complete_run_folder(png_path, tmp_path, capsys):
                  "--hidden-layers", "1", "--eval-every", "10", "--out", str(out), "--quiet"])
     assert code == 0
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-    assert summary["status"] == "complete"
+    assert summary["status"] == "complete" and summary["out"] == str(out)  # where to look
     for name in ("config.json", "metrics.json", "curve.csv", "reconstruction.png", "error_map.png",
                  "psnr_curve.png", "checkpoint.pt"):
         assert (out / name).is_file(), name
@@ -203,6 +203,27 @@ def test_a_used_folder_suggests_resume_only_for_a_resumable_run(png_path, tmp_pa
     (out / "config.json").write_text(json.dumps({"task": "image"}))
     with pytest.raises(FinerError, match="continue its run with `finer resume"):
         _prepare_out(out, overwrite=False, resumable=True)
+    (out / "metrics.json").write_text(json.dumps({"status": "complete"}))
+    with pytest.raises(FinerError, match=r"overwrite=True from Python\), or train its finished run longer with "
+                                         r"`finer resume .* --steps N`"):
+        _prepare_out(out, overwrite=False, resumable=True)
+
+
+def test_metrics_json_says_running_from_the_first_step(png_path, tmp_path, monkeypatch):
+    import finer.runs
+
+    seen = []
+    real_fit = finer.runs.fit
+
+    def spy(*args, **kwargs):
+        seen.append(json.loads((tmp_path / "r" / "metrics.json").read_text()))
+        return real_fit(*args, **kwargs)
+
+    monkeypatch.setattr(finer.runs, "fit", spy)
+    assert main(["fit", "image", str(png_path), "--steps", "2", "--width", "8", "--out", str(tmp_path / "r"),
+                 "--quiet"]) == 0
+    assert seen[0]["status"] == "running" and seen[0]["steps"] == 0 and seen[0]["psnr"] is None
+    assert json.loads((tmp_path / "r" / "metrics.json").read_text())["status"] == "complete"
 
 
 def test_usage_errors_are_one_line(capsys):
@@ -259,11 +280,13 @@ def test_overwrite_deletes_the_old_runs_files_before_training(png_path, tmp_path
 
     def spying_fit(*args, **kwargs):  # what the folder holds while the new run trains
         seen.append(sorted(p.name for p in out.iterdir()))
+        seen.append(json.loads((out / "metrics.json").read_text()))
         return real_fit(*args, **kwargs)
 
     monkeypatch.setattr(finer.runs, "fit", spying_fit)
     assert main(["fit", "image", "--model", "siren", *fit[2:], "--overwrite"]) == 0
-    assert seen == [["config.json", "notes.txt"]]  # no metrics.json saying "complete" for the old model
+    assert seen[0] == ["config.json", "metrics.json", "notes.txt"]
+    assert seen[1]["model"] == "siren" and seen[1]["status"] == "running"  # not the old model's "complete"
     assert json.loads((out / "metrics.json").read_text())["model"] == "siren"
 
 

@@ -19,7 +19,7 @@ def test_fit_and_eval_sdf(tmp_path, capsys):
     out = tmp_path / "run"
     assert main(["fit", "sdf", str(tmp_path / "ball.off"), "--out", str(out), *TINY]) == 0
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-    assert summary["status"] == "complete" and 0 <= summary["iou"] <= 1
+    assert summary["status"] == "complete" and 0 <= summary["iou"] <= 1 and summary["out"] == str(out)
     for name in ("config.json", "metrics.json", "curve.csv", "checkpoint.pt", "render.png"):
         assert (out / name).is_file(), name
     metrics = json.loads((out / "metrics.json").read_text())
@@ -29,9 +29,20 @@ def test_fit_and_eval_sdf(tmp_path, capsys):
         assert extracted.bounds[0][0] > 5
     assert main(["eval", "sdf", str(out), "--mesh", str(tmp_path / "ball.off"), "--resolution", "24",
                  "--iou-resolution", "16", "--chamfer-samples", "2000", "--surface-samples", "5000"]) == 0
-    result = json.loads(capsys.readouterr().out)
+    captured = capsys.readouterr()
+    result = json.loads(captured.out)
     assert result["iou"] == pytest.approx(metrics["iou"], abs=1e-6)
-    assert (out / "eval" / "eval.json").is_file()
+    assert (out / "eval" / "eval.json").is_file() and "warning" not in result and "warning" not in captured.err
+    other = trimesh.creation.box(extents=[6, 6, 6])
+    other.apply_translation([10, 0, 0])
+    other.export(tmp_path / "box.off")
+    assert main(["eval", "sdf", str(out), "--mesh", str(tmp_path / "box.off"), "--resolution", "24",
+                 "--iou-resolution", "16", "--chamfer-samples", "2000", "--surface-samples", "5000"]) == 0
+    captured = capsys.readouterr()
+    assert "box.off is not the mesh this run was fitted to" in captured.err
+    assert "not the mesh" in json.loads(captured.out)["warning"]
+    assert main(["render", str(out)]) == 2  # an SDF run: its surface is in its folder already
+    assert "its folder holds the surface already (mesh.ply, render.png" in capsys.readouterr().err
 
 
 def test_bad_meshes_give_one_line_errors(tmp_path, capsys):

@@ -52,7 +52,7 @@ def run_sdf_bench(directory, *, models, out, settings=None, device="auto", progr
                 rows.append({"shape": path.stem, **io.read_json(done)})
                 continue
             metrics = fit_sdf(cfg, run_dir, progress=progress, overwrite=True, log=lambda *_: None)
-            rows.append({"shape": path.stem, **metrics})
+            rows.append({"shape": path.stem, **{k: v for k, v in metrics.items() if k != "out"}})  # as metrics.json
             print(f"{path.stem:10s} {name:8s} chamfer {metrics['chamfer']} IoU {metrics['iou']:.4f} "
                   f"{metrics['seconds_per_step']:.3f} s/step", flush=True)
             _write(out, rows, models, meshes, settings)

@@ -95,7 +95,7 @@ def _finished(metrics: dict, keys: tuple[str, ...]) -> int:
     return EXIT_INTERRUPTED
 
 
-IMAGE_KEYS = ("model", "status", "psnr", "ssim", "steps", "seconds_per_step")
+IMAGE_KEYS = ("model", "status", "psnr", "ssim", "steps", "seconds_per_step", "out")
 
 
 # -- commands ---------------------------------------------------------------------------------------
@@ -136,7 +136,8 @@ def _fit_image_folder(args: argparse.Namespace, cfg) -> int:
     cfg.image = None
     summary = fit_image_folder(cfg, args.path, args.out, batch_signals=args.batch_signals or 1,
                                progress=not args.quiet, overwrite=args.overwrite, log=_log(args))
-    print(dumps({k: summary[k] for k in ("images", "batch_signals", "mean_psnr", "images_per_second")}))
+    print(dumps({**{k: summary[k] for k in ("images", "batch_signals", "mean_psnr", "images_per_second")},
+                 "out": str(args.out)}))
     return 0
 
 
@@ -148,7 +149,8 @@ def fit_nerf(args: argparse.Namespace) -> int:
                         fine=args.fine, lr=args.lr, width=args.width, test_views=args.test_views, seed=args.seed,
                         device=args.device, fused=args.fused)
     metrics = nerf_run.fit_nerf(cfg, args.out, progress=not args.quiet, overwrite=args.overwrite, log=_log(args))
-    return _finished(metrics, ("model", "status", "steps", "test_psnr", "test_ssim", "test_lpips", "seconds_per_step"))
+    return _finished(metrics, ("model", "status", "steps", "test_psnr", "test_ssim", "test_lpips", "seconds_per_step",
+                                       "out"))
 
 
 def fit_sdf(args: argparse.Namespace) -> int:
@@ -159,7 +161,7 @@ def fit_sdf(args: argparse.Namespace) -> int:
                        chamfer_samples=args.chamfer_samples, iou_resolution=args.iou_resolution,
                        surface_samples=args.surface_samples, seed=args.seed, device=args.device, fused=args.fused)
     metrics = sdf_run.fit_sdf(cfg, args.out, progress=not args.quiet, overwrite=args.overwrite, log=_log(args))
-    return _finished(metrics, ("model", "status", "chamfer", "iou", "steps", "seconds_per_step"))
+    return _finished(metrics, ("model", "status", "chamfer", "iou", "steps", "seconds_per_step", "out"))
 
 
 def eval_image(args: argparse.Namespace) -> int:
@@ -177,9 +179,12 @@ def eval_image(args: argparse.Namespace) -> int:
 def eval_sdf(args: argparse.Namespace) -> int:
     from finer.sdf_run import eval_sdf as evaluate
 
-    print(dumps(evaluate(args.checkpoint, args.mesh, out=args.out, resolution=args.resolution,
-                         chamfer_samples=args.chamfer_samples, iou_resolution=args.iou_resolution,
-                         surface_samples=args.surface_samples, device=args.device)))
+    result = evaluate(args.checkpoint, args.mesh, out=args.out, resolution=args.resolution,
+                      chamfer_samples=args.chamfer_samples, iou_resolution=args.iou_resolution,
+                      surface_samples=args.surface_samples, device=args.device)
+    if result.get("warning"):
+        print(f"warning: {result['warning']}", file=sys.stderr)
+    print(dumps(result))
     return 0
 
 
@@ -198,6 +203,8 @@ def render(args: argparse.Namespace) -> int:
 
         out = render_nerf(target[0], frames=args.frames, out=args.out, device=args.device, scale=args.scale or 1.0,
                           elevation=args.elevation, progress=not args.quiet)
+        print(out)
+        out = out.with_name("turntable_depth.gif")
     else:
         from finer.runs import render_checkpoint
 

@@ -214,7 +214,8 @@ def _add_render(sub) -> None:
     p.add_argument("--path", default="orbit", choices=["orbit"], help="NeRF camera path (default orbit)")
     p.add_argument("--frames", type=_positive_int, default=60, help="NeRF turntable frames (default 60)")
     p.add_argument("--elevation", type=float, default=30.0, help="NeRF orbit elevation in degrees (default 30)")
-    p.add_argument("--out", help="output PNG (image) or folder (NeRF; default: next to the checkpoint)")
+    p.add_argument("--out", help="output PNG (image; default: render_xSCALE.png beside the checkpoint) or folder "
+                                 "(NeRF; default: turntable/ beside the checkpoint)")
     _add_common(p)
     p.set_defaults(run=commands.render)
 

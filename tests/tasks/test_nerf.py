@@ -129,6 +129,7 @@ def test_a_few_training_steps_lower_the_loss_and_the_run_renders(tmp_path, capsy
     assert main(["fit", "nerf", str(scene), "--model", "finer", "--views", "8", "--downscale", "1", "--steps", "300",
                  "--rays", "256", "--samples", "16", "--fine", "8", "--width", "32", "--lr", "2e-3",
                  "--test-views", "2", "--out", str(out), "--quiet"]) == 0
+    assert json.loads(capsys.readouterr().out)["out"] == str(out)
     curve = [float(line.split(",")[1]) for line in (out / "curve.csv").read_text().splitlines()[1:]]
     assert np.mean(curve[-10:]) < 0.5 * np.mean(curve[:5])
     metrics = json.loads((out / "metrics.json").read_text())
@@ -141,6 +142,7 @@ def test_a_few_training_steps_lower_the_loss_and_the_run_renders(tmp_path, capsy
     assert (out / "test" / "r_1.png").is_file() and (out / "test" / "r_1_depth.png").is_file()
     capsys.readouterr()
     assert main(["render", "nerf", str(out), "--frames", "3", "--quiet"]) == 0
+    assert capsys.readouterr().out.split() == [str(out / "turntable" / n) for n in ("turntable.gif", "turntable_depth.gif")]
     gif = Image.open(out / "turntable" / "turntable.gif")
     assert gif.size == (16, 16) and gif.n_frames >= 2  # (Pillow merges identical frames)
     assert main(["render", "nerf", str(tmp_path), "--quiet"]) == 2
