@@ -14,6 +14,7 @@ import contextlib
 import copy
 import math
 import signal
+import sys
 import threading
 import time
 import warnings
@@ -320,7 +321,9 @@ def fit(
     schedule = exponential_decay(cfg.steps, cfg.lr_final_factor)
     good, good_step = _snapshot(model, optimizer), state.step
     pending: list[tuple[int, Tensor, float]] = []
-    bar = tqdm(total=cfg.steps, initial=state.step, desc=desc, disable=not progress, dynamic_ncols=True, leave=False)
+    bar = tqdm(total=cfg.steps, initial=state.step, desc=desc, disable=not progress, dynamic_ncols=True, leave=False,
+               mininterval=_bar_interval())
+    shown: dict[str, str] = {}  # the bar's figures: the latest loss and training PSNR, and the latest evaluation
     overhead = 0.0  # seconds spent on evaluation and checkpoints, not training
     start = time.perf_counter()
 
@@ -343,7 +346,8 @@ def fit(
         good, good_step = _snapshot(model, optimizer), state.step
         if state.history:
             last = state.history[-1]
-            bar.set_postfix(loss=f"{last['loss']:.3e}", **{k: f"{v:.2f}" for k, v in task.step_metrics(last["loss"]).items()})
+            shown.update(loss=f"{last['loss']:.3e}", **{k: f"{v:.2f}" for k, v in task.step_metrics(last["loss"]).items()})
+            bar.set_postfix(shown, refresh=False)
         return True
 
     with _StopFlag() as stop:
@@ -362,7 +366,8 @@ def fit(
             if eval_due:
                 metrics = task.evaluate(model)
                 state.history[-1].update({f"eval_{k}": v for k, v in metrics.items()})
-                bar.set_postfix(loss=f"{state.history[-1]['loss']:.3e}", **{k: f"{v:.4g}" for k, v in metrics.items()})
+                shown.update({f"eval_{k}": f"{v:.4g}" for k, v in metrics.items()})
+                bar.set_postfix(shown, refresh=False)
             if stop.requested:
                 state.status = "interrupted"
                 state.message = f"interrupted at step {state.step} of {cfg.steps}"
@@ -382,6 +387,14 @@ def fit(
     if on_checkpoint:
         on_checkpoint(state, good if state.status == "diverged" else _snapshot(model, optimizer))
     return state
+
+
+def _bar_interval() -> float:
+    """Seconds between progress-bar refreshes: tqdm's 0.1 on a terminal or in a notebook, 30 when stderr
+    is a log file or a pipe, where every refresh is another line."""
+    notebook = any(cls.__module__ == "tqdm.notebook" for cls in tqdm.__mro__)  # what tqdm.auto chose
+    interactive = notebook or (hasattr(sys.stderr, "isatty") and sys.stderr.isatty())
+    return 0.1 if interactive else 30.0
 
 
 def _snapshot(model: nn.Module, optimizer: torch.optim.Optimizer) -> dict:

@@ -77,6 +77,24 @@ def test_evaluation_is_recorded(astronaut_small):
     assert state.history[-1]["eval_psnr"] > 5
 
 
+def test_the_progress_bar_does_not_flood_a_log_file(astronaut_small, capsys, monkeypatch):
+    import finer.train
+
+    def run():
+        net = build_model("finer", 2, 3, width=8, hidden_layers=1, seed=0)
+        task = ImageTask(astronaut_small, (-1.0, 1.0), torch.device("cpu"))
+        fit(net, task, TrainConfig(steps=300, log_every=1, eval_every=50), progress=True, desc="bar")
+        return [line for line in capsys.readouterr().err.split("\r") if "bar" in line]
+
+    assert 1 <= len(run()) <= 3  # stderr is not a terminal here: one line per 30 s, not per update
+    monkeypatch.setattr(finer.train, "_bar_interval", lambda: 0.0)
+    lines = run()
+    assert len(lines) > 10
+    evaluated = [line for line in lines if "eval_psnr=" in line]  # from step 50 on: both PSNRs, every time
+    assert evaluated and all("train_psnr=" in line for line in evaluated)
+    assert lines.index(evaluated[0]) + len(evaluated) == len(lines)
+
+
 def _losses(model_name, data, precision, fused="off", steps=6):
     from finer.nn.fused import apply_fused
 
