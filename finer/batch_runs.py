@@ -25,7 +25,7 @@ from torch import Tensor
 from finer import io, plots
 from finer.errors import ConfigError, FinerError, InterruptedRun
 from finer.metrics import psnr, psnr_from_mse, ssim
-from finer.models import build_model, count_parameters
+from finer.models import build_model, count_parameters, network_shape
 from finer.nn.fused import apply_fused
 from finer.nn.stacked import StackedMLP
 from finer.runs import RUN_FILES, ImageRunConfig, _prepare_out, resolve_device
@@ -196,6 +196,7 @@ def _write_one(folder: Path, model, path: Path, image: np.ndarray, cfg: ImageRun
     plots.error_map(pred, image, folder / "error_map.png")
     seconds = state.train_seconds / group_size
     metrics = {"task": "image", "model": cfg.model, "status": state.status, "params": count_parameters(model),
+               **network_shape(mcfg),
                "steps": state.step, "psnr": psnr(pred, image), "ssim": ssim(pred, image),
                "seconds": round(seconds, 3), "seconds_per_step": round(seconds / max(state.step, 1), 5),
                "device": str(device), "fused": fused["fused"], "precision": cfg.precision, "image": str(path),

@@ -419,6 +419,16 @@ def build_from_config(
     return model
 
 
+def network_shape(config: MLPConfig) -> dict[str, Any]:
+    """The hidden layers and units a network was built with, as run records state them; where the units
+    are not ``config.width`` (WIRE's complex parity), a note says why."""
+    shape: dict[str, Any] = {"hidden_layers": config.hidden_layers, "hidden_width": config.hidden_width()}
+    if shape["hidden_width"] != config.width:
+        shape["hidden_width_note"] = (f"{shape['hidden_width']} complex units for width {config.width}: a complex "
+                                      "unit holds two real numbers (parameter parity with real networks)")
+    return shape
+
+
 def count_parameters(model: nn.Module) -> int:
     """Real-valued parameter count (a complex weight counts twice)."""
     return sum(p.numel() * (2 if p.is_complex() else 1) for p in model.parameters())

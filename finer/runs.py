@@ -21,7 +21,7 @@ import torch
 from finer import io
 from finer.errors import ConfigError, DivergedError, FinerError
 from finer.metrics import psnr, ssim
-from finer.models import build_model, count_parameters
+from finer.models import build_model, count_parameters, network_shape
 from finer.nn.fused import FUSED_MODES, apply_fused
 from finer.plots import error_map, psnr_curve
 from finer.tasks import image as img
@@ -157,9 +157,9 @@ class _Run:
                     f"a full batch of {h}x{w} pixels needs about {full / 2**30:.1f} GiB "
                     f"(> {budget / 2**30:.1f} GiB available): training on random batches of {self.batch_size} pixels"
                 )
-        if cfg.precision == "tf32" and self.device.type != "cuda":
-            self.note = "; ".join(filter(None, [self.note, "tf32 changes only CUDA matrix products: on the CPU this "
-                                                "run computes in float32, as fp32 does"]))
+        self.precision_note = ("tf32 changes only CUDA matrix products: on the CPU this run computes in float32, "
+                               "as fp32 does" if cfg.precision == "tf32" and self.device.type != "cuda" else "")
+        self.note = "; ".join(filter(None, [self.note, self.precision_note]))
         self.task = img.ImageTask(
             self.image,
             tuple(mcfg.target_range),
@@ -219,8 +219,7 @@ class _Run:
             "model": self.cfg.model,
             "status": state.status if final else "running",
             "params": count_parameters(self.model),
-            "hidden_layers": self.model.config.hidden_layers,
-            "hidden_width": self.model.config.width,
+            **network_shape(self.model.config),
             "steps": state.step,
             "steps_planned": self.cfg.steps,
             "psnr": None,
@@ -230,6 +229,7 @@ class _Run:
             "device": str(self.device),
             "fused": self.fused["fused"],
             "precision": self.cfg.precision,
+            **({"precision_note": self.precision_note} if self.precision_note else {}),
             "image": self.cfg.image or img.DEFAULT_IMAGE,
             "height": h,
             "width": w,

@@ -243,6 +243,12 @@ def test_a_batch_of_at_least_every_pixel_is_recorded_as_the_full_batch(png_path,
     assert config["train"]["full_batch"] is True and config["train"]["batch_size"] == pixels
     assert metrics["batch_size"] == pixels
     assert metrics["hidden_width"] == 8 and metrics["hidden_layers"] == 3  # the network's, beside the image's size
+    assert "hidden_width_note" not in metrics
+    wire = tmp_path / "wire"
+    assert main(["fit", "image", str(png_path), "--model", "wire", "--steps", "1", "--width", "256",
+                 "--hidden-layers", "1", "--out", str(wire), "--quiet"]) == 0
+    metrics = json.loads((wire / "metrics.json").read_text())
+    assert metrics["hidden_width"] == 181 and "181 complex units for width 256" in metrics["hidden_width_note"]
 
 
 def test_eval_of_identical_images_prints_strict_json(png_path, capsys):
@@ -328,6 +334,8 @@ def test_tf32_on_the_cpu_says_it_is_float32(png_path, tmp_path, capsys):
     assert main(["fit", "image", str(png_path), "--precision", "tf32", "--device", "cpu", "--steps", "2", "--width", "8",
                  "--out", str(tmp_path / "t")]) == 0
     assert "on the CPU this run computes in float32" in capsys.readouterr().err
+    metrics = json.loads((tmp_path / "t" / "metrics.json").read_text())  # and its record says so
+    assert metrics["precision"] == "tf32" and "computes in float32" in metrics["precision_note"]
 
 
 def test_an_out_path_through_a_file_is_refused_before_any_work(png_path, tmp_path, capsys, monkeypatch):
