@@ -395,3 +395,22 @@ def test_an_input_that_is_one_of_the_runs_own_files_is_refused(png_path, tmp_pat
                  "--quiet"]) == 2
     assert "is the reconstruction.png this run writes" in capsys.readouterr().err
     assert (out / "reconstruction.png").read_bytes() == before and (out / "metrics.json").exists()
+
+
+def test_every_option_of_every_command_says_what_it_does():
+    import argparse
+
+    from finer.cli import build_parser
+
+    silent = []
+
+    def walk(parser, path):
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for name, sub in action.choices.items():
+                    walk(sub, [*path, name])
+            elif action.help is None:
+                silent.append(" ".join([*path, *(action.option_strings or [action.dest])]))
+
+    walk(build_parser(), ["finer"])
+    assert silent == []

@@ -141,7 +141,7 @@ def _add_fit_nerf(fit_sub) -> None:
     p.add_argument("--lr", type=_positive_float, default=5e-4, help="Adam learning rate (default 5e-4)")
     p.add_argument("--width", type=_positive_int, default=182, help="network width (default 182)")
     p.add_argument("--test-views", type=_positive_int, default=8, help="test views evaluated (default 8)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="seed of the initialisation and of the sampling (default 0)")
     p.add_argument("--out", required=True, help="run folder")
     p.add_argument("--overwrite", action="store_true", help="allow writing into a non-empty --out")
     _add_fused(p)
@@ -156,13 +156,14 @@ def _add_fit_sdf(fit_sub) -> None:
     p.add_argument("--steps", type=_positive_int, default=2000, help="optimisation steps (default 2000; paper 200000)")
     _add_model_options(p, layers="default 2", lr="1e-4, constant", k="1")
     p.add_argument("--batch-size", type=_positive_int, default=10_000, help="points per step (default 10000)")
-    p.add_argument("--pool-size", type=_positive_int, default=1_000_000, help="precomputed training points")
+    p.add_argument("--pool-size", type=_positive_int, default=1_000_000,
+                   help="precomputed training points, drawn from each step (default 1000000)")
     p.add_argument("--resolution", type=_positive_int, default=256, help="marching-cubes grid (default 256; paper 512)")
     p.add_argument("--chamfer-samples", type=_positive_int, default=300_000, help="samples per surface (default 300k)")
     p.add_argument("--iou-resolution", type=_positive_int, default=128, help="occupancy grid of the IoU (default 128)")
     p.add_argument("--surface-samples", type=_positive_int, default=500_000,
                    help="dense surface samples defining the ground truth (default 500k)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="seed of the initialisation and of the sampling (default 0)")
     p.add_argument("--out", required=True, help="run folder")
     p.add_argument("--overwrite", action="store_true", help="allow writing into a non-empty --out")
     _add_fused(p)
@@ -187,9 +188,10 @@ def _add_eval(sub) -> None:
     p.add_argument("checkpoint", help="checkpoint.pt or the run folder")
     p.add_argument("--mesh", required=True, help="the ground-truth mesh")
     p.add_argument("--resolution", type=_positive_int, default=256, help="marching-cubes grid (default 256)")
-    p.add_argument("--chamfer-samples", type=_positive_int, default=300_000)
-    p.add_argument("--iou-resolution", type=_positive_int, default=128)
-    p.add_argument("--surface-samples", type=_positive_int, default=500_000)
+    p.add_argument("--chamfer-samples", type=_positive_int, default=300_000, help="samples per surface (default 300k)")
+    p.add_argument("--iou-resolution", type=_positive_int, default=128, help="occupancy grid of the IoU (default 128)")
+    p.add_argument("--surface-samples", type=_positive_int, default=500_000,
+                   help="dense surface samples defining the ground truth (default 500k)")
     p.add_argument("--out", help="folder (default: CHECKPOINT_DIR/eval)")
     _add_common(p)
     p.set_defaults(run=commands.eval_sdf)
@@ -229,20 +231,23 @@ def _add_analyze(sub) -> None:
     p.add_argument("--k", default="1,5,10,20", help="first-layer bias ranges for the FINER family (default 1,5,10,20)")
     p.add_argument("--width", type=_positive_int, default=256, help="hidden units (default 256, the supplement's)")
     p.add_argument("--points", type=_positive_int, default=1024, help="points of the 1-D grid (default 1024)")
-    p.add_argument("--params", choices=["all", "first"], default="all", help="parameters the kernel is taken over")
+    p.add_argument("--params", choices=["all", "first"], default="all",
+                   help="parameters the kernel is taken over (default all)")
     p.add_argument("--threshold", type=_positive_float, default=1.0, help="count eigenvalues above this (default 1)")
     p.add_argument("--steps", type=_positive_int, default=1000, help="steps of the 1-D fit (default 1000)")
     p.add_argument("--mc-samples", type=_positive_int, default=200_000, help="Monte-Carlo samples for Eq. (5) (default 200000)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
-    p.add_argument("--out", required=True)
+    p.add_argument("--out", required=True, help="results folder")
     p.add_argument("--debug", action="store_true", help="show tracebacks")
     p.set_defaults(run=commands.analyze_ntk)
     p = an_sub.add_parser("activations", help="supplement Fig. 5: activation statistics at initialisation")
-    p.add_argument("--k", default="default,1,5,10,20", help="bias ranges ('default' = PyTorch's)")
-    p.add_argument("--layers", type=_positive_int, default=2)
-    p.add_argument("--resolution", type=_positive_int, default=128)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", required=True)
+    p.add_argument("--k", default="default,1,5,10,20",
+                   help="first-layer bias ranges ('default' = PyTorch's; default default,1,5,10,20)")
+    p.add_argument("--layers", type=_positive_int, default=2, help="layers whose statistics are shown (default 2)")
+    p.add_argument("--resolution", type=_positive_int, default=128,
+                   help="side of the coordinate grid fed to the network (default 128)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the initialisation (default 0)")
+    p.add_argument("--out", required=True, help="results folder")
     p.add_argument("--debug", action="store_true", help="show tracebacks")
     p.set_defaults(run=commands.analyze_activations)
     p = an_sub.add_parser("neurons", help="first-layer neurons of a trained image model")
@@ -300,7 +305,8 @@ def _add_bench_grid(bench_sub) -> None:
 def _add_bench_compare(bench_sub) -> None:
     """`finer bench compare`."""
     p = bench_sub.add_parser("compare", help="per-image PSNR differences between methods of a finished grid")
-    p.add_argument("results", help="a folder written by `finer bench images` (or its results.json)")
+    p.add_argument("results", help="a folder written by `finer bench images` or `finer bench width` "
+                                   "(or its results.json / width.json; widths are compared width by width)")
     p.add_argument("pairs", nargs="*", metavar="A:B", help="method pairs: mean/min/max of A - B, images A wins")
     p.add_argument("--lead", metavar="A", help="A's margin over the best other method on each image")
     p.add_argument("--json", action="store_true", help="print JSON (one object per comparison)")
@@ -318,7 +324,8 @@ def _add_bench_speed(bench_sub) -> None:
     p.add_argument("--repeats", type=_positive_int, default=3, help="timed blocks, median reported (default 3)")
     p.add_argument("--warmup", type=_non_negative_int, default=3, help="warm-up steps (default 3)")
     p.add_argument("--models", default=",".join(("finer", "siren", "gauss", "wire", "pemlp", "gauss-finer",
-                                                  "wire-finer")), help="comma-separated registry names")
+                                                  "wire-finer")),
+                   help="comma-separated registry names (default finer,siren,gauss,wire,pemlp,gauss-finer,wire-finer)")
     p.add_argument("--no-compile", action="store_true", help="fused activations without torch.compile")
     p.add_argument("--identity-steps", type=_non_negative_int, default=100,
                    help="steps of the library-vs-reference identity check (0: skip; default 100)")
@@ -342,7 +349,8 @@ def _add_bench_sdf(bench_sub) -> None:
     """`finer bench sdf`."""
     p = bench_sub.add_parser("sdf", help="fit every mesh of a folder with several models; Chamfer/IoU table")
     p.add_argument("directory", help="folder of meshes")
-    p.add_argument("--models", default="finer,siren,wire,gauss,pemlp", help="comma-separated registry names")
+    p.add_argument("--models", default="finer,siren,wire,gauss,pemlp",
+                   help="comma-separated registry names (default finer,siren,wire,gauss,pemlp)")
     p.add_argument("--steps", type=_positive_int, help="override the quick protocol's 1000 steps")
     p.add_argument("--resolution", type=_positive_int, help="override the marching-cubes grid (128)")
     p.add_argument("--chamfer-samples", type=_positive_int, help="override the Chamfer samples (100k)")
