@@ -152,6 +152,9 @@ def fit_nerf(cfg: NeRFRunConfig, out, *, progress: bool = True, overwrite: bool 
         "fused": fused["fused"], "views": views, "train_views": len(train.names), "height": test.height,
         "width": test.width, "rays_per_step": cfg.rays, "samples": cfg.samples, "fine": cfg.fine, "lr": cfg.lr,
         "message": state.message or None,
+        "pictures": {"test/VIEW.png": "rendering (left) beside the ground truth (right)",
+                     "test/VIEW_depth.png": f"rendered depth, grey from white (near, {renderer.near:g}) to black "
+                                            f"(far, {renderer.far:g})"},
     }
     io.write_json(out / "metrics.json", metrics)
     if state.status == "diverged":

@@ -32,7 +32,26 @@ def psnr_curve(history: list[dict], path: str | os.PathLike, title: str = "") ->
 
 
 def error_map(pred: np.ndarray, target: np.ndarray, path: str | os.PathLike, vmax: float | None = None) -> None:
-    """Absolute error, averaged over channels, as a colour-mapped PNG (brighter = worse)."""
+    """Absolute error, averaged over channels, colour-mapped (brighter = worse) beside its colour bar.
+
+    Pixel values are in [0, 1]; the scale tops at ``vmax``, by default the 99.5th percentile of the error
+    (so that a few outliers do not darken the rest), and the bar says which."""
     err = np.abs(pred.astype(np.float64) - target.astype(np.float64)).mean(axis=-1)
-    vmax = vmax if vmax is not None else max(float(np.percentile(err, 99.5)), 1e-6)
-    atomic_write(path, lambda tmp: plt.imsave(tmp, err, cmap="inferno", vmin=0.0, vmax=vmax, format="png"))
+    label = "mean |error| (0-1)"
+    if vmax is None:
+        vmax = max(float(np.percentile(err, 99.5)), 1e-6)
+        label += "\nscale: 99.5th percentile"
+    h, w = err.shape
+    zoom = max(1.0, 320 / max(h, w))  # small images drawn larger, others at one pixel per pixel
+    dpi, gap, bar_width, labels = 100, 0.08, 0.15, 0.85  # inches
+    width, height = w * zoom / dpi, h * zoom / dpi
+    fig = plt.figure(figsize=(width + gap + bar_width + labels, height), dpi=dpi)
+    total = width + gap + bar_width + labels
+    ax = fig.add_axes((0, 0, width / total, 1))
+    shown = ax.imshow(err, cmap="inferno", vmin=0.0, vmax=vmax, interpolation="nearest", aspect="auto")
+    ax.set_axis_off()
+    bar = fig.colorbar(shown, cax=fig.add_axes(((width + gap) / total, 0.05, bar_width / total, 0.9)))
+    bar.set_label(label, fontsize=7)
+    bar.ax.tick_params(labelsize=7)
+    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png"))
+    plt.close(fig)

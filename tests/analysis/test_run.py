@@ -29,6 +29,7 @@ def test_analyze_neurons_from_a_checkpoint(tmp_path, png_path, capsys):
     assert main(["analyze", "neurons", str(run), "--count", "9"]) == 0
     summary = json.loads(capsys.readouterr().out)
     assert summary["units"] == 16 and (run / "neurons" / "neurons.png").is_file()
+    assert summary["spectral_centroid_unit"] == "cycles per image side" and summary["spectral_centroid"] > 0
 
 
 @pytest.mark.parametrize("args, message", [

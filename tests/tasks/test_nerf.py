@@ -134,6 +134,7 @@ def test_a_few_training_steps_lower_the_loss_and_the_run_renders(tmp_path, capsy
     assert np.mean(curve[-10:]) < 0.5 * np.mean(curve[:5])
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["status"] == "complete" and len(metrics["views"]) == 2
+    assert "ground truth (right)" in metrics["pictures"]["test/VIEW.png"]  # the pictures say what they show
     # 16-pixel views (and maybe no LPIPS weights installed): no LPIPS, and the reason is recorded
     assert metrics["test_lpips"] is None and "LPIPS" in metrics["test_lpips_note"]
     test = N.load_views(scene, "test")
