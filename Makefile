@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test install bench-foundation bench-sdf bench-speed bench-precision bench-nerf bench-images bench-width gpu-bundle clean
+.PHONY: demo test install shared-data bench-foundation bench-sdf bench-speed bench-precision bench-nerf bench-images bench-width gpu-bundle clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -24,13 +24,19 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
 
+# The bench-* targets regenerate what docs/results records, writing into docs/results; all but
+# bench-speed read the project's shared data in ../shared/data, which a plain clone does not have.
+shared-data:
+	@test -d ../shared/data || { echo "error: this target reads ../shared/data (the project's shared data:" \
+	  "images, meshes, NeRF scenes), which is not here; the finer commands take any folder of your own" >&2; exit 1; }
+
 # The image comparison recorded in docs/results/foundation-images (see docs/results/README.md).
-bench-foundation: $(STAMP)
+bench-foundation: shared-data $(STAMP)
 	$(BIN)/finer bench images ../shared/data/images/div2k_train --preset quick --limit 4 \
 		--models finer,official-finer,siren,gauss,pemlp,wire --out docs/results/foundation-images --quiet
 
 # The SDF comparison recorded in docs/results/sdf (about an hour on 2 CPU cores).
-bench-sdf: $(STAMP)
+bench-sdf: shared-data $(STAMP)
 	$(BIN)/finer bench sdf ../shared/data/meshes --models finer,siren,gauss,pemlp,wire --out docs/results/sdf --quiet
 
 # Mixed precision on the CPU (docs/results/precision-cpu; about 40 minutes on 2 CPU cores): FINER, the
@@ -38,7 +44,7 @@ bench-sdf: $(STAMP)
 # then image 00 downscaled to 128^2 for the paper's 5000 steps.
 PRECISION_OUT = docs/results/precision-cpu
 PRECISION_FIT = $(BIN)/finer fit image --fused compile --checkpoint-every 0 --overwrite --quiet
-bench-precision: $(STAMP)
+bench-precision: shared-data $(STAMP)
 	for im in 00 01; do for p in fp32 bf16; do \
 	  $(PRECISION_FIT) ../shared/data/images/div2k_train/$$im.png --size 256 --steps 1000 --precision $$p \
 	    --eval-every 250 --out $(PRECISION_OUT)/$$im-$$p && rm -f $(PRECISION_OUT)/$$im-$$p/checkpoint.pt \
@@ -53,7 +59,7 @@ bench-speed: $(STAMP)
 	$(BIN)/finer bench speed --steps 10 --repeats 5 --out docs/results/speed.md --quiet
 
 # NeRF on the shared lego at a CPU-sized protocol (docs/results/nerf; about 40 minutes on 2 CPU cores).
-bench-nerf: $(STAMP)
+bench-nerf: shared-data $(STAMP)
 	for m in finer pemlp; do \
 		$(BIN)/finer fit nerf ../shared/data/nerf/lego --model $$m --views 25 --downscale 4 --steps 1000 \
 			--rays 512 --samples 32 --fine 32 --test-views 8 --out docs/results/nerf/$$m --overwrite --quiet || exit 1; \
@@ -63,18 +69,18 @@ bench-nerf: $(STAMP)
 # All ten methods on image fitting (docs/results/images; LPIPS, curves, crops, HTML report).
 # About 17 minutes per image on 2 CPU cores (two runs at a time, one thread each); finished runs are
 # skipped, so an interrupted grid resumes where it stopped.
-bench-images: $(STAMP)
+bench-images: shared-data $(STAMP)
 	$(BIN)/finer bench images ../shared/data/images/div2k_train --preset quick --limit 16 --workers 2 \
 		--models finer,siren,gauss,pemlp,gauss-finer,mpa,metasin,sc-mlp,wire,wire-finer --out docs/results/images --quiet
 
 # Supplement Fig. 2: PSNR against hidden width, two hidden layers (docs/results/width).
-bench-width: $(STAMP)
+bench-width: shared-data $(STAMP)
 	$(BIN)/finer bench width ../shared/data/images/div2k_train --preset quick --limit 4 \
 		--models finer,siren,gauss,pemlp --widths 32,64,128,256,512 --out docs/results/width --quiet
 
 # What scripts/gpu-checks.sh needs on a GPU machine that cannot install packages or see ../shared:
 # the DIV2K images and the LPIPS weights, in .gpu/ (ignored by git; carry it along).
-gpu-bundle: $(STAMP)
+gpu-bundle: shared-data $(STAMP)
 	mkdir -p .gpu
 	cp -r ../shared/data/images/div2k_train .gpu/
 	cp "$$($(BIN)/python -c 'from finer.lpips import weights_path; print(weights_path())')" .gpu/alexnet.ckpt

@@ -53,7 +53,8 @@ def run_sdf_bench(directory, *, models, out, settings=None, device="auto", progr
                 continue
             metrics = fit_sdf(cfg, run_dir, progress=progress, overwrite=True, log=lambda *_: None)
             rows.append({"shape": path.stem, **{k: v for k, v in metrics.items() if k != "out"}})  # as metrics.json
-            print(f"{path.stem:10s} {name:8s} chamfer {metrics['chamfer']} IoU {metrics['iou']:.4f} "
+            chamfer = "none (no surface)" if metrics["chamfer"] is None else f"{metrics['chamfer']:.3e}"
+            print(f"{path.stem:10s} {name:8s} chamfer {chamfer} IoU {metrics['iou']:.4f} "
                   f"{metrics['seconds_per_step']:.3f} s/step", flush=True)
             _write(out, rows, models, meshes, settings)
     _write(out, rows, models, meshes, settings)
