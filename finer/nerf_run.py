@@ -117,6 +117,8 @@ def fit_nerf(cfg: NeRFRunConfig, out, *, progress: bool = True, overwrite: bool 
         "height": train.height, "width": train.width, "focal": train.focal, "near": renderer.near,
         "far": renderer.far, "bound": renderer.field.bound, "activations": fused,
         "versions": {"torch": torch.__version__, "python": platform.python_version()}})
+    io.write_json(out / "metrics.json", {"task": "nerf", "model": cfg.model, "status": "running", "steps": 0,
+                                         "steps_planned": cfg.steps})
     log(f"{len(train.names)} training views of {train.width}x{train.height}, {task.rays.shape[0]} rays; "
         f"{cfg.rays} rays x ({cfg.samples} + {cfg.fine}) samples per step")
 

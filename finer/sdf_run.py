@@ -143,6 +143,8 @@ def fit_sdf(cfg: SDFRunConfig, out: str | Path, *, progress: bool = True, overwr
                                         "train": dataclasses.asdict(train), "normalization": dataclasses.asdict(norm),
                                         "sign_method": S.SIGN_METHOD, "device": str(device),
                                         "mesh_sha256": io.file_digest(cfg.mesh)})
+    io.write_json(out / "metrics.json", {"task": "sdf", "model": cfg.model, "status": "running", "steps": 0,
+                                         "steps_planned": cfg.steps, "mesh": str(cfg.mesh)})
 
     def save(state: FitState, snapshot: dict) -> None:
         io.save_checkpoint(out / "checkpoint.pt", model=model, extra={

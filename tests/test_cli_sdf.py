@@ -102,3 +102,19 @@ def test_a_mesh_that_is_the_runs_own_mesh_ply_is_refused(tmp_path, capsys):
     assert main(["fit", "sdf", str(out / "mesh.ply"), "--out", str(out), "--overwrite", *TINY]) == 2
     assert "is the mesh.ply this run writes" in capsys.readouterr().err
     assert (out / "mesh.ply").read_bytes() == before
+
+
+def test_an_sdf_run_says_running_while_it_trains(tmp_path, monkeypatch):
+    import finer.sdf_run
+
+    trimesh.creation.icosphere(subdivisions=2).export(tmp_path / "ball.off")
+    seen, real_fit = [], finer.sdf_run.fit
+
+    def spy(*args, **kwargs):
+        seen.append(json.loads((tmp_path / "run" / "metrics.json").read_text()))
+        return real_fit(*args, **kwargs)
+
+    monkeypatch.setattr(finer.sdf_run, "fit", spy)
+    assert main(["fit", "sdf", str(tmp_path / "ball.off"), "--out", str(tmp_path / "run"), *TINY]) == 0
+    assert seen[0]["status"] == "running" and seen[0]["steps_planned"] > 0
+    assert json.loads((tmp_path / "run" / "metrics.json").read_text())["status"] == "complete"
