@@ -149,8 +149,8 @@ def fit_nerf(args: argparse.Namespace) -> int:
                         fine=args.fine, lr=args.lr, width=args.width, test_views=args.test_views, seed=args.seed,
                         device=args.device, fused=args.fused)
     metrics = nerf_run.fit_nerf(cfg, args.out, progress=not args.quiet, overwrite=args.overwrite, log=_log(args))
-    return _finished(metrics, ("model", "status", "steps", "test_psnr", "test_ssim", "test_lpips", "seconds_per_step",
-                                       "out"))
+    return _finished(metrics, ("model", "status", "steps", "test_psnr", "test_ssim", "test_lpips",
+                               "seconds_per_step", "out"))
 
 
 def fit_sdf(args: argparse.Namespace) -> int:

@@ -157,7 +157,7 @@ def _add_fit_sdf(fit_sub) -> None:
     _add_model_options(p, layers="default 2", lr="1e-4, constant", k="1")
     p.add_argument("--batch-size", type=_positive_int, default=10_000, help="points per step (default 10000)")
     p.add_argument("--pool-size", type=_positive_int, default=1_000_000,
-                   help="precomputed training points, drawn from each step (default 1000000)")
+                   help="training points precomputed once; each step's batch is drawn from them (default 1000000)")
     p.add_argument("--resolution", type=_positive_int, default=256, help="marching-cubes grid (default 256; paper 512)")
     p.add_argument("--chamfer-samples", type=_positive_int, default=300_000, help="samples per surface (default 300k)")
     p.add_argument("--iou-resolution", type=_positive_int, default=128, help="occupancy grid of the IoU (default 128)")
