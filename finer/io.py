@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import math
@@ -9,7 +10,7 @@ import os
 import pickle
 import tempfile
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Iterator
 
 import torch
 
@@ -152,6 +153,26 @@ def read_json(path: str | os.PathLike) -> Any:
         raise FinerError(f"file not found: {path}") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise FinerError(f"{path} is not valid JSON: {exc}") from None
+
+
+@contextlib.contextmanager
+def failure_recorded(metrics_path: str | os.PathLike) -> Iterator[None]:
+    """Around a run's training and evaluation: if they raise, a ``metrics.json`` that still says
+    ``running`` is made to say ``failed`` (``interrupted`` for Ctrl-C) with the error, so that no run
+    folder keeps claiming to train after its process is gone. The error is raised again."""
+    try:
+        yield
+    except BaseException as exc:
+        try:
+            metrics = read_json(metrics_path)
+        except FinerError:
+            metrics = None
+        if isinstance(metrics, dict) and metrics.get("status") == "running":
+            interrupted = isinstance(exc, KeyboardInterrupt)
+            metrics.update(status="interrupted" if interrupted else "failed",
+                           message="interrupted" if interrupted else f"{type(exc).__name__}: {exc}")
+            write_json(metrics_path, metrics)
+        raise
 
 
 def write_csv(path: str | os.PathLike, rows: Iterable[dict]) -> None:

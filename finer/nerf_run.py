@@ -130,8 +130,17 @@ def fit_nerf(cfg: NeRFRunConfig, out, *, progress: bool = True, overwrite: bool 
 
     train_cfg = TrainConfig(steps=cfg.steps, lr=cfg.lr, eval_every=0, checkpoint_every=max(cfg.steps // 4, 1),
                             log_every=25)
-    state = fit(renderer, task, train_cfg, on_checkpoint=save, progress=progress, desc=f"nerf/{cfg.model}")
-    io.write_csv(out / "curve.csv", state.history)
+    with io.failure_recorded(out / "metrics.json"):  # not left saying "running" after an error
+        state = fit(renderer, task, train_cfg, on_checkpoint=save, progress=progress, desc=f"nerf/{cfg.model}")
+        io.write_csv(out / "curve.csv", state.history)
+        metrics = _test_and_record(cfg, renderer, state, test, len(train.names), fused, device, out)
+    if state.status == "diverged":
+        raise FinerError(state.message)
+    return {**metrics, "out": str(out)}
+
+
+def _test_and_record(cfg: NeRFRunConfig, renderer, state, test, train_views: int, fused: dict, device, out: Path) -> dict:
+    """Render the test views, score them, write their pictures and ``metrics.json``; returns the metrics."""
     renderer.eval()
     views, t0 = [], time.perf_counter()
     with_lpips = lpips_available()  # the weights are an optional install: without them, no LPIPS, no crash
@@ -151,7 +160,7 @@ def fit_nerf(cfg: NeRFRunConfig, out, *, progress: bool = True, overwrite: bool 
         "test_lpips_note": lpips_left_out(test.images.shape[1:], with_lpips),
         "train_seconds": round(state.train_seconds, 2), "seconds_per_step": round(state.train_seconds / max(state.step, 1), 4),
         "render_seconds_per_view": round((time.perf_counter() - t0) / len(views), 2), "device": str(device),
-        "fused": fused["fused"], "views": views, "train_views": len(train.names), "height": test.height,
+        "fused": fused["fused"], "views": views, "train_views": train_views, "height": test.height,
         "width": test.width, "rays_per_step": cfg.rays, "samples": cfg.samples, "fine": cfg.fine, "lr": cfg.lr,
         "message": state.message or None,
         "pictures": {"test/VIEW.png": "rendering (left) beside the ground truth (right)",
@@ -159,9 +168,7 @@ def fit_nerf(cfg: NeRFRunConfig, out, *, progress: bool = True, overwrite: bool 
                                             f"(far, {renderer.far:g})"},
     }
     io.write_json(out / "metrics.json", metrics)
-    if state.status == "diverged":
-        raise FinerError(state.message)
-    return {**metrics, "out": str(out)}
+    return metrics
 
 
 def _depth_picture(depth: np.ndarray, near: float, far: float) -> np.ndarray:

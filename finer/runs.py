@@ -253,17 +253,18 @@ class _Run:
     def run(self, state: FitState | None = None, optimizer_state: dict | None = None) -> dict[str, Any]:
         state = state or FitState()
         self.write_metrics(state, final=False)  # "running" from the first step on
-        state = fit(
-            self.model,
-            self.task,
-            self.train_cfg,
-            state=state,
-            optimizer_state=optimizer_state,
-            on_checkpoint=self.save_checkpoint,
-            progress=self.progress,
-            desc=f"{self.cfg.model}",
-        )
-        metrics = self.write_metrics(state, final=True)
+        with io.failure_recorded(self.out / "metrics.json"):
+            state = fit(
+                self.model,
+                self.task,
+                self.train_cfg,
+                state=state,
+                optimizer_state=optimizer_state,
+                on_checkpoint=self.save_checkpoint,
+                progress=self.progress,
+                desc=f"{self.cfg.model}",
+            )
+            metrics = self.write_metrics(state, final=True)
         if state.status == "diverged":
             raise DivergedError(f"{state.message}; checkpoint of step {state.step} kept in {self.out}")
         return {**metrics, "out": str(self.out)}

@@ -154,7 +154,17 @@ def fit_sdf(cfg: SDFRunConfig, out: str | Path, *, progress: bool = True, overwr
             "task": {"kind": "sdf", "mesh": str(cfg.mesh), "normalization": dataclasses.asdict(norm)}})
         io.write_csv(out / "curve.csv", state.history)
 
-    state = fit(model, task, train, on_checkpoint=save, progress=progress, desc=f"{cfg.model} sdf")
+    with io.failure_recorded(out / "metrics.json"):  # not left saying "running" after an error
+        state = fit(model, task, train, on_checkpoint=save, progress=progress, desc=f"{cfg.model} sdf")
+        metrics = _evaluate_and_record(cfg, model, state, mesh, index, unit, norm, prep, fused, device, out)
+    if state.status == "diverged":
+        raise DivergedError(f"{state.message}; checkpoint of step {state.step} kept in {out}")
+    return {**metrics, "out": str(out)}
+
+
+def _evaluate_and_record(cfg: SDFRunConfig, model, state: FitState, mesh, index, unit, norm, prep: float, fused: dict,
+                         device, out: Path) -> dict[str, Any]:
+    """Extract and measure the fitted surface, write ``metrics.json``; returns the metrics."""
     metrics: dict[str, Any] = {
         "task": "sdf", "model": cfg.model, "status": state.status, "params": count_parameters(model),
         "steps": state.step, "steps_planned": cfg.steps, "seconds": round(state.train_seconds, 3),
@@ -170,9 +180,7 @@ def fit_sdf(cfg: SDFRunConfig, out: str | Path, *, progress: bool = True, overwr
     if state.message:
         metrics["message"] = state.message
     io.write_json(out / "metrics.json", metrics)
-    if state.status == "diverged":
-        raise DivergedError(f"{state.message}; checkpoint of step {state.step} kept in {out}")
-    return {**metrics, "out": str(out)}
+    return metrics
 
 
 def eval_sdf(checkpoint: str | Path, mesh_path: str | Path, *, out: str | Path | None = None, resolution: int = 256,

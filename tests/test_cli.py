@@ -414,3 +414,18 @@ def test_every_option_of_every_command_says_what_it_does():
 
     walk(build_parser(), ["finer"])
     assert silent == []
+
+
+def test_an_image_run_that_fails_mid_training_says_so(png_path, tmp_path, monkeypatch, capsys):
+    import finer.runs
+
+    def failing_fit(model, task, cfg, state=None, **kwargs):
+        state.step = 3
+        raise RuntimeError("CUDA out of memory (simulated)")
+
+    monkeypatch.setattr(finer.runs, "fit", failing_fit)
+    out = tmp_path / "f"
+    assert main(["fit", "image", str(png_path), "--steps", "10", "--width", "8", "--out", str(out), "--quiet"]) == 1
+    assert "CUDA out of memory (simulated)" in capsys.readouterr().err
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["status"] == "failed" and "out of memory" in metrics["message"]

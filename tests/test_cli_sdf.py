@@ -118,3 +118,18 @@ def test_an_sdf_run_says_running_while_it_trains(tmp_path, monkeypatch):
     assert main(["fit", "sdf", str(tmp_path / "ball.off"), "--out", str(tmp_path / "run"), *TINY]) == 0
     assert seen[0]["status"] == "running" and seen[0]["steps_planned"] > 0
     assert json.loads((tmp_path / "run" / "metrics.json").read_text())["status"] == "complete"
+
+
+def test_an_sdf_run_that_fails_says_so(tmp_path, monkeypatch, capsys):
+    import finer.sdf_run
+
+    trimesh.creation.icosphere(subdivisions=2).export(tmp_path / "ball.off")
+
+    def failing_evaluation(*args, **kwargs):
+        raise ValueError("no surface level (simulated)")
+
+    monkeypatch.setattr(finer.sdf_run, "evaluate_sdf", failing_evaluation)
+    assert main(["fit", "sdf", str(tmp_path / "ball.off"), "--out", str(tmp_path / "run"), *TINY]) == 1
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert metrics["status"] == "failed" and "simulated" in metrics["message"]
+    assert (tmp_path / "run" / "checkpoint.pt").is_file()  # the trained network is kept

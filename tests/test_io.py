@@ -65,3 +65,21 @@ def test_written_files_get_the_usual_permissions(tmp_path):
     finally:
         os.umask(mask)
     assert stat.S_IMODE((tmp_path / "a.json").stat().st_mode) == 0o644
+
+
+def test_a_run_that_raises_is_recorded_as_failed_not_running(tmp_path):
+    from finer.io import failure_recorded, write_json
+
+    path = tmp_path / "metrics.json"
+    write_json(path, {"status": "running", "steps": 0})
+    with pytest.raises(RuntimeError, match="boom"), failure_recorded(path):
+        raise RuntimeError("boom")
+    assert json.loads(path.read_text()) == {"status": "failed", "steps": 0, "message": "RuntimeError: boom"}
+    write_json(path, {"status": "running"})
+    with pytest.raises(KeyboardInterrupt), failure_recorded(path):
+        raise KeyboardInterrupt
+    assert json.loads(path.read_text())["status"] == "interrupted"
+    write_json(path, {"status": "diverged", "message": "loss became nan"})  # a final status stays
+    with pytest.raises(ValueError), failure_recorded(path):
+        raise ValueError("later")
+    assert json.loads(path.read_text()) == {"status": "diverged", "message": "loss became nan"}
