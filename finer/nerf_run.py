@@ -139,7 +139,8 @@ def fit_nerf(cfg: NeRFRunConfig, out, *, progress: bool = True, overwrite: bool 
     return {**metrics, "out": str(out)}
 
 
-def _test_and_record(cfg: NeRFRunConfig, renderer, state, test, train_views: int, fused: dict, device, out: Path) -> dict:
+def _test_and_record(cfg: NeRFRunConfig, renderer, state, test, train_views: int, fused: dict, device,
+                     out: Path) -> dict:
     """Render the test views, score them, write their pictures and ``metrics.json``; returns the metrics."""
     renderer.eval()
     views, t0 = [], time.perf_counter()

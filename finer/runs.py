@@ -4,7 +4,8 @@ A run folder holds ``config.json`` (the resolved config, with the image's absolu
 SHA-256 of its file, which ``finer resume`` checks), ``checkpoint.pt`` (weights, optimiser,
 progress and everything needed to rebuild the model), ``curve.csv`` (per-step loss/PSNR),
 ``reconstruction.png``, ``error_map.png``, ``psnr_curve.png`` and ``metrics.json``, whose
-``status`` says whether the run is ``complete``, ``interrupted``, ``diverged`` or ``failed`` (``running`` while it trains).
+``status`` says whether the run is ``complete``, ``interrupted``, ``diverged`` or ``failed``
+(``running`` while it trains).
 """
 
 from __future__ import annotations

@@ -346,7 +346,8 @@ def fit(
         good, good_step = _snapshot(model, optimizer), state.step
         if state.history:
             last = state.history[-1]
-            shown.update(loss=f"{last['loss']:.3e}", **{k: f"{v:.2f}" for k, v in task.step_metrics(last["loss"]).items()})
+            figures = task.step_metrics(last["loss"])
+            shown.update(loss=f"{last['loss']:.3e}", **{k: f"{v:.2f}" for k, v in figures.items()})
             bar.set_postfix(shown, refresh=False)
         return True
 

@@ -143,7 +143,8 @@ def test_a_few_training_steps_lower_the_loss_and_the_run_renders(tmp_path, capsy
     assert (out / "test" / "r_1.png").is_file() and (out / "test" / "r_1_depth.png").is_file()
     capsys.readouterr()
     assert main(["render", "nerf", str(out), "--frames", "3", "--quiet"]) == 0
-    assert capsys.readouterr().out.split() == [str(out / "turntable" / n) for n in ("turntable.gif", "turntable_depth.gif")]
+    printed = capsys.readouterr().out.split()
+    assert printed == [str(out / "turntable" / n) for n in ("turntable.gif", "turntable_depth.gif")]
     gif = Image.open(out / "turntable" / "turntable.gif")
     assert gif.size == (16, 16) and gif.n_frames >= 2  # (Pillow merges identical frames)
     assert main(["render", "nerf", str(tmp_path), "--quiet"]) == 2
