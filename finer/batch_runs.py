@@ -1,7 +1,7 @@
 """``finer fit image DIR --batch-signals K``: fit a folder of same-sized images, K networks at once.
 
-Without ``--batch-signals`` (K = 1) a folder whose images differ in size, a ``--batch-size`` or a method
-whose networks cannot be stacked is fitted image by image, each a single ``finer fit image`` run.
+Without ``--batch-signals`` (K = 1) a folder is fitted image by image, each a single ``finer fit image`` run
+(any sizes, ``--batch-size`` and every method allowed; each run resumable alone).
 
 Every image gets its own network, built with the run's seed exactly as a single ``finer fit image``
 would build it, and the K networks of a group are trained together as one
@@ -109,7 +109,7 @@ def fit_image_folder(cfg: ImageRunConfig, directory, out, *, batch_signals: int,
         raise FinerError(f"stacked networks (--batch-signals) need images of one shape; these differ ({listing}): "
                          "--crop HxW makes them equal (--size only scales the longer side, keeping each aspect "
                          f"ratio){channels}; or drop --batch-signals to fit them one by one")
-    if not stackable(cfg.model) or len(shapes) > 1 or cfg.batch_size is not None:
+    if batch_signals == 1:  # nothing to stack: each image a full, resumable single run
         del images
         return _fit_one_by_one(cfg, directory, paths, Path(out), progress=progress, overwrite=overwrite, log=log)
     out = Path(out)

@@ -114,7 +114,7 @@ def test_a_folder_of_a_method_that_cannot_be_stacked_is_fitted_one_by_one(folder
     assert json.loads((out / "odd" / "metrics.json").read_text())["width"] == 12
 
 
-def test_a_folder_of_mixed_sizes_without_batch_signals_is_fitted_one_by_one(folder, tmp_path):
+def test_a_folder_without_batch_signals_is_fitted_one_by_one(folder, tmp_path):
     Image.fromarray(np.zeros((10, 12), np.uint8)).save(folder / "odd.png")  # another size, and grey
     out = tmp_path / "f"
     assert main(["fit", "image", str(folder), "--steps", "3", "--width", "8", "--hidden-layers", "1", "--quiet",
@@ -123,7 +123,8 @@ def test_a_folder_of_mixed_sizes_without_batch_signals_is_fitted_one_by_one(fold
     assert summary["images"] == 4 and summary["batch_signals"] == 1
     odd = json.loads((out / "odd" / "metrics.json").read_text())
     assert (odd["height"], odd["width"], odd["channels"]) == (10, 12, 1)
-    assert (out / "odd" / "checkpoint.pt").exists()  # a single run: resumable on its own
+    for name in ("odd", "00"):  # every image a complete single run, resumable on its own
+        assert all((out / name / f).is_file() for f in ("config.json", "checkpoint.pt", "curve.csv")), name
 
 
 def test_ctrl_c_in_a_folder_fit_exits_130_and_says_what_was_kept(folder, tmp_path, capsys, monkeypatch):
@@ -132,8 +133,8 @@ def test_ctrl_c_in_a_folder_fit_exits_130_and_says_what_was_kept(folder, tmp_pat
 
     monkeypatch.setattr(finer.batch_runs, "fit", lambda *a, **k: FitState(step=3, status="interrupted",
                                                                            message="interrupted at step 3 of 15"))
-    assert main(["fit", "image", str(folder), "--steps", "15", "--width", "8", "--out", str(tmp_path / "i"),
-                 "--quiet"]) == 130
+    assert main(["fit", "image", str(folder), "--steps", "15", "--width", "8", "--batch-signals", "2",
+                 "--out", str(tmp_path / "i"), "--quiet"]) == 130
     err = capsys.readouterr().err
     assert "interrupted at step 3 of 15 while fitting 00.png" in err and "no image was finished" in err
     assert "does not resume" in err and not (tmp_path / "i" / "summary.json").exists()

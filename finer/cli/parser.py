@@ -99,8 +99,8 @@ def _add_fit_image(fit_sub) -> None:
     """`finer fit image`."""
     p = fit_sub.add_parser("image", help="fit a 2-D image (PNG, JPEG, ...)")
     p.add_argument("path", nargs="?", default=None,
-                   help="image file (default: scikit-image's astronaut), or a folder of images (fitted one by one "
-                        "unless --batch-signals stacks same-sized ones)")
+                   help="image file (default: scikit-image's astronaut), or a folder of images (fitted one by one; "
+                        "--batch-signals stacks them, when all have one size)")
     p.add_argument("--steps", type=_positive_int, default=1000, help="optimisation steps (default 1000)")
     p.add_argument("--batch-signals", type=_positive_int, default=None, metavar="K",
                    help="with a folder: train K images' networks at once as one batched network (default 1)")
