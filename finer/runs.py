@@ -306,8 +306,13 @@ def _run_kind(run_dir: Path) -> str | None:
     return task if task in ("image", "sdf", "nerf") else None
 
 
-def resume_image(run_dir: str | Path, *, steps: int | None = None, progress: bool = True) -> dict[str, Any]:
-    """Continue an interrupted run (or extend a finished one to ``steps``) from its checkpoint."""
+def resume_image(run_dir: str | Path, *, steps: int | None = None, progress: bool = True,
+                 device: str | None = None) -> dict[str, Any]:
+    """Continue an interrupted run (or extend a finished one to ``steps``) from its checkpoint, on ``device``
+    (default: the run's own choice, as its config.json records it).
+
+    The learning rate follows the schedule of the run's total steps, ``lr * 0.1^(t/T)``: extended to a
+    larger ``T``, it rises at the step it continues from to that schedule's value there."""
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise FinerError(f"no run folder at {run_dir}" + (" (a file)" if run_dir.exists() else ""))
@@ -325,6 +330,8 @@ def resume_image(run_dir: str | Path, *, steps: int | None = None, progress: boo
     cfg = ImageRunConfig(**{k: v for k, v in config.get("run", {}).items() if k in known})
     if steps is not None:
         cfg.steps = steps
+    if device is not None:
+        cfg.device = device
     recorded = config.get("image") if isinstance(config.get("image"), dict) else {}
     if recorded.get("path") and not Path(recorded["path"]).is_file():
         raise FinerError(f"{run_dir} was fitted to {recorded['path']}, which is no longer there; "

@@ -429,3 +429,16 @@ def test_an_image_run_that_fails_mid_training_says_so(png_path, tmp_path, monkey
     assert "CUDA out of memory (simulated)" in capsys.readouterr().err
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["status"] == "failed" and "out of memory" in metrics["message"]
+
+
+def test_resume_takes_a_device(png_path, tmp_path, capsys, monkeypatch):
+    import torch
+
+    out = tmp_path / "r"
+    assert main(["fit", "image", str(png_path), "--steps", "2", "--width", "8", "--out", str(out), "--quiet"]) == 0
+    if not torch.cuda.is_available():  # asked for, and missing: refused like everywhere else
+        assert main(["resume", str(out), "--steps", "4", "--device", "cuda", "--quiet"]) == 2
+        assert "sees no CUDA device" in capsys.readouterr().err
+    assert main(["resume", str(out), "--steps", "4", "--device", "cpu", "--quiet"]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["steps"] == 4 and metrics["device"] == "cpu"

@@ -191,7 +191,8 @@ def eval_sdf(args: argparse.Namespace) -> int:
 def resume(args: argparse.Namespace) -> int:
     from finer.runs import resume_image
 
-    return _finished(resume_image(args.run_dir, steps=args.steps, progress=not args.quiet), IMAGE_KEYS)
+    return _finished(resume_image(args.run_dir, steps=args.steps, progress=not args.quiet, device=args.device),
+                     IMAGE_KEYS)
 
 
 def render(args: argparse.Namespace) -> int:

@@ -201,8 +201,12 @@ def _add_resume(sub) -> None:
     """`finer resume`."""
     p = sub.add_parser("resume", help="continue an interrupted run from its checkpoint")
     p.add_argument("run_dir", help="the run folder")
-    p.add_argument("--steps", type=_positive_int, help="new total number of steps (default: as planned)")
-    _add_common(p)
+    p.add_argument("--steps", type=_positive_int,
+                   help="new total number of steps (default: as planned; the learning-rate decay then follows the "
+                        "new total, so it rises again where the run continues)")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], help="where to compute (default: as the run chose)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--debug", action="store_true", help="show tracebacks")
     p.set_defaults(run=commands.resume)
 
 
