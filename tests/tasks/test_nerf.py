@@ -177,3 +177,17 @@ def test_overwrite_removes_the_earlier_runs_test_views_only_and_the_scene_is_not
     assert main([*fit, "--out", str(scene), "--overwrite"]) == 2
     assert "is the scene folder" in capsys.readouterr().err
     assert sorted(p.name for p in (scene / "test").iterdir()) == ["r_0.png", "r_1.png"]
+
+
+def test_compositing_weights_of_three_samples_in_closed_form():
+    sigma = torch.tensor([[0.5, 2.0, 1.0]], dtype=torch.float64)
+    t = torch.tensor([[1.0, 1.5, 3.0]], dtype=torch.float64)
+    rgb = torch.tensor([[[1.0, 0, 0], [0, 1.0, 0], [0, 0, 1.0]]], dtype=torch.float64)
+    a0, a1 = 1 - math.exp(-0.5 * 0.5), 1 - math.exp(-2.0 * 1.5)  # the last sample's interval is unbounded
+    expected = [a0, (1 - a0) * a1, (1 - a0) * (1 - a1)]  # T_0 = 1: nothing in front of the first sample
+    out = N.composite(sigma, rgb, t, background=1.0)
+    torch.testing.assert_close(out["weights"][0], torch.tensor(expected, dtype=torch.float64), rtol=1e-8, atol=1e-9)
+    torch.testing.assert_close(out["rgb"][0], torch.tensor(expected, dtype=torch.float64), rtol=1e-8, atol=1e-9)
+    assert out["depth"][0].item() == pytest.approx(sum(w * d for w, d in zip(expected, [1.0, 1.5, 3.0])), rel=1e-8)
+    empty = N.composite(torch.zeros(1, 3, dtype=torch.float64), rgb, t, background=0.25)
+    torch.testing.assert_close(empty["rgb"][0], torch.full((3,), 0.25, dtype=torch.float64))  # background only

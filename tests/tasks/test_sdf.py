@@ -139,3 +139,23 @@ def test_bad_meshes(tmp_path):
         S.load_mesh(tmp_path / "text.obj")
     with pytest.raises(FinerError, match="not found"):
         S.load_mesh(tmp_path / "missing.stl")
+
+
+def test_evaluation_of_the_exact_field_scores_near_perfectly_and_its_inverse_near_zero(tmp_path):
+    from finer.sdf_run import evaluate_sdf
+
+    mesh = trimesh.creation.icosphere(subdivisions=4, radius=2.0)
+    unit, norm = S.normalize(mesh)
+    radius = float(np.linalg.norm(unit.vertices, axis=1).mean())
+    index = S.SurfaceIndex(unit, 40_000, seed=0)
+    common = dict(resolution=48, iou_resolution=32, chamfer_samples=5000, device="cpu", out=tmp_path)
+    exact = evaluate_sdf(SphereField(radius), index, unit, norm, **common)
+    assert exact["iou"] > 0.9 and exact["chamfer"] < 1e-3
+    exported = trimesh.load(tmp_path / "mesh.ply")  # written back in the mesh's own units
+    assert np.abs(np.linalg.norm(exported.vertices, axis=1) - 2.0).max() < 0.1
+
+    class Inverted(SphereField):
+        def forward(self, x):
+            return -super().forward(x)
+
+    assert evaluate_sdf(Inverted(radius), index, unit, norm, **common)["iou"] < 0.2  # inside is where SDF < 0
