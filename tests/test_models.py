@@ -132,3 +132,20 @@ def test_on_off_options_of_every_method_take_only_true_or_false():
                 with pytest.raises(finer.ConfigError, match="true or false"):
                     build_model(name, 2, 3, width=8, **{f.name: "maybe"})
     assert ("finer", "scale_grad") in checked and ("wire", "complex_parity") in checked
+
+
+@pytest.mark.parametrize("name", ["finer", "gauss-finer", "wire-finer"])
+def test_the_bias_range_k_reaches_the_first_layer_only(name):
+    net = build_model(name, 2, 3, width=512, hidden_layers=2, first_bias_scale=10.0, seed=0)
+    first, *rest = [layer.linear for layer in net.layers]
+    assert 9.5 < first.bias.abs().max() <= 10.0
+    for linear in rest:  # PyTorch's U(-1/sqrt(n_in), 1/sqrt(n_in)), on each part of a complex bias
+        bias = torch.view_as_real(linear.bias) if linear.bias.is_complex() else linear.bias
+        assert bias.abs().max() <= linear.in_features**-0.5 + 1e-6, linear
+
+
+def test_finer_hidden_bias_scale_sets_the_hidden_layers_range():
+    net = build_model("finer", 2, 3, width=512, hidden_layers=2, first_bias_scale=1.0, hidden_bias_scale=3.0, seed=0)
+    for layer in net.layers[1:-1]:
+        assert 2.9 < layer.linear.bias.abs().max() <= 3.0
+    assert net.layers[-1].linear.bias.abs().max() <= 512**-0.5 + 1e-6  # the output layer keeps the default

@@ -265,3 +265,30 @@ def test_a_checkpoint_carries_the_training_time_so_far(astronaut_small):
     steps, seconds = zip(*saved)
     assert steps == (10, 20, 30)
     assert 0 < seconds[0] < seconds[1] < seconds[2] == state.train_seconds
+
+
+@pytest.mark.parametrize("steps, options", [(6, {}), (60, {"lr_final_factor": 1.0, "grad_clip": 0.05, "amsgrad": True})])
+def test_fit_is_adam_on_the_decayed_learning_rate(astronaut_small, steps, options):
+    """fit() against a plain loop written out here: torch.optim.Adam, lr * f^(t/T) at step t (f = 0.1 by
+    default; the SDF protocol's constant rate, gradient clipping and AMSGrad as the second case)."""
+    lr = 1e-3
+    trained = build_model("siren", 2, 3, width=16, hidden_layers=1, seed=0)
+    task = ImageTask(astronaut_small, (-1.0, 1.0), torch.device("cpu"))
+    state = fit(trained, task, TrainConfig(steps=steps, lr=lr, log_every=1, eval_every=0, **options), progress=False)
+    factor = options.get("lr_final_factor", 0.1)
+    expected_lrs = [lr * factor ** (t / steps) for t in range(steps)]
+    assert [h["lr"] for h in state.history] == pytest.approx(expected_lrs, rel=1e-12)
+
+    by_hand = build_model("siren", 2, 3, width=16, hidden_layers=1, seed=0)
+    opt = torch.optim.Adam(by_hand.parameters(), lr=lr, amsgrad=options.get("amsgrad", False))
+    x, y = task.batch(0)
+    for t in range(steps):
+        for group in opt.param_groups:
+            group["lr"] = expected_lrs[t]
+        opt.zero_grad()
+        task.loss(by_hand(x), y).backward()
+        if "grad_clip" in options:
+            torch.nn.utils.clip_grad_norm_(by_hand.parameters(), options["grad_clip"])
+        opt.step()
+    for a, b in zip(trained.parameters(), by_hand.parameters()):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
