@@ -267,7 +267,8 @@ def test_a_checkpoint_carries_the_training_time_so_far(astronaut_small):
     assert 0 < seconds[0] < seconds[1] < seconds[2] == state.train_seconds
 
 
-@pytest.mark.parametrize("steps, options", [(6, {}), (60, {"lr_final_factor": 1.0, "grad_clip": 0.05, "amsgrad": True})])
+@pytest.mark.parametrize("steps, options",
+                         [(6, {}), (60, {"lr_final_factor": 1.0, "grad_clip": 0.05, "amsgrad": True})])
 def test_fit_is_adam_on_the_decayed_learning_rate(astronaut_small, steps, options):
     """fit() against a plain loop written out here: torch.optim.Adam, lr * f^(t/T) at step t (f = 0.1 by
     default; the SDF protocol's constant rate, gradient clipping and AMSGrad as the second case)."""
