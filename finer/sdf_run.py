@@ -111,6 +111,8 @@ def evaluate_sdf(model, index: S.SurfaceIndex, true_mesh_unit, norm: S.Normaliza
         io.atomic_write(out / "mesh.ply", lambda tmp: export.export(tmp, file_type="ply"))
     else:  # no surface: an earlier evaluation's mesh must not stay beside this result
         (out / "mesh.ply").unlink(missing_ok=True)
+        result["surface_note"] = (f"the network's SDF does not cross zero on the {resolution}^3 grid: no surface, "
+                                  "so no mesh.ply and no Chamfer distance (train longer, or check the fit)")
     render_meshes({"ground truth": true_mesh_unit, "fit": surface}, out / "render.png")
     return result
 
@@ -173,6 +175,7 @@ def _evaluate_and_record(cfg: SDFRunConfig, model, state: FitState, mesh, index,
         "watertight": bool(mesh.is_watertight), "inside_outside": S.SIGN_METHOD + (
             "" if mesh.is_watertight else "; the mesh is not watertight: holes wider than the shell leak"),
         "resolution": cfg.resolution, "iou_resolution": cfg.iou_resolution, "chamfer_samples": cfg.chamfer_samples,
+        "surface_samples": cfg.surface_samples,
         "units": "chamfer in the normalised frame (longest side 0.9)",
     }
     metrics.update(evaluate_sdf(model, index, unit, norm, resolution=cfg.resolution, iou_resolution=cfg.iou_resolution,
@@ -183,12 +186,31 @@ def _evaluate_and_record(cfg: SDFRunConfig, model, state: FitState, mesh, index,
     return metrics
 
 
-def eval_sdf(checkpoint: str | Path, mesh_path: str | Path, *, out: str | Path | None = None, resolution: int = 256,
-             iou_resolution: int = 128, chamfer_samples: int = 300_000, surface_samples: int = 500_000,
-             device: str = "auto") -> dict[str, Any]:
-    """Measure a saved SDF model against a mesh (normalised with the checkpoint's transform)."""
-    check_sizes(resolution=resolution, iou_resolution=iou_resolution, chamfer_samples=chamfer_samples,
-                surface_samples=surface_samples)
+EVAL_DEFAULTS = {"resolution": 256, "iou_resolution": 128, "chamfer_samples": 300_000, "surface_samples": 500_000,
+                 "seed": 0}
+"""What ``eval_sdf`` uses for a setting neither given nor recorded by the run."""
+
+
+def eval_sdf(checkpoint: str | Path, mesh_path: str | Path | None = None, *, out: str | Path | None = None,
+             resolution: int | None = None, iou_resolution: int | None = None, chamfer_samples: int | None = None,
+             surface_samples: int | None = None, device: str = "auto") -> dict[str, Any]:
+    """Measure a saved SDF model against a mesh (normalised with the checkpoint's transform).
+
+    What is not given (the mesh, the grids, the sample counts) is what the run recorded in its
+    config.json, so that by default the evaluation repeats the fit's own (:data:`EVAL_DEFAULTS` where the
+    run recorded nothing); the result lists the settings it used."""
+    ckpt = Path(checkpoint)
+    folder = ckpt if ckpt.is_dir() else ckpt.parent
+    recorded = _recorded_settings(folder)
+    given = {"resolution": resolution, "iou_resolution": iou_resolution, "chamfer_samples": chamfer_samples,
+             "surface_samples": surface_samples}
+    settings = {name: given.get(name) if given.get(name) is not None else recorded.get(name, default)
+                for name, default in EVAL_DEFAULTS.items()}
+    check_sizes(**{k: v for k, v in settings.items() if k != "seed"})
+    if mesh_path is None:
+        mesh_path = recorded.get("mesh")
+        if not mesh_path:
+            raise FinerError(f"{checkpoint}: no mesh recorded with this run; give --mesh")
     if out:
         io.check_out(out, folder=True)
     model, payload = io.load_checkpoint(checkpoint)
@@ -199,21 +221,29 @@ def eval_sdf(checkpoint: str | Path, mesh_path: str | Path, *, out: str | Path |
     mesh = S.load_mesh(mesh_path)
     unit = mesh.copy()
     unit.vertices = norm.to_unit(mesh.vertices)
-    ckpt = Path(checkpoint)
-    folder = ckpt if ckpt.is_dir() else ckpt.parent
     warning = _other_mesh(folder, mesh_path, task.get("mesh"))
     out = Path(out) if out else folder / "eval"
     out.mkdir(parents=True, exist_ok=True)
-    index = S.SurfaceIndex(unit, surface_samples)
+    index = S.SurfaceIndex(unit, settings["surface_samples"], settings["seed"])
     result = {"checkpoint": str(checkpoint), "mesh": str(mesh_path), "method": payload["method"],
-              "steps": payload["fit"]["step"], "resolution": resolution, "iou_resolution": iou_resolution,
-              "chamfer_samples": chamfer_samples, "inside_outside": S.SIGN_METHOD,
-              **evaluate_sdf(model, index, unit, norm, resolution=resolution, iou_resolution=iou_resolution,
-                             chamfer_samples=chamfer_samples, device=resolve_device(device), out=out)}
+              "steps": payload["fit"]["step"], **settings, "inside_outside": S.SIGN_METHOD,
+              **evaluate_sdf(model, index, unit, norm, resolution=settings["resolution"],
+                             iou_resolution=settings["iou_resolution"], chamfer_samples=settings["chamfer_samples"],
+                             device=resolve_device(device), out=out, seed=settings["seed"])}
     if warning:
         result["warning"] = warning
     io.write_json(out / "eval.json", result)
     return result
+
+
+def _recorded_settings(run_dir: Path) -> dict[str, Any]:
+    """The ``run`` settings the SDF run in ``run_dir`` recorded in its config.json (empty if none)."""
+    try:
+        config = io.read_json(run_dir / "config.json")
+    except FinerError:
+        return {}
+    run = config.get("run") if isinstance(config, dict) and config.get("task") == "sdf" else None
+    return run if isinstance(run, dict) else {}
 
 
 def _other_mesh(run_dir: Path, mesh_path, fitted) -> str:

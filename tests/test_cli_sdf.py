@@ -33,6 +33,10 @@ def test_fit_and_eval_sdf(tmp_path, capsys):
     result = json.loads(captured.out)
     assert result["iou"] == pytest.approx(metrics["iou"], abs=1e-6)
     assert (out / "eval" / "eval.json").is_file() and "warning" not in result and "warning" not in captured.err
+    assert main(["eval", "sdf", str(out)]) == 0  # no settings: the run's own mesh, grids and samples
+    again = json.loads(capsys.readouterr().out)
+    assert (again["iou"], again["chamfer"]) == (metrics["iou"], metrics["chamfer"])
+    assert again["surface_samples"] == 5000 and again["resolution"] == 24
     other = trimesh.creation.box(extents=[6, 6, 6])
     other.apply_translation([10, 0, 0])
     other.export(tmp_path / "box.off")
@@ -83,7 +87,7 @@ def test_an_evaluation_without_a_surface_leaves_no_mesh_of_an_earlier_one(tmp_pa
                  "--iou-resolution", "16", "--chamfer-samples", "2000", "--surface-samples", "5000",
                  "--out", str(ev)]) == 0
     result = json.loads((ev / "eval.json").read_text())
-    assert result["vertices"] == 0 and not (ev / "mesh.ply").exists()
+    assert result["vertices"] == 0 and not (ev / "mesh.ply").exists() and "no surface" in result["surface_note"]
 
 
 def test_eval_checks_its_grids_before_reading_anything(tmp_path, capsys):

@@ -186,12 +186,12 @@ def _add_eval(sub) -> None:
 
     p = eval_sub.add_parser("sdf", help="Chamfer distance and IoU of an SDF checkpoint against a mesh")
     p.add_argument("checkpoint", help="checkpoint.pt or the run folder")
-    p.add_argument("--mesh", required=True, help="the ground-truth mesh")
-    p.add_argument("--resolution", type=_positive_int, default=256, help="marching-cubes grid (default 256)")
-    p.add_argument("--chamfer-samples", type=_positive_int, default=300_000, help="samples per surface (default 300k)")
-    p.add_argument("--iou-resolution", type=_positive_int, default=128, help="occupancy grid of the IoU (default 128)")
-    p.add_argument("--surface-samples", type=_positive_int, default=500_000,
-                   help="dense surface samples defining the ground truth (default 500k)")
+    p.add_argument("--mesh", help="the ground-truth mesh (default: the one the run fitted)")
+    p.add_argument("--resolution", type=_positive_int, help="marching-cubes grid (default: the run's)")
+    p.add_argument("--chamfer-samples", type=_positive_int, help="samples per surface (default: the run's)")
+    p.add_argument("--iou-resolution", type=_positive_int, help="occupancy grid of the IoU (default: the run's)")
+    p.add_argument("--surface-samples", type=_positive_int,
+                   help="dense surface samples defining the ground truth (default: the run's)")
     p.add_argument("--out", help="folder (default: CHECKPOINT_DIR/eval)")
     _add_common(p)
     p.set_defaults(run=commands.eval_sdf)
