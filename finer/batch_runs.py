@@ -197,7 +197,8 @@ def _write_one(folder: Path, model, path: Path, image: np.ndarray, cfg: ImageRun
     seconds = state.train_seconds / group_size
     metrics = {"task": "image", "model": cfg.model, "status": state.status, "params": count_parameters(model),
                **network_shape(mcfg),
-               "steps": state.step, "psnr": psnr(pred, image), "ssim": ssim(pred, image),
+               "steps": state.step, "steps_planned": cfg.steps, "psnr": round(psnr(pred, image), 4),
+               "ssim": round(ssim(pred, image), 5),
                "seconds": round(seconds, 3), "seconds_per_step": round(seconds / max(state.step, 1), 5),
                "device": str(device), "fused": fused["fused"], "precision": cfg.precision, "image": str(path),
                "height": h, "width": w,

@@ -442,3 +442,18 @@ def test_resume_takes_a_device(png_path, tmp_path, capsys, monkeypatch):
     assert main(["resume", str(out), "--steps", "4", "--device", "cpu", "--quiet"]) == 0
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["steps"] == 4 and metrics["device"] == "cpu"
+
+
+def test_option_values_and_conflicts(png_path, tmp_path, capsys):
+    from finer.cli.commands import options
+
+    assert options(["target-range=0,1", "lr=1e-3", "scale_grad=true", "note=abc"]) == {
+        "target_range": [0, 1], "lr": 1e-3, "scale_grad": True, "note": "abc"}
+    with pytest.raises(FinerError, match="given twice"):
+        options(["lr=1", "lr=2"])
+    common = ["fit", "image", str(png_path), "--steps", "2", "--quiet"]
+    assert main([*common, "--width", "16", "--option", "width=8", "--out", str(tmp_path / "w")]) == 2
+    assert "width given both as a flag and as --option" in capsys.readouterr().err
+    assert main([*common, "--width", "8", "--option", "target_range=0,1", "--out", str(tmp_path / "t")]) == 0
+    config = json.loads((tmp_path / "t" / "config.json").read_text())
+    assert config["model"]["target_range"] == [0, 1]

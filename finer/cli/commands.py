@@ -24,28 +24,44 @@ def dumps(value, **kwargs) -> str:
     return json.dumps(jsonable(value), **kwargs)
 
 
+def _json_or_text(value: str):
+    try:
+        return json.loads(value)
+    except json.JSONDecodeError:
+        return value
+
+
 def options(items) -> dict:
-    """``--option KEY=VALUE`` pairs (values parsed as JSON where they are)."""
+    """``--option KEY=VALUE`` pairs: values parsed as JSON where they are (``1e-3``, ``true``, ``[0, 1]``),
+    a comma-separated list as a list of them (``target_range=0,1``), anything else as text."""
     parsed = {}
     for item in items or []:
         key, sep, value = item.partition("=")
-        if not sep:
+        if not sep or not key:
             raise FinerError(f"--option expects KEY=VALUE, got {item!r}")
-        try:
-            parsed[key.replace("-", "_")] = json.loads(value)
-        except json.JSONDecodeError:
-            parsed[key.replace("-", "_")] = value
+        key = key.replace("-", "_")
+        if key in parsed:
+            raise FinerError(f"--option {key} is given twice")
+        value = _json_or_text(value)
+        if isinstance(value, str) and "," in value:
+            value = [_json_or_text(part.strip()) for part in value.split(",")]
+        parsed[key] = value
     return parsed
 
 
 def model_options(args: argparse.Namespace) -> dict:
-    """The model flags of a `finer fit` command that were given, then its ``--option`` pairs."""
+    """The model flags of a `finer fit` command that were given, and its ``--option`` pairs (one setting
+    may not be given both ways)."""
     given = {name: getattr(args, name) for name in
              ("width", "hidden_layers", "lr", "first_bias_scale", "first_omega", "hidden_omega")}
     given = {k: v for k, v in given.items() if v is not None}
     if args.scale_grad:
         given["scale_grad"] = True
-    return {**given, **options(args.option)}
+    extra = options(args.option)
+    both = sorted(set(given) & set(extra))
+    if both:
+        raise FinerError(f"{', '.join(both)} given both as a flag and as --option; give it once")
+    return {**given, **extra}
 
 
 def _log(args: argparse.Namespace):

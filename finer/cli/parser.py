@@ -274,8 +274,12 @@ def _add_bench_grid(bench_sub) -> None:
         p.add_argument("--preset", default="quick", choices=["quick", "paper"],
                        help="quick: 256-px crops downscaled to 128, 3x128, 1000 steps; paper: 512^2, 3x256, 5000")
         p.add_argument("--steps", type=_positive_int, help="override the preset's steps")
-        p.add_argument("--hidden-layers", type=_non_negative_int, help="override the preset's hidden layers")
-        p.add_argument("--width", type=_positive_int, help="override the preset's width")
+        # a width sweep sets both itself (--widths; two hidden layers): there they are refused, not listed
+        # (and defined, so that --width is not taken as an abbreviation of --widths)
+        sweep = name == "width"
+        p.add_argument("--hidden-layers", type=_non_negative_int,
+                       help=argparse.SUPPRESS if sweep else "override the preset's hidden layers")
+        p.add_argument("--width", type=_positive_int, help=argparse.SUPPRESS if sweep else "override the preset's width")
         p.add_argument("--crop", help="override the preset's centre crop (N, HxW, or none)")
         p.add_argument("--size", type=_positive_int, help="override the preset's resize")
         if name == "width":
