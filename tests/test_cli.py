@@ -232,6 +232,11 @@ def test_usage_errors_are_one_line(capsys):
     assert stop.value.code == 2
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "expected a positive integer, got '-5'" in err and "finer fit image --help" in err
+    with pytest.raises(SystemExit) as stop:  # an unknown argument: the command's own usage, not the top one's
+        main(["fit", "nerf", "scene", "--out", "o", "--bogus", "1"])
+    err = capsys.readouterr().err.strip()
+    assert stop.value.code == 2 and err == ("finer fit nerf: error: unrecognized arguments: --bogus 1 "
+                                            "(see `finer fit nerf --help`)")
 
 
 def test_a_batch_of_at_least_every_pixel_is_recorded_as_the_full_batch(png_path, tmp_path):

@@ -84,7 +84,19 @@ def build_parser() -> argparse.ArgumentParser:
     bench_sub = sub.add_parser("bench", help="benchmarks").add_subparsers(dest="bench", required=True, metavar="BENCH")
     for add in (_add_bench_grid, _add_bench_compare, _add_bench_speed, _add_bench_sdf):
         add(bench_sub)
+    _name_leaves(parser)
     return parser
+
+
+def _name_leaves(parser: argparse.ArgumentParser) -> None:
+    """Each command's parser knows itself (``args.leaf``), so that an unknown argument is reported with
+    that command's usage (``main`` parses known arguments, then lets the leaf refuse the rest)."""
+    subs = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    if not subs:
+        parser.set_defaults(leaf=parser)
+    for action in subs:
+        for sub in action.choices.values():
+            _name_leaves(sub)
 
 
 def _add_models(sub) -> None:
