@@ -149,3 +149,21 @@ def test_finer_hidden_bias_scale_sets_the_hidden_layers_range():
     for layer in net.layers[1:-1]:
         assert 2.9 < layer.linear.bias.abs().max() <= 3.0
     assert net.layers[-1].linear.bias.abs().max() <= 512**-0.5 + 1e-6  # the output layer keeps the default
+
+
+@pytest.mark.parametrize("scale_grad", [False, True])
+def test_gauss_finer_scale_grad_is_the_derivative_it_names(scale_grad):
+    """scale_grad=True backpropagates through |z|+1 (the true derivative), False treats it as a constant
+    (the official code): checked against the network written out by hand."""
+    net = build_model("gauss-finer", 2, 1, width=8, hidden_layers=0, seed=0, scale_grad=scale_grad)
+    cfg = net.config
+    first, last = net.layers[0].linear, net.layers[-1].linear
+    x = torch.rand(32, 2) * 2 - 1
+    net(x).sum().backward()
+    w = first.weight.detach().clone().requires_grad_(True)
+    z = x @ w.T + first.bias.detach()
+    alpha = z.abs() + 1 if scale_grad else (z.abs() + 1).detach()
+    u = torch.sin(cfg.omega * alpha * z)
+    by_hand = torch.exp(-(cfg.scale * u) ** 2) @ last.weight.detach().T + last.bias.detach()
+    by_hand.sum().backward()
+    torch.testing.assert_close(first.weight.grad, w.grad, rtol=1e-4, atol=1e-6)

@@ -42,6 +42,24 @@ def test_nan_stops_the_run_and_restores_the_last_good_state(astronaut_small):
         assert torch.equal(value, snap["model"][key])
 
 
+class BlowUpTask(ImageTask):
+    """Targets 100 times larger from step 7 on: a finite loss about 10^4 times the first one."""
+
+    def batch(self, step):
+        x, y = super().batch(step)
+        return (x, y * 100.0) if step >= 7 else (x, y)
+
+
+def test_a_loss_growing_past_the_divergence_factor_stops_the_run_like_nan(astronaut_small):
+    net = build_model("finer", 2, 3, width=16, hidden_layers=1, seed=0)
+    task = BlowUpTask(astronaut_small, (-1.0, 1.0), torch.device("cpu"))
+    state = fit(net, task, TrainConfig(steps=20, log_every=5, eval_every=0), progress=False)
+    assert state.status == "diverged" and "step 8" in state.message and "last good step 5" in state.message
+    calm = fit(build_model("finer", 2, 3, width=16, hidden_layers=1, seed=0), task,
+               TrainConfig(steps=20, log_every=5, eval_every=0, divergence_factor=1e6), progress=False)
+    assert calm.status == "complete"  # the same growth under a looser factor is allowed
+
+
 def test_resumed_fit_equals_an_uninterrupted_one(astronaut_small):
     cfg = TrainConfig(steps=12, log_every=3, eval_every=0)
 
