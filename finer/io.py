@@ -155,6 +155,16 @@ def read_json(path: str | os.PathLike) -> Any:
         raise FinerError(f"{path} is not valid JSON: {exc}") from None
 
 
+def read_record(path: str | os.PathLike) -> dict:
+    """A run file's JSON object (config.json, metrics.json), or an empty dict where there is none: the file
+    missing, unreadable or not an object. For the checks that only look at what a folder holds."""
+    try:
+        data = read_json(path)
+    except FinerError:
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
 @contextlib.contextmanager
 def failure_recorded(metrics_path: str | os.PathLike) -> Iterator[None]:
     """Around a run's training and evaluation: if they raise, a ``metrics.json`` that still says
@@ -163,11 +173,8 @@ def failure_recorded(metrics_path: str | os.PathLike) -> Iterator[None]:
     try:
         yield
     except BaseException as exc:
-        try:
-            metrics = read_json(metrics_path)
-        except FinerError:
-            metrics = None
-        if isinstance(metrics, dict) and metrics.get("status") == "running":
+        metrics = read_record(metrics_path)
+        if metrics.get("status") == "running":
             interrupted = isinstance(exc, KeyboardInterrupt)
             metrics.update(status="interrupted" if interrupted else "failed",
                            message="interrupted" if interrupted else f"{type(exc).__name__}: {exc}")

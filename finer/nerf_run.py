@@ -39,11 +39,8 @@ checkpoint stays)."""
 
 def _earlier_outputs(out: Path) -> list[str]:
     """The files of the NeRF run already in ``out``: :data:`RUN_FILES` and the test views its config names."""
-    try:
-        config = io.read_json(out / "config.json")
-    except FinerError:
-        config = {}
-    views = config.get("test_views", []) if isinstance(config, dict) and config.get("task") == "nerf" else []
+    config = io.read_record(out / "config.json")
+    views = config.get("test_views", []) if config.get("task") == "nerf" else []
     return [*RUN_FILES, *(f"test/{name}{end}" for name in views if isinstance(name, str) and "/" not in name
                            for end in (".png", "_depth.png"))]
 

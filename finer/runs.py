@@ -289,20 +289,12 @@ def fit_image(cfg: ImageRunConfig, out: str | Path | None = None, *, progress: b
 
 def _recorded_status(run_dir: Path) -> str | None:
     """The ``status`` its metrics.json records, or None."""
-    try:
-        metrics = io.read_json(run_dir / "metrics.json")
-    except FinerError:
-        return None
-    return metrics.get("status") if isinstance(metrics, dict) else None
+    return io.read_record(run_dir / "metrics.json").get("status")
 
 
 def _run_kind(run_dir: Path) -> str | None:
     """The task of the run in ``run_dir`` as its config.json names it ("image", "sdf", "nerf"), or None."""
-    try:
-        config = io.read_json(run_dir / "config.json")
-    except FinerError:
-        return None
-    task = config.get("task") if isinstance(config, dict) else None
+    task = io.read_record(run_dir / "config.json").get("task")
     return task if task in ("image", "sdf", "nerf") else None
 
 

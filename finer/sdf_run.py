@@ -238,21 +238,15 @@ def eval_sdf(checkpoint: str | Path, mesh_path: str | Path | None = None, *, out
 
 def _recorded_settings(run_dir: Path) -> dict[str, Any]:
     """The ``run`` settings the SDF run in ``run_dir`` recorded in its config.json (empty if none)."""
-    try:
-        config = io.read_json(run_dir / "config.json")
-    except FinerError:
-        return {}
-    run = config.get("run") if isinstance(config, dict) and config.get("task") == "sdf" else None
+    config = io.read_record(run_dir / "config.json")
+    run = config.get("run") if config.get("task") == "sdf" else None
     return run if isinstance(run, dict) else {}
 
 
 def _other_mesh(run_dir: Path, mesh_path, fitted) -> str:
     """A warning if ``mesh_path`` is not the file the run recorded fitting (by SHA-256, recorded in its
     config.json since 2026-11-28); empty if it is, or if the run recorded none."""
-    try:
-        recorded = io.read_json(run_dir / "config.json").get("mesh_sha256")
-    except (FinerError, AttributeError):
-        return ""
+    recorded = io.read_record(run_dir / "config.json").get("mesh_sha256")
     if not recorded or io.file_digest(mesh_path) == recorded:
         return ""
     return (f"{mesh_path} is not the mesh this run was fitted to ({fitted or 'recorded in its config.json'}; "
