@@ -8,13 +8,12 @@ Public API::
     finer.fit_image(finer.ImageRunConfig(image="photo.png", steps=500), out="runs/photo")
 """
 
-from __future__ import annotations
 
-import importlib
-import sys
-import types
+import importlib as _importlib
+import sys as _sys
+import types as _types
 
-from finer.errors import ConfigError, DivergedError, FinerError, InterruptedRun
+from finer.errors import ConfigError, DivergedError, FinerError, FinerWarning, InterruptedRun
 
 __version__ = "0.1.0"
 
@@ -28,11 +27,11 @@ _LAZY = {  # imported on first use, so that `finer --help` and the launcher do n
 
 def __getattr__(name: str):
     if name in _LAZY:
-        value = getattr(importlib.import_module(_LAZY[name]), name)
+        value = getattr(_importlib.import_module(_LAZY[name]), name)
         globals()[name] = value
         return value
     try:
-        return importlib.import_module(f"finer.{name}")  # subpackages: finer.nn, finer.bench, ...
+        return _importlib.import_module(f"finer.{name}")  # subpackages: finer.nn, finer.bench, ...
     except ModuleNotFoundError as exc:
         if exc.name != f"finer.{name}":
             raise
@@ -43,6 +42,7 @@ __all__ = [
     "ConfigError",
     "DivergedError",
     "FinerError",
+    "FinerWarning",
     "ImageRunConfig",
     "InterruptedRun",
     "build_model",
@@ -55,7 +55,7 @@ __all__ = [
 ]
 
 
-class _Package(types.ModuleType):
+class _Package(_types.ModuleType):
     """``finer.models`` is the function ``models()``, although a submodule has that name too.
 
     (Importing the submodule sets the package attribute to the module; this property keeps the
@@ -73,4 +73,4 @@ class _Package(types.ModuleType):
         pass
 
 
-sys.modules[__name__].__class__ = _Package
+_sys.modules[__name__].__class__ = _Package

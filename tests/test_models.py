@@ -167,3 +167,16 @@ def test_gauss_finer_scale_grad_is_the_derivative_it_names(scale_grad):
     by_hand = torch.exp(-(cfg.scale * u) ** 2) @ last.weight.detach().T + last.bias.detach()
     by_hand.sum().backward()
     torch.testing.assert_close(first.weight.grad, w.grad, rtol=1e-4, atol=1e-6)
+
+
+def test_the_package_namespace_is_its_public_api():
+    """``import finer`` shows what ``__all__`` lists (and the version, the subpackages once imported),
+    not the modules its own code uses."""
+    import types
+
+    names = {n for n in vars(finer) if not n.startswith("_")}
+    modules = {n for n in names if isinstance(getattr(finer, n), types.ModuleType)}
+    assert names - modules <= set(finer.__all__)
+    assert all(getattr(finer, n).__name__ == f"finer.{n}" for n in modules)  # subpackages only
+    for name in finer.__all__:
+        assert getattr(finer, name) is not None
