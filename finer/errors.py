@@ -15,3 +15,8 @@ class DivergedError(FinerError):
 
 class InterruptedRun(FinerError):
     """The user stopped a run (Ctrl-C) that cannot be resumed as it was; the message says what was kept."""
+
+
+class FinerWarning(UserWarning):
+    """Something the user asked for that the library did differently, and said so (the CLI prints
+    ``warning: MESSAGE`` on one line to stderr)."""

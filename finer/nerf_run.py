@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import platform
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,7 +21,7 @@ import numpy as np
 import torch
 
 from finer import io
-from finer.errors import FinerError
+from finer.errors import FinerError, FinerWarning
 from finer.lpips import available as lpips_available
 from finer.metrics import image_metrics, lpips_left_out
 from finer.models import count_parameters
@@ -104,6 +105,11 @@ def fit_nerf(cfg: NeRFRunConfig, out, *, progress: bool = True, overwrite: bool 
     device = resolve_device(cfg.device)
     train = N.load_views(cfg.scene, "train", views=cfg.views, downscale=cfg.downscale)
     test = N.load_views(cfg.scene, "test", views=cfg.test_views, downscale=cfg.downscale)
+    asked = (("views", cfg.views, "train", train), ("test-views", cfg.test_views, "test", test))
+    notes = [f"--{flag} {n}: the {split} split of {cfg.scene} has {len(got.names)} views; using all of them"
+             for flag, n, split, got in asked if n > len(got.names)]
+    for note in notes:
+        warnings.warn(note, FinerWarning, stacklevel=2)
     renderer = build_renderer(cfg).to(device)
     fused = apply_fused(renderer, cfg.fused, cfg.steps)
     task = N.NeRFTask(train, cfg.rays, device, seed=cfg.seed)
@@ -111,6 +117,7 @@ def fit_nerf(cfg: NeRFRunConfig, out, *, progress: bool = True, overwrite: bool 
     io.remove_outputs(out, _earlier_outputs(out))  # an overwritten run's files: none may pass for this run's
     io.write_json(out / "config.json", {
         "task": "nerf", "run": dataclasses.asdict(cfg), "train_views": train.names, "test_views": test.names,
+        **({"views_note": "; ".join(notes)} if notes else {}),
         "height": train.height, "width": train.width, "focal": train.focal, "near": renderer.near,
         "far": renderer.far, "bound": renderer.field.bound, "activations": fused,
         "versions": {"torch": torch.__version__, "python": platform.python_version()}})

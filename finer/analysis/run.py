@@ -29,6 +29,23 @@ def _save(fig, path: Path) -> None:
     plt.close(fig)
 
 
+NTK_FILES = ("ntk.json", "ntk_setting.json", "ntk_kernels.png", "ntk_eigenvalues.png", "ntk_fit_loss.png", "ntk.md")
+ACTIVATION_FILES = ("activations.png", "activations.json", "activations.md")
+
+
+def _claim(out: Path, files: tuple[str, ...], overwrite: bool, what: str) -> None:
+    """Make ``out`` ready for an analysis writing ``files``: refused when it holds one of them already (an
+    earlier analysis, which would be replaced) unless ``overwrite``, which removes them first, so that none
+    stands beside a new analysis that stops early. Other files of the folder are left alone."""
+    io.check_out(out, folder=True)
+    present = [name for name in files if (out / name).exists()]
+    if present and not overwrite:
+        raise FinerError(f"{out} holds an earlier {what} ({', '.join(present)}); choose another --out "
+                         "or pass --overwrite (overwrite=True from Python) to replace it")
+    io.remove_outputs(out, present)
+    out.mkdir(parents=True, exist_ok=True)
+
+
 def _label(model: str, k) -> str:
     return model if k is None else f"{model} k={k:g}"
 
@@ -45,8 +62,9 @@ def _cases(models: list[str], ks: list[float]) -> list[tuple[str, float | None]]
 
 def analyze_ntk(out, *, models=("siren", "finer"), ks=(1.0, 5.0, 10.0, 20.0), width=256, points=1024,
                 params="all", threshold=1.0, steps=1000, lr=1e-3, seed=0, mc_samples=200_000,
-                log=print) -> list[dict]:
-    """Kernels, spectra, the dominance table, Eq. (5) check and 1-D convergence; returns the rows."""
+                overwrite=False, log=print) -> list[dict]:
+    """Kernels, spectra, the dominance table, Eq. (5) check and 1-D convergence; returns the rows.
+    ``out`` may hold other files; one with an earlier NTK analysis is refused unless ``overwrite``."""
     out = Path(out)
     if not models:
         raise FinerError("no models given")
@@ -55,6 +73,7 @@ def analyze_ntk(out, *, models=("siren", "finer"), ks=(1.0, 5.0, 10.0, 20.0), wi
     if points < 2:
         raise FinerError(f"points must be at least 2 (a kernel's off-diagonal needs two), got {points}")
     _cases(list(models), list(ks))  # unknown names, before any work
+    _claim(out, NTK_FILES, overwrite, "NTK analysis")
     x = N.ntk_grid(points)
     y = sum_of_sines(x)
     rows, kernels, spectra, curves = [], {}, {}, {}
@@ -150,9 +169,11 @@ def _ntk_markdown(rows, setting, checks) -> str:
 
 
 def analyze_activations(out, *, ks=(None, 1.0, 5.0, 10.0, 20.0), layers=2, resolution=128, seed=0,
-                        log=print) -> list[dict]:
-    """Fig. 5: distributions of z, y and local frequencies of the first layers of the image FINER."""
+                        overwrite=False, log=print) -> list[dict]:
+    """Fig. 5: distributions of z, y and local frequencies of the first layers of the image FINER.
+    ``out`` may hold other files; one with an earlier activation analysis is refused unless ``overwrite``."""
     out = Path(out)
+    _claim(out, ACTIVATION_FILES, overwrite, "activation analysis")
     coords = coordinate_grid(resolution, resolution)
     rows, stats = [], {}
     for k in ks:

@@ -6,13 +6,15 @@ command; :func:`main` runs the one the arguments name and turns errors into one 
 
 from __future__ import annotations
 
+import functools
 import os
 import sys
+import warnings
 from typing import Sequence
 
 from finer.cli.commands import EXIT_DIVERGED, EXIT_ERROR, EXIT_INTERRUPTED
 from finer.cli.parser import build_parser
-from finer.errors import DivergedError, FinerError, InterruptedRun
+from finer.errors import DivergedError, FinerError, FinerWarning, InterruptedRun
 
 __all__ = ["EXIT_DIVERGED", "EXIT_ERROR", "EXIT_INTERRUPTED", "build_parser", "main"]
 
@@ -24,7 +26,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.leaf.error(f"unrecognized arguments: {' '.join(unknown)}")
     args.argv = list(sys.argv[1:] if argv is None else argv)  # the command, as reports record it
     try:
-        return args.run(args)
+        with warnings.catch_warnings():
+            warnings.simplefilter("always", FinerWarning)
+            warnings.showwarning = functools.partial(_show_warning, warnings.showwarning)
+            return args.run(args)
     except DivergedError as exc:
         if args.debug:
             raise
@@ -61,3 +66,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {type(exc).__name__}: {exc} (rerun with --debug for the traceback)", file=sys.stderr)
         return 1
 
+
+def _show_warning(show, message, category, filename, lineno, file=None, line=None):
+    """A :class:`~finer.errors.FinerWarning` as ``warning: MESSAGE`` on one line; others as ``show`` shows them."""
+    if issubclass(category, FinerWarning):
+        print(f"warning: {message}", file=sys.stderr)
+    else:
+        show(message, category, filename, lineno, file, line)

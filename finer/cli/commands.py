@@ -244,7 +244,7 @@ def analyze_ntk(args: argparse.Namespace) -> int:
     _check_out_folder(args)
     run.analyze_ntk(args.out, models=_names(args.models), ks=_floats(args.k), width=args.width, points=args.points,
                     params=args.params, threshold=args.threshold, steps=args.steps, mc_samples=args.mc_samples,
-                    seed=args.seed)
+                    seed=args.seed, overwrite=args.overwrite)
     return 0
 
 
@@ -253,7 +253,7 @@ def analyze_activations(args: argparse.Namespace) -> int:
 
     _check_out_folder(args)
     run.analyze_activations(args.out, ks=_floats(args.k, allow_default=True), layers=args.layers,
-                            resolution=args.resolution, seed=args.seed)
+                            resolution=args.resolution, seed=args.seed, overwrite=args.overwrite)
     return 0
 
 

@@ -16,10 +16,32 @@ def test_analyze_ntk_and_activations(tmp_path):
     assert "fit loss at step 5 |" in (tmp_path / "ntk" / "ntk.md").read_text()  # 5 steps: no step 100 to name
     for name in ("ntk_kernels.png", "ntk_eigenvalues.png", "ntk_fit_loss.png", "ntk.md", "ntk_setting.json"):
         assert (tmp_path / "ntk" / name).is_file()
-    assert main(["analyze", "activations", "--resolution", "8", "--k", "default,5",
-                 "--out", str(tmp_path / "act")]) == 0
-    rows = json.loads((tmp_path / "act" / "activations.json").read_text())
+    # a folder holding other files (here the NTK's, as docs/results/analysis does) takes another analysis
+    activations = ["analyze", "activations", "--resolution", "8", "--k", "default,5", "--out", str(tmp_path / "ntk")]
+    assert main(activations) == 0
+    rows = json.loads((tmp_path / "ntk" / "activations.json").read_text())
     assert len(rows) == 4 and rows[2]["k"] == 5.0
+
+
+def test_an_earlier_analysis_is_replaced_only_with_overwrite(tmp_path, capsys):
+    out = tmp_path / "act"
+    first = ["analyze", "activations", "--resolution", "8", "--k", "5", "--out", str(out)]
+    assert main(first) == 0
+    (out / "notes.txt").write_text("the user's")
+    second = ["analyze", "activations", "--resolution", "8", "--k", "1,5", "--out", str(out)]
+    capsys.readouterr()
+    assert main(second) == 2
+    err = capsys.readouterr().err
+    assert "holds an earlier activation analysis (activations.png, activations.json, activations.md)" in err
+    assert "--overwrite" in err and len(json.loads((out / "activations.json").read_text())) == 2  # untouched
+    (out / "activations.md").unlink()  # a partial earlier analysis: the new one must not keep its pieces
+    assert main([*second, "--overwrite"]) == 0
+    assert len(json.loads((out / "activations.json").read_text())) == 4 and (out / "activations.md").is_file()
+    assert (out / "notes.txt").read_text() == "the user's"  # other files stay
+    ntk = ["analyze", "ntk", "--points", "8", "--width", "8", "--steps", "2", "--k", "1", "--mc-samples", "100",
+           "--out", str(out)]
+    assert main(ntk) == 0 and main(ntk) == 2
+    assert "earlier NTK analysis" in capsys.readouterr().err
 
 
 def test_analyze_neurons_from_a_checkpoint(tmp_path, png_path, capsys):

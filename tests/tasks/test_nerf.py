@@ -170,6 +170,8 @@ def test_overwrite_removes_the_earlier_runs_test_views_only_and_the_scene_is_not
     fit = ["fit", "nerf", str(scene), "--views", "2", "--downscale", "1", "--steps", "2", "--rays", "32",
            "--samples", "4", "--fine", "0", "--width", "8", "--fused", "off", "--quiet"]
     assert main([*fit, "--test-views", "2", "--out", str(out)]) == 0
+    assert "views_note" not in json.loads((out / "config.json").read_text())
+    assert capsys.readouterr().err == ""
     (out / "test" / "mine.png").write_bytes(b"the user's")
     assert main([*fit, "--test-views", "1", "--out", str(out), "--overwrite"]) == 0
     assert sorted(p.name for p in (out / "test").iterdir()) == ["mine.png", "r_0.png", "r_0_depth.png"]
@@ -177,6 +179,13 @@ def test_overwrite_removes_the_earlier_runs_test_views_only_and_the_scene_is_not
     assert main([*fit, "--out", str(scene), "--overwrite"]) == 2
     assert "is the scene folder" in capsys.readouterr().err
     assert sorted(p.name for p in (scene / "test").iterdir()) == ["r_0.png", "r_1.png"]
+    # more views than the splits have: all of them, said on stderr and in config.json
+    assert main([*fit, "--views", "20", "--test-views", "5", "--out", str(out), "--overwrite"]) == 0
+    err = capsys.readouterr().err.splitlines()
+    assert err == [f"warning: --views 20: the train split of {scene} has 8 views; using all of them",
+                   f"warning: --test-views 5: the test split of {scene} has 2 views; using all of them"]
+    config = json.loads((out / "config.json").read_text())
+    assert len(config["train_views"]) == 8 and "--test-views 5" in config["views_note"]
 
 
 def test_compositing_weights_of_three_samples_in_closed_form():
