@@ -156,6 +156,31 @@ def _write_summary(out: Path, directory, cfg: ImageRunConfig, batch_signals: int
     return summary
 
 
+def _row(name: str, metrics: dict) -> dict[str, Any]:
+    return {"image": name, **{k: metrics[k] for k in ("psnr", "ssim", "seconds", "params")}}
+
+
+def refresh_summary(run_dir: Path, metrics: dict) -> Path | None:
+    """After ``finer resume OUT/IMAGE`` of an image of a folder fit: its row of ``OUT/summary.json`` and the
+    totals, from the resumed run's ``metrics``, so the summary does not keep the earlier numbers. The row
+    records its steps (the summary's ``steps`` stay the folder's). Returns the summary's path, or ``None``
+    where ``run_dir`` is not an image of a folder fit."""
+    path = run_dir.parent / "summary.json"
+    summary = io.read_record(path)
+    rows = summary.get("runs") if isinstance(summary.get("runs"), list) else []
+    name = Path(str(metrics.get("image", ""))).name
+    hits = [i for i, r in enumerate(rows) if isinstance(r, dict) and r.get("image") == name
+            and Path(name).stem == run_dir.name]
+    if not hits or summary.get("batch_signals") != 1:  # stacked folders are not resumable
+        return None
+    rows[hits[0]] = {**_row(name, metrics), "steps": metrics["steps"], "resumed": time.strftime("%Y-%m-%d")}
+    summary["train_seconds"] = sum(r["seconds"] for r in rows)
+    summary["images_per_second"] = len(rows) / max(summary["train_seconds"], 1e-12)
+    summary["mean_psnr"] = float(np.mean([r["psnr"] for r in rows]))
+    io.write_json(path, summary)
+    return path
+
+
 def _kept(rows: list[dict], out: Path) -> str:
     if not rows:
         return "no image was finished"
@@ -180,7 +205,7 @@ def _fit_one_by_one(cfg: ImageRunConfig, directory, paths: list[Path], out: Path
                                  f"{out / path.stem}` finishes {path.name} alone)")
         total_seconds += metrics["seconds"]
         device = metrics["device"]
-        rows.append({"image": path.name, **{k: metrics[k] for k in ("psnr", "ssim", "seconds", "params")}})
+        rows.append(_row(path.name, metrics))
         log(f"{path.name}: PSNR {metrics['psnr']:.2f} dB, SSIM {metrics['ssim']:.4f}")
     return _write_summary(out, directory, cfg, 1, rows, total_seconds, device)
 
@@ -200,9 +225,8 @@ def _write_one(folder: Path, model, path: Path, image: np.ndarray, cfg: ImageRun
                "steps": state.step, "steps_planned": cfg.steps, "psnr": round(psnr(pred, image), 4),
                "ssim": round(ssim(pred, image), 5),
                "seconds": round(seconds, 3), "seconds_per_step": round(seconds / max(state.step, 1), 5),
-               "device": str(device), "fused": fused["fused"], "precision": cfg.precision, "image": str(path),
-               "height": h, "width": w,
-               "channels": c, "lr": mcfg.lr, "seed": cfg.seed, "batch_signals": group_size,
+               "device": str(device), "fused": fused["fused"], "precision": cfg.precision, "image": str(path.resolve()),
+               "image_height": h, "image_width": w, "image_channels": c, "lr": mcfg.lr, "seed": cfg.seed, "batch_signals": group_size,
                "note": "trained with the other images of its group as one stacked network; seconds are the "
                        "group's divided by its size"}
     io.write_json(folder / "metrics.json", metrics)
@@ -210,4 +234,4 @@ def _write_one(folder: Path, model, path: Path, image: np.ndarray, cfg: ImageRun
         "model": model.state_dict(), "fit": {"step": state.step, "status": state.status},
         "task": {"kind": "image", "height": h, "width": w, "channels": c,
                  "target_range": list(mcfg.target_range), "aspect": cfg.aspect}})
-    return {"image": path.name, **{k: metrics[k] for k in ("psnr", "ssim", "seconds", "params")}}
+    return _row(path.name, metrics)

@@ -420,9 +420,11 @@ def build_from_config(
 
 
 def network_shape(config: MLPConfig) -> dict[str, Any]:
-    """The hidden layers and units a network was built with, as run records state them; where the units
-    are not ``config.width`` (WIRE's complex parity), a note says why."""
-    shape: dict[str, Any] = {"hidden_layers": config.hidden_layers, "hidden_width": config.hidden_width()}
+    """The hidden layers and units a network was built with, as run records state them: ``width`` as asked
+    (``--width``, the bench tables' column), ``hidden_width`` as built; where they differ (WIRE's complex
+    parity), a note says why."""
+    shape: dict[str, Any] = {"width": config.width, "hidden_layers": config.hidden_layers,
+                             "hidden_width": config.hidden_width()}
     if shape["hidden_width"] != config.width:
         shape["hidden_width_note"] = (f"{shape['hidden_width']} complex units for width {config.width}: a complex "
                                       "unit holds two real numbers (parameter parity with real networks)")

@@ -118,7 +118,7 @@ def fit_nerf(cfg: NeRFRunConfig, out, *, progress: bool = True, overwrite: bool 
     io.write_json(out / "config.json", {
         "task": "nerf", "run": dataclasses.asdict(cfg), "train_views": train.names, "test_views": test.names,
         **({"views_note": "; ".join(notes)} if notes else {}),
-        "height": train.height, "width": train.width, "focal": train.focal, "near": renderer.near,
+        "view_height": train.height, "view_width": train.width, "focal": train.focal, "near": renderer.near,
         "far": renderer.far, "bound": renderer.field.bound, "activations": fused,
         "versions": {"torch": torch.__version__, "python": platform.python_version()}})
     io.write_json(out / "metrics.json", {"task": "nerf", "model": cfg.model, "status": "running", "steps": 0,
@@ -165,8 +165,8 @@ def _test_and_record(cfg: NeRFRunConfig, renderer, state, test, train_views: int
         "test_lpips_note": lpips_left_out(test.images.shape[1:], with_lpips),
         "train_seconds": round(state.train_seconds, 2), "seconds_per_step": round(state.train_seconds / max(state.step, 1), 4),
         "render_seconds_per_view": round((time.perf_counter() - t0) / len(views), 2), "device": str(device),
-        "fused": fused["fused"], "views": views, "train_views": train_views, "height": test.height,
-        "width": test.width, "rays_per_step": cfg.rays, "samples": cfg.samples, "fine": cfg.fine, "lr": cfg.lr,
+        "fused": fused["fused"], "views": views, "train_views": train_views, "view_height": test.height,
+        "view_width": test.width, "rays_per_step": cfg.rays, "samples": cfg.samples, "fine": cfg.fine, "lr": cfg.lr,
         "message": state.message or None,
         "pictures": {"test/VIEW.png": "rendering (left) beside the ground truth (right)",
                      "test/VIEW_depth.png": f"rendered depth, grey from white (near, {renderer.near:g}) to black "

@@ -231,10 +231,10 @@ class _Run:
             "fused": self.fused["fused"],
             "precision": self.cfg.precision,
             **({"precision_note": self.precision_note} if self.precision_note else {}),
-            "image": self.cfg.image or img.DEFAULT_IMAGE,
-            "height": h,
-            "width": w,
-            "channels": c,
+            "image": self.image_file or self.cfg.image or img.DEFAULT_IMAGE,  # a file: its absolute path
+            "image_height": h,
+            "image_width": w,  # "width" is the network's (config.json, bench tables)
+            "image_channels": c,
             "lr": self.train_cfg.lr,
             "seed": self.cfg.seed,
             "batch_size": self.batch_size or h * w,
@@ -245,7 +245,7 @@ class _Run:
             metrics["ssim"] = round(ssim(pred, self.image), 5)
             img.save_image(pred, self.out / "reconstruction.png")
             error_map(pred, self.image, self.out / "error_map.png")
-            psnr_curve(state.history, self.out / "psnr_curve.png", title=f"{self.cfg.model} on {metrics['image']}")
+            psnr_curve(state.history, self.out / "psnr_curve.png", title=f"{self.cfg.model} on {Path(metrics['image']).name}")
         if state.message:
             metrics["message"] = state.message
         io.write_json(self.out / "metrics.json", metrics)
@@ -340,7 +340,14 @@ def resume_image(run_dir: str | Path, *, steps: int | None = None, progress: boo
     state = FitState(step=done, history=payload["fit"]["history"], train_seconds=payload["fit"]["train_seconds"],
                      first_loss=payload["fit"]["first_loss"])
     io.write_json(run_dir / "config.json", run.resolved())
-    return run.run(state, payload["optimizer"])
+    metrics = run.run(state, payload["optimizer"])
+    if metrics.get("status") == "complete":
+        from finer.batch_runs import refresh_summary  # (it imports this module)
+
+        summary = refresh_summary(run_dir, metrics)
+        if summary:
+            metrics["summary"] = str(summary)
+    return metrics
 
 
 def _check_resumable(run_dir: Path, run: _Run, recorded: dict, payload: dict) -> None:

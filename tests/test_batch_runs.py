@@ -111,10 +111,10 @@ def test_a_folder_of_a_method_that_cannot_be_stacked_is_fitted_one_by_one(folder
     assert main(["fit", "image", str(folder / "01.png"), "--model", "metasin", "--out", str(single), *common]) == 0
     row = next(r for r in summary["runs"] if r["image"] == "01.png")
     assert row["psnr"] == json.loads((single / "metrics.json").read_text())["psnr"]  # the same single fit
-    assert json.loads((out / "odd" / "metrics.json").read_text())["width"] == 12
+    assert json.loads((out / "odd" / "metrics.json").read_text())["image_width"] == 12
 
 
-def test_a_folder_without_batch_signals_is_fitted_one_by_one(folder, tmp_path):
+def test_a_folder_without_batch_signals_is_fitted_one_by_one(folder, tmp_path, capsys):
     Image.fromarray(np.zeros((10, 12), np.uint8)).save(folder / "odd.png")  # another size, and grey
     out = tmp_path / "f"
     assert main(["fit", "image", str(folder), "--steps", "3", "--width", "8", "--hidden-layers", "1", "--quiet",
@@ -122,9 +122,21 @@ def test_a_folder_without_batch_signals_is_fitted_one_by_one(folder, tmp_path):
     summary = json.loads((out / "summary.json").read_text())
     assert summary["images"] == 4 and summary["batch_signals"] == 1
     odd = json.loads((out / "odd" / "metrics.json").read_text())
-    assert (odd["height"], odd["width"], odd["channels"]) == (10, 12, 1)
+    assert (odd["image_height"], odd["image_width"], odd["image_channels"]) == (10, 12, 1)
     for name in ("odd", "00"):  # every image a complete single run, resumable on its own
         assert all((out / name / f).is_file() for f in ("config.json", "checkpoint.pt", "curve.csv")), name
+    # resuming one of them updates its row of the folder's summary and the totals
+    capsys.readouterr()
+    assert main(["resume", str(out / "00"), "--steps", "40", "--quiet"]) == 0
+    assert json.loads(capsys.readouterr().out)["summary"] == str(out / "summary.json")
+    resumed = json.loads((out / "00" / "metrics.json").read_text())
+    after = json.loads((out / "summary.json").read_text())
+    row = next(r for r in after["runs"] if r["image"] == "00.png")
+    assert (row["psnr"], row["steps"], "resumed" in row) == (resumed["psnr"], 40, True) and row["psnr"] > 0
+    assert row["psnr"] != next(r for r in summary["runs"] if r["image"] == "00.png")["psnr"]
+    assert after["mean_psnr"] == pytest.approx(np.mean([r["psnr"] for r in after["runs"]]))
+    assert after["train_seconds"] == pytest.approx(sum(r["seconds"] for r in after["runs"]))
+    assert after["steps"] == 3 and after["images"] == 4  # the folder's protocol; one row says it differs
 
 
 def test_ctrl_c_in_a_folder_fit_exits_130_and_says_what_was_kept(folder, tmp_path, capsys, monkeypatch):

@@ -244,7 +244,7 @@ def test_a_batch_of_at_least_every_pixel_is_recorded_as_the_full_batch(png_path,
     assert main(["fit", "image", str(png_path), "--batch-size", "100000000", "--steps", "2", "--width", "8",
                  "--out", str(out), "--quiet"]) == 0
     config, metrics = (json.loads((out / name).read_text()) for name in ("config.json", "metrics.json"))
-    pixels = metrics["height"] * metrics["width"]
+    pixels = metrics["image_height"] * metrics["image_width"]
     assert config["train"]["full_batch"] is True and config["train"]["batch_size"] == pixels
     assert metrics["batch_size"] == pixels
     assert metrics["hidden_width"] == 8 and metrics["hidden_layers"] == 3  # the network's, beside the image's size
@@ -307,13 +307,15 @@ def test_resume_reads_the_recorded_image_from_any_folder(png_path, tmp_path, mon
     assert main(["fit", "image", png_path.name, "--steps", "3", "--width", "8", "--out", str(out), "--quiet"]) == 0
     config = json.loads((out / "config.json").read_text())
     assert config["image"]["path"] == str(png_path.resolve()) and len(config["image"]["sha256"]) == 64
+    assert json.loads((out / "metrics.json").read_text())["image"] == str(png_path.resolve())  # not the relative name
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     Image.new("RGB", (5, 7)).save(elsewhere / png_path.name)  # the same relative name, another image
     monkeypatch.chdir(elsewhere)
     assert main(["resume", str(out), "--steps", "5", "--quiet"]) == 0
     metrics = json.loads((out / "metrics.json").read_text())
-    assert metrics["steps"] == 5 and (metrics["height"], metrics["width"]) == (24, 24)
+    assert metrics["steps"] == 5 and (metrics["image_height"], metrics["image_width"]) == (24, 24)
+    assert metrics["image"] == str(png_path.resolve()) and metrics["width"] == 8  # the network's width
 
 
 def test_resume_refuses_a_changed_image_and_a_folder_that_mixes_two_runs(png_path, tmp_path, capsys):

@@ -207,8 +207,8 @@ def eval_sdf(args: argparse.Namespace) -> int:
 def resume(args: argparse.Namespace) -> int:
     from finer.runs import resume_image
 
-    return _finished(resume_image(args.run_dir, steps=args.steps, progress=not args.quiet, device=args.device),
-                     IMAGE_KEYS)
+    metrics = resume_image(args.run_dir, steps=args.steps, progress=not args.quiet, device=args.device)
+    return _finished(metrics, IMAGE_KEYS + (("summary",) if "summary" in metrics else ()))  # a folder fit's, updated
 
 
 def render(args: argparse.Namespace) -> int:
