@@ -169,6 +169,37 @@ def test_gauss_finer_scale_grad_is_the_derivative_it_names(scale_grad):
     torch.testing.assert_close(first.weight.grad, w.grad, rtol=1e-4, atol=1e-6)
 
 
+@pytest.mark.parametrize("scale_grad", [False, True])
+def test_wire_finer_scale_grad_is_the_derivative_it_names(scale_grad):
+    """As for Gauss-FINER, on Wire-FINER's complex hidden layer: the network written out by hand in real
+    arithmetic (real and imaginary parts warped by |re|+1 and |im|+1, the complex sine and Gabor by their
+    real formulas), with |.|+1 a constant or not; its gradient of the complex weight is dL/da + i dL/db."""
+    net = build_model("wire-finer", 2, 1, width=8, hidden_layers=1, seed=0, scale_grad=scale_grad)
+    cfg = net.config
+    first, hidden, last = (layer.linear for layer in net.layers)
+    x = torch.rand(32, 2) * 2 - 1
+    net(x).sum().backward()
+
+    def alpha(t):
+        return t.abs() + 1 if scale_grad else (t.abs() + 1).detach()
+
+    def gabor(ur, ui):  # exp(i w u - |s u|^2) of u = ur + i ui: exp(-w ui - s^2 |u|^2) (cos w ur + i sin w ur)
+        env = torch.exp(-cfg.omega_w * ui - cfg.scale**2 * (ur**2 + ui**2))
+        return env * torch.cos(cfg.omega_w * ur), env * torch.sin(cfg.omega_w * ur)
+
+    z = x @ first.weight.detach().T + first.bias.detach()  # real first layer
+    hr, hi = gabor(torch.sin(cfg.omega * alpha(z) * z), torch.zeros_like(z))
+    wr = hidden.weight.detach().real.clone().requires_grad_(True)
+    wi = hidden.weight.detach().imag.clone().requires_grad_(True)
+    a = hr @ wr.T - hi @ wi.T + hidden.bias.detach().real
+    b = hr @ wi.T + hi @ wr.T + hidden.bias.detach().imag
+    p, q = cfg.omega * alpha(a) * a, cfg.omega * alpha(b) * b
+    yr, yi = gabor(torch.sin(p) * torch.cosh(q), torch.cos(p) * torch.sinh(q))  # sin(p + i q)
+    lr, li = last.weight.detach().real, last.weight.detach().imag
+    (yr @ lr.T - yi @ li.T + last.bias.detach().real).sum().backward()  # the real part of the output
+    torch.testing.assert_close(hidden.weight.grad, torch.complex(wr.grad, wi.grad), rtol=1e-4, atol=1e-6)
+
+
 def test_the_package_namespace_is_its_public_api():
     """``import finer`` shows what ``__all__`` lists (and the version, the subpackages once imported),
     not the modules its own code uses."""

@@ -52,12 +52,15 @@ def empirical_ntk(model: nn.Module, x: Tensor, *, params: str = "all", chunk: in
 
 
 def explicit_jacobian(model: nn.Module, x: Tensor) -> Tensor:
-    """``(N, P)`` Jacobian of a scalar model by one backward pass per point (slow; for checks)."""
+    """``(N, P)`` Jacobian of a scalar model by one backward pass per point (slow; for checks). A complex
+    parameter gives two columns per entry, the derivatives along its real and imaginary parts (PyTorch's
+    gradient of a real output is ``dy/da + i dy/db``), as :func:`empirical_ntk` counts it."""
     rows = []
     for xi in x:
         model.zero_grad(set_to_none=True)
         model(xi[None]).sum().backward()
-        rows.append(torch.cat([p.grad.reshape(-1) for p in model.parameters()]))
+        rows.append(torch.cat([(torch.view_as_real(p.grad) if p.is_complex() else p.grad).reshape(-1)
+                               for p in model.parameters()]))
     return torch.stack(rows)
 
 
