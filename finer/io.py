@@ -214,8 +214,9 @@ def save_checkpoint(path: str | os.PathLike, *, model: torch.nn.Module, extra: d
     atomic_write(path, lambda tmp: torch.save(payload, tmp))
 
 
-def read_payload(path: str | os.PathLike, fmt: str = CHECKPOINT_FORMAT) -> tuple[Path, dict[str, Any]]:
-    """The dict saved in ``path`` (a ``checkpoint.pt`` or its run folder), checked to be of format ``fmt``."""
+def read_payload(path: str | os.PathLike, fmt: str = CHECKPOINT_FORMAT, want: str | None = None) -> tuple[Path, dict[str, Any]]:
+    """The dict saved in ``path`` (a ``checkpoint.pt`` or its run folder), checked to be of format ``fmt``;
+    ``want`` says what the caller needs, for the error about a file of another kind."""
     path = Path(path)
     if path.is_dir():
         path = path / "checkpoint.pt"
@@ -232,14 +233,28 @@ def read_payload(path: str | os.PathLike, fmt: str = CHECKPOINT_FORMAT) -> tuple
     found = payload.get("format") if isinstance(payload, dict) else None
     if found != fmt:
         if found in _KINDS:
-            raise FinerError(f"{path} is {_KINDS[found]}, not {_KINDS.get(fmt, fmt)}")
+            raise FinerError(f"{path} is {_KINDS[found]}, not {want or _KINDS.get(fmt, fmt)}")
         raise FinerError(f"{path} is not a finer-inr checkpoint")
     return path, payload
 
 
-def load_checkpoint(path: str | os.PathLike) -> tuple[torch.nn.Module, dict[str, Any]]:
-    """Rebuild the model stored in a checkpoint; returns ``(model, payload)``."""
-    path, payload = read_payload(path)
+_TASKS = {"image": "an image model's checkpoint", "sdf": "an SDF model's checkpoint"}
+
+
+def load_checkpoint(path: str | os.PathLike, task: str | None = None,
+                    reader: str | None = None) -> tuple[torch.nn.Module, dict[str, Any]]:
+    """Rebuild the model stored in a checkpoint; returns ``(model, payload)``. ``task`` (``"image"`` or
+    ``"sdf"``): the kind of model required, and ``reader`` the command that needs it, for the message
+    that refuses another kind."""
+    want = _TASKS.get(task, "an image or SDF model's checkpoint") + (f", which `{reader}` reads" if reader else "")
+    if reader == "finer render":
+        want += " (`finer render nerf` reads NeRF runs)"
+    path, payload = read_payload(path, want=want)
+    found = payload.get("task", {}).get("kind") if isinstance(payload.get("task"), dict) else None
+    if task is not None and found != task:
+        surface = ("; an SDF run's folder holds its surface already (mesh.ply, render.png), which `finer eval sdf` "
+                   "remakes at another --resolution") if found == "sdf" else ""
+        raise FinerError(f"{path} is {_TASKS.get(found, f'a checkpoint of task {found!r}')}, not {want}{surface}")
     if payload["method"] not in MODELS:
         raise FinerError(f"{path} holds unknown model {payload['method']!r}")
     cfg = make_config(payload["method"], **payload["model_config"])

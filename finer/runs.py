@@ -375,14 +375,8 @@ def render_checkpoint(checkpoint: str | Path, *, scale: float = 2.0, out: str | 
     if out:
         img.check_image_path(out)
         io.check_out(out, folder=False)
-    model, payload = io.load_checkpoint(checkpoint)
-    task = payload.get("task", {})
-    if task.get("kind") != "image":
-        kind = task.get("kind")
-        raise FinerError(f"{checkpoint} is not an image model but " + (
-            "an SDF run's: its folder holds the surface already (mesh.ply, render.png; `finer eval sdf` remakes "
-            "them at another --resolution)" if kind == "sdf" else f"of task {kind!r}")
-            + "; `finer render` draws image models, `finer render nerf` NeRF runs")
+    model, payload = io.load_checkpoint(checkpoint, "image", "finer render")
+    task = payload["task"]
     if out:
         img.check_writable_as(out, task["channels"])
     dev = resolve_device(device)

@@ -207,16 +207,14 @@ def eval_sdf(checkpoint: str | Path, mesh_path: str | Path | None = None, *, out
     settings = {name: given.get(name) if given.get(name) is not None else recorded.get(name, default)
                 for name, default in EVAL_DEFAULTS.items()}
     check_sizes(**{k: v for k, v in settings.items() if k != "seed"})
+    if out:
+        io.check_out(out, folder=True)
+    model, payload = io.load_checkpoint(checkpoint, "sdf", "finer eval sdf")
+    task = payload["task"]
     if mesh_path is None:
         mesh_path = recorded.get("mesh")
         if not mesh_path:
             raise FinerError(f"{checkpoint}: no mesh recorded with this run; give --mesh")
-    if out:
-        io.check_out(out, folder=True)
-    model, payload = io.load_checkpoint(checkpoint)
-    task = payload.get("task", {})
-    if task.get("kind") != "sdf":
-        raise FinerError(f"{checkpoint} is not an SDF model (task {task.get('kind')!r})")
     norm = S.Normalization(**task["normalization"])
     mesh = S.load_mesh(mesh_path)
     unit = mesh.copy()

@@ -46,7 +46,7 @@ def test_fit_and_eval_sdf(tmp_path, capsys):
     assert "box.off is not the mesh this run was fitted to" in captured.err
     assert "not the mesh" in json.loads(captured.out)["warning"]
     assert main(["render", str(out)]) == 2  # an SDF run: its surface is in its folder already
-    assert "its folder holds the surface already (mesh.ply, render.png" in capsys.readouterr().err
+    assert "an SDF run's folder holds its surface already (mesh.ply, render.png" in capsys.readouterr().err
 
 
 def test_bad_meshes_give_one_line_errors(tmp_path, capsys):

@@ -35,6 +35,34 @@ def test_bad_checkpoints(tmp_path):
         io.read_payload(tmp_path / "image.pt", io.NERF_CHECKPOINT_FORMAT)
 
 
+def test_each_command_names_the_checkpoint_it_was_given_and_the_kind_it_reads(tmp_path, capsys):
+    from finer.cli import main
+
+    net = build_model("finer", 3, 1, width=8, hidden_layers=1)
+    sdf = tmp_path / "sdf"
+    io.save_checkpoint(sdf / "checkpoint.pt", model=net, extra={"model": net.state_dict(), "task": {"kind": "sdf"}})
+    torch.save({"format": io.NERF_CHECKPOINT_FORMAT}, tmp_path / "nerf.pt")
+    image = build_model("finer", 2, 3, width=8, hidden_layers=1)
+    io.save_checkpoint(tmp_path / "image.pt", model=image, extra={"model": image.state_dict(), "task": {"kind": "image"}})
+    cases = [
+        (["analyze", "neurons", str(sdf)], f"{sdf / 'checkpoint.pt'} is an SDF model's checkpoint, not an image "
+                                           "model's checkpoint, which `finer analyze neurons` reads"),
+        (["analyze", "neurons", str(tmp_path / "nerf.pt")], "nerf.pt is a NeRF checkpoint (for `finer render nerf`), "
+                                                            "not an image model's checkpoint, which `finer analyze"),
+        (["eval", "sdf", str(tmp_path / "image.pt")], "image.pt is an image model's checkpoint, not an SDF model's "
+                                                      "checkpoint, which `finer eval sdf` reads"),
+        (["render", str(tmp_path / "nerf.pt")], "is a NeRF checkpoint (for `finer render nerf`), not an image "
+                                                "model's checkpoint, which `finer render` reads"),
+        (["render", str(sdf)], "is an SDF model's checkpoint, not an image model's checkpoint, which `finer render` "
+                               "reads (`finer render nerf` reads NeRF runs); an SDF run's folder holds its surface"),
+    ]
+    for argv, message in cases:
+        assert main(argv) == 2, argv
+        err = capsys.readouterr().err
+        assert message in err and len(err.strip().splitlines()) == 1, err
+    assert not (sdf / "neurons").exists()
+
+
 def test_an_unknown_image_extension_is_refused_before_any_work(tmp_path):
     from finer.tasks.image import check_image_path
 

@@ -215,10 +215,8 @@ def analyze_activations(out, *, ks=(None, 1.0, 5.0, 10.0, 20.0), layers=2, resol
 
 def analyze_neurons(checkpoint, out=None, *, count=64) -> dict:
     """Pictures of the first-layer neurons of an image checkpoint and their mean radial spectrum."""
-    model, payload = io.load_checkpoint(checkpoint)
-    task = payload.get("task", {})
-    if task.get("kind") != "image":
-        raise FinerError(f"{checkpoint} is not an image model")
+    model, payload = io.load_checkpoint(checkpoint, "image", "finer analyze neurons")
+    task = payload["task"]
     ckpt = Path(checkpoint)
     out = Path(out) if out else (ckpt if ckpt.is_dir() else ckpt.parent) / "neurons"
     outputs = first_layer_outputs(model.eval(), task["height"], task["width"], task["aspect"])
