@@ -48,7 +48,8 @@ class StackedImageTask:
         k, h, w, c = self.images.shape
         self.count, self.height, self.width, self.channels = k, h, w, c
         self.coords = img.coordinate_grid(h, w, self.aspect).to(self.device)
-        self.targets = img.to_range(torch.from_numpy(self.images.reshape(k, h * w, c)), *self.target_range).to(self.device)
+        pixels = torch.from_numpy(self.images.reshape(k, h * w, c))
+        self.targets = img.to_range(pixels, *self.target_range).to(self.device)
         self.signal_losses: list[Tensor] = []
 
     @property
@@ -131,7 +132,8 @@ def fit_image_folder(cfg: ImageRunConfig, directory, out, *, batch_signals: int,
         task = StackedImageTask(np.stack([images[i] for i in group]), tuple(mcfg.target_range), device, cfg.aspect)
         train_cfg = TrainConfig(steps=cfg.steps, lr=mcfg.lr, eval_every=0, checkpoint_every=0, log_every=cfg.log_every,
                                 precision=cfg.precision, cuda_graph=cfg.cuda_graph)
-        state = fit(stacked, task, train_cfg, progress=progress, desc=f"images {group[0] + 1}-{group[-1] + 1}/{len(paths)}")
+        state = fit(stacked, task, train_cfg, progress=progress,
+                    desc=f"images {group[0] + 1}-{group[-1] + 1}/{len(paths)}")
         names = ", ".join(paths[i].name for i in group)
         if state.status == "interrupted":
             raise InterruptedRun(f"{state.message} while fitting {names}; {_kept(rows, out)} (a folder fit does "
@@ -140,7 +142,8 @@ def fit_image_folder(cfg: ImageRunConfig, directory, out, *, batch_signals: int,
             raise FinerError(f"images {names}: {state.status}: {state.message}")
         total_seconds += state.train_seconds
         for model, i in zip(stacked.unstack(), group):
-            rows.append(_write_one(out / paths[i].stem, model, paths[i], images[i], cfg, state, len(group), fused, device))
+            rows.append(_write_one(out / paths[i].stem, model, paths[i], images[i], cfg, state, len(group), fused,
+                                   device))
             log(f"{paths[i].name}: PSNR {rows[-1]['psnr']:.2f} dB, SSIM {rows[-1]['ssim']:.4f}")
     return _write_summary(out, directory, cfg, batch_signals, rows, total_seconds, str(device))
 
@@ -200,7 +203,8 @@ def _fit_one_by_one(cfg: ImageRunConfig, directory, paths: list[Path], out: Path
         metrics = fit_image(dataclasses.replace(cfg, image=str(path)), out / path.stem, progress=progress,
                             overwrite=True, log=log)
         if metrics["status"] == "interrupted":
-            raise InterruptedRun(f"{metrics.get('message', 'interrupted')} while fitting {path.name}; {_kept(rows, out)} "
+            raise InterruptedRun(f"{metrics.get('message', 'interrupted')} while fitting {path.name}; "
+                                 f"{_kept(rows, out)} "
                                  "(a folder fit does not resume: fit it again with --overwrite; `finer resume "
                                  f"{out / path.stem}` finishes {path.name} alone)")
         total_seconds += metrics["seconds"]
@@ -226,7 +230,8 @@ def _write_one(folder: Path, model, path: Path, image: np.ndarray, cfg: ImageRun
                "ssim": round(ssim(pred, image), 5),
                "seconds": round(seconds, 3), "seconds_per_step": round(seconds / max(state.step, 1), 5),
                "device": str(device), "fused": fused["fused"], "precision": cfg.precision, "image": str(path.resolve()),
-               "image_height": h, "image_width": w, "image_channels": c, "lr": mcfg.lr, "seed": cfg.seed, "batch_signals": group_size,
+               "image_height": h, "image_width": w, "image_channels": c, "lr": mcfg.lr, "seed": cfg.seed,
+               "batch_signals": group_size,
                "note": "trained with the other images of its group as one stacked network; seconds are the "
                        "group's divided by its size"}
     io.write_json(folder / "metrics.json", metrics)

@@ -80,7 +80,8 @@ def check_out(path: str | os.PathLike, *, folder: bool, option: str = "--out") -
     it exists as the other kind, or a file stands where one of its parent folders should be."""
     path = Path(path)
     if path.exists() and path.is_dir() != folder:
-        raise FinerError(f"{option} {path} exists and is " + ("not a folder" if folder else "a folder; give a file name"))
+        raise FinerError(f"{option} {path} exists and is "
+                         + ("not a folder" if folder else "a folder; give a file name"))
     for parent in path.parents:
         if parent.exists():
             if not parent.is_dir():
@@ -214,7 +215,8 @@ def save_checkpoint(path: str | os.PathLike, *, model: torch.nn.Module, extra: d
     atomic_write(path, lambda tmp: torch.save(payload, tmp))
 
 
-def read_payload(path: str | os.PathLike, fmt: str = CHECKPOINT_FORMAT, want: str | None = None) -> tuple[Path, dict[str, Any]]:
+def read_payload(path: str | os.PathLike, fmt: str = CHECKPOINT_FORMAT,
+                 want: str | None = None) -> tuple[Path, dict[str, Any]]:
     """The dict saved in ``path`` (a ``checkpoint.pt`` or its run folder), checked to be of format ``fmt``;
     ``want`` says what the caller needs, for the error about a file of another kind."""
     path = Path(path)
@@ -226,10 +228,12 @@ def read_payload(path: str | os.PathLike, fmt: str = CHECKPOINT_FORMAT, want: st
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         if "Unsupported global" in str(exc):  # a PyTorch file holding more than tensors and plain data
-            raise FinerError(f"{path} is not a finer-inr checkpoint (it holds Python objects, not only tensors)") from None
+            raise FinerError(f"{path} is not a finer-inr checkpoint (it holds Python objects, not only "
+                             "tensors)") from None
         raise FinerError(f"cannot read checkpoint {path}: not a file saved by PyTorch") from None
     except Exception as exc:  # torch raises many kinds for a bad file
-        raise FinerError(f"cannot read checkpoint {path}: not a file saved by PyTorch ({type(exc).__name__}: {exc})") from None
+        raise FinerError(f"cannot read checkpoint {path}: not a file saved by PyTorch "
+                         f"({type(exc).__name__}: {exc})") from None
     found = payload.get("format") if isinstance(payload, dict) else None
     if found != fmt:
         if found in _KINDS:

@@ -133,7 +133,8 @@ def _check_value(owner: str, name: str, value: Any, kind: str = "") -> None:
             and value[0] < value[1]
         )
         if not ok:
-            raise ConfigError(f"{owner}.target_range must be two finite numbers (low, high) with low < high, got {value!r}")
+            raise ConfigError(f"{owner}.target_range must be two finite numbers (low, high) with low < high, "
+                              f"got {value!r}")
         return
     if value is None and name in _NON_NEGATIVE:
         return
@@ -328,8 +329,8 @@ class MPAConfig(MLPConfig):
     """MPA (Mehta et al. 2021): SIREN synthesis layers ``m_i * sin(omega (W_i h + b_i))`` whose amplitudes
     ``m_i`` come from a ReLU modulator fed with a learned latent code.
 
-    *Unverified against the MPA code* (which we could not read): the auto-encoder is replaced by one learned latent per signal,
-    the modulator is as wide as the synthesis network, SIREN init with omega 30.
+    *Unverified against the MPA code* (which we could not read): the auto-encoder is replaced by one learned
+    latent per signal, the modulator is as wide as the synthesis network, SIREN init with omega 30.
     """
 
     omega: float = 30.0

@@ -156,14 +156,18 @@ def _test_and_record(cfg: NeRFRunConfig, renderer, state, test, train_views: int
         scores = image_metrics(pred, image, with_lpips=with_lpips)
         views.append({"view": name, **scores})
         save_image(np.concatenate([pred, image], axis=1), out / "test" / f"{name}.png")
-        save_image(_depth_picture(view["depth"].cpu().numpy(), renderer.near, renderer.far), out / "test" / f"{name}_depth.png")
+        save_image(_depth_picture(view["depth"].cpu().numpy(), renderer.near, renderer.far),
+                   out / "test" / f"{name}_depth.png")
     metrics = {
-        "task": "nerf", "model": cfg.model, "status": state.status, "steps": state.step, "params": count_parameters(renderer),
-        "test_psnr": float(np.mean([v["psnr"] for v in views])), "test_ssim": float(np.mean([v["ssim"] for v in views])),
+        "task": "nerf", "model": cfg.model, "status": state.status, "steps": state.step,
+        "params": count_parameters(renderer),
+        "test_psnr": float(np.mean([v["psnr"] for v in views])),
+        "test_ssim": float(np.mean([v["ssim"] for v in views])),
         "test_lpips": (float(np.mean([v["lpips"] for v in views])) if all(v.get("lpips") is not None for v in views)
                        else None),
         "test_lpips_note": lpips_left_out(test.images.shape[1:], with_lpips),
-        "train_seconds": round(state.train_seconds, 2), "seconds_per_step": round(state.train_seconds / max(state.step, 1), 4),
+        "train_seconds": round(state.train_seconds, 2),
+        "seconds_per_step": round(state.train_seconds / max(state.step, 1), 4),
         "render_seconds_per_view": round((time.perf_counter() - t0) / len(views), 2), "device": str(device),
         "fused": fused["fused"], "views": views, "train_views": train_views, "view_height": test.height,
         "view_width": test.width, "rays_per_step": cfg.rays, "samples": cfg.samples, "fine": cfg.fine, "lr": cfg.lr,
@@ -205,7 +209,8 @@ def render_nerf(checkpoint, *, frames: int = 60, out=None, device: str = "auto",
         raise FinerError(f"elevation is in degrees, from -90 to 90; got {elevation}")
     if out:
         if Path(out).suffix.lower() in (".gif", ".png", ".jpg", ".mp4"):
-            raise FinerError(f"--out {out} names a file; it is the folder that gets turntable.gif and turntable_depth.gif")
+            raise FinerError(f"--out {out} names a file; it is the folder that gets turntable.gif and "
+                             "turntable_depth.gif")
         io.check_out(out, folder=True)
     dev = resolve_device(device)
     renderer, payload = load_renderer(checkpoint, dev)

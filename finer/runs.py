@@ -148,7 +148,8 @@ class _Run:
         self.model = build_model(cfg.model, 2, c, seed=cfg.seed, **cfg.model_options).to(self.device)
         self.fused = apply_fused(self.model, cfg.fused, cfg.steps)
         mcfg = self.model.config
-        self.batch_size = cfg.batch_size if cfg.batch_size is None or cfg.batch_size < h * w else None  # all pixels: full batch
+        all_pixels = cfg.batch_size is not None and cfg.batch_size >= h * w
+        self.batch_size = None if all_pixels else cfg.batch_size  # all pixels: the full batch
         self.note = ""
         if self.batch_size is None:
             full = img.full_batch_bytes(h * w, mcfg.width, mcfg.hidden_layers + 1, mcfg.complex_weights)
@@ -188,7 +189,8 @@ class _Run:
         return {
             "task": "image",
             "run": dataclasses.asdict(self.cfg),
-            "image": {"source": self.cfg.image or img.DEFAULT_IMAGE, "path": self.image_file, "sha256": self.image_sha256,
+            "image": {"source": self.cfg.image or img.DEFAULT_IMAGE, "path": self.image_file,
+                      "sha256": self.image_sha256,
                       "height": h, "width": w, "channels": c},
             "model": {"name": self.cfg.model, **dataclasses.asdict(self.model.config)},
             "train": {**dataclasses.asdict(self.train_cfg), "optimizer": "Adam", "loss": "MSE",
@@ -245,7 +247,8 @@ class _Run:
             metrics["ssim"] = round(ssim(pred, self.image), 5)
             img.save_image(pred, self.out / "reconstruction.png")
             error_map(pred, self.image, self.out / "error_map.png")
-            psnr_curve(state.history, self.out / "psnr_curve.png", title=f"{self.cfg.model} on {Path(metrics['image']).name}")
+            psnr_curve(state.history, self.out / "psnr_curve.png",
+                       title=f"{self.cfg.model} on {Path(metrics['image']).name}")
         if state.message:
             metrics["message"] = state.message
         io.write_json(self.out / "metrics.json", metrics)
@@ -363,7 +366,8 @@ def _check_resumable(run_dir: Path, run: _Run, recorded: dict, payload: dict) ->
     task, (h, w, c) = payload.get("task", {}), run.image.shape
     if (task.get("height"), task.get("width"), task.get("channels")) != (h, w, c):
         raise FinerError(f"{run.image_file or run.cfg.image} gives a {w}x{h}x{c} image but {run_dir} was trained on "
-                         f"{task.get('width')}x{task.get('height')}x{task.get('channels')} (width x height x channels); "
+                         f"{task.get('width')}x{task.get('height')}x{task.get('channels')} "
+                         "(width x height x channels); "
                          "it is not the image of that run")
 
 

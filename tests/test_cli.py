@@ -338,8 +338,8 @@ def test_resume_refuses_a_changed_image_and_a_folder_that_mixes_two_runs(png_pat
 
 
 def test_tf32_on_the_cpu_says_it_is_float32(png_path, tmp_path, capsys):
-    assert main(["fit", "image", str(png_path), "--precision", "tf32", "--device", "cpu", "--steps", "2", "--width", "8",
-                 "--out", str(tmp_path / "t")]) == 0
+    assert main(["fit", "image", str(png_path), "--precision", "tf32", "--device", "cpu", "--steps", "2",
+                 "--width", "8", "--out", str(tmp_path / "t")]) == 0
     assert "on the CPU this run computes in float32" in capsys.readouterr().err
     metrics = json.loads((tmp_path / "t" / "metrics.json").read_text())  # and its record says so
     assert metrics["precision"] == "tf32" and "computes in float32" in metrics["precision_note"]

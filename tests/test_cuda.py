@@ -28,8 +28,9 @@ def _value_and_grad(fn, z, g):
     return y.detach(), gz
 
 
-@pytest.mark.parametrize("fn,params", [(A.finer, dict(omega=30.0, detach=True)), (A.finer, dict(omega=30.0, detach=False)),
-                                       (A.sine, dict(omega=30.0)), (A.gauss_finer, dict(omega=10.0, scale=3.0, detach=True))],
+@pytest.mark.parametrize("fn,params", [(A.finer, dict(omega=30.0, detach=True)),
+                                       (A.finer, dict(omega=30.0, detach=False)), (A.sine, dict(omega=30.0)),
+                                       (A.gauss_finer, dict(omega=10.0, scale=3.0, detach=True))],
                          ids=["finer", "finer-true-grad", "sine", "gauss-finer"])
 def test_compiled_kernels_on_the_gpu_match_a_float64_reference(fn, params):
     """Triton kernels (float32) against the reference function in float64 on the CPU."""
@@ -119,7 +120,8 @@ def test_a_recorded_cuda_graph_step_trains_as_the_eager_step(astronaut_small, na
         state = fit(model, task, TrainConfig(steps=30, lr=lr, log_every=4, eval_every=10,
                                              cuda_graph=cuda_graph), progress=False)
         assert state.status == "complete"
-        results.append(([h["loss"] for h in state.history], [h["eval_psnr"] for h in state.history if "eval_psnr" in h]))
+        results.append(([h["loss"] for h in state.history],
+                        [h["eval_psnr"] for h in state.history if "eval_psnr" in h]))
     (eager_loss, eager_psnr), (graph_loss, graph_psnr) = results
     assert graph_loss == pytest.approx(eager_loss, rel=1e-4)
     assert graph_psnr == pytest.approx(eager_psnr, abs=0.01)

@@ -43,7 +43,8 @@ def test_each_command_names_the_checkpoint_it_was_given_and_the_kind_it_reads(tm
     io.save_checkpoint(sdf / "checkpoint.pt", model=net, extra={"model": net.state_dict(), "task": {"kind": "sdf"}})
     torch.save({"format": io.NERF_CHECKPOINT_FORMAT}, tmp_path / "nerf.pt")
     image = build_model("finer", 2, 3, width=8, hidden_layers=1)
-    io.save_checkpoint(tmp_path / "image.pt", model=image, extra={"model": image.state_dict(), "task": {"kind": "image"}})
+    io.save_checkpoint(tmp_path / "image.pt", model=image,
+                       extra={"model": image.state_dict(), "task": {"kind": "image"}})
     cases = [
         (["analyze", "neurons", str(sdf)], f"{sdf / 'checkpoint.pt'} is an SDF model's checkpoint, not an image "
                                            "model's checkpoint, which `finer analyze neurons` reads"),

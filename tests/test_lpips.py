@@ -15,7 +15,8 @@ from finer.errors import FinerError
 
 needs_weights = pytest.mark.skipif(not L.available(), reason=f"LPIPS weights not installed ({L.INSTALL_HINT})")
 needs_authors = pytest.mark.skipif(importlib.util.find_spec("lpips") is None,
-                                   reason="the LPIPS authors' package is not installed (pip install --no-deps lpips==0.1.4)")
+                                   reason="the LPIPS authors' package is not installed "
+                                          "(pip install --no-deps lpips==0.1.4)")
 
 
 def _authors_dir() -> Path:

@@ -25,7 +25,8 @@ def psnr_table(results: str | Path) -> dict[tuple[str, int, int], dict[str, floa
         path = path / ("width.json" if (path / "width.json").is_file() and not (path / "results.json").exists()
                        else "results.json")
     if not path.is_file():
-        raise FinerError(f"no grid results at {path} (a folder written by `finer bench images` or `finer bench width`, or its results.json or width.json)")
+        raise FinerError(f"no grid results at {path} (a folder written by `finer bench images` or `finer bench "
+                         "width`, or its results.json or width.json)")
     data = io.read_json(path)
     if not isinstance(data, dict) or not isinstance(data.get("runs"), list):
         raise FinerError(f"{path} is not a grid's results.json (no list of runs)")

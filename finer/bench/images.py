@@ -242,7 +242,8 @@ def run_stacked(jobs: list[Job]) -> list[tuple[dict, np.ndarray]]:
     if state.status == "interrupted":
         raise KeyboardInterrupt
     losses = torch.stack(task.signal_losses).cpu().double().numpy()
-    rerun = set(diverged_signals(losses, cfg.divergence_factor)) if state.status == "complete" else set(range(len(jobs)))
+    complete = state.status == "complete"
+    rerun = set(diverged_signals(losses, cfg.divergence_factor)) if complete else set(range(len(jobs)))
     psnrs = task.signal_psnrs()
     seconds = state.train_seconds / len(jobs)
     out = []
@@ -517,7 +518,8 @@ def _protocol_line(p: dict) -> str:
             + plural(p["runs_done"], "run")
             + (f" of {p['runs_planned']} planned" if p.get("runs_planned", p["runs_done"]) != p["runs_done"] else "")
             + (f"; a method's runs fitted up to {p['batch_signals']} images at a time as one stacked network "
-               "(a stacked run's seconds: its group's divided by the group's size)" if p.get("batch_signals", 1) > 1 else "")
+               "(a stacked run's seconds: its group's divided by the group's size)"
+               if p.get("batch_signals", 1) > 1 else "")
             + ". PSNR/SSIM/LPIPS (AlexNet, v0.1) of the clipped prediction on [0, 1], mean ± std over runs.")
 
 

@@ -71,7 +71,8 @@ def _protocol_mismatch(run_dir: Path, cfg: SDFRunConfig) -> str:
     if config.get("mesh_sha256"):  # recorded since 2026-11-28; older runs are compared on their settings
         wanted["mesh_sha256"] = io.file_digest(cfg.mesh)
         recorded = {**recorded, "mesh_sha256": config["mesh_sha256"]}
-    return ", ".join(f"{k} {recorded.get(k)} where this grid has {v}" for k, v in wanted.items() if recorded.get(k) != v)
+    return ", ".join(f"{k} {recorded.get(k)} where this grid has {v}"
+                     for k, v in wanted.items() if recorded.get(k) != v)
 
 
 def _fmt(value) -> str:

@@ -340,7 +340,8 @@ def run_speed(cfg: SpeedConfig, log=print) -> dict:
         step, fused = per_step[label], fused_layers[label]
         overhead = max(firsts[label] - step, 0.0)
         own_products = per_step[own[label]]
-        rows.append({"method": name, "cuda_graph": graph, "label": label, "seconds_per_step": step, "over_floor": step / floor,
+        rows.append({"method": name, "cuda_graph": graph, "label": label, "seconds_per_step": step,
+                     "over_floor": step / floor,
                      "own_products_seconds_per_step": own_products, "over_own_products": step / own_products,
                      "reference_over_this": reference / step, "fused_layers": fused,
                      "first_step_overhead_seconds": overhead})
@@ -387,7 +388,8 @@ def speed_markdown(result: dict, command: str) -> str:
         f"`{cfg['width']} -> 3`. Median of {cfg['repeats']} blocks of {cfg['steps']} steps after "
         f"{cfg['warmup']} warm-up steps, the blocks of all rows interleaved round by round; "
         f"torch.compile {'on' if cfg['compile'] else 'off'}{GRAPH_NOTE if cfg.get('cuda_graph') else ''}.", "",
-        f"GEMM floor (forward and both backward products, nothing else): {result['gemm_floor_seconds_per_step']:.4f} s/step.",
+        "GEMM floor (forward and both backward products, nothing else): "
+        f"{result['gemm_floor_seconds_per_step']:.4f} s/step.",
         f"Official code, eager re-implementation: {result['official_seconds_per_step']:.4f} s/step = "
         f"{result['official_over_floor']:.2f} x floor.", "",
         "Own products: the same bare products for the method's own network, where it differs from the "
@@ -400,16 +402,19 @@ def speed_markdown(result: dict, command: str) -> str:
     for r in result["methods"]:
         own = r.get("own_products_seconds_per_step")
         own_cells = f"{own:.4f} | {r['over_own_products']:.2f}" if own else "- | -"
-        lines.append(f"| {r.get('label', r['method'])} | {r['seconds_per_step']:.4f} | {r['over_floor']:.2f} | {own_cells} | "
-                     f"{r['reference_over_this']:.2f} | {r['fused_layers']} | {r['first_step_overhead_seconds']:.1f} |")
+        lines.append(f"| {r.get('label', r['method'])} | {r['seconds_per_step']:.4f} | {r['over_floor']:.2f} | "
+                     f"{own_cells} | {r['reference_over_this']:.2f} | {r['fused_layers']} | "
+                     f"{r['first_step_overhead_seconds']:.1f} |")
     ident = result.get("identity")
     if ident:
         lines += ["", f"Identity: library FINER and the reference trained {ident['steps']} steps from the same "
-                      f"weights: largest relative difference of their losses {ident['max_relative_loss_difference']:.2e}; "
+                      "weights: largest relative difference of their losses "
+                      f"{ident['max_relative_loss_difference']:.2e}; "
                       f"PSNR {ident['psnr_library']:.3f} dB (library) vs {ident['psnr_reference']:.3f} dB (reference)."]
     sig = result.get("signals")
     if sig:
-        lines += ["", f"Many signals (FINER, {sig['images']} images of {sig['size']}x{sig['size']}, `2 -> {sig['width']}` "
+        lines += ["", f"Many signals (FINER, {sig['images']} images of {sig['size']}x{sig['size']}, "
+                      f"`2 -> {sig['width']}` "
                       f"and {sig['hidden_layers']} x `{sig['width']} -> {sig['width']}`, {sig['steps']} steps each, "
                       "full batch, the same seed for every network):", "",
                   "| fitting | images/s |", "|---|---|",

@@ -106,7 +106,8 @@ def _finished(metrics: dict, keys: tuple[str, ...]) -> int:
     if metrics["status"] != "interrupted":
         return 0
     if "psnr" in keys:  # image runs can be resumed
-        print(f"error: {metrics.get('message', 'interrupted')}; continue with `finer resume {metrics.get('out', 'DIR')}`",
+        print(f"error: {metrics.get('message', 'interrupted')}; "
+              f"continue with `finer resume {metrics.get('out', 'DIR')}`",
               file=sys.stderr)
     return EXIT_INTERRUPTED
 
@@ -160,7 +161,8 @@ def _fit_image_folder(args: argparse.Namespace, cfg) -> int:
 def fit_nerf(args: argparse.Namespace) -> int:
     from finer import nerf_run
 
-    cfg = nerf_run.NeRFRunConfig(scene=args.scene, model=args.model, model_options=options(args.option), views=args.views,
+    cfg = nerf_run.NeRFRunConfig(scene=args.scene, model=args.model, model_options=options(args.option),
+                                 views=args.views,
                         downscale=args.downscale, steps=args.steps, rays=args.rays, samples=args.samples,
                         fine=args.fine, lr=args.lr, width=args.width, test_views=args.test_views, seed=args.seed,
                         device=args.device, fused=args.fused)

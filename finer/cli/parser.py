@@ -55,7 +55,8 @@ def _add_model_options(p: argparse.ArgumentParser, *, layers: str, lr: str, k: s
     p.add_argument("--hidden-layers", type=_non_negative_int, help=f"hidden-to-hidden layers ({layers})")
     p.add_argument("--width", type=_positive_int, help="hidden units per layer (default 256)")
     p.add_argument("--lr", type=_positive_float, help=f"learning rate (default: {lr})")
-    p.add_argument("--first-bias-scale", type=float, metavar="K", help=f"FINER: first-layer bias ~ U(-K, K) (default {k})")
+    p.add_argument("--first-bias-scale", type=float, metavar="K",
+                   help=f"FINER: first-layer bias ~ U(-K, K) (default {k})")
     p.add_argument("--first-omega", type=_positive_float, help="SIREN/FINER: omega of the first layer")
     p.add_argument("--hidden-omega", type=_positive_float, help="SIREN/FINER: omega of the hidden layers")
     p.add_argument("--scale-grad", action="store_true", help="FINER: backpropagate through |z|+1 (true derivative)")
@@ -124,8 +125,10 @@ def _add_fit_image(fit_sub) -> None:
     p.add_argument("--aspect", default="stretch", choices=["stretch", "preserve"],
                    help="coordinates: each axis in [-1,1] (default) or keep the aspect ratio")
     p.add_argument("--batch-size", type=_positive_int, help="random pixels per step (default: all, if they fit)")
-    p.add_argument("--eval-every", type=_non_negative_int, default=100, help="steps between full-image PSNR (default 100)")
-    p.add_argument("--checkpoint-every", type=_non_negative_int, default=500, help="steps between checkpoints (default 500)")
+    p.add_argument("--eval-every", type=_non_negative_int, default=100,
+                   help="steps between full-image PSNR (default 100)")
+    p.add_argument("--checkpoint-every", type=_non_negative_int, default=500,
+                   help="steps between checkpoints (default 500)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     p.add_argument("--out", help="run folder (default runs/image-NAME-MODEL-TIME)")
     p.add_argument("--overwrite", action="store_true", help="allow writing into a non-empty --out")
@@ -149,7 +152,8 @@ def _add_fit_nerf(fit_sub) -> None:
     p.add_argument("--steps", type=_positive_int, default=2000, help="optimisation steps (default 2000)")
     p.add_argument("--rays", type=_positive_int, default=1024, help="rays per step (default 1024)")
     p.add_argument("--samples", type=_positive_int, default=64, help="stratified samples per ray (default 64)")
-    p.add_argument("--fine", type=_non_negative_int, default=64, help="importance samples per ray (default 64; 0: none)")
+    p.add_argument("--fine", type=_non_negative_int, default=64,
+                   help="importance samples per ray (default 64; 0: none)")
     p.add_argument("--lr", type=_positive_float, default=5e-4, help="Adam learning rate (default 5e-4)")
     p.add_argument("--width", type=_positive_int, default=182, help="network width (default 182)")
     p.add_argument("--test-views", type=_positive_int, default=8, help="test views evaluated (default 8)")
@@ -251,7 +255,8 @@ def _add_analyze(sub) -> None:
                    help="parameters the kernel is taken over (default all)")
     p.add_argument("--threshold", type=_positive_float, default=1.0, help="count eigenvalues above this (default 1)")
     p.add_argument("--steps", type=_positive_int, default=1000, help="steps of the 1-D fit (default 1000)")
-    p.add_argument("--mc-samples", type=_positive_int, default=200_000, help="Monte-Carlo samples for Eq. (5) (default 200000)")
+    p.add_argument("--mc-samples", type=_positive_int, default=200_000,
+                   help="Monte-Carlo samples for Eq. (5) (default 200000)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     p.add_argument("--out", required=True, help="results folder (it may hold other files)")
     p.add_argument("--overwrite", action="store_true", help="replace an earlier NTK analysis in --out")
@@ -293,7 +298,8 @@ def _add_bench_grid(bench_sub) -> None:
         sweep = name == "width"
         p.add_argument("--hidden-layers", type=_non_negative_int,
                        help=argparse.SUPPRESS if sweep else "override the preset's hidden layers")
-        p.add_argument("--width", type=_positive_int, help=argparse.SUPPRESS if sweep else "override the preset's width")
+        p.add_argument("--width", type=_positive_int,
+                       help=argparse.SUPPRESS if sweep else "override the preset's width")
         p.add_argument("--crop", help="override the preset's centre crop (N, HxW, or none)")
         p.add_argument("--size", type=_positive_int, help="override the preset's resize")
         if name == "width":

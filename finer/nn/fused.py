@@ -87,7 +87,8 @@ def gauss_kernel(z: Tensor, scale: float = 30.0) -> tuple[Tensor, Tensor]:
     return y, (-2.0 * scale * scale) * z * y
 
 
-def gauss_finer_kernel(z: Tensor, omega: float = 10.0, scale: float = 3.0, detach: bool = True) -> tuple[Tensor, Tensor]:
+def gauss_finer_kernel(z: Tensor, omega: float = 10.0, scale: float = 3.0,
+                       detach: bool = True) -> tuple[Tensor, Tensor]:
     u, du = finer_kernel(z, omega, detach)
     y, dy = gauss_kernel(u, scale)
     return y, dy * du

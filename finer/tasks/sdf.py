@@ -1,8 +1,8 @@
 """3-D signed-distance fields of meshes: loading, sampling, ground truth, extraction, metrics.
 
-Conventions (the paper's SDF protocol, from its official code): a mesh is normalised into ``[-0.45, 0.45]^3`` (its longest side
-spans 0.9) and the field is learned on ``[-0.5, 0.5]^3``; the transform is kept so outputs can be
-put back in the mesh's own units. Signed distances are negative inside.
+Conventions (the paper's SDF protocol, from its official code): a mesh is normalised into
+``[-0.45, 0.45]^3`` (its longest side spans 0.9) and the field is learned on ``[-0.5, 0.5]^3``; the
+transform is kept so outputs can be put back in the mesh's own units. Signed distances are negative inside.
 
 Ground truth: distance to the nearest of a dense set of surface samples. Close to the surface
 (within two sample spacings) the point-to-plane distance along that sample's face normal is used,

@@ -200,10 +200,9 @@ def test_best_counts_only_count_images_every_method_ran():
             row("d", "finer", 40.0), row("d", "siren", 10.0)]  # gauss has not run d: not counted
     assert best_counts(rows, ["finer", "siren", "gauss", "wire"]) == {
         "finer": "2/3", "siren": "2/3", "gauss": "0/3", "wire": "0/3"}
-    table = summary_table(rows, ["finer", "siren", "gauss"], {"images": 4, "directory": "x", "crop": None,
-                                                                "size": None, "hidden_layers": 1, "width": 8,
-                                                                "steps": 3, "seeds": [0], "device": "cpu", "machine": "m",
-                                                                "torch": "t", "date": "d", "runs_done": 11})
+    setting = {"images": 4, "directory": "x", "crop": None, "size": None, "hidden_layers": 1, "width": 8, "steps": 3,
+               "seeds": [0], "device": "cpu", "machine": "m", "torch": "t", "date": "d", "runs_done": 11}
+    table = summary_table(rows, ["finer", "siren", "gauss"], setting)
     assert "| best on |" in table and table.count("| 2/3 |") == 2 and "| 0/3 |" in table
 
 

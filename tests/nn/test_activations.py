@@ -21,7 +21,8 @@ def _t(x, dtype=torch.float64):
         (lambda z: A.finer(z, omega=1.0, detach=False), lambda z: np.sin((np.abs(z) + 1) * z)),
         (lambda z: A.gauss(z, scale=3.0), lambda z: np.exp(-((3 * z) ** 2))),
         (lambda z: A.relu(z), lambda z: np.maximum(z, 0)),
-        (lambda z: A.gauss_finer(z, omega=10.0, scale=3.0), lambda z: np.exp(-(3 * np.sin(10 * (np.abs(z) + 1) * z)) ** 2)),
+        (lambda z: A.gauss_finer(z, omega=10.0, scale=3.0),
+         lambda z: np.exp(-(3 * np.sin(10 * (np.abs(z) + 1) * z)) ** 2)),
     ],
 )
 def test_real_activations_match_numpy(fn, ref):

@@ -146,7 +146,8 @@ def test_passes_compiled_for_fixed_sizes_compute_the_same_values(monkeypatch):
     eager_value, eager_grad = F._layer_kernels(F.finer_kernel)
     g = torch.Generator().manual_seed(0)
     for n, width in ((64, 16), (64, 24), (40, 24)):
-        z, bias, grad_y = torch.randn(n, width, generator=g), torch.randn(width, generator=g), torch.randn(n, width, generator=g)
+        z, bias = torch.randn(n, width, generator=g), torch.randn(width, generator=g)
+        grad_y = torch.randn(n, width, generator=g)
         torch.testing.assert_close(value.compiled(z, bias, omega=30.0), eager_value(z, bias, omega=30.0))
         for got, want in zip(grad.compiled(grad_y, z, bias, omega=30.0), eager_grad(grad_y, z, bias, omega=30.0)):
             torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-4)  # the bias gradient: sums of 64 terms
@@ -174,7 +175,8 @@ def test_first_layer_passes_take_the_weight_transposed():
     torch.testing.assert_close(F._stem_product(xs, ws.transpose(1, 2).contiguous(), bs), xs @ ws.transpose(1, 2) + bs)
 
 
-@pytest.mark.parametrize("name,expected", [("finer", 3), ("siren", 3), ("gauss-finer", 3), ("wire", 3), ("wire-finer", 3), ("pemlp", 0), ("metasin", 0)])
+@pytest.mark.parametrize("name,expected", [("finer", 3), ("siren", 3), ("gauss-finer", 3), ("wire", 3),
+                                           ("wire-finer", 3), ("pemlp", 0), ("metasin", 0)])
 def test_fuse_a_model_keeps_outputs_and_parameter_gradients(name, expected):
     x = torch.rand(300, 2) * 2 - 1
     plain = finer.build_model(name, 2, 3, width=16, hidden_layers=2, seed=0)
@@ -423,7 +425,8 @@ def test_mixed_precision_handoff_changes_types_not_values(compile, stacked):
     x = torch.rand(300, 2, generator=torch.Generator().manual_seed(1)) * 2 - 1
     results = {}
     for handoff in (False, True):
-        models = [finer.build_model("finer", 2, 3, width=32, hidden_layers=2, seed=s) for s in range(2 if stacked else 1)]
+        models = [finer.build_model("finer", 2, 3, width=32, hidden_layers=2, seed=s)
+                  for s in range(2 if stacked else 1)]
         for m in models:
             F.fuse(m, compile=compile)
             for layer in m.layers:
