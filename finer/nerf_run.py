@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from finer import io
-from finer.errors import FinerError, FinerWarning
+from finer.errors import DivergedError, FinerError, FinerWarning
 from finer.lpips import available as lpips_available
 from finer.metrics import image_metrics, lpips_left_out
 from finer.models import count_parameters
@@ -139,7 +139,7 @@ def fit_nerf(cfg: NeRFRunConfig, out, *, progress: bool = True, overwrite: bool 
         io.write_csv(out / "curve.csv", state.history)
         metrics = _test_and_record(cfg, renderer, state, test, len(train.names), fused, device, out)
     if state.status == "diverged":
-        raise FinerError(state.message)
+        raise DivergedError(f"{state.message}; checkpoint of step {state.step} kept in {out}")
     return {**metrics, "out": str(out)}
 
 

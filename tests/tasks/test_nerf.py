@@ -200,3 +200,14 @@ def test_compositing_weights_of_three_samples_in_closed_form():
     assert out["depth"][0].item() == pytest.approx(sum(w * d for w, d in zip(expected, [1.0, 1.5, 3.0])), rel=1e-8)
     empty = N.composite(torch.zeros(1, 3, dtype=torch.float64), rgb, t, background=0.25)
     torch.testing.assert_close(empty["rgb"][0], torch.full((3,), 0.25, dtype=torch.float64))  # background only
+
+
+def test_a_diverging_nerf_fit_exits_3_like_the_other_tasks(tmp_path, capsys):
+    scene = _scene(tmp_path / "ball")
+    out = tmp_path / "run"
+    assert main(["fit", "nerf", str(scene), "--model", "pemlp", "--views", "2", "--downscale", "2", "--steps", "100",
+                 "--rays", "64", "--samples", "4", "--fine", "0", "--width", "16", "--lr", "1e4", "--test-views", "1",
+                 "--fused", "off", "--out", str(out), "--quiet"]) == 3
+    assert f"kept in {out}" in capsys.readouterr().err
+    assert json.loads((out / "metrics.json").read_text())["status"] == "diverged"
+
