@@ -77,6 +77,8 @@ def load_views(scene: str | Path, split: str, *, views: int | None = None, downs
 
     scene = Path(scene)
     meta_path = scene / f"transforms_{split}.json"
+    if not scene.exists():
+        raise FinerError(f"scene folder not found: {scene}")
     if not meta_path.is_file():
         raise FinerError(f"not a Blender scene folder (no {meta_path.name}): {scene}")
     try:

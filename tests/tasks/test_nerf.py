@@ -98,6 +98,8 @@ def test_loader_composites_on_white_and_spreads_views(tmp_path):
     assert N.load_views(scene, "train", downscale=2).images.shape == (8, 8, 8, 3)
     with pytest.raises(FinerError, match="not a Blender scene"):
         N.load_views(tmp_path, "train")
+    with pytest.raises(FinerError, match="scene folder not found"):
+        N.load_views(tmp_path / "nope", "train")
 
 
 @pytest.mark.parametrize("edit, message", [
