@@ -23,6 +23,7 @@ BENCH_PARTIAL_FORMAT = "finer-inr bench partial run"
 _KINDS = {CHECKPOINT_FORMAT: "an image or SDF model's checkpoint",
           NERF_CHECKPOINT_FORMAT: "a NeRF checkpoint (for `finer render nerf`)",
           BENCH_PARTIAL_FORMAT: "the saved state of a benchmark run still in progress"}
+_TASKS = {"image": "an image model's checkpoint", "sdf": "an SDF model's checkpoint"}
 CHECKPOINT_VERSION = 1
 
 
@@ -237,12 +238,10 @@ def read_payload(path: str | os.PathLike, fmt: str = CHECKPOINT_FORMAT,
     found = payload.get("format") if isinstance(payload, dict) else None
     if found != fmt:
         if found in _KINDS:
-            raise FinerError(f"{path} is {_KINDS[found]}, not {want or _KINDS.get(fmt, fmt)}")
+            kind = payload.get("task", {}).get("kind") if isinstance(payload.get("task"), dict) else None
+            raise FinerError(f"{path} is {_TASKS.get(kind, _KINDS[found])}, not {want or _KINDS.get(fmt, fmt)}")
         raise FinerError(f"{path} is not a finer-inr checkpoint")
     return path, payload
-
-
-_TASKS = {"image": "an image model's checkpoint", "sdf": "an SDF model's checkpoint"}
 
 
 def load_checkpoint(path: str | os.PathLike, task: str | None = None,

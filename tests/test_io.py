@@ -54,6 +54,7 @@ def test_each_command_names_the_checkpoint_it_was_given_and_the_kind_it_reads(tm
                                                       "checkpoint, which `finer eval sdf` reads"),
         (["render", str(tmp_path / "nerf.pt")], "is a NeRF checkpoint (for `finer render nerf`), not an image "
                                                 "model's checkpoint, which `finer render` reads"),
+        (["render", "nerf", str(tmp_path / "image.pt")], "image.pt is an image model's checkpoint, not a NeRF"),
         (["render", str(sdf)], "is an SDF model's checkpoint, not an image model's checkpoint, which `finer render` "
                                "reads (`finer render nerf` reads NeRF runs); an SDF run's folder holds its surface"),
     ]
