@@ -91,6 +91,20 @@ def check_out(path: str | os.PathLike, *, folder: bool, option: str = "--out") -
     return path
 
 
+def claim_outputs(out: str | os.PathLike, files: Iterable[str], overwrite: bool, what: str) -> Path:
+    """Make the folder ``out`` ready for a command writing ``files`` into it: refused when it holds one of
+    them already (an earlier result, which would be replaced) unless ``overwrite``, which removes them first,
+    so that none stands beside a new result that stops early. Other files of the folder are left alone."""
+    out = check_out(out, folder=True)
+    present = [name for name in files if (out / name).exists()]
+    if present and not overwrite:
+        raise FinerError(f"{out} holds an earlier {what} ({', '.join(present)}); choose another --out "
+                         "or pass --overwrite (overwrite=True from Python) to replace it")
+    remove_outputs(out, present)
+    out.mkdir(parents=True, exist_ok=True)
+    return out
+
+
 def check_not_an_output(source: str | os.PathLike | None, out: str | os.PathLike, names: Iterable[str],
                         what: str = "input") -> None:
     """Refuse an input that is one of the files a run writes in ``out`` (``names``): the run would delete or

@@ -186,6 +186,7 @@ def _evaluate_and_record(cfg: SDFRunConfig, model, state: FitState, mesh, index,
     return metrics
 
 
+EVAL_FILES = ("eval.json", "mesh.ply", "render.png")
 EVAL_DEFAULTS = {"resolution": 256, "iou_resolution": 128, "chamfer_samples": 300_000, "surface_samples": 500_000,
                  "seed": 0}
 """What ``eval_sdf`` uses for a setting neither given nor recorded by the run."""
@@ -193,12 +194,15 @@ EVAL_DEFAULTS = {"resolution": 256, "iou_resolution": 128, "chamfer_samples": 30
 
 def eval_sdf(checkpoint: str | Path, mesh_path: str | Path | None = None, *, out: str | Path | None = None,
              resolution: int | None = None, iou_resolution: int | None = None, chamfer_samples: int | None = None,
-             surface_samples: int | None = None, device: str = "auto") -> dict[str, Any]:
-    """Measure a saved SDF model against a mesh (normalised with the checkpoint's transform).
+             surface_samples: int | None = None, device: str = "auto", overwrite: bool = False) -> dict[str, Any]:
+    """Measure a saved SDF model against a mesh (normalised with the checkpoint's transform); writes
+    :data:`EVAL_FILES` to ``out`` (default: the run folder's ``eval``), which must not hold an earlier
+    evaluation unless ``overwrite``, nor be a run folder (whose mesh.ply and render.png are the run's own).
 
     What is not given (the mesh, the grids, the sample counts) is what the run recorded in its
     config.json, so that by default the evaluation repeats the fit's own (:data:`EVAL_DEFAULTS` where the
-    run recorded nothing); the result lists the settings it used."""
+    run recorded nothing); the result lists the settings it used and ``fit_status``, the training state
+    the checkpoint was saved in (``running``: a periodic checkpoint of a fit that did not finish)."""
     ckpt = Path(checkpoint)
     folder = ckpt if ckpt.is_dir() else ckpt.parent
     recorded = _recorded_settings(folder)
@@ -207,8 +211,11 @@ def eval_sdf(checkpoint: str | Path, mesh_path: str | Path | None = None, *, out
     settings = {name: given.get(name) if given.get(name) is not None else recorded.get(name, default)
                 for name, default in EVAL_DEFAULTS.items()}
     check_sizes(**{k: v for k, v in settings.items() if k != "seed"})
-    if out:
-        io.check_out(out, folder=True)
+    out = io.check_out(out if out else folder / "eval", folder=True)
+    run_files = [name for name in ("config.json", "metrics.json", "checkpoint.pt") if (out / name).exists()]
+    if run_files:
+        raise FinerError(f"--out {out} holds a run ({', '.join(run_files)}), whose mesh.ply and render.png an "
+                         "evaluation would replace; choose another folder (the default is the run's eval/)")
     model, payload = io.load_checkpoint(checkpoint, "sdf", "finer eval sdf")
     task = payload["task"]
     if mesh_path is None:
@@ -220,11 +227,12 @@ def eval_sdf(checkpoint: str | Path, mesh_path: str | Path | None = None, *, out
     unit = mesh.copy()
     unit.vertices = norm.to_unit(mesh.vertices)
     warning = _other_mesh(folder, mesh_path, task.get("mesh"))
-    out = Path(out) if out else folder / "eval"
-    out.mkdir(parents=True, exist_ok=True)
+    io.check_not_an_output(mesh_path, out, EVAL_FILES, "mesh")
+    io.claim_outputs(out, EVAL_FILES, overwrite, "evaluation")
     index = S.SurfaceIndex(unit, settings["surface_samples"], settings["seed"])
     result = {"checkpoint": str(checkpoint), "mesh": str(mesh_path), "method": payload["method"],
-              "steps": payload["fit"]["step"], **settings, "inside_outside": S.SIGN_METHOD,
+              "steps": payload["fit"]["step"], "fit_status": payload["fit"].get("status"), **settings,
+              "inside_outside": S.SIGN_METHOD,
               **evaluate_sdf(model, index, unit, norm, resolution=settings["resolution"],
                              iou_resolution=settings["iou_resolution"], chamfer_samples=settings["chamfer_samples"],
                              device=resolve_device(device), out=out, seed=settings["seed"])}

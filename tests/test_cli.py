@@ -393,6 +393,11 @@ def test_render_refuses_what_it_cannot_write_before_rendering(png_path, tmp_path
     (tmp_path / "noise.pt").write_bytes(np.random.default_rng(0).bytes(300))
     assert main(["render", str(tmp_path / "noise.pt")]) == 2
     assert "not a file saved by PyTorch" in capsys.readouterr().err
+    assert main(["render", str(run), "--frames", "30", "--elevation", "10"]) == 2  # NeRF options, not ignored
+    assert "--frames, --elevation: for NeRF turntables only" in capsys.readouterr().err
+    assert main(["render", str(run), str(run)]) == 2
+    assert "one checkpoint; got 2 paths" in capsys.readouterr().err
+    assert not list(run.glob("render_*"))
 
 
 def test_an_input_that_is_one_of_the_runs_own_files_is_refused(png_path, tmp_path, capsys):

@@ -33,15 +33,25 @@ def test_fit_and_eval_sdf(tmp_path, capsys):
     result = json.loads(captured.out)
     assert result["iou"] == pytest.approx(metrics["iou"], abs=1e-6)
     assert (out / "eval" / "eval.json").is_file() and "warning" not in result and "warning" not in captured.err
-    assert main(["eval", "sdf", str(out)]) == 0  # no settings: the run's own mesh, grids and samples
+    assert result["fit_status"] == "complete" and result["steps"] == 20
+    before = (out / "eval" / "eval.json").read_bytes()
+    assert main(["eval", "sdf", str(out)]) == 2  # an earlier evaluation is not replaced unasked
+    assert "holds an earlier evaluation (eval.json, mesh.ply, render.png)" in capsys.readouterr().err
+    assert (out / "eval" / "eval.json").read_bytes() == before
+    assert main(["eval", "sdf", str(out), "--overwrite"]) == 0  # no settings: the run's own mesh, grids, samples
     again = json.loads(capsys.readouterr().out)
     assert (again["iou"], again["chamfer"]) == (metrics["iou"], metrics["chamfer"])
     assert again["surface_samples"] == 5000 and again["resolution"] == 24
+    run_mesh = (out / "mesh.ply").read_bytes()
+    assert main(["eval", "sdf", str(out), "--out", str(out), "--overwrite"]) == 2  # the run's own mesh.ply
+    assert "holds a run (config.json, metrics.json, checkpoint.pt)" in capsys.readouterr().err
+    assert (out / "mesh.ply").read_bytes() == run_mesh
     other = trimesh.creation.box(extents=[6, 6, 6])
     other.apply_translation([10, 0, 0])
     other.export(tmp_path / "box.off")
     assert main(["eval", "sdf", str(out), "--mesh", str(tmp_path / "box.off"), "--resolution", "24",
-                 "--iou-resolution", "16", "--chamfer-samples", "2000", "--surface-samples", "5000"]) == 0
+                 "--iou-resolution", "16", "--chamfer-samples", "2000", "--surface-samples", "5000",
+                 "--overwrite"]) == 0
     captured = capsys.readouterr()
     assert "box.off is not the mesh this run was fitted to" in captured.err
     assert "not the mesh" in json.loads(captured.out)["warning"]
@@ -85,7 +95,7 @@ def test_an_evaluation_without_a_surface_leaves_no_mesh_of_an_earlier_one(tmp_pa
     (ev / "mesh.ply").write_text("an earlier evaluation's surface")
     assert main(["eval", "sdf", str(out / "flat.pt"), "--mesh", str(tmp_path / "ball.off"), "--resolution", "16",
                  "--iou-resolution", "16", "--chamfer-samples", "2000", "--surface-samples", "5000",
-                 "--out", str(ev)]) == 0
+                 "--out", str(ev), "--overwrite"]) == 0
     result = json.loads((ev / "eval.json").read_text())
     assert result["vertices"] == 0 and not (ev / "mesh.ply").exists() and "no surface" in result["surface_note"]
 

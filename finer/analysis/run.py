@@ -33,19 +33,6 @@ NTK_FILES = ("ntk.json", "ntk_setting.json", "ntk_kernels.png", "ntk_eigenvalues
 ACTIVATION_FILES = ("activations.png", "activations.json", "activations.md")
 
 
-def _claim(out: Path, files: tuple[str, ...], overwrite: bool, what: str) -> None:
-    """Make ``out`` ready for an analysis writing ``files``: refused when it holds one of them already (an
-    earlier analysis, which would be replaced) unless ``overwrite``, which removes them first, so that none
-    stands beside a new analysis that stops early. Other files of the folder are left alone."""
-    io.check_out(out, folder=True)
-    present = [name for name in files if (out / name).exists()]
-    if present and not overwrite:
-        raise FinerError(f"{out} holds an earlier {what} ({', '.join(present)}); choose another --out "
-                         "or pass --overwrite (overwrite=True from Python) to replace it")
-    io.remove_outputs(out, present)
-    out.mkdir(parents=True, exist_ok=True)
-
-
 def _label(model: str, k) -> str:
     return model if k is None else f"{model} k={k:g}"
 
@@ -73,7 +60,7 @@ def analyze_ntk(out, *, models=("siren", "finer"), ks=(1.0, 5.0, 10.0, 20.0), wi
     if points < 2:
         raise FinerError(f"points must be at least 2 (a kernel's off-diagonal needs two), got {points}")
     _cases(list(models), list(ks))  # unknown names, before any work
-    _claim(out, NTK_FILES, overwrite, "NTK analysis")
+    io.claim_outputs(out, NTK_FILES, overwrite, "NTK analysis")
     x = N.ntk_grid(points)
     y = sum_of_sines(x)
     rows, kernels, spectra, curves = [], {}, {}, {}
@@ -173,7 +160,7 @@ def analyze_activations(out, *, ks=(None, 1.0, 5.0, 10.0, 20.0), layers=2, resol
     """Fig. 5: distributions of z, y and local frequencies of the first layers of the image FINER.
     ``out`` may hold other files; one with an earlier activation analysis is refused unless ``overwrite``."""
     out = Path(out)
-    _claim(out, ACTIVATION_FILES, overwrite, "activation analysis")
+    io.claim_outputs(out, ACTIVATION_FILES, overwrite, "activation analysis")
     coords = coordinate_grid(resolution, resolution)
     rows, stats = [], {}
     for k in ks:
@@ -213,12 +200,17 @@ def analyze_activations(out, *, ks=(None, 1.0, 5.0, 10.0, 20.0), layers=2, resol
     return rows
 
 
-def analyze_neurons(checkpoint, out=None, *, count=64) -> dict:
-    """Pictures of the first-layer neurons of an image checkpoint and their mean radial spectrum."""
+NEURON_FILES = ("neurons.png", "neuron_spectrum.png", "neurons.json")
+
+
+def analyze_neurons(checkpoint, out=None, *, count=64, overwrite=False) -> dict:
+    """Pictures of the first-layer neurons of an image checkpoint and their mean radial spectrum, in ``out``
+    (default: the run's ``neurons/``); one with an earlier such analysis is refused unless ``overwrite``."""
     model, payload = io.load_checkpoint(checkpoint, "image", "finer analyze neurons")
     task = payload["task"]
     ckpt = Path(checkpoint)
     out = Path(out) if out else (ckpt if ckpt.is_dir() else ckpt.parent) / "neurons"
+    io.claim_outputs(out, NEURON_FILES, overwrite, "neuron analysis")
     outputs = first_layer_outputs(model.eval(), task["height"], task["width"], task["aspect"])
     grid = neuron_grid(outputs, count)
     io.atomic_write(out / "neurons.png", lambda tmp: Image.fromarray((grid * 255 + 0.5).astype(np.uint8)).save(

@@ -199,7 +199,7 @@ def eval_sdf(args: argparse.Namespace) -> int:
 
     result = evaluate(args.checkpoint, args.mesh, out=args.out, resolution=args.resolution,
                       chamfer_samples=args.chamfer_samples, iou_resolution=args.iou_resolution,
-                      surface_samples=args.surface_samples, device=args.device)
+                      surface_samples=args.surface_samples, device=args.device, overwrite=args.overwrite)
     if result.get("warning"):
         print(f"warning: {result['warning']}", file=sys.stderr)
     print(dumps(result))
@@ -216,12 +216,18 @@ def resume(args: argparse.Namespace) -> int:
 def render(args: argparse.Namespace) -> int:
     kind, target = (args.target[0], args.target[1:]) if args.target[0] in ("nerf", "image") else ("image", args.target)
     if len(target) != 1:
-        raise FinerError("usage: finer render [nerf] CHECKPOINT")
+        raise FinerError("usage: finer render [nerf] CHECKPOINT (one checkpoint; "
+                         f"got {len(target)} paths: {' '.join(target)})")
+    nerf_only = [f"--{name}" for name in ("path", "frames", "elevation") if getattr(args, name) is not None]
+    if kind == "image" and nerf_only:
+        raise FinerError(f"{', '.join(nerf_only)}: for NeRF turntables only (finer render nerf CHECKPOINT); "
+                         "an image render takes --scale and --out")
     if kind == "nerf":
         from finer.nerf_run import render_nerf
 
-        out = render_nerf(target[0], frames=args.frames, out=args.out, device=args.device, scale=args.scale or 1.0,
-                          elevation=args.elevation, progress=not args.quiet)
+        out = render_nerf(target[0], frames=args.frames or 60, out=args.out, device=args.device,
+                          scale=args.scale or 1.0, elevation=30.0 if args.elevation is None else args.elevation,
+                          progress=not args.quiet)
         print(out)
         out = out.with_name("turntable_depth.gif")
     else:
@@ -263,7 +269,7 @@ def analyze_neurons(args: argparse.Namespace) -> int:
     from finer.analysis import run
 
     _check_out_folder(args)
-    print(dumps(run.analyze_neurons(args.checkpoint, args.out, count=args.count)))
+    print(dumps(run.analyze_neurons(args.checkpoint, args.out, count=args.count, overwrite=args.overwrite)))
     return 0
 
 

@@ -208,7 +208,8 @@ def _add_eval(sub) -> None:
     p.add_argument("--iou-resolution", type=_positive_int, help="occupancy grid of the IoU (default: the run's)")
     p.add_argument("--surface-samples", type=_positive_int,
                    help="dense surface samples defining the ground truth (default: the run's)")
-    p.add_argument("--out", help="folder (default: CHECKPOINT_DIR/eval)")
+    p.add_argument("--out", help="folder for eval.json, mesh.ply and render.png (default: the run's eval/)")
+    p.add_argument("--overwrite", action="store_true", help="replace an earlier evaluation in that folder")
     _add_common(p)
     p.set_defaults(run=commands.eval_sdf)
 
@@ -229,13 +230,14 @@ def _add_resume(sub) -> None:
 def _add_render(sub) -> None:
     """`finer render [nerf]`."""
     p = sub.add_parser("render", help="render a model from its checkpoint: an image at any resolution "
-                                      "(finer render CKPT) or a NeRF turntable (finer render nerf CKPT)")
+                                      "(finer render CKPT) or a NeRF turntable (finer render nerf CKPT)",
+                       usage="finer render [nerf] CHECKPOINT [options]")
     p.add_argument("target", nargs="+", metavar="[nerf] CHECKPOINT", help="checkpoint.pt or the run folder")
     p.add_argument("--scale", type=_positive_float, default=None,
                    help="times the training resolution (default: 2 for images, 1 for NeRF)")
-    p.add_argument("--path", default="orbit", choices=["orbit"], help="NeRF camera path (default orbit)")
-    p.add_argument("--frames", type=_positive_int, default=60, help="NeRF turntable frames (default 60)")
-    p.add_argument("--elevation", type=float, default=30.0, help="NeRF orbit elevation in degrees (default 30)")
+    p.add_argument("--path", choices=["orbit"], help="NeRF camera path (default orbit)")
+    p.add_argument("--frames", type=_positive_int, help="NeRF turntable frames (default 60)")
+    p.add_argument("--elevation", type=float, help="NeRF orbit elevation in degrees (default 30)")
     p.add_argument("--out", help="output PNG (image; default: render_xSCALE.png beside the checkpoint) or folder "
                                  "(NeRF; default: turntable/ beside the checkpoint)")
     _add_common(p)
@@ -277,6 +279,7 @@ def _add_analyze(sub) -> None:
     p.add_argument("checkpoint", help="checkpoint.pt or the run folder")
     p.add_argument("--count", type=_positive_int, default=64, help="neurons in the picture (default 64)")
     p.add_argument("--out", help="folder (default: CHECKPOINT_DIR/neurons)")
+    p.add_argument("--overwrite", action="store_true", help="replace an earlier neuron analysis in that folder")
     p.add_argument("--debug", action="store_true", help="show tracebacks")
     p.set_defaults(run=commands.analyze_neurons)
 

@@ -52,6 +52,12 @@ def test_analyze_neurons_from_a_checkpoint(tmp_path, png_path, capsys):
     summary = json.loads(capsys.readouterr().out)
     assert summary["units"] == 16 and (run / "neurons" / "neurons.png").is_file()
     assert summary["spectral_centroid_unit"] == "cycles per image side" and summary["spectral_centroid"] > 0
+    before = (run / "neurons" / "neurons.json").read_bytes()
+    assert main(["analyze", "neurons", str(run), "--count", "4"]) == 2  # the earlier analysis is kept
+    assert "holds an earlier neuron analysis (neurons.png, neuron_spectrum.png, neurons.json)" in \
+        capsys.readouterr().err
+    assert (run / "neurons" / "neurons.json").read_bytes() == before
+    assert main(["analyze", "neurons", str(run), "--count", "4", "--overwrite"]) == 0
 
 
 @pytest.mark.parametrize("args, message", [
