@@ -137,25 +137,28 @@ def exponential_decay(steps: int, final_factor: float) -> Callable[[int], float]
 
 
 class _StopFlag:
-    """Turns Ctrl-C into a request to stop after the current step (main thread only)."""
+    """Turns Ctrl-C (SIGINT) and SIGTERM (``kill``, ``timeout``, a batch scheduler) into a request to stop
+    after the current step (main thread only); a second signal aborts at once."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
     def __init__(self):
         self.requested = False
-        self._previous = None
+        self._previous: dict = {}
 
     def __enter__(self):
         if threading.current_thread() is threading.main_thread():
-            self._previous = signal.signal(signal.SIGINT, self._handle)
+            self._previous = {signum: signal.signal(signum, self._handle) for signum in self.SIGNALS}
         return self
 
     def _handle(self, signum, frame):
-        if self.requested:  # a second Ctrl-C aborts at once
+        if self.requested:
             raise KeyboardInterrupt
         self.requested = True
 
     def __exit__(self, *exc):
-        if self._previous is not None:
-            signal.signal(signal.SIGINT, self._previous)
+        for signum, previous in self._previous.items():
+            signal.signal(signum, previous)
 
 
 GRAPH_WARMUP = 3

@@ -111,7 +111,8 @@ def test_divergence_keeps_last_good_checkpoint(png_path, tmp_path, capsys):
     assert (out / "checkpoint.pt").is_file()
 
 
-def test_ctrl_c_leaves_a_consistent_folder_that_resumes(png_path, tmp_path):
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
+def test_ctrl_c_leaves_a_consistent_folder_that_resumes(png_path, tmp_path, signum):
     out = tmp_path / "int"
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     cmd = [sys.executable, "-m", "finer.cli", "fit", "image", str(png_path), "--steps", "1000000", "--width", "16",
@@ -120,7 +121,7 @@ def test_ctrl_c_leaves_a_consistent_folder_that_resumes(png_path, tmp_path):
     deadline = time.time() + 60
     while not (out / "checkpoint.pt").exists() and time.time() < deadline:  # the loop is running
         time.sleep(0.05)
-    proc.send_signal(signal.SIGINT)
+    proc.send_signal(signum)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 130, err
     assert "finer resume" in err

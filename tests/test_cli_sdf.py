@@ -147,3 +147,50 @@ def test_an_sdf_run_that_fails_says_so(tmp_path, monkeypatch, capsys):
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert metrics["status"] == "failed" and "simulated" in metrics["message"]
     assert (tmp_path / "run" / "checkpoint.pt").is_file()  # the trained network is kept
+
+
+def test_sigterm_outside_the_training_loop_records_an_interrupted_run(tmp_path, monkeypatch, capsys):
+    import os
+    import signal
+    import time
+
+    import finer.sdf_run
+
+    trimesh.creation.icosphere(subdivisions=2).export(tmp_path / "ball.off")
+
+    def terminated_evaluation(*args, **kwargs):  # `kill PID` while the surface is being measured
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(5)
+        raise AssertionError("SIGTERM did not stop the command")
+
+    monkeypatch.setattr(finer.sdf_run, "evaluate_sdf", terminated_evaluation)
+    before = signal.getsignal(signal.SIGTERM)
+    assert main(["fit", "sdf", str(tmp_path / "ball.off"), "--out", str(tmp_path / "run"), *TINY]) == 130
+    assert "interrupted" in capsys.readouterr().err
+    assert json.loads((tmp_path / "run" / "metrics.json").read_text())["status"] == "interrupted"
+    assert (tmp_path / "run" / "checkpoint.pt").is_file()
+    assert signal.getsignal(signal.SIGTERM) is before  # the command's handler is not left behind
+
+
+def test_sigterm_while_training_stops_after_the_step_and_says_what_is_kept(tmp_path, monkeypatch, capsys):
+    import os
+    import signal
+
+    from finer.tasks.sdf import SDFTask
+
+    trimesh.creation.icosphere(subdivisions=2).export(tmp_path / "ball.off")
+    real_batch = SDFTask.batch
+
+    def batch(self, step):
+        if step == 5:  # a scheduler's stop, mid-run
+            os.kill(os.getpid(), signal.SIGTERM)
+        return real_batch(self, step)
+
+    monkeypatch.setattr(SDFTask, "batch", batch)
+    out = tmp_path / "run"
+    assert main(["fit", "sdf", str(tmp_path / "ball.off"), "--out", str(out), *TINY]) == 130
+    err = capsys.readouterr().err
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["status"] == "interrupted" and 5 <= metrics["steps"] < 20
+    assert f"keeps the network of step {metrics['steps']}" in err and "--overwrite" in err
+    assert (out / "checkpoint.pt").is_file()

@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 
 from finer import io
-from finer.errors import FinerError
+from finer.errors import DivergedError, FinerError
 from finer.models import MODELS
 from finer.sdf_run import SDFRunConfig, fit_sdf
 
@@ -24,6 +24,10 @@ MESH_SUFFIXES = {".obj", ".ply", ".stl", ".off", ".glb", ".gltf"}
 QUICK = dict(steps=1000, batch_size=5_000, pool_size=500_000, surface_samples=500_000, resolution=128,
              iou_resolution=128, chamfer_samples=100_000)
 """The CPU-sized protocol: 1000 steps of 5,000 points, marching cubes at 128^3, 100k Chamfer samples."""
+
+FINISHED = ("complete", "diverged")
+"""Run states a rerun keeps: a diverged run is the method's result (it would diverge again), scored at
+its last good step and marked in the tables."""
 
 
 def run_sdf_bench(directory, *, models, out, settings=None, device="auto", progress=True) -> list[dict]:
@@ -44,18 +48,25 @@ def run_sdf_bench(directory, *, models, out, settings=None, device="auto", progr
             run_dir = out / "runs" / f"{path.stem}-{name}"
             done = run_dir / "metrics.json"
             cfg = SDFRunConfig(mesh=str(path), model=name, device=device, **settings)
-            if done.exists() and io.read_json(done).get("status") == "complete":
+            if done.exists() and io.read_json(done).get("status") in FINISHED:
                 mismatch = _protocol_mismatch(run_dir, cfg)
                 if mismatch:
                     raise FinerError(f"{run_dir} is a run of another protocol or mesh ({mismatch}); write this grid "
                                      "to another --out, or delete that folder's runs")
                 rows.append({"shape": path.stem, **io.read_json(done)})
                 continue
-            metrics = fit_sdf(cfg, run_dir, progress=progress, overwrite=True, log=lambda *_: None)
+            try:
+                metrics = fit_sdf(cfg, run_dir, progress=progress, overwrite=True, log=lambda *_: None)
+            except DivergedError:  # a result of the method: recorded (scored at its last good step), not fatal
+                metrics = io.read_json(done)
+            if metrics["status"] == "interrupted":  # not a result: a rerun fits it again
+                raise KeyboardInterrupt
             rows.append({"shape": path.stem, **{k: v for k, v in metrics.items() if k != "out"}})  # as metrics.json
             chamfer = "none (no surface)" if metrics["chamfer"] is None else f"{metrics['chamfer']:.3e}"
             print(f"{path.stem:10s} {name:8s} chamfer {chamfer} IoU {metrics['iou']:.4f} "
-                  f"{metrics['seconds_per_step']:.3f} s/step", flush=True)
+                  f"{metrics['seconds_per_step']:.3f} s/step"
+                  + (f" (diverged: {metrics.get('message', '')})" if metrics["status"] == "diverged" else ""),
+                  flush=True)
             _write(out, rows, models, meshes, settings)
     _write(out, rows, models, meshes, settings)
     return rows
@@ -101,13 +112,21 @@ def _write(out: Path, rows, models, meshes, settings) -> None:
             lines += ["", "IoU (higher is better):", "", "| shape | " + " | ".join(models) + " |",
                       "|---|" + "---|" * len(models)]
         for s in shapes:
-            lines.append(f"| {s} | " + " | ".join(fmt(cell[(s, m)][key]) if (s, m) in cell else "-" for m in models)
-                         + " |")
+            lines.append(f"| {s} | " + " | ".join(_cell(cell.get((s, m)), key, fmt) for m in models) + " |")
         means = []
         for m in models:
             vals = [cell[(s, m)][key] for s in shapes if (s, m) in cell and cell[(s, m)][key] is not None]
             means.append(fmt(statistics.mean(vals)) if vals else "-")
         lines.append("| **mean** | " + " | ".join(means) + " |")
-    (out / "summary.md").write_text("\n".join(lines) + "\n")
+    if any(r["status"] == "diverged" for r in rows):
+        lines += ["", "† the loss diverged; scored at the last good step, whose checkpoint the run keeps."]
+    text = "\n".join(lines) + "\n"
+    io.atomic_write(out / "summary.md", lambda tmp: Path(tmp).write_text(text))
+
+
+def _cell(row, key: str, fmt) -> str:
+    if row is None:
+        return "-"
+    return fmt(row[key]) + (" †" if row["status"] == "diverged" else "")
 
 

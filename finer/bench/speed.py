@@ -311,6 +311,8 @@ def run_speed(cfg: SpeedConfig, log=print) -> dict:
     full = load_image(cfg.image)
     image = load_image(cfg.image, crop=min(full.shape[:2]), size=cfg.size)  # square centre crop, resized
     image = image[..., :3] if image.shape[-1] >= 3 else np.repeat(image, 3, axis=-1)
+    # before the timings, which take minutes: too few images is an error now, not at the end
+    signal_images = sample_signals(cfg.signals, cfg.signal_size, cfg.signals_dir) if cfg.signals else None
     n = image.shape[0] * image.shape[1]
     log(f"shapes: {n} points, 2 -> {cfg.width} x {cfg.hidden_layers + 1} -> 3, {device}, "
         f"{torch.get_num_threads()} threads, compile={'on' if cfg.compile else 'off'}"
@@ -355,7 +357,7 @@ def run_speed(cfg: SpeedConfig, log=print) -> dict:
             f"reference {identity['psnr_reference']:.3f} dB")
     signals = None
     if cfg.signals:
-        signals = batch_signals_check(sample_signals(cfg.signals, cfg.signal_size, cfg.signals_dir), method="finer",
+        signals = batch_signals_check(signal_images, method="finer",
                                       width=cfg.signal_width, hidden_layers=cfg.hidden_layers,
                                       steps=cfg.signal_steps, batch=cfg.signals, compile=cfg.compile, device=device,
                                       repeats=cfg.repeats, cuda_graph=cfg.cuda_graph)

@@ -6,11 +6,14 @@ command; :func:`main` runs the one the arguments name and turns errors into one 
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
+import signal
 import sys
+import threading
 import warnings
-from typing import Sequence
+from typing import Iterator, Sequence
 
 from finer.cli.commands import EXIT_DIVERGED, EXIT_ERROR, EXIT_INTERRUPTED
 from finer.cli.parser import build_parser
@@ -26,7 +29,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.leaf.error(f"unrecognized arguments: {' '.join(unknown)}")
     args.argv = list(sys.argv[1:] if argv is None else argv)  # the command, as reports record it
     try:
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), _sigterm_interrupts():
             warnings.simplefilter("always", FinerWarning)
             warnings.showwarning = functools.partial(_show_warning, warnings.showwarning)
             return args.run(args)
@@ -65,6 +68,25 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         print(f"error: {type(exc).__name__}: {exc} (rerun with --debug for the traceback)", file=sys.stderr)
         return 1
+
+
+@contextlib.contextmanager
+def _sigterm_interrupts() -> Iterator[None]:
+    """SIGTERM (``kill``, ``timeout``, a batch scheduler) stops a command as Ctrl-C does, so that a run
+    records ``interrupted`` and keeps what it saved instead of dying with ``running`` in its metrics.json.
+    (Inside a training loop both signals stop it after the current step; see :func:`finer.train.fit`.)"""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _show_warning(show, message, category, filename, lineno, file=None, line=None):

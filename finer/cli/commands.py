@@ -7,11 +7,12 @@ library is imported inside them, so that ``finer --help`` and a usage error stay
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 from pathlib import Path
 
-from finer.errors import ConfigError, FinerError
+from finer.errors import ConfigError, FinerError, InterruptedRun
 
 EXIT_ERROR, EXIT_DIVERGED, EXIT_INTERRUPTED = 2, 3, 130
 
@@ -105,10 +106,13 @@ def _finished(metrics: dict, keys: tuple[str, ...]) -> int:
     print(dumps({k: metrics[k] for k in keys}))
     if metrics["status"] != "interrupted":
         return 0
+    message, out = metrics.get("message", "interrupted"), metrics.get("out", "DIR")
     if "psnr" in keys:  # image runs can be resumed
-        print(f"error: {metrics.get('message', 'interrupted')}; "
-              f"continue with `finer resume {metrics.get('out', 'DIR')}`",
-              file=sys.stderr)
+        print(f"error: {message}; continue with `finer resume {out}`", file=sys.stderr)
+    else:
+        print(f"error: {message}; {out} keeps the network of step {metrics['steps']} (checkpoint.pt) and its "
+              "scores (metrics.json); this kind of run is not resumed: fit it again with --overwrite to train "
+              "it fully", file=sys.stderr)
     return EXIT_INTERRUPTED
 
 
@@ -162,10 +166,9 @@ def fit_nerf(args: argparse.Namespace) -> int:
     from finer import nerf_run
 
     cfg = nerf_run.NeRFRunConfig(scene=args.scene, model=args.model, model_options=options(args.option),
-                                 views=args.views,
-                        downscale=args.downscale, steps=args.steps, rays=args.rays, samples=args.samples,
-                        fine=args.fine, lr=args.lr, width=args.width, test_views=args.test_views, seed=args.seed,
-                        device=args.device, fused=args.fused)
+                                 views=args.views, downscale=args.downscale, steps=args.steps, rays=args.rays,
+                                 samples=args.samples, fine=args.fine, lr=args.lr, width=args.width,
+                                 test_views=args.test_views, seed=args.seed, device=args.device, fused=args.fused)
     metrics = nerf_run.fit_nerf(cfg, args.out, progress=not args.quiet, overwrite=args.overwrite, log=_log(args))
     return _finished(metrics, ("model", "status", "steps", "test_psnr", "test_ssim", "test_lpips",
                                "seconds_per_step", "out"))
@@ -175,9 +178,10 @@ def fit_sdf(args: argparse.Namespace) -> int:
     from finer import sdf_run
 
     cfg = sdf_run.SDFRunConfig(mesh=args.mesh, model=args.model, model_options=model_options(args), steps=args.steps,
-                       batch_size=args.batch_size, pool_size=args.pool_size, resolution=args.resolution,
-                       chamfer_samples=args.chamfer_samples, iou_resolution=args.iou_resolution,
-                       surface_samples=args.surface_samples, seed=args.seed, device=args.device, fused=args.fused)
+                               batch_size=args.batch_size, pool_size=args.pool_size, resolution=args.resolution,
+                               chamfer_samples=args.chamfer_samples, iou_resolution=args.iou_resolution,
+                               surface_samples=args.surface_samples, seed=args.seed, device=args.device,
+                               fused=args.fused)
     metrics = sdf_run.fit_sdf(cfg, args.out, progress=not args.quiet, overwrite=args.overwrite, log=_log(args))
     return _finished(metrics, ("model", "status", "chamfer", "iou", "steps", "seconds_per_step", "out"))
 
@@ -292,13 +296,25 @@ def bench_grid(args: argparse.Namespace) -> int:
                                             batch_signals=args.batch_signals,
                                             checkpoint_every=args.checkpoint_every))
     if args.bench == "images":
-        bench.run_image_bench(args.directory, **common)
+        with _bench_interrupts(args.out, "continues the cut one from its last checkpoint"):
+            bench.run_image_bench(args.directory, **common)
         return 0
     widths = _ints(args.widths, "--widths")
     if min(widths) <= 0:
         raise FinerError("--widths must be positive")
-    bench.run_width_bench(args.directory, widths=widths, **common)
+    with _bench_interrupts(args.out, "continues the cut one from its last checkpoint"):
+        bench.run_width_bench(args.directory, widths=widths, **common)
     return 0
+
+
+@contextlib.contextmanager
+def _bench_interrupts(out, cut: str):
+    """Ctrl-C or SIGTERM in a benchmark: one line saying what is kept and how to go on."""
+    try:
+        yield
+    except KeyboardInterrupt:
+        raise InterruptedRun(f"interrupted; the finished runs are kept in {out}/runs, and the same command "
+                             f"run again skips them and {cut}") from None
 
 
 def bench_compare(args: argparse.Namespace) -> int:
@@ -364,6 +380,7 @@ def bench_sdf(args: argparse.Namespace) -> int:
     _check_out_folder(args)
     settings = {k: v for k, v in (("steps", args.steps), ("resolution", args.resolution),
                                   ("chamfer_samples", args.chamfer_samples)) if v is not None}
-    run_sdf_bench(args.directory, models=_names(args.models), out=args.out, settings=settings, device=args.device,
-                  progress=not args.quiet)
+    with _bench_interrupts(args.out, "fits the cut one again"):
+        run_sdf_bench(args.directory, models=_names(args.models), out=args.out, settings=settings,
+                      device=args.device, progress=not args.quiet)
     return 0

@@ -293,3 +293,18 @@ def test_a_grid_that_stops_on_bad_input_creates_nothing(tmp_path, capsys):
     assert main([*grid, "--crop", "none"]) == 2
     assert "cannot read image" in capsys.readouterr().err
     assert not (tmp_path / "o").exists()
+
+
+def test_an_interrupted_grid_says_what_is_kept_and_how_to_go_on(image_dir, tmp_path, monkeypatch, capsys):
+    from finer.bench import images as bench
+
+    def stopped(job):  # Ctrl-C or SIGTERM during the first run
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(bench, "run_one", stopped)
+    out = tmp_path / "bench"
+    assert main(["bench", "images", str(image_dir), "--models", "finer", "--limit", "1", "--steps", "3",
+                 "--width", "8", "--crop", "16", "--size", "16", "--out", str(out), "--quiet"]) == 130
+    err = capsys.readouterr().err
+    assert err.startswith("error: interrupted; the finished runs are kept in") and len(err.splitlines()) == 1
+    assert "skips them and continues the cut one from its last checkpoint" in err

@@ -45,3 +45,44 @@ def test_meshes_whose_names_differ_only_by_extension_are_refused(tmp_path):
     with pytest.raises(FinerError, match="s.obj and s.stl: meshes whose names differ only by extension"):
         run_sdf_bench(meshes, models=["finer"], out=tmp_path / "b", settings=TINY, progress=False)
     assert not (tmp_path / "b").exists()
+
+
+def test_a_diverged_run_is_a_marked_result_and_an_interrupted_one_stops_the_grid(tmp_path, monkeypatch, capsys):
+    import finer.bench.sdf
+    from finer.cli import main
+    from finer.errors import DivergedError
+
+    meshes = tmp_path / "meshes"
+    meshes.mkdir()
+    trimesh.creation.icosphere(1).export(meshes / "ball.obj")
+    real_fit, calls = finer.bench.sdf.fit_sdf, []
+
+    def fit(cfg, run_dir, **kwargs):  # siren "diverges": the run keeps its metrics.json and raises
+        calls.append(cfg.model)
+        metrics = real_fit(cfg, run_dir, **kwargs)
+        if cfg.model == "siren":
+            (run_dir / "metrics.json").write_text(json.dumps({**metrics, "status": "diverged", "out": None,
+                                                              "message": "loss diverged at step 3"}))
+            raise DivergedError("loss diverged at step 3")
+        return metrics
+
+    monkeypatch.setattr(finer.bench.sdf, "fit_sdf", fit)
+    rows = run_sdf_bench(meshes, models=["finer", "siren"], out=tmp_path / "b", settings=TINY, progress=False)
+    assert [r["status"] for r in rows] == ["complete", "diverged"]
+    assert "(diverged: loss diverged at step 3)" in capsys.readouterr().out
+    summary = (tmp_path / "b" / "summary.md").read_text()
+    assert summary.count(" †") == 2 and "† the loss diverged" in summary  # its Chamfer and IoU cells
+    run_sdf_bench(meshes, models=["finer", "siren"], out=tmp_path / "b", settings=TINY, progress=False)
+    assert calls == ["finer", "siren"]  # the diverged run is a result: not fitted again
+
+    def interrupted(cfg, run_dir, **kwargs):  # Ctrl-C or SIGTERM during the fit: it stops after its step
+        return {**real_fit(cfg, run_dir, **kwargs), "status": "interrupted"}
+
+    monkeypatch.setattr(finer.bench.sdf, "fit_sdf", interrupted)
+    args = ["bench", "sdf", str(meshes), "--models", "gauss,finer", "--out", str(tmp_path / "c"), "--steps", "3",
+            "--resolution", "12", "--chamfer-samples", "300", "--quiet"]
+    monkeypatch.setattr(finer.bench.sdf, "QUICK", {**finer.bench.sdf.QUICK, **TINY})
+    assert main(args) == 130
+    err = capsys.readouterr().err
+    assert f"finished runs are kept in {tmp_path / 'c'}/runs" in err and "fits the cut one again" in err
+    assert not (tmp_path / "c" / "runs" / "ball-finer").exists()  # the grid stopped at the cut run

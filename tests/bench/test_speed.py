@@ -33,6 +33,17 @@ def test_speed_rejects_unknown_models(capsys):
     assert "unknown model(s) nope" in capsys.readouterr().err
 
 
+def test_too_few_signals_is_refused_before_any_timing(tmp_path, monkeypatch, capsys):
+    import finer.bench.speed
+
+    def timing(*args, **kwargs):
+        raise AssertionError("timed before the signals were checked")
+
+    monkeypatch.setattr(finer.bench.speed, "products_block", timing)
+    assert main(["bench", "speed", "--signals", "500", "--signal-size", "128", "--quiet"]) == 2
+    assert "only 34 images of 128x128 available, 500 asked for" in capsys.readouterr().err
+
+
 def test_blocks_are_timed_round_by_round():
     from finer.bench.speed import interleaved_medians
 
