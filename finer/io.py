@@ -198,10 +198,11 @@ def failure_recorded(metrics_path: str | os.PathLike) -> Iterator[None]:
         raise
 
 
-def write_csv(path: str | os.PathLike, rows: Iterable[dict]) -> None:
-    """Write dict rows as CSV; the header is the union of keys in first-seen order."""
+def write_csv(path: str | os.PathLike, rows: Iterable[dict], columns: Iterable[str] = ()) -> None:
+    """Write dict rows as CSV; the header is ``columns`` then the other keys in first-seen order (so a
+    file without rows still names its columns)."""
     rows = list(rows)
-    keys: list[str] = []
+    keys: list[str] = list(columns)
     for row in rows:
         keys += [k for k in row if k not in keys]
 

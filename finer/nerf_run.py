@@ -29,7 +29,7 @@ from finer.nn.fused import apply_fused
 from finer.runs import _prepare_out, resolve_device
 from finer.tasks import nerf as N
 from finer.tasks.image import save_image
-from finer.train import TrainConfig, fit
+from finer.train import TrainConfig, curve_columns, fit
 
 NERF_FORMAT = io.NERF_CHECKPOINT_FORMAT
 RUN_FILES = ("config.json", "checkpoint.pt", "curve.csv", "metrics.json")
@@ -136,7 +136,7 @@ def fit_nerf(cfg: NeRFRunConfig, out, *, progress: bool = True, overwrite: bool 
                             log_every=25)
     with io.failure_recorded(out / "metrics.json"):  # not left saying "running" after an error
         state = fit(renderer, task, train_cfg, on_checkpoint=save, progress=progress, desc=f"nerf/{cfg.model}")
-        io.write_csv(out / "curve.csv", state.history)
+        io.write_csv(out / "curve.csv", state.history, curve_columns(task))
         metrics = _test_and_record(cfg, renderer, state, test, len(train.names), fused, device, out)
     if state.status == "diverged":
         raise DivergedError(f"{state.message}; checkpoint of step {state.step} kept in {out}")

@@ -26,7 +26,7 @@ from finer.models import build_model, count_parameters, network_shape
 from finer.nn.fused import FUSED_MODES, apply_fused
 from finer.plots import error_map, psnr_curve
 from finer.tasks import image as img
-from finer.train import PRECISIONS, FitState, TrainConfig, fit, graph_problem
+from finer.train import PRECISIONS, FitState, TrainConfig, curve_columns, fit, graph_problem
 
 DEVICE_CHOICES = ("auto", "cpu", "cuda")
 RUN_FILES = ("config.json", "checkpoint.pt", "curve.csv", "metrics.json", "reconstruction.png", "error_map.png",
@@ -211,7 +211,7 @@ class _Run:
                      "aspect": self.task.aspect, "rng": self.task.state_dict()},
         }
         io.save_checkpoint(self.out / "checkpoint.pt", model=self.model, extra=extra)
-        io.write_csv(self.out / "curve.csv", state.history)
+        io.write_csv(self.out / "curve.csv", state.history, curve_columns(self.task))
         if state.status == "running":
             self.write_metrics(state, final=False)
 

@@ -20,7 +20,7 @@ from finer.nn.fused import apply_fused
 from finer.render3d import render_meshes
 from finer.runs import _prepare_out, resolve_device
 from finer.tasks import sdf as S
-from finer.train import FitState, TrainConfig, fit
+from finer.train import FitState, TrainConfig, curve_columns, fit
 
 RUN_FILES = ("config.json", "checkpoint.pt", "curve.csv", "metrics.json", "mesh.ply", "render.png")
 """The files an SDF run writes; ``--overwrite`` deletes these (and only these) before the new run starts."""
@@ -154,7 +154,7 @@ def fit_sdf(cfg: SDFRunConfig, out: str | Path, *, progress: bool = True, overwr
             "fit": {"step": state.step, "history": state.history, "train_seconds": state.train_seconds,
                     "first_loss": state.first_loss, "status": state.status},
             "task": {"kind": "sdf", "mesh": str(cfg.mesh), "normalization": dataclasses.asdict(norm)}})
-        io.write_csv(out / "curve.csv", state.history)
+        io.write_csv(out / "curve.csv", state.history, curve_columns(task))
 
     with io.failure_recorded(out / "metrics.json"):  # not left saying "running" after an error
         state = fit(model, task, train, on_checkpoint=save, progress=progress, desc=f"{cfg.model} sdf")

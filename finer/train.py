@@ -136,6 +136,12 @@ def exponential_decay(steps: int, final_factor: float) -> Callable[[int], float]
     return lambda step: final_factor ** (min(step, steps) / steps)
 
 
+def curve_columns(task: Task) -> list[str]:
+    """The columns of a fit's ``history`` (``curve.csv``) before any evaluation: also the header of a
+    curve without rows (a run that diverged at once)."""
+    return ["step", "loss", *task.step_metrics(1.0), "lr"]
+
+
 class _StopFlag:
     """Turns Ctrl-C (SIGINT) and SIGTERM (``kill``, ``timeout``, a batch scheduler) into a request to stop
     after the current step (main thread only); a second signal aborts at once."""

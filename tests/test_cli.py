@@ -111,6 +111,14 @@ def test_divergence_keeps_last_good_checkpoint(png_path, tmp_path, capsys):
     assert (out / "checkpoint.pt").is_file()
 
 
+def test_a_run_that_diverges_at_once_keeps_a_curve_that_names_its_columns(png_path, tmp_path, capsys):
+    out = tmp_path / "div"
+    assert main(["fit", "image", str(png_path), "--lr", "1e6", "--steps", "50", "--width", "16", "--out", str(out),
+                 "--quiet"]) == 3
+    assert "last good step 0" in capsys.readouterr().err
+    assert (out / "curve.csv").read_text().splitlines() == ["step,loss,train_psnr,lr"]
+
+
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
 def test_ctrl_c_leaves_a_consistent_folder_that_resumes(png_path, tmp_path, signum):
     out = tmp_path / "int"
