@@ -100,6 +100,27 @@ def test_image_too_large_for_memory(png_path, tmp_path, monkeypatch, capsys):
     assert "GiB available" in err and len(err.strip().splitlines()) == 1
 
 
+@pytest.mark.parametrize("error", [MemoryError, type("OutOfMemoryError", (RuntimeError,), {})],
+                         ids=["host", "cuda"])
+def test_out_of_memory_names_the_options_of_the_command_that_ran(png_path, tmp_path, monkeypatch, capsys, error):
+    import finer.runs
+    import finer.sdf_run
+
+    def exhausted(*args, **kwargs):
+        raise error("CUDA out of memory. Tried to allocate 20.00 GiB")
+
+    monkeypatch.setattr(finer.runs, "fit_image", exhausted)
+    monkeypatch.setattr(finer.sdf_run, "fit_sdf", exhausted)
+    for argv, hint in (([], "--batch-size N (random pixels per step)"),
+                       (["--batch-size", "4096"], "a smaller --batch-size than 4096")):
+        assert main(["fit", "image", str(png_path), "--out", str(tmp_path / "o"), *argv]) == 2
+        err = capsys.readouterr().err
+        assert hint in err and len(err.strip().splitlines()) == 1
+        assert ("out of GPU memory" in err and "--device cpu" in err) == (error is not MemoryError)
+    assert main(["fit", "sdf", str(png_path), "--out", str(tmp_path / "s")]) == 2
+    assert "--batch-size (now 10000), --pool-size or --resolution" in capsys.readouterr().err
+
+
 def test_divergence_keeps_last_good_checkpoint(png_path, tmp_path, capsys):
     out = tmp_path / "div"
     code = main(["fit", "image", str(png_path), "--lr", "1e4", "--steps", "50", "--width", "16", "--out", str(out),

@@ -61,13 +61,34 @@ def main(argv: Sequence[str] | None = None) -> int:
     except MemoryError:
         if args.debug:
             raise
-        print("error: out of memory; use a smaller image (--size/--crop) or --batch-size", file=sys.stderr)
+        print(f"error: out of memory; {_memory_hint(args)}", file=sys.stderr)
         return EXIT_ERROR
     except Exception as exc:  # anything unexpected: one line unless --debug
         if args.debug:
             raise
+        if type(exc).__name__ == "OutOfMemoryError":  # torch.cuda.OutOfMemoryError, without importing torch here
+            print(f"error: out of GPU memory; {_memory_hint(args)} (or --device cpu)", file=sys.stderr)
+            return EXIT_ERROR
         print(f"error: {type(exc).__name__}: {exc} (rerun with --debug for the traceback)", file=sys.stderr)
         return 1
+
+
+def _memory_hint(args) -> str:
+    """What makes the command that ran out of memory smaller, in its own options."""
+    command = (getattr(args, "command", None), getattr(args, "task", None) or getattr(args, "bench", None))
+    if command == ("fit", "sdf"):
+        return f"use a smaller --batch-size (now {args.batch_size}), --pool-size or --resolution"
+    if command == ("fit", "nerf"):
+        return f"use fewer --rays (now {args.rays}), a larger --downscale or fewer --samples"
+    if command[0] == "resume":
+        return "a run resumes at its recorded batch size: fit it again with a smaller --batch-size"
+    if command[0] == "fit":
+        batch = getattr(args, "batch_size", None)
+        return ("use a smaller image (--size/--crop) or "
+                + (f"a smaller --batch-size than {batch}" if batch else "--batch-size N (random pixels per step)"))
+    if command[0] == "eval":
+        return "use a smaller --resolution, --iou-resolution or --chamfer-samples"
+    return "use a smaller size or resolution option of this command"
 
 
 @contextlib.contextmanager
