@@ -9,6 +9,10 @@ class ConfigError(FinerError, ValueError):
     """An unknown name, an unknown option, or a value out of range."""
 
 
+class CropError(FinerError):
+    """A centre crop larger than the image it is cut from."""
+
+
 class DivergedError(FinerError):
     """Training produced a non-finite loss; the message names the last good step."""
 

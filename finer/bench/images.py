@@ -26,7 +26,7 @@ import torch
 
 from finer import io
 from finer.bench.reference import OfficialFiner
-from finer.errors import FinerError
+from finer.errors import CropError, FinerError
 from finer.bench.executors import execute, threads_per_worker
 from finer.bench.report import write_report
 from finer.lpips import available as lpips_available
@@ -386,7 +386,11 @@ def run_grid(plan, out: Path, device: str, progress: bool, on_row=None, executio
             continue
         key = (path, protocol.crop, protocol.size)
         if key not in images:
-            images[key] = load_image(path, crop=protocol.crop, size=protocol.size)
+            try:
+                images[key] = load_image(path, crop=protocol.crop, size=protocol.size)
+            except CropError as exc:
+                raise CropError(f"{path}: {exc}; this grid crops every image to {protocol.crop} (the preset's crop, "
+                                "or --crop): give --crop none to fit whole images, or a smaller --crop") from None
             digests[key] = image_digest(images[key])
         if record.exists():
             row = io.read_json(record)

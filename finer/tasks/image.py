@@ -16,7 +16,7 @@ import torch
 from PIL import Image, UnidentifiedImageError
 from torch import Tensor
 
-from finer.errors import FinerError
+from finer.errors import CropError, FinerError
 from finer.metrics import psnr_from_mse
 
 ALPHA_CHOICES = ("white", "black", "keep", "drop")
@@ -119,7 +119,7 @@ def load_image(
     if crop is not None:
         h, w = _parse_hw(crop, "crop")
         if h > arr.shape[0] or w > arr.shape[1]:
-            raise FinerError(f"crop {h}x{w} is larger than the image ({arr.shape[0]}x{arr.shape[1]})")
+            raise CropError(f"crop {h}x{w} is larger than the image ({arr.shape[0]}x{arr.shape[1]})")
         top, left = (arr.shape[0] - h) // 2, (arr.shape[1] - w) // 2
         arr = arr[top : top + h, left : left + w]
     if size is not None:

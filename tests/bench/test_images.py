@@ -288,7 +288,8 @@ def test_a_grid_that_stops_on_bad_input_creates_nothing(tmp_path, capsys):
     grid = ["bench", "images", str(images), "--steps", "2", "--size", "16", "--width", "8", "--hidden-layers", "1",
             "--models", "finer", "--quiet", "--out", str(tmp_path / "o")]
     assert main([*grid, "--crop", "64"]) == 2
-    assert "larger than the image" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "a.png: crop 64x64 is larger than the image (20x20)" in err and "give --crop none" in err
     (images / "b.png").write_bytes(b"not an image")
     assert main([*grid, "--crop", "none"]) == 2
     assert "cannot read image" in capsys.readouterr().err
