@@ -47,6 +47,13 @@ def test_default_image_and_models_listing(tmp_path, capsys):
     assert main(["models"]) == 0
     listing = capsys.readouterr().out
     assert "finer" in listing and "wire-finer" in listing
+    # the other tasks' defaults, read from where those tasks take them
+    from finer.nerf_run import NeRFRunConfig
+    from finer.sdf_run import SDF_DEFAULTS
+
+    assert f"finer fit sdf uses hidden_layers={SDF_DEFAULTS['hidden_layers']}, lr={SDF_DEFAULTS['lr']}" in listing
+    assert f"finer fit nerf uses width={NeRFRunConfig(scene='').width}" in listing
+    assert "official-finer: the official FINER code" in listing
     assert main(["fit", "image", "--size", "16", "--steps", "2", "--width", "8", "--out", str(tmp_path / "d"),
                  "--quiet"]) == 0
     assert json.loads((tmp_path / "d" / "metrics.json").read_text())["image"] == "skimage:astronaut"

@@ -120,6 +120,21 @@ IMAGE_KEYS = ("model", "status", "psnr", "ssim", "steps", "seconds_per_step", "o
 
 
 # -- commands ---------------------------------------------------------------------------------------
+def _other_defaults() -> list[str]:
+    """What ``finer models`` says below its table: the other tasks' defaults and the reference."""
+    from finer.bench.images import REFERENCE
+    from finer.nerf_run import NeRFRunConfig
+    from finer.sdf_run import SDF_DEFAULTS
+
+    nerf = NeRFRunConfig(scene="")
+    sdf = ", ".join(f"{k}={v}" for k, v in SDF_DEFAULTS.items())
+    return ["These are the image fit's defaults (finer fit image; --width, --lr, --option KEY=VALUE change them).",
+            f"finer fit sdf uses {sdf} (constant), first_bias_scale=1.0 for the FINER family.",
+            f"finer fit nerf uses width={nerf.width}, lr={nerf.lr} in its radiance field (whose depths are fixed).",
+            f"{REFERENCE}: the official FINER code, re-implemented eagerly; a reference for `bench images "
+            "--models` and `bench speed`, not a library model."]
+
+
 def list_models(args: argparse.Namespace) -> int:
     from finer.models import models
 
@@ -129,6 +144,7 @@ def list_models(args: argparse.Namespace) -> int:
     else:
         for name, defaults in table.items():
             print(f"{name:12s} " + ", ".join(f"{k}={v}" for k, v in defaults.items()))
+        print("\n" + "\n".join(_other_defaults()))
     return 0
 
 
