@@ -14,7 +14,7 @@ from typing import Any, Iterable, Iterator
 
 import torch
 
-from finer.errors import FinerError
+from finer.errors import FinerError, FinerWarning
 from finer.models import MODELS, build_from_config, make_config
 
 CHECKPOINT_FORMAT = "finer-inr checkpoint"
@@ -103,6 +103,24 @@ def claim_outputs(out: str | os.PathLike, files: Iterable[str], overwrite: bool,
     remove_outputs(out, present)
     out.mkdir(parents=True, exist_ok=True)
     return out
+
+
+DERIVED_OUTPUTS = ("render_x*.png", "neurons", "eval", "turntable")
+"""What other commands write into a run folder from its network (``render``, ``analyze neurons``, ``eval sdf``,
+``render nerf``), left alone by a run that overwrites or resumes in that folder."""
+
+
+def warn_stale_outputs(folder: str | os.PathLike, made_from: str) -> list[str]:
+    """Warn (:class:`~finer.errors.FinerWarning`) about the :data:`DERIVED_OUTPUTS` in ``folder``, which a
+    run about to train there leaves alone but makes stale: they show ``made_from``. Returns their names."""
+    import warnings
+
+    names = sorted({p.name for pattern in DERIVED_OUTPUTS for p in Path(folder).glob(pattern)})
+    if names:
+        warnings.warn(f"{', '.join(names)} in {folder} {'was' if len(names) == 1 else 'were'} made from {made_from}, "
+                      "not from the network this run trains; make them again when it is done", FinerWarning,
+                      stacklevel=2)
+    return names
 
 
 def check_not_an_output(source: str | os.PathLike | None, out: str | os.PathLike, names: Iterable[str],

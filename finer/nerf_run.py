@@ -114,6 +114,7 @@ def fit_nerf(cfg: NeRFRunConfig, out, *, progress: bool = True, overwrite: bool 
     fused = apply_fused(renderer, cfg.fused, cfg.steps)
     task = N.NeRFTask(train, cfg.rays, device, seed=cfg.seed)
     out.mkdir(parents=True, exist_ok=True)
+    io.warn_stale_outputs(out, "the network of the run this one overwrites")
     io.remove_outputs(out, _earlier_outputs(out))  # an overwritten run's files: none may pass for this run's
     io.write_json(out / "config.json", {
         "task": "nerf", "run": dataclasses.asdict(cfg), "train_views": train.names, "test_views": test.names,

@@ -283,6 +283,7 @@ def fit_image(cfg: ImageRunConfig, out: str | Path | None = None, *, progress: b
     run = _Run(cfg, out, progress)  # reads the image and builds the model before anything is written
     io.check_not_an_output(run.image_file, out, RUN_FILES, "image")
     out.mkdir(parents=True, exist_ok=True)
+    io.warn_stale_outputs(out, "the network of the run this one overwrites")
     io.remove_outputs(out, RUN_FILES)  # an overwritten run's files: none may pass for this run's
     if run.note:
         log(run.note)
@@ -342,6 +343,7 @@ def resume_image(run_dir: str | Path, *, steps: int | None = None, progress: boo
     run.task.load_state_dict(payload["task"]["rng"])
     state = FitState(step=done, history=payload["fit"]["history"], train_seconds=payload["fit"]["train_seconds"],
                      first_loss=payload["fit"]["first_loss"])
+    io.warn_stale_outputs(run_dir, f"the network of step {done} or an earlier one")
     io.write_json(run_dir / "config.json", run.resolved())
     metrics = run.run(state, payload["optimizer"])
     if metrics.get("status") == "complete":

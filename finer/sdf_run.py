@@ -139,6 +139,7 @@ def fit_sdf(cfg: SDFRunConfig, out: str | Path, *, progress: bool = True, overwr
     train = TrainConfig(steps=cfg.steps, lr=model.config.lr, lr_final_factor=1.0, grad_clip=cfg.grad_clip,
                         amsgrad=True, eval_every=cfg.eval_every, checkpoint_every=cfg.checkpoint_every, log_every=50)
     out.mkdir(parents=True, exist_ok=True)
+    io.warn_stale_outputs(out, "the network of the run this one overwrites")
     io.remove_outputs(out, RUN_FILES)  # an overwritten run's files: none may pass for this run's
     io.write_json(out / "config.json", {"task": "sdf", "run": dataclasses.asdict(cfg),
                                         "model": {"name": cfg.model, **dataclasses.asdict(model.config)},

@@ -302,7 +302,7 @@ def test_eval_of_identical_images_prints_strict_json(png_path, capsys):
     assert json.loads(capsys.readouterr().out, parse_constant=refuse) == {"psnr": "inf", "ssim": 1.0}
 
 
-def test_overwrite_writes_the_new_run_and_deletes_nothing(png_path, tmp_path):
+def test_overwrite_writes_the_new_run_and_deletes_nothing(png_path, tmp_path, capsys):
     out = tmp_path / "run"
     fit = ["fit", "image", str(png_path), "--steps", "2", "--width", "8", "--out", str(out), "--quiet"]
     assert main(fit) == 0
@@ -312,7 +312,8 @@ def test_overwrite_writes_the_new_run_and_deletes_nothing(png_path, tmp_path):
     assert main(["fit", "image", "--model", "siren", str(out / "photo.png"), *fit[3:], "--overwrite"]) == 0
     assert json.loads((out / "metrics.json").read_text())["model"] == "siren"
     assert (out / "notes.txt").read_text() == "keep me" and (out / "photo.png").exists()
-    assert (out / "render_x2.png").exists()  # another command's output: left for the user
+    assert (out / "render_x2.png").exists()  # another command's output: left for the user, and said to be stale
+    assert "warning: render_x2.png in" in capsys.readouterr().err
     bad = ["fit", "image", str(tmp_path / "missing.png"), "--steps", "2", "--out", str(out), "--quiet", "--overwrite"]
     assert main(bad) == 2 and (out / "checkpoint.pt").exists()  # bad input: the old run is not touched
 
@@ -338,7 +339,7 @@ def test_overwrite_deletes_the_old_runs_files_before_training(png_path, tmp_path
     assert json.loads((out / "metrics.json").read_text())["model"] == "siren"
 
 
-def test_resume_reads_the_recorded_image_from_any_folder(png_path, tmp_path, monkeypatch):
+def test_resume_reads_the_recorded_image_from_any_folder(png_path, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(png_path.parent)
     out = tmp_path / "run"
     assert main(["fit", "image", png_path.name, "--steps", "3", "--width", "8", "--out", str(out), "--quiet"]) == 0
@@ -349,7 +350,12 @@ def test_resume_reads_the_recorded_image_from_any_folder(png_path, tmp_path, mon
     elsewhere.mkdir()
     Image.new("RGB", (5, 7)).save(elsewhere / png_path.name)  # the same relative name, another image
     monkeypatch.chdir(elsewhere)
+    assert main(["render", str(out), "--scale", "1"]) == 0
+    assert main(["analyze", "neurons", str(out), "--count", "4"]) == 0
+    capsys.readouterr()
     assert main(["resume", str(out), "--steps", "5", "--quiet"]) == 0
+    err = capsys.readouterr().err  # what was made from the step-3 network is left, and said to be stale
+    assert f"warning: neurons, render_x1.png in {out} were made from the network of step 3" in err
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["steps"] == 5 and (metrics["image_height"], metrics["image_width"]) == (24, 24)
     assert metrics["image"] == str(png_path.resolve()) and metrics["width"] == 8  # the network's width
