@@ -160,14 +160,14 @@ def _test_and_record(cfg: NeRFRunConfig, renderer, state, test, train_views: int
         save_image(_depth_picture(view["depth"].cpu().numpy(), renderer.near, renderer.far),
                    out / "test" / f"{name}_depth.png")
     metrics = {
-        "task": "nerf", "model": cfg.model, "status": state.status, "steps": state.step,
-        "params": count_parameters(renderer),
+        "task": "nerf", "model": cfg.model, "status": state.status, "steps": state.step, "steps_planned": cfg.steps,
+        "params": count_parameters(renderer), "width": cfg.width, "seed": cfg.seed,
         "test_psnr": float(np.mean([v["psnr"] for v in views])),
         "test_ssim": float(np.mean([v["ssim"] for v in views])),
         "test_lpips": (float(np.mean([v["lpips"] for v in views])) if all(v.get("lpips") is not None for v in views)
                        else None),
         "test_lpips_note": lpips_left_out(test.images.shape[1:], with_lpips),
-        "train_seconds": round(state.train_seconds, 2),
+        "seconds": round(state.train_seconds, 2),
         "seconds_per_step": round(state.train_seconds / max(state.step, 1), 4),
         "render_seconds_per_view": round((time.perf_counter() - t0) / len(views), 2), "device": str(device),
         "fused": fused["fused"], "views": views, "train_views": train_views, "view_height": test.height,

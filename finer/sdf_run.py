@@ -15,7 +15,7 @@ from typing import Any
 
 from finer import io
 from finer.errors import ConfigError, DivergedError, FinerError
-from finer.models import build_model, count_parameters, make_config
+from finer.models import build_model, count_parameters, make_config, network_shape
 from finer.nn.fused import apply_fused
 from finer.render3d import render_meshes
 from finer.runs import _prepare_out, resolve_device
@@ -170,6 +170,7 @@ def _evaluate_and_record(cfg: SDFRunConfig, model, state: FitState, mesh, index,
     """Extract and measure the fitted surface, write ``metrics.json``; returns the metrics."""
     metrics: dict[str, Any] = {
         "task": "sdf", "model": cfg.model, "status": state.status, "params": count_parameters(model),
+        **network_shape(model.config), "lr": model.config.lr, "seed": cfg.seed,
         "steps": state.step, "steps_planned": cfg.steps, "seconds": round(state.train_seconds, 3),
         "seconds_per_step": round(state.train_seconds / max(state.step, 1), 5), "precompute_seconds": round(prep, 2),
         "device": str(device), "fused": fused["fused"], "mesh": str(cfg.mesh), "mesh_faces": len(mesh.faces),
@@ -231,7 +232,7 @@ def eval_sdf(checkpoint: str | Path, mesh_path: str | Path | None = None, *, out
     io.check_not_an_output(mesh_path, out, EVAL_FILES, "mesh")
     io.claim_outputs(out, EVAL_FILES, overwrite, "evaluation")
     index = S.SurfaceIndex(unit, settings["surface_samples"], settings["seed"])
-    result = {"checkpoint": str(checkpoint), "mesh": str(mesh_path), "method": payload["method"],
+    result = {"checkpoint": str(checkpoint), "mesh": str(mesh_path), "model": payload["method"],
               "steps": payload["fit"]["step"], "fit_status": payload["fit"].get("status"), **settings,
               "inside_outside": S.SIGN_METHOD,
               **evaluate_sdf(model, index, unit, norm, resolution=settings["resolution"],

@@ -24,6 +24,7 @@ def test_fit_and_eval_sdf(tmp_path, capsys):
         assert (out / name).is_file(), name
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["task"] == "sdf" and metrics["watertight"] is True and metrics["params"] > 0
+    assert (metrics["width"], metrics["hidden_layers"], metrics["lr"], metrics["seed"]) == (32, 2, 1e-4, 0)
     if metrics["chamfer"] is not None:  # a surface was found: it lies in the mesh's own frame
         extracted = trimesh.load(out / "mesh.ply")
         assert extracted.bounds[0][0] > 5
@@ -33,7 +34,7 @@ def test_fit_and_eval_sdf(tmp_path, capsys):
     result = json.loads(captured.out)
     assert result["iou"] == pytest.approx(metrics["iou"], abs=1e-6)
     assert (out / "eval" / "eval.json").is_file() and "warning" not in result and "warning" not in captured.err
-    assert result["fit_status"] == "complete" and result["steps"] == 20
+    assert result["fit_status"] == "complete" and result["steps"] == 20 and result["model"] == "finer"
     before = (out / "eval" / "eval.json").read_bytes()
     assert main(["eval", "sdf", str(out)]) == 2  # an earlier evaluation is not replaced unasked
     assert "holds an earlier evaluation (eval.json, mesh.ply, render.png)" in capsys.readouterr().err

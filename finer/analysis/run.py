@@ -223,7 +223,7 @@ def analyze_neurons(checkpoint, out=None, *, count=64, overwrite=False) -> dict:
     ax.grid(alpha=0.3)
     _save(fig, out / "neuron_spectrum.png")
     centroid = float((freq * power).sum() / power.sum())
-    summary = {"checkpoint": str(checkpoint), "method": payload["method"], "units": int(outputs.shape[0]),
+    summary = {"checkpoint": str(checkpoint), "model": payload["method"], "units": int(outputs.shape[0]),
                "spectral_centroid": centroid, "spectral_centroid_unit": "cycles per image side"}
     io.write_json(out / "neurons.json", {**summary, "frequency": freq.tolist(), "power": power.tolist()})
     return {**summary, "out": str(out)}

@@ -209,8 +209,8 @@ def _row(job: Job, model, pred: np.ndarray, status: str, steps: int, seconds: fl
         **image_metrics(pred, job.image, with_lpips=lpips_available()), "params": count_parameters(model),
         "seconds": seconds, "seconds_per_step": seconds / max(steps, 1), "threads": torch.get_num_threads(),
         "lr": lr, "width": protocol.width, "hidden_layers": protocol.hidden_layers, "crop": protocol.crop,
-        "size": protocol.size, "height": job.image.shape[0], "image_width": job.image.shape[1], "device": str(device),
-        "fused": fused["fused"], **extra, "curve": curve,
+        "size": protocol.size, "image_height": job.image.shape[0], "image_width": job.image.shape[1],
+        "device": str(device), "fused": fused["fused"], **extra, "curve": curve,
     }
 
 

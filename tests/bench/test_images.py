@@ -39,6 +39,7 @@ def test_image_grid_is_resumable_and_summarised(image_dir, tmp_path, capsys):
     assert "| finer |" in summary and "| official-finer |" in summary and "3 full-batch steps" in summary
     run = results["runs"][0]
     assert run["curve"][0][0] == 1 and run["curve"][-1][0] == 3 and run["lpips"] is None  # 16 px: no LPIPS
+    assert (run["image_height"], run["image_width"], run["width"]) == (16, 16, 8)  # the image's, the network's
     assert (out / "runs" / "00-finer-s1.png").is_file()
     report = (out / "report.html").read_text()
     assert report.count("<tr>") == 3 and report.count("data:image/png;base64,") == 1 + 2  # curves + 2 images

@@ -136,6 +136,9 @@ def test_a_few_training_steps_lower_the_loss_and_the_run_renders(tmp_path, capsy
     assert np.mean(curve[-10:]) < 0.5 * np.mean(curve[:5])
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["status"] == "complete" and len(metrics["views"]) == 2
+    # named as the image and SDF records name them
+    assert (metrics["steps"], metrics["steps_planned"], metrics["width"], metrics["seed"]) == (300, 300, 32, 0)
+    assert metrics["seconds"] > 0 and "train_seconds" not in metrics
     assert "ground truth (right)" in metrics["pictures"]["test/VIEW.png"]  # the pictures say what they show
     # 16-pixel views (and maybe no LPIPS weights installed): no LPIPS, and the reason is recorded
     assert metrics["test_lpips"] is None and "LPIPS" in metrics["test_lpips_note"]
