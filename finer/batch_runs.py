@@ -119,6 +119,8 @@ def fit_image_folder(cfg: ImageRunConfig, directory, out, *, batch_signals: int,
     if problem:
         raise ConfigError(problem)
     _prepare_out(out, overwrite)
+    for folder in (out, *(out / p.stem for p in paths)):
+        io.warn_stale_outputs(folder, "the network of the run this one overwrites")
     # an earlier run's files, of a folder fit or a single one: none may pass for this run's
     io.remove_outputs(out, ["summary.json", *RUN_FILES, *(Path(p.stem) / name for p in paths for name in RUN_FILES)])
     rows, total_seconds = [], 0.0
@@ -197,6 +199,7 @@ def _fit_one_by_one(cfg: ImageRunConfig, directory, paths: list[Path], out: Path
     from finer.runs import fit_image
 
     _prepare_out(out, overwrite)
+    io.warn_stale_outputs(out, "the network of the run this one overwrites")  # (the images' folders: fit_image)
     io.remove_outputs(out, ["summary.json", *RUN_FILES])  # an earlier run's (the images' folders: fit_image)
     rows, total_seconds, device = [], 0.0, ""
     for path in paths:

@@ -11,12 +11,18 @@ allocation, and the kernel's transparent huge pages are in ``madvise`` mode, as 
 distributions; the multiply then takes 15 ms. The command sets that variable unless the user did
 (``THP_MEM_ALLOC_ENABLE=0`` turns it off). Programs that import the library are not affected; they
 can set it themselves before importing torch. ``finer bench speed`` records whether it was on.
+
+Signals: every command runs within :func:`sigterm_interrupts`, so that SIGTERM stops it as Ctrl-C does.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import sys
+import threading
+from typing import Iterator
 
 THP_VARIABLE = "THP_MEM_ALLOC_ENABLE"
 
@@ -33,3 +39,24 @@ def console() -> None:
     from finer.cli import main
 
     sys.exit(main())
+
+
+def interrupt(signum, frame):
+    """The SIGTERM handler of :func:`sigterm_interrupts`."""
+    raise KeyboardInterrupt
+
+
+@contextlib.contextmanager
+def sigterm_interrupts() -> Iterator[None]:
+    """Within it, SIGTERM (``kill``, ``timeout``, a batch scheduler's stop) stops the program as Ctrl-C
+    does: a :class:`KeyboardInterrupt`, and inside :func:`finer.train.fit` a stop after the current step.
+    For a command-line program (``finer`` runs every command in it); elsewhere SIGTERM keeps its own
+    handler, so that a library user's or a worker pool's handling of it stays theirs. Main thread only."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)

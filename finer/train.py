@@ -26,6 +26,7 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from finer.errors import ConfigError
+from finer.launch import interrupt
 
 
 class Task(Protocol):
@@ -143,10 +144,9 @@ def curve_columns(task: Task) -> list[str]:
 
 
 class _StopFlag:
-    """Turns Ctrl-C (SIGINT) and SIGTERM (``kill``, ``timeout``, a batch scheduler) into a request to stop
-    after the current step (main thread only); a second signal aborts at once."""
-
-    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+    """Turns Ctrl-C (SIGINT), and SIGTERM within :func:`finer.launch.sigterm_interrupts`, into a request to stop after
+    the current step (main thread only); a second signal aborts at once. A signal the process ignores
+    stays ignored."""
 
     def __init__(self):
         self.requested = False
@@ -154,7 +154,10 @@ class _StopFlag:
 
     def __enter__(self):
         if threading.current_thread() is threading.main_thread():
-            self._previous = {signum: signal.signal(signum, self._handle) for signum in self.SIGNALS}
+            taken = [signal.SIGINT] if signal.getsignal(signal.SIGINT) is not signal.SIG_IGN else []
+            if signal.getsignal(signal.SIGTERM) is interrupt:
+                taken.append(signal.SIGTERM)
+            self._previous = {signum: signal.signal(signum, self._handle) for signum in taken}
         return self
 
     def _handle(self, signum, frame):
@@ -164,7 +167,7 @@ class _StopFlag:
 
     def __exit__(self, *exc):
         for signum, previous in self._previous.items():
-            signal.signal(signum, previous)
+            signal.signal(signum, signal.SIG_DFL if previous is None else previous)
 
 
 GRAPH_WARMUP = 3

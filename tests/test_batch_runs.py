@@ -47,6 +47,10 @@ def test_batched_fit_matches_one_by_one(folder, tmp_path, capsys, fused):
     # each image's checkpoint stands alone
     assert main(["render", str(tmp_path / "b" / "01" / "checkpoint.pt"), "--scale", "2"]) == 0
     assert Image.open(tmp_path / "b" / "01" / "render_x2.png").size == (48, 48)
+    capsys.readouterr()
+    assert main(["fit", "image", str(folder), "--batch-signals", "2", "--out", str(tmp_path / "b"), "--overwrite",
+                 *common]) == 0  # the render is left, and said to be of the earlier network
+    assert f"warning: render_x2.png in {tmp_path / 'b' / '01'} was made from" in capsys.readouterr().err
 
 
 def test_batched_fit_errors(folder, tmp_path, capsys):

@@ -128,6 +128,23 @@ def test_out_of_memory_names_the_options_of_the_command_that_ran(png_path, tmp_p
     assert "--batch-size (now 10000), --pool-size or --resolution" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("argv", [
+    ["fit", "image", "x"], ["fit", "image", "DIR", "--batch-signals", "4"], ["fit", "sdf", "x", "--out", "o"],
+    ["fit", "nerf", "x", "--out", "o"], ["eval", "image", "a", "b"], ["eval", "sdf", "x"], ["render", "x"],
+    ["analyze", "ntk", "--out", "o"], ["analyze", "activations", "--out", "o"], ["analyze", "neurons", "x"],
+    ["bench", "images", "x", "--out", "o"], ["bench", "width", "x", "--out", "o"], ["bench", "sdf", "x", "--out", "o"],
+    ["bench", "speed"]], ids=lambda argv: " ".join(argv[:2]))
+def test_the_memory_hint_names_options_the_command_has(argv):
+    import re
+
+    from finer.cli import _memory_hint, build_parser
+
+    args = build_parser().parse_args(argv)
+    hint = _memory_hint(args)
+    has = {option for action in args.leaf._actions for option in action.option_strings}
+    assert re.findall(r"--[a-z-]+", hint) and set(re.findall(r"--[a-z-]+", hint)) <= has, hint
+
+
 def test_divergence_keeps_last_good_checkpoint(png_path, tmp_path, capsys):
     out = tmp_path / "div"
     code = main(["fit", "image", str(png_path), "--lr", "1e4", "--steps", "50", "--width", "16", "--out", str(out),

@@ -92,13 +92,20 @@ def test_an_evaluation_without_a_surface_leaves_no_mesh_of_an_earlier_one(tmp_pa
         model.layers[-1].linear.bias.fill_(100.0)  # outside everywhere: no surface to extract
     save_checkpoint(out / "flat.pt", model=model, extra={**payload, "model": model.state_dict()})
     ev = tmp_path / "ev"
-    ev.mkdir()
-    (ev / "mesh.ply").write_text("an earlier evaluation's surface")
     assert main(["eval", "sdf", str(out / "flat.pt"), "--mesh", str(tmp_path / "ball.off"), "--resolution", "16",
                  "--iou-resolution", "16", "--chamfer-samples", "2000", "--surface-samples", "5000",
-                 "--out", str(ev), "--overwrite"]) == 0
+                 "--out", str(ev)]) == 0
     result = json.loads((ev / "eval.json").read_text())
     assert result["vertices"] == 0 and not (ev / "mesh.ply").exists() and "no surface" in result["surface_note"]
+    # the measurement itself (which a fit's own evaluation also runs) leaves no earlier surface behind
+    from finer.sdf_run import evaluate_sdf
+    from finer.tasks import sdf as S
+
+    (ev / "mesh.ply").write_text("an earlier evaluation's surface")
+    unit, norm = S.normalize(trimesh.load(tmp_path / "ball.off"))
+    again = evaluate_sdf(model, S.SurfaceIndex(unit, 5000, 0), unit, norm, resolution=16, iou_resolution=16,
+                         chamfer_samples=2000, device=torch.device("cpu"), out=ev)
+    assert again["vertices"] == 0 and not (ev / "mesh.ply").exists()
 
 
 def test_eval_checks_its_grids_before_reading_anything(tmp_path, capsys):

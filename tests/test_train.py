@@ -311,3 +311,64 @@ def test_fit_is_adam_on_the_decayed_learning_rate(astronaut_small, steps, option
         opt.step()
     for a, b in zip(trained.parameters(), by_hand.parameters()):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+
+
+class HandlersSeen(ImageTask):
+    """Records the SIGINT and SIGTERM handlers in force while a step runs."""
+
+    seen: list = []
+
+    def batch(self, step):
+        import signal
+
+        self.seen.append((signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)))
+        return super().batch(step)
+
+
+def test_sigterm_stops_a_fit_only_where_the_program_asked_for_it(astronaut_small):
+    """A library user's SIGTERM handler (or a worker pool's) stays in force during fit(); within
+    sigterm_interrupts (every CLI command) it stops the fit after its step, as Ctrl-C does; an ignored
+    SIGINT stays ignored."""
+    import os
+    import signal
+
+    from finer.launch import sigterm_interrupts
+
+    def theirs(signum, frame):
+        raise AssertionError("not called")
+
+    def run():
+        HandlersSeen.seen = []
+        net = build_model("siren", 2, 3, width=8, hidden_layers=1, seed=0)
+        task = HandlersSeen(astronaut_small[:8, :8], (-1.0, 1.0), torch.device("cpu"))
+        return fit(net, task, TrainConfig(steps=2, eval_every=0), progress=False)
+
+    before = signal.signal(signal.SIGTERM, theirs)
+    try:
+        run()
+        (sigint, sigterm), = set(HandlersSeen.seen)
+        assert sigterm is theirs and sigint is not signal.default_int_handler  # Ctrl-C: the fit's own
+        with sigterm_interrupts():
+            run()
+            (_, sigterm), = set(HandlersSeen.seen)
+            assert sigterm is not theirs and sigterm is not signal.getsignal(signal.SIGTERM)  # the fit's own
+
+            class Stopped(HandlersSeen):
+                def batch(self, step):
+                    if step == 1:
+                        os.kill(os.getpid(), signal.SIGTERM)
+                    return super().batch(step)
+
+            net = build_model("siren", 2, 3, width=8, hidden_layers=1, seed=0)
+            state = fit(net, Stopped(astronaut_small[:8, :8], (-1.0, 1.0), torch.device("cpu")),
+                        TrainConfig(steps=50, eval_every=0), progress=False)
+            assert state.status == "interrupted" and state.step == 2
+        assert signal.getsignal(signal.SIGTERM) is theirs  # put back
+        previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+        try:
+            run()
+            assert {s for s, _ in HandlersSeen.seen} == {signal.SIG_IGN}
+        finally:
+            signal.signal(signal.SIGINT, previous)
+    finally:
+        signal.signal(signal.SIGTERM, before)

@@ -17,6 +17,8 @@ from __future__ import annotations
 import concurrent.futures as cf
 import multiprocessing
 import os
+import signal
+import threading
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
@@ -53,14 +55,15 @@ def execute(fn: Callable[[Any], Any], jobs: Sequence[Any], *, executor: str = "l
     else:
         threads = threads_per_worker(workers)
         ctx = multiprocessing.get_context("spawn")  # no forked copies of torch's thread pools
+        others = set(multiprocessing.active_children())
         with cf.ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker, initargs=(threads,)) as pool:
             futures = {pool.submit(fn, job): job for job in jobs}
             try:
                 for future in cf.as_completed(futures):
                     yield futures[future], future.result()
-            except BaseException:
-                for future in futures:
-                    future.cancel()
+            except BaseException:  # Ctrl-C, SIGTERM, an error: no result of the workers will be recorded now,
+                for child in set(multiprocessing.active_children()) - others:  # so they stop at once (what a
+                    child.terminate()  # run saved of its state is kept); the broken pool starts no queued job
                 raise
 
 
@@ -71,10 +74,13 @@ def _ray(fn, jobs, address, gpus_per_job) -> Iterator[tuple[Any, Any]]:
         raise FinerError("--executor ray needs Ray: pip install 'finer-inr[ray]'") from None
     started_here = not ray.is_initialized()
     if started_here:
+        ours = signal.getsignal(signal.SIGTERM)  # ray.init installs its own exit on SIGTERM, and leaves it
         if address:
             ray.init(address=address, log_to_driver=False)
         else:
             ray.init(include_dashboard=False, log_to_driver=False)
+        if ours is not None and threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGTERM, ours)
     remote = ray.remote(num_cpus=1, num_gpus=gpus_per_job)(fn)
     pending = {remote.remote(job): job for job in jobs}
     try:

@@ -177,12 +177,21 @@ def library_block(name: str, task_for, cfg: SpeedConfig, device, cuda_graph: boo
     trainer = TrainStep(model, task, _train_config(1, model.config.lr, cuda_graph))  # kept: recorded once
 
     def train(steps):
-        return fit(model, task, _train_config(steps, model.config.lr, cuda_graph), progress=False,
+        return _fit(model, task, _train_config(steps, model.config.lr, cuda_graph), progress=False,
                    trainer=trainer).train_seconds
 
     first = train(1)  # compilation happens here
     train(max(cfg.warmup, GRAPH_WARMUP) if cuda_graph else cfg.warmup)  # a CUDA graph is recorded by now
     return (lambda: train(cfg.steps)), first, fused, layers
+
+
+def _fit(*args, **kwargs):
+    """:func:`fit`, whose stop on Ctrl-C (or SIGTERM, from the command line) stops the benchmark: a block
+    cut short is no timing."""
+    state = fit(*args, **kwargs)
+    if state.status == "interrupted":
+        raise KeyboardInterrupt
+    return state
 
 
 def _train_config(steps: int, lr: float, cuda_graph: bool) -> TrainConfig:
@@ -202,8 +211,8 @@ def identity_check(image, cfg: SpeedConfig, device) -> dict:
     losses, psnrs = {}, {}
     for name, model in (("library", lib), ("reference", ref)):
         task = ImageTask(image, (-1.0, 1.0), device, seed=0)
-        state = fit(model, task, TrainConfig(steps=steps, lr=5e-4, eval_every=0, checkpoint_every=0, log_every=10,
-                                             cuda_graph=cfg.cuda_graph and name == "library"), progress=False)
+        state = _fit(model, task, TrainConfig(steps=steps, lr=5e-4, eval_every=0, checkpoint_every=0, log_every=10,
+                                              cuda_graph=cfg.cuda_graph and name == "library"), progress=False)
         losses[name] = [h["loss"] for h in state.history]
         psnrs[name] = psnr(task.predict(model), image)
     rel = max(abs(a - b) / max(abs(b), 1e-12) for a, b in zip(losses["library"], losses["reference"]))
@@ -251,7 +260,7 @@ def batch_signals_check(images: np.ndarray, *, method: str, width: int, hidden_l
                 fuse(m, compile=compile)
             stacked = StackedMLP(models)
             task = StackedImageTask(group, tuple(models[0].config.target_range), device)
-            state = fit(stacked, task, _train_config(steps, models[0].config.lr, cuda_graph), progress=False)
+            state = _fit(stacked, task, _train_config(steps, models[0].config.lr, cuda_graph), progress=False)
             seconds += state.train_seconds
             for m, im in zip(stacked.unstack(), group):
                 pred = predict_image(m.eval(), im.shape[0], im.shape[1], target_range=m.config.target_range,

@@ -6,18 +6,16 @@ command; :func:`main` runs the one the arguments name and turns errors into one 
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import os
-import signal
 import sys
-import threading
 import warnings
-from typing import Iterator, Sequence
+from typing import Sequence
 
 from finer.cli.commands import EXIT_DIVERGED, EXIT_ERROR, EXIT_INTERRUPTED
 from finer.cli.parser import build_parser
 from finer.errors import DivergedError, FinerError, FinerWarning, InterruptedRun
+from finer.launch import sigterm_interrupts
 
 __all__ = ["EXIT_DIVERGED", "EXIT_ERROR", "EXIT_INTERRUPTED", "build_parser", "main"]
 
@@ -29,7 +27,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.leaf.error(f"unrecognized arguments: {' '.join(unknown)}")
     args.argv = list(sys.argv[1:] if argv is None else argv)  # the command, as reports record it
     try:
-        with warnings.catch_warnings(), _sigterm_interrupts():
+        with warnings.catch_warnings(), sigterm_interrupts():
             warnings.simplefilter("always", FinerWarning)
             warnings.showwarning = functools.partial(_show_warning, warnings.showwarning)
             return args.run(args)
@@ -75,39 +73,30 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _memory_hint(args) -> str:
     """What makes the command that ran out of memory smaller, in its own options."""
-    command = (getattr(args, "command", None), getattr(args, "task", None) or getattr(args, "bench", None))
-    if command == ("fit", "sdf"):
-        return f"use a smaller --batch-size (now {args.batch_size}), --pool-size or --resolution"
-    if command == ("fit", "nerf"):
-        return f"use fewer --rays (now {args.rays}), a larger --downscale or fewer --samples"
-    if command[0] == "resume":
-        return "a run resumes at its recorded batch size: fit it again with a smaller --batch-size"
-    if command[0] == "fit":
-        batch = getattr(args, "batch_size", None)
-        return ("use a smaller image (--size/--crop) or "
-                + (f"a smaller --batch-size than {batch}" if batch else "--batch-size N (random pixels per step)"))
-    if command[0] == "eval":
-        return "use a smaller --resolution, --iou-resolution or --chamfer-samples"
-    return "use a smaller size or resolution option of this command"
-
-
-@contextlib.contextmanager
-def _sigterm_interrupts() -> Iterator[None]:
-    """SIGTERM (``kill``, ``timeout``, a batch scheduler) stops a command as Ctrl-C does, so that a run
-    records ``interrupted`` and keeps what it saved instead of dying with ``running`` in its metrics.json.
-    (Inside a training loop both signals stop it after the current step; see :func:`finer.train.fit`.)"""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def interrupt(signum, frame):
-        raise KeyboardInterrupt
-
-    previous = signal.signal(signal.SIGTERM, interrupt)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
+    sub = getattr(args, "task", None) or getattr(args, "bench", None) or getattr(args, "analysis", None)
+    command, batch = (args.command, sub), getattr(args, "batch_size", None)
+    if command == ("fit", "image") and (getattr(args, "batch_signals", None) or 1) > 1:
+        return (f"fit fewer images at once (a smaller --batch-signals than {args.batch_signals}) or smaller ones "
+                "(--size/--crop)")
+    hints = {
+        ("fit", "image"): "use a smaller image (--size/--crop) or " + (
+            f"a smaller --batch-size than {batch}" if batch else "--batch-size N (random pixels per step)"),
+        ("fit", "sdf"): f"use a smaller --batch-size (now {batch}), --pool-size or --resolution",
+        ("fit", "nerf"): f"use fewer --rays (now {getattr(args, 'rays', None)}), a larger --downscale or fewer "
+                         "--samples",
+        ("resume", None): "a run resumes at its recorded batch size: fit it again with a smaller --batch-size",
+        ("eval", "sdf"): "use a smaller --resolution, --iou-resolution or --chamfer-samples",
+        ("eval", "image"): "the images are compared whole: compare smaller ones, or pass --no-lpips",
+        ("render", None): "use a smaller --scale",
+        ("bench", "images"): "use smaller images (--size/--crop), fewer --workers or a smaller --batch-signals",
+        ("bench", "sdf"): "use a smaller --resolution or --chamfer-samples",
+        ("bench", "speed"): "use a smaller --size or --width, or fewer --signals",
+        ("analyze", "ntk"): "use fewer --points or a smaller --width",
+        ("analyze", "activations"): "use a smaller --resolution",
+        ("analyze", "neurons"): "use a smaller --count",
+    }
+    hints[("bench", "width")] = hints[("bench", "images")]
+    return hints.get(command, "use smaller sizes in this command's options")
 
 
 def _show_warning(show, message, category, filename, lineno, file=None, line=None):

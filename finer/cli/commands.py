@@ -311,14 +311,17 @@ def bench_grid(args: argparse.Namespace) -> int:
                   execution=bench.Execution(executor=args.executor, workers=args.workers, address=args.address,
                                             batch_signals=args.batch_signals,
                                             checkpoint_every=args.checkpoint_every))
+    cut = ("fits the runs it cut again" if not args.checkpoint_every
+           else "continues the runs it cut from their last saved state" + (
+               "; stacked runs (--batch-signals) start again" if (args.batch_signals or 1) > 1 else ""))
     if args.bench == "images":
-        with _bench_interrupts(args.out, "continues the cut one from its last checkpoint"):
+        with _bench_interrupts(args.out, cut):
             bench.run_image_bench(args.directory, **common)
         return 0
     widths = _ints(args.widths, "--widths")
     if min(widths) <= 0:
         raise FinerError("--widths must be positive")
-    with _bench_interrupts(args.out, "continues the cut one from its last checkpoint"):
+    with _bench_interrupts(args.out, cut):
         bench.run_width_bench(args.directory, widths=widths, **common)
     return 0
 
@@ -396,7 +399,7 @@ def bench_sdf(args: argparse.Namespace) -> int:
     _check_out_folder(args)
     settings = {k: v for k, v in (("steps", args.steps), ("resolution", args.resolution),
                                   ("chamfer_samples", args.chamfer_samples)) if v is not None}
-    with _bench_interrupts(args.out, "fits the cut one again"):
+    with _bench_interrupts(args.out, "fits the run it cut again"):
         run_sdf_bench(args.directory, models=_names(args.models), out=args.out, settings=settings,
                       device=args.device, progress=not args.quiet)
     return 0

@@ -305,8 +305,12 @@ def test_an_interrupted_grid_says_what_is_kept_and_how_to_go_on(image_dir, tmp_p
 
     monkeypatch.setattr(bench, "run_one", stopped)
     out = tmp_path / "bench"
-    assert main(["bench", "images", str(image_dir), "--models", "finer", "--limit", "1", "--steps", "3",
-                 "--width", "8", "--crop", "16", "--size", "16", "--out", str(out), "--quiet"]) == 130
-    err = capsys.readouterr().err
-    assert err.startswith("error: interrupted; the finished runs are kept in") and len(err.splitlines()) == 1
-    assert "skips them and continues the cut one from its last checkpoint" in err
+    grid = ["bench", "images", str(image_dir), "--models", "finer", "--limit", "1", "--steps", "3", "--width", "8",
+            "--crop", "16", "--size", "16", "--out", str(out), "--quiet"]
+    for extra, said in (([], "skips them and continues the runs it cut from their last saved state"),
+                        (["--checkpoint-every", "0"], "skips them and fits the runs it cut again"),
+                        (["--batch-signals", "2"], "; stacked runs (--batch-signals) start again")):
+        assert main([*grid, *extra]) == 130
+        err = capsys.readouterr().err
+        assert err.startswith("error: interrupted; the finished runs are kept in") and len(err.splitlines()) == 1
+        assert said in err

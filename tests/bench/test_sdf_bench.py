@@ -84,5 +84,5 @@ def test_a_diverged_run_is_a_marked_result_and_an_interrupted_one_stops_the_grid
     monkeypatch.setattr(finer.bench.sdf, "QUICK", {**finer.bench.sdf.QUICK, **TINY})
     assert main(args) == 130
     err = capsys.readouterr().err
-    assert f"finished runs are kept in {tmp_path / 'c'}/runs" in err and "fits the cut one again" in err
+    assert f"finished runs are kept in {tmp_path / 'c'}/runs" in err and "fits the run it cut again" in err
     assert not (tmp_path / "c" / "runs" / "ball-finer").exists()  # the grid stopped at the cut run

@@ -1,0 +1,34 @@
+"""Where a grid's runs execute: what a stopped driver does to its workers."""
+
+import multiprocessing
+import os
+import signal
+import threading
+import time
+
+import pytest
+
+from finer.bench.executors import execute
+from finer.launch import sigterm_interrupts
+
+
+def slow_job(seconds):  # top level: the pool's spawned workers import it
+    time.sleep(seconds)
+    return seconds
+
+
+def test_a_stopped_driver_stops_its_pool_workers_at_once():
+    """`kill` of a `bench images --workers N` driver (SIGTERM, as Ctrl-C) does not wait for the runs in
+    flight, whose results it would no longer record, nor start the queued ones."""
+    before = set(multiprocessing.active_children())
+    timer = threading.Timer(4, lambda: os.kill(os.getpid(), signal.SIGTERM))
+    t0 = time.perf_counter()
+    with pytest.raises(KeyboardInterrupt), sigterm_interrupts():
+        timer.start()
+        for _ in execute(slow_job, [60, 60, 60], workers=2):
+            raise AssertionError("a job of 60 s finished")
+    assert time.perf_counter() - t0 < 30
+    deadline = time.time() + 10
+    while set(multiprocessing.active_children()) - before and time.time() < deadline:
+        time.sleep(0.1)
+    assert not set(multiprocessing.active_children()) - before
