@@ -32,3 +32,17 @@ def test_a_stopped_driver_stops_its_pool_workers_at_once():
     while set(multiprocessing.active_children()) - before and time.time() < deadline:
         time.sleep(0.1)
     assert not set(multiprocessing.active_children()) - before
+
+
+def test_ray_leaves_the_commands_sigterm_handler_in_place():
+    """ray.init installs its own exit on SIGTERM and keeps it after shutdown: a benchmark on Ray must
+    still stop as the CLI promises (one line, exit 130), so the handler is put back."""
+    pytest.importorskip("ray", reason="Ray is an optional extra (pip install 'finer-inr[ray]')")
+    from finer.launch import interrupt
+
+    seen = []
+    with sigterm_interrupts():
+        for job, result in execute(slow_job, [0], executor="ray"):
+            seen.append((result, signal.getsignal(signal.SIGTERM)))
+        assert signal.getsignal(signal.SIGTERM) is interrupt
+    assert seen == [(0, interrupt)]
