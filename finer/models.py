@@ -80,6 +80,9 @@ class MLPConfig:
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
             _check_value(type(self).__name__, f.name, value, str(f.type))
+        if self.hidden_width() < 1:  # WIRE's complex parity: width / sqrt(2) units
+            raise ConfigError(f"{type(self).__name__}: width {self.width} leaves {self.hidden_width()} complex "
+                              "units (width / sqrt(2), for parameter parity); give a width of at least 2")
 
     def build(self, in_features: int, out_features: int, generator: torch.Generator | None = None) -> CoordinateMLP:
         """Build the network ``(..., in_features) -> (..., out_features)``."""

@@ -107,6 +107,13 @@ def test_bad_values_raise_clear_errors(overrides, message):
         build_model("finer", 2, 3, **overrides)
 
 
+@pytest.mark.parametrize("name", ["wire", "wire-finer"])
+def test_a_complex_network_too_narrow_for_one_unit_is_refused(name):
+    with pytest.raises(finer.ConfigError, match="width 1 leaves 0 complex units"):
+        build_model(name, 2, 3, width=1)
+    assert build_model(name, 2, 3, width=2, hidden_layers=1).config.hidden_width() == 1
+
+
 def test_bad_feature_counts():
     with pytest.raises(finer.ConfigError, match="in_features must be a positive integer"):
         build_model("siren", 0, 3)

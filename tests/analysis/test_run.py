@@ -71,3 +71,13 @@ def test_ntk_refuses_bad_settings_before_any_work(tmp_path, capsys, args, messag
 
     assert main(["analyze", "ntk", "--out", str(tmp_path / "ntk"), *args]) == 2
     assert message in capsys.readouterr().err and not (tmp_path / "ntk").exists()
+
+
+def test_activations_refuse_more_layers_than_the_network_has(tmp_path, capsys):
+    from finer.cli import main
+
+    assert main(["analyze", "activations", "--layers", "5", "--out", str(tmp_path / "a")]) == 2
+    assert "the image FINER has 4 activated layers; give 1 to 4" in capsys.readouterr().err
+    assert not (tmp_path / "a").exists()
+    assert main(["analyze", "activations", "--layers", "4", "--resolution", "4", "--k", "5",
+                 "--out", str(tmp_path / "a")]) == 0
