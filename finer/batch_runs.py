@@ -23,7 +23,7 @@ import torch
 from torch import Tensor
 
 from finer import io, plots
-from finer.errors import ConfigError, FinerError, InterruptedRun
+from finer.errors import ConfigError, DivergedError, FinerError, InterruptedRun
 from finer.metrics import psnr, psnr_from_mse, ssim
 from finer.models import build_model, count_parameters, network_shape
 from finer.nn.fused import apply_fused
@@ -104,10 +104,11 @@ def fit_image_folder(cfg: ImageRunConfig, directory, out, *, batch_signals: int,
     images = [img.load_image(p, crop=cfg.crop, size=cfg.size, alpha=cfg.alpha) for p in paths]  # all readable first
     shapes = {im.shape for im in images}
     if len(shapes) > 1 and batch_signals > 1:
-        listing = ", ".join(f"{p.name} {im.shape[1]}x{im.shape[0]}x{im.shape[2]}" for p, im in zip(paths, images))
+        listing = ", ".join(f"{p.name} {im.shape[0]}x{im.shape[1]}x{im.shape[2]}" for p, im in zip(paths, images))
         channels = "" if len({im.shape[2] for im in images}) == 1 else (
             "; their channels differ too (grey, RGB, RGBA): convert them or leave some out")
-        raise FinerError(f"stacked networks (--batch-signals) need images of one shape; these differ ({listing}): "
+        raise FinerError("stacked networks (--batch-signals) need images of one shape; these differ (height x "
+                         f"width x channels: {listing}): "
                          "--crop HxW makes them equal (--size only scales the longer side, keeping each aspect "
                          f"ratio){channels}; or drop --batch-signals to fit them one by one")
     if batch_signals == 1:  # nothing to stack: each image a full, resumable single run
@@ -140,29 +141,35 @@ def fit_image_folder(cfg: ImageRunConfig, directory, out, *, batch_signals: int,
         if state.status == "interrupted":
             raise InterruptedRun(f"{state.message} while fitting {names}; {_kept(rows, out)} (a folder fit does "
                                  "not resume: fit it again with --overwrite)")
-        if state.status != "complete":
-            raise FinerError(f"images {names}: {state.status}: {state.message}")
         total_seconds += state.train_seconds
-        for model, i in zip(stacked.unstack(), group):
+        for model, i in zip(stacked.unstack(), group):  # a diverged group: each network at its last good step
             rows.append(_write_one(out / paths[i].stem, model, paths[i], images[i], cfg, state, len(group), fused,
                                    device))
-            log(f"{paths[i].name}: PSNR {rows[-1]['psnr']:.2f} dB, SSIM {rows[-1]['ssim']:.4f}")
+            log(_said(rows[-1]))
     return _write_summary(out, directory, cfg, batch_signals, rows, total_seconds, str(device))
 
 
 def _write_summary(out: Path, directory, cfg: ImageRunConfig, batch_signals: int, rows: list[dict],
                    total_seconds: float, device: str) -> dict[str, Any]:
-    summary = {"directory": str(directory), "images": len(rows), "batch_signals": batch_signals,
+    """``OUT/summary.json``; ``diverged`` lists the images whose loss diverged (kept at their last good
+    step, and counted in the means as such)."""
+    summary = {"directory": str(directory), "images": len(rows), "batch_signals": min(batch_signals, len(rows)),
                "model": cfg.model, "steps": cfg.steps, "seed": cfg.seed, "device": device,
                "train_seconds": total_seconds, "images_per_second": len(rows) / max(total_seconds, 1e-12),
-               "mean_psnr": float(np.mean([r["psnr"] for r in rows])), "runs": rows,
+               "mean_psnr": float(np.mean([r["psnr"] for r in rows])),
+               "diverged": [r["image"] for r in rows if r["status"] == "diverged"], "runs": rows,
                "run": dataclasses.asdict(cfg), "date": time.strftime("%Y-%m-%d")}
     io.write_json(out / "summary.json", summary)
     return summary
 
 
 def _row(name: str, metrics: dict) -> dict[str, Any]:
-    return {"image": name, **{k: metrics[k] for k in ("psnr", "ssim", "seconds", "params")}}
+    return {"image": name, **{k: metrics[k] for k in ("status", "steps", "psnr", "ssim", "seconds", "params")}}
+
+
+def _said(row: dict) -> str:
+    return (f"{row['image']}: PSNR {row['psnr']:.2f} dB, SSIM {row['ssim']:.4f}"
+            + (f" (diverged; kept at step {row['steps']})" if row["status"] == "diverged" else ""))
 
 
 def refresh_summary(run_dir: Path, metrics: dict) -> Path | None:
@@ -178,7 +185,8 @@ def refresh_summary(run_dir: Path, metrics: dict) -> Path | None:
             and Path(name).stem == run_dir.name]
     if not hits or summary.get("batch_signals") != 1:  # stacked folders are not resumable
         return None
-    rows[hits[0]] = {**_row(name, metrics), "steps": metrics["steps"], "resumed": time.strftime("%Y-%m-%d")}
+    rows[hits[0]] = {**_row(name, metrics), "resumed": time.strftime("%Y-%m-%d")}
+    summary["diverged"] = [r["image"] for r in rows if r.get("status") == "diverged"]
     summary["train_seconds"] = sum(r["seconds"] for r in rows)
     summary["images_per_second"] = len(rows) / max(summary["train_seconds"], 1e-12)
     summary["mean_psnr"] = float(np.mean([r["psnr"] for r in rows]))
@@ -203,8 +211,11 @@ def _fit_one_by_one(cfg: ImageRunConfig, directory, paths: list[Path], out: Path
     io.remove_outputs(out, ["summary.json", *RUN_FILES])  # an earlier run's (the images' folders: fit_image)
     rows, total_seconds, device = [], 0.0, ""
     for path in paths:
-        metrics = fit_image(dataclasses.replace(cfg, image=str(path)), out / path.stem, progress=progress,
-                            overwrite=True, log=log)
+        try:
+            metrics = fit_image(dataclasses.replace(cfg, image=str(path)), out / path.stem, progress=progress,
+                                overwrite=True, log=log)
+        except DivergedError:  # a result of the method on this image, kept at its last good step: go on
+            metrics = io.read_json(out / path.stem / "metrics.json")
         if metrics["status"] == "interrupted":
             raise InterruptedRun(f"{metrics.get('message', 'interrupted')} while fitting {path.name}; "
                                  f"{_kept(rows, out)} "
@@ -213,7 +224,7 @@ def _fit_one_by_one(cfg: ImageRunConfig, directory, paths: list[Path], out: Path
         total_seconds += metrics["seconds"]
         device = metrics["device"]
         rows.append(_row(path.name, metrics))
-        log(f"{path.name}: PSNR {metrics['psnr']:.2f} dB, SSIM {metrics['ssim']:.4f}")
+        log(_said(rows[-1]))
     return _write_summary(out, directory, cfg, 1, rows, total_seconds, device)
 
 

@@ -1,5 +1,6 @@
 """Fitting K images as one stacked network gives each image the result of its own fit."""
 
+import functools
 import json
 
 import numpy as np
@@ -53,11 +54,54 @@ def test_batched_fit_matches_one_by_one(folder, tmp_path, capsys, fused):
     assert f"warning: render_x2.png in {tmp_path / 'b' / '01'} was made from" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("stacked", [[], ["--batch-signals", "2"]], ids=["one-by-one", "stacked"])
+def test_a_folder_fit_keeps_going_past_an_image_that_diverges(folder, tmp_path, capsys, monkeypatch, stacked):
+    """The images that diverge are results kept at their last good step; the others finish; exit 3."""
+    import finer.batch_runs
+    import finer.runs
+
+    calls = []
+
+    class BlowsUp:  # the first fit's task (an image, or a stacked group): its loss explodes at step 3
+        def __init__(self, task):
+            self.task, self.losses = task, 0
+
+        def __getattr__(self, name):
+            return getattr(self.task, name)
+
+        def loss(self, pred, target):
+            self.losses += 1
+            return self.task.loss(pred, target) * (1e12 if self.losses == 3 else 1)
+
+    def fit(model, task, *args, real, **kwargs):
+        calls.append(task)
+        return real(model, BlowsUp(task) if len(calls) == 1 else task, *args, **kwargs)
+
+    for module in (finer.batch_runs, finer.runs):
+        monkeypatch.setattr(module, "fit", functools.partial(fit, real=module.fit))
+    out = tmp_path / "d"
+    assert main(["fit", "image", str(folder), "--steps", "6", "--width", "8", "--hidden-layers", "1", "--quiet",
+                 "--eval-every", "0", "--out", str(out), *stacked]) == 3
+    err = capsys.readouterr().err
+    summary = json.loads((out / "summary.json").read_text())
+    diverged = ["00.png", "01.png"] if stacked else ["00.png"]
+    assert summary["diverged"] == diverged and summary["images"] == 3
+    assert [r["status"] for r in summary["runs"]] == ["diverged" if r["image"] in diverged else "complete"
+                                                      for r in summary["runs"]]
+    assert f"diverged on {len(diverged)} of 3 images" in err and "the others finished" in err
+    for name in diverged:
+        metrics = json.loads((out / name[:-4] / "metrics.json").read_text())
+        assert metrics["status"] == "diverged" and metrics["steps"] < 6
+        assert (out / name[:-4] / "checkpoint.pt").is_file()
+    assert json.loads((out / "02" / "metrics.json").read_text())["steps"] == 6
+
+
 def test_batched_fit_errors(folder, tmp_path, capsys):
     Image.fromarray(np.zeros((10, 12, 3), np.uint8)).save(folder / "odd.png")
     assert main(["fit", "image", str(folder), "--batch-signals", "2", "--out", str(tmp_path / "x"), "--quiet"]) == 2
     err = capsys.readouterr().err
-    assert "need images of one shape" in err and "odd.png 12x10x3" in err and "channels differ" not in err
+    assert "need images of one shape" in err and "height x width x channels: " in err
+    assert "odd.png 10x12x3" in err and "channels differ" not in err
     assert "--crop HxW" in err and "drop --batch-signals" in err
     Image.fromarray(np.zeros((10, 12), np.uint8)).save(folder / "odd.png")  # grey among RGB: no crop helps
     assert main(["fit", "image", str(folder), "--size", "12", "--batch-signals", "2", "--out", str(tmp_path / "y"),

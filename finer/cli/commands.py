@@ -173,9 +173,17 @@ def _fit_image_folder(args: argparse.Namespace, cfg) -> int:
     cfg.image = None
     summary = fit_image_folder(cfg, args.path, args.out, batch_signals=args.batch_signals or 1,
                                progress=not args.quiet, overwrite=args.overwrite, log=_log(args))
-    print(dumps({**{k: summary[k] for k in ("images", "batch_signals", "mean_psnr", "images_per_second")},
-                 "out": str(args.out)}))
-    return 0
+    print(dumps({**{k: summary[k] for k in ("images", "batch_signals", "mean_psnr", "images_per_second",
+                                            "diverged")}, "out": str(args.out)}))
+    if not summary["diverged"]:
+        return 0
+    count, total = len(summary["diverged"]), summary["images"]
+    stacked = (" (a stacked group is judged as one: fit without --batch-signals to see which images diverge)"
+               if summary["batch_signals"] > 1 else "")
+    print(f"error: the loss diverged on {count} of {total} images ({', '.join(summary['diverged'])}; try a lower "
+          f"--lr){stacked}; each is kept at its last good step" + (", the others finished" if count < total else "")
+          + f"; {args.out}/summary.json lists them all", file=sys.stderr)
+    return EXIT_DIVERGED
 
 
 def fit_nerf(args: argparse.Namespace) -> int:
