@@ -14,7 +14,7 @@ from typing import Any, Iterable, Iterator
 
 import torch
 
-from finer.errors import FinerError, FinerWarning
+from finer.errors import FinerError, FinerWarning, InterruptedRun
 from finer.models import MODELS, build_from_config, make_config
 
 CHECKPOINT_FORMAT = "finer-inr checkpoint"
@@ -209,9 +209,10 @@ def failure_recorded(metrics_path: str | os.PathLike) -> Iterator[None]:
     except BaseException as exc:
         metrics = read_record(metrics_path)
         if metrics.get("status") == "running":
-            interrupted = isinstance(exc, KeyboardInterrupt)
+            interrupted = isinstance(exc, (KeyboardInterrupt, InterruptedRun))
+            metrics.pop("stage", None)
             metrics.update(status="interrupted" if interrupted else "failed",
-                           message="interrupted" if interrupted else f"{type(exc).__name__}: {exc}")
+                           message=(str(exc) or "interrupted") if interrupted else f"{type(exc).__name__}: {exc}")
             write_json(metrics_path, metrics)
         raise
 

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from finer import io
-from finer.errors import DivergedError, FinerError, FinerWarning
+from finer.errors import DivergedError, FinerError, FinerWarning, InterruptedRun
 from finer.lpips import available as lpips_available
 from finer.metrics import image_metrics, lpips_left_out
 from finer.models import count_parameters
@@ -97,6 +97,7 @@ def build_renderer(cfg: NeRFRunConfig | dict) -> N.Renderer:
 def fit_nerf(cfg: NeRFRunConfig, out, *, progress: bool = True, overwrite: bool = False, log=print) -> dict:
     """Fit a Blender scene; returns the metrics (also in ``out/metrics.json``) and the run folder (``out``)."""
     cfg.validate()
+    cfg = dataclasses.replace(cfg, scene=str(Path(cfg.scene).resolve()))  # recorded: found from any folder
     out = Path(out)
     _prepare_out(out, overwrite, create=False)
     if out.resolve() == Path(cfg.scene).resolve():
@@ -113,17 +114,22 @@ def fit_nerf(cfg: NeRFRunConfig, out, *, progress: bool = True, overwrite: bool 
     renderer = build_renderer(cfg).to(device)
     fused = apply_fused(renderer, cfg.fused, cfg.steps)
     task = N.NeRFTask(train, cfg.rays, device, seed=cfg.seed)
+    rays_note = (f"--rays {cfg.rays}: the {len(train.names)} training views hold {task.rays_per_step} rays; "
+                 f"using {task.rays_per_step} per step") if task.rays_per_step < cfg.rays else ""
+    if rays_note:
+        warnings.warn(rays_note, FinerWarning, stacklevel=2)
+        cfg = dataclasses.replace(cfg, rays=task.rays_per_step)  # the records state what was used
     out.mkdir(parents=True, exist_ok=True)
     io.warn_stale_outputs(out, "the network of the run this one overwrites")
     io.remove_outputs(out, _earlier_outputs(out))  # an overwritten run's files: none may pass for this run's
     io.write_json(out / "config.json", {
         "task": "nerf", "run": dataclasses.asdict(cfg), "train_views": train.names, "test_views": test.names,
-        **({"views_note": "; ".join(notes)} if notes else {}),
+        **({"views_note": "; ".join(notes)} if notes else {}), **({"rays_note": rays_note} if rays_note else {}),
         "view_height": train.height, "view_width": train.width, "focal": train.focal, "near": renderer.near,
         "far": renderer.far, "bound": renderer.field.bound, "activations": fused,
         "versions": {"torch": torch.__version__, "python": platform.python_version()}})
-    io.write_json(out / "metrics.json", {"task": "nerf", "model": cfg.model, "status": "running", "steps": 0,
-                                         "steps_planned": cfg.steps})
+    running = {"task": "nerf", "model": cfg.model, "status": "running", "steps": 0, "steps_planned": cfg.steps}
+    io.write_json(out / "metrics.json", running)
     log(f"{len(train.names)} training views of {train.width}x{train.height}, {task.rays.shape[0]} rays; "
         f"{cfg.rays} rays x ({cfg.samples} + {cfg.fine}) samples per step")
 
@@ -138,7 +144,13 @@ def fit_nerf(cfg: NeRFRunConfig, out, *, progress: bool = True, overwrite: bool 
     with io.failure_recorded(out / "metrics.json"):  # not left saying "running" after an error
         state = fit(renderer, task, train_cfg, on_checkpoint=save, progress=progress, desc=f"nerf/{cfg.model}")
         io.write_csv(out / "curve.csv", state.history, curve_columns(task))
-        metrics = _test_and_record(cfg, renderer, state, test, len(train.names), fused, device, out)
+        io.write_json(out / "metrics.json", {**running, "steps": state.step, "stage": "rendering the test views"})
+        try:
+            metrics = _test_and_record(cfg, renderer, state, test, len(train.names), fused, device, out)
+        except KeyboardInterrupt:
+            raise InterruptedRun(f"interrupted while rendering the test views; {out} keeps the network of step "
+                                 f"{state.step} (checkpoint.pt; `finer render nerf {out}` renders it), "
+                                 "unscored") from None
     if state.status == "diverged":
         raise DivergedError(f"{state.message}; checkpoint of step {state.step} kept in {out}")
     return {**metrics, "out": str(out)}

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from finer import io
-from finer.errors import ConfigError, DivergedError, FinerError
+from finer.errors import ConfigError, DivergedError, FinerError, InterruptedRun
 from finer.models import build_model, count_parameters, make_config, network_shape
 from finer.nn.fused import apply_fused
 from finer.render3d import render_meshes
@@ -119,8 +119,10 @@ def evaluate_sdf(model, index: S.SurfaceIndex, true_mesh_unit, norm: S.Normaliza
 
 def fit_sdf(cfg: SDFRunConfig, out: str | Path, *, progress: bool = True, overwrite: bool = False,
             log=print) -> dict[str, Any]:
-    """Fit a mesh's SDF; returns the metrics (also in ``out/metrics.json``) and the run folder (``out``)."""
+    """Fit a mesh's SDF; returns the metrics (also in ``out/metrics.json``) and the run folder (``out``).
+    The run records the mesh by its absolute path, which ``finer eval sdf`` finds from any folder."""
     cfg.validate()
+    cfg = dataclasses.replace(cfg, mesh=str(Path(cfg.mesh).resolve()))
     out = Path(out)
     _prepare_out(out, overwrite, create=False)
     io.check_not_an_output(cfg.mesh, out, RUN_FILES, "mesh")
@@ -146,8 +148,9 @@ def fit_sdf(cfg: SDFRunConfig, out: str | Path, *, progress: bool = True, overwr
                                         "train": dataclasses.asdict(train), "normalization": dataclasses.asdict(norm),
                                         "sign_method": S.SIGN_METHOD, "device": str(device),
                                         "mesh_sha256": io.file_digest(cfg.mesh)})
-    io.write_json(out / "metrics.json", {"task": "sdf", "model": cfg.model, "status": "running", "steps": 0,
-                                         "steps_planned": cfg.steps, "mesh": str(cfg.mesh)})
+    running = {"task": "sdf", "model": cfg.model, "status": "running", "steps": 0, "steps_planned": cfg.steps,
+               "mesh": str(cfg.mesh)}
+    io.write_json(out / "metrics.json", running)
 
     def save(state: FitState, snapshot: dict) -> None:
         io.save_checkpoint(out / "checkpoint.pt", model=model, extra={
@@ -159,7 +162,12 @@ def fit_sdf(cfg: SDFRunConfig, out: str | Path, *, progress: bool = True, overwr
 
     with io.failure_recorded(out / "metrics.json"):  # not left saying "running" after an error
         state = fit(model, task, train, on_checkpoint=save, progress=progress, desc=f"{cfg.model} sdf")
-        metrics = _evaluate_and_record(cfg, model, state, mesh, index, unit, norm, prep, fused, device, out)
+        io.write_json(out / "metrics.json", {**running, "steps": state.step, "stage": "measuring the surface"})
+        try:
+            metrics = _evaluate_and_record(cfg, model, state, mesh, index, unit, norm, prep, fused, device, out)
+        except KeyboardInterrupt:
+            raise InterruptedRun(f"interrupted while measuring the surface; {out} keeps the network of step "
+                                 f"{state.step} (checkpoint.pt), which `finer eval sdf {out}` measures") from None
     if state.status == "diverged":
         raise DivergedError(f"{state.message}; checkpoint of step {state.step} kept in {out}")
     return {**metrics, "out": str(out)}

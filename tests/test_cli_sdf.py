@@ -12,12 +12,13 @@ TINY = ["--steps", "20", "--batch-size", "1000", "--pool-size", "5000", "--surfa
         "--resolution", "24", "--iou-resolution", "16", "--chamfer-samples", "2000", "--width", "32", "--quiet"]
 
 
-def test_fit_and_eval_sdf(tmp_path, capsys):
+def test_fit_and_eval_sdf(tmp_path, capsys, monkeypatch):
     mesh = trimesh.creation.icosphere(subdivisions=2, radius=3.0)
     mesh.apply_translation([10, 0, 0])  # the output must come back in these units
     mesh.export(tmp_path / "ball.off")
     out = tmp_path / "run"
-    assert main(["fit", "sdf", str(tmp_path / "ball.off"), "--out", str(out), *TINY]) == 0
+    monkeypatch.chdir(tmp_path)
+    assert main(["fit", "sdf", "ball.off", "--out", str(out), *TINY]) == 0  # a relative path, recorded absolute
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert summary["status"] == "complete" and 0 <= summary["iou"] <= 1 and summary["out"] == str(out)
     for name in ("config.json", "metrics.json", "curve.csv", "checkpoint.pt", "render.png"):
@@ -39,6 +40,7 @@ def test_fit_and_eval_sdf(tmp_path, capsys):
     assert main(["eval", "sdf", str(out)]) == 2  # an earlier evaluation is not replaced unasked
     assert "holds an earlier evaluation (eval.json, mesh.ply, render.png)" in capsys.readouterr().err
     assert (out / "eval" / "eval.json").read_bytes() == before
+    monkeypatch.chdir(tmp_path / "run")  # the run recorded its mesh's absolute path: found from any folder
     assert main(["eval", "sdf", str(out), "--overwrite"]) == 0  # no settings: the run's own mesh, grids, samples
     again = json.loads(capsys.readouterr().out)
     assert (again["iou"], again["chamfer"]) == (metrics["iou"], metrics["chamfer"])
@@ -174,8 +176,12 @@ def test_sigterm_outside_the_training_loop_records_an_interrupted_run(tmp_path, 
     monkeypatch.setattr(finer.sdf_run, "evaluate_sdf", terminated_evaluation)
     before = signal.getsignal(signal.SIGTERM)
     assert main(["fit", "sdf", str(tmp_path / "ball.off"), "--out", str(tmp_path / "run"), *TINY]) == 130
-    assert "interrupted" in capsys.readouterr().err
-    assert json.loads((tmp_path / "run" / "metrics.json").read_text())["status"] == "interrupted"
+    err = capsys.readouterr().err
+    assert "interrupted while measuring the surface" in err and "keeps the network of step 20" in err
+    assert f"`finer eval sdf {tmp_path / 'run'}` measures" in err
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert (metrics["status"], metrics["steps"]) == ("interrupted", 20) and "stage" not in metrics
+    assert "measuring the surface" in metrics["message"]
     assert (tmp_path / "run" / "checkpoint.pt").is_file()
     assert signal.getsignal(signal.SIGTERM) is before  # the command's handler is not left behind
 

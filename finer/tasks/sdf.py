@@ -63,6 +63,7 @@ def load_mesh(path: str | os.PathLike):
         raise FinerError(f"{path} has vertices but no faces (a point cloud?); a surface mesh is needed")
     if not loaded.area > 0:
         raise FinerError(f"{path} has zero surface area")
+    loaded.merge_vertices()  # STL and other formats repeat each corner per face: a closed mesh is watertight
     return loaded
 
 

@@ -191,6 +191,13 @@ def test_overwrite_removes_the_earlier_runs_test_views_only_and_the_scene_is_not
                    f"warning: --test-views 5: the test split of {scene} has 2 views; using all of them"]
     config = json.loads((out / "config.json").read_text())
     assert len(config["train_views"]) == 8 and "--test-views 5" in config["views_note"]
+    # more rays per step than the views hold: what was used is what the records say
+    rays = ["--rays" if a == "--rays" else "1000000" if prev == "--rays" else a for prev, a in zip(["", *fit], fit)]
+    assert main([*rays, "--out", str(out), "--overwrite"]) == 0
+    held = json.loads((out / "config.json").read_text())["run"]["rays"]
+    assert held < 1_000_000 and json.loads((out / "metrics.json").read_text())["rays_per_step"] == held
+    assert f"--rays 1000000: the 2 training views hold {held} rays; using {held} per step" in capsys.readouterr().err
+    assert json.loads((out / "config.json").read_text())["run"]["scene"] == str(scene.resolve())
 
 
 def test_compositing_weights_of_three_samples_in_closed_form():

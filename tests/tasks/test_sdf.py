@@ -141,6 +141,13 @@ def test_bad_meshes(tmp_path):
         S.load_mesh(tmp_path / "missing.stl")
 
 
+def test_a_closed_mesh_whose_file_repeats_corners_is_watertight(tmp_path):
+    trimesh.creation.box().export(tmp_path / "box.stl")  # STL stores three corners per face
+    assert not trimesh.load(tmp_path / "box.stl", process=False).is_watertight
+    mesh = S.load_mesh(tmp_path / "box.stl")
+    assert mesh.is_watertight and len(mesh.vertices) == 8 and len(mesh.faces) == 12
+
+
 def test_evaluation_of_the_exact_field_scores_near_perfectly_and_its_inverse_near_zero(tmp_path):
     from finer.sdf_run import evaluate_sdf
 
