@@ -68,6 +68,8 @@ def test_default_image_and_models_listing(tmp_path, capsys):
         (["render", "/no/such/checkpoint.pt"], "checkpoint not found"),
         (["fit", "image", "--device", "cpu", "--cuda-graph"], "a CUDA graph needs a CUDA device"),
         (["bench", "speed", "--device", "cpu", "--cuda-graph"], "a CUDA graph needs a CUDA device"),
+        (["bench", "images", ".", "--seeds", "0,0", "--out", "o"], "--seeds must be distinct seeds"),
+        (["bench", "images", ".", "--seeds", "-1", "--out", "o"], "from 0 to 2^32 - 1"),
     ],
 )
 def test_bad_input_gives_one_line_and_nonzero_exit(args, message, tmp_path, capsys):
@@ -76,6 +78,15 @@ def test_bad_input_gives_one_line_and_nonzero_exit(args, message, tmp_path, caps
     assert code != 0 and message in err
     assert "Traceback" not in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "o").exists()  # nothing written for a run that could not start
+
+
+@pytest.mark.parametrize("command", [["fit", "image"], ["fit", "sdf", "m.obj"], ["fit", "nerf", "scene"],
+                                     ["analyze", "ntk"], ["analyze", "activations"]])
+@pytest.mark.parametrize("seed", ["-1", "99999999999999999999"])
+def test_a_seed_out_of_range_is_a_usage_error(command, seed, capsys):
+    with pytest.raises(SystemExit) as exc:
+        main([*command, "--seed", seed])
+    assert exc.value.code == 2 and "expected a seed from 0 to 2^32 - 1" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("flag, value", [("--width", "0"), ("--steps", "0"), ("--steps", "-3"), ("--lr", "nan")])

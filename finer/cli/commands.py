@@ -313,7 +313,10 @@ def bench_grid(args: argparse.Namespace) -> int:
         raise FinerError("--address is the Ray cluster's address: use it with --executor ray")
     protocol = bench.resolve_protocol(args.preset, steps=args.steps, hidden_layers=args.hidden_layers,
                                       width=args.width, crop=args.crop, size=args.size)
-    common = dict(models=_names(args.models), protocol=protocol, seeds=_ints(args.seeds, "--seeds"),
+    seeds = _ints(args.seeds, "--seeds")
+    if len(set(seeds)) < len(seeds) or not all(0 <= s < 2**32 for s in seeds):
+        raise FinerError(f"--seeds must be distinct seeds from 0 to 2^32 - 1, got {args.seeds!r}")
+    common = dict(models=_names(args.models), protocol=protocol, seeds=seeds,
                   limit=args.limit, out=args.out, device=args.device, progress=not args.quiet, fused=args.fused,
                   report_only=args.report_only,
                   execution=bench.Execution(executor=args.executor, workers=args.workers, address=args.address,

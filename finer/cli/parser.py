@@ -29,6 +29,8 @@ def _number_type(cast, accept, expected: str):
 _positive_int = _number_type(int, lambda v: v > 0, "a positive integer")
 _non_negative_int = _number_type(int, lambda v: v >= 0, "an integer >= 0")
 _positive_float = _number_type(float, lambda v: 0 < v < float("inf"), "a positive number")
+SEED_LIMIT = 2**32  # what NumPy's and every generator's seeds accept
+_seed = _number_type(int, lambda v: 0 <= v < SEED_LIMIT, "a seed from 0 to 2^32 - 1")
 
 
 def _add_fused(p: argparse.ArgumentParser) -> None:
@@ -129,7 +131,7 @@ def _add_fit_image(fit_sub) -> None:
                    help="steps between full-image PSNR (default 100)")
     p.add_argument("--checkpoint-every", type=_non_negative_int, default=500,
                    help="steps between checkpoints (default 500)")
-    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    p.add_argument("--seed", type=_seed, default=0, help="random seed (default 0)")
     p.add_argument("--out", help="run folder (default runs/image-NAME-MODEL-TIME)")
     p.add_argument("--overwrite", action="store_true", help="allow writing into a non-empty --out")
     p.add_argument("--precision", default="fp32", choices=["fp32", "tf32", "bf16"],
@@ -157,7 +159,7 @@ def _add_fit_nerf(fit_sub) -> None:
     p.add_argument("--lr", type=_positive_float, default=5e-4, help="Adam learning rate (default 5e-4)")
     p.add_argument("--width", type=_positive_int, default=182, help="network width (default 182)")
     p.add_argument("--test-views", type=_positive_int, default=8, help="test views evaluated (default 8)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the initialisation and of the sampling (default 0)")
+    p.add_argument("--seed", type=_seed, default=0, help="seed of the initialisation and of the sampling (default 0)")
     p.add_argument("--out", required=True, help="run folder")
     p.add_argument("--overwrite", action="store_true", help="allow writing into a non-empty --out")
     _add_fused(p)
@@ -179,7 +181,7 @@ def _add_fit_sdf(fit_sub) -> None:
     p.add_argument("--iou-resolution", type=_positive_int, default=128, help="occupancy grid of the IoU (default 128)")
     p.add_argument("--surface-samples", type=_positive_int, default=500_000,
                    help="dense surface samples defining the ground truth (default 500k)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the initialisation and of the sampling (default 0)")
+    p.add_argument("--seed", type=_seed, default=0, help="seed of the initialisation and of the sampling (default 0)")
     p.add_argument("--out", required=True, help="run folder")
     p.add_argument("--overwrite", action="store_true", help="allow writing into a non-empty --out")
     _add_fused(p)
@@ -259,7 +261,7 @@ def _add_analyze(sub) -> None:
     p.add_argument("--steps", type=_positive_int, default=1000, help="steps of the 1-D fit (default 1000)")
     p.add_argument("--mc-samples", type=_positive_int, default=200_000,
                    help="Monte-Carlo samples for Eq. (5) (default 200000)")
-    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    p.add_argument("--seed", type=_seed, default=0, help="random seed (default 0)")
     p.add_argument("--out", required=True, help="results folder (it may hold other files)")
     p.add_argument("--overwrite", action="store_true", help="replace an earlier NTK analysis in --out")
     p.add_argument("--debug", action="store_true", help="show tracebacks")
@@ -270,7 +272,7 @@ def _add_analyze(sub) -> None:
     p.add_argument("--layers", type=_positive_int, default=2, help="layers whose statistics are shown (default 2)")
     p.add_argument("--resolution", type=_positive_int, default=128,
                    help="side of the coordinate grid fed to the network (default 128)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the initialisation (default 0)")
+    p.add_argument("--seed", type=_seed, default=0, help="seed of the initialisation (default 0)")
     p.add_argument("--out", required=True, help="results folder (it may hold other files)")
     p.add_argument("--overwrite", action="store_true", help="replace an earlier activation analysis in --out")
     p.add_argument("--debug", action="store_true", help="show tracebacks")
