@@ -30,6 +30,9 @@ def psnr_table(results: str | Path) -> dict[tuple[str, int, int], dict[str, floa
     data = io.read_json(path)
     if not isinstance(data, dict) or not isinstance(data.get("runs"), list):
         raise FinerError(f"{path} is not a grid's results.json (no list of runs)")
+    if any(isinstance(run, dict) and "chamfer" in run for run in data["runs"]):
+        raise FinerError(f"{path} holds the shapes of `finer bench sdf` (Chamfer and IoU, in its summary.md); "
+                         "`finer bench compare` compares the PSNR of image grids")
     table: dict[tuple[str, int, int], dict[str, float]] = {}
     for run in data["runs"]:
         if run.get("psnr") is not None:

@@ -56,6 +56,10 @@ def test_missing_or_foreign_results(tmp_path):
     (tmp_path / "results.json").write_text("[1, 2]")
     with pytest.raises(FinerError, match="not a grid's results.json"):
         compare.psnr_table(tmp_path)
+    (tmp_path / "results.json").write_text(json.dumps({"runs": [{"shape": "ball", "model": "finer", "chamfer": 1e-4,
+                                                                "iou": 0.9}]}))  # as `bench sdf` writes it
+    with pytest.raises(FinerError, match="holds the shapes of `finer bench sdf`"):
+        compare.psnr_table(tmp_path)
 
 
 def test_a_width_sweep_compares_every_width_and_skips_runs_without_a_psnr(tmp_path, capsys):
