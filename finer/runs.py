@@ -379,8 +379,8 @@ def render_checkpoint(checkpoint: str | Path, *, scale: float = 2.0, out: str | 
     if not scale > 0:
         raise ConfigError(f"scale must be positive, got {scale!r}")
     if out:
-        img.check_image_path(out)
         io.check_out(out, folder=False)
+        img.check_image_path(out)
     model, payload = io.load_checkpoint(checkpoint, "image", "finer render")
     task = payload["task"]
     if out:

@@ -425,6 +425,7 @@ def test_an_out_path_through_a_file_is_refused_before_any_work(png_path, tmp_pat
     commands = [
         ["fit", "image", str(png_path), "--steps", "2", "--out", str(afile / "sub")],
         ["render", str(run), "--out", str(afile / "x.png")],
+        ["render", str(run), "--out", str(tmp_path)],  # an existing folder, not an image file
         ["analyze", "neurons", str(run), "--out", str(afile)],
         ["analyze", "ntk", "--out", str(afile / "ntk")],
         ["bench", "images", str(png_path.parent), "--out", str(afile)],

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 from torch import Tensor
 
 from finer.errors import CropError, FinerError
@@ -161,7 +161,7 @@ def _read_file(path: Path, max_bytes: int | None) -> np.ndarray:
                     f"more than the {max_bytes / 2**30:.1f} GiB available; crop or downscale it first"
                 )
             im.load()
-            return _to_float(im)
+            return _to_float(ImageOps.exif_transpose(im))  # as viewers show it (a phone's rotated JPEG)
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
         raise FinerError(f"cannot read image {path}: {exc}") from None
 

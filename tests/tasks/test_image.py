@@ -36,6 +36,17 @@ def test_grey_rgb_rgba_and_16_bit(tmp_path):
     np.testing.assert_allclose(img.load_image(tmp_path / "d.png")[..., 0], deep / 65535, atol=1e-6)
 
 
+def test_an_exif_rotated_photo_is_read_as_it_is_shown(tmp_path):
+    stored = np.zeros((10, 20, 3), np.uint8)  # stored 20 wide, 10 tall, a bright left column
+    stored[:, 0] = 255
+    exif = Image.Exif()
+    exif[0x0112] = 6  # Orientation: rotate 90 degrees clockwise to view
+    Image.fromarray(stored).save(tmp_path / "phone.jpg", exif=exif, quality=100)
+    shown = img.load_image(tmp_path / "phone.jpg")
+    assert shown.shape == (20, 10, 3)  # 10 wide, 20 tall, as a viewer shows it
+    assert shown[0].mean() > 0.9 and shown[-1].mean() < 0.1  # the left column is now the top row
+
+
 def test_crop_and_resize(png_path):
     assert img.load_image(png_path, crop=16).shape == (16, 16, 3)
     assert img.load_image(png_path, crop="10x20").shape == (10, 20, 3)
