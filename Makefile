@@ -56,7 +56,7 @@ bench-precision: shared-data $(STAMP)
 
 # Training speed (docs/results/speed.md; about 13 minutes on 2 CPU cores, measured 2026-11-28).
 bench-speed: $(STAMP)
-	$(BIN)/finer bench speed --steps 10 --repeats 5 --out docs/results/speed.md --quiet
+	$(BIN)/finer bench speed --steps 10 --repeats 5 --out docs/results/speed.md --overwrite --quiet
 
 # NeRF on the shared lego at a CPU-sized protocol (docs/results/nerf; about 40 minutes on 2 CPU cores).
 bench-nerf: shared-data $(STAMP)

@@ -379,8 +379,13 @@ def bench_speed(args: argparse.Namespace) -> int:
     if args.profile and not args.out:
         raise ConfigError("--profile writes its tables beside the report: give --out")
     if args.out:  # before the timings, which take minutes
-        io.check_out(args.out, folder=False)
-        io.check_out(Path(args.out).with_suffix(".json"), folder=False)
+        written = [Path(args.out), Path(args.out).with_suffix(".json"), Path(args.out).with_suffix(".profile.txt")]
+        for path in written[:2]:
+            io.check_out(path, folder=False)
+        present = [str(path) for path in written if path.exists()]
+        if present and not args.overwrite:
+            raise FinerError(f"{', '.join(present)}: an earlier report; choose another --out or pass --overwrite "
+                             "to replace it")
     if args.signals and args.signals_dir:
         from finer.bench.images import list_images
 

@@ -2,6 +2,7 @@
 
 import json
 
+import pytest
 import torch
 
 from finer.cli import main
@@ -26,6 +27,17 @@ def test_speed_report_on_tiny_shapes(tmp_path, capsys):
     assert data["signals"]["images"] == 3 and data["signals"]["max_psnr_difference"] < 1e-3
     text = out.read_text()
     assert "| finer |" in text and "GEMM floor" in text and "Identity" in text and "Many signals" in text
+
+
+def test_an_earlier_report_is_kept_unless_overwrite(tmp_path, monkeypatch, capsys):
+    import finer.bench.speed
+
+    out = tmp_path / "speed.md"
+    out.write_text("an earlier report")
+    monkeypatch.setattr(finer.bench.speed, "run_speed", lambda *a, **k: pytest.fail("timed before checking --out"))
+    assert main(["bench", "speed", "--out", str(out), "--quiet"]) == 2
+    assert "an earlier report; choose another --out or pass --overwrite" in capsys.readouterr().err
+    assert out.read_text() == "an earlier report"
 
 
 def test_speed_rejects_unknown_models(capsys):
