@@ -312,6 +312,8 @@ def resume_image(run_dir: str | Path, *, steps: int | None = None, progress: boo
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise FinerError(f"no run folder at {run_dir}" + (" (a file)" if run_dir.exists() else ""))
+    if (run_dir / "config.json").is_file():
+        io.read_json(run_dir / "config.json")  # a damaged one is named as such, not taken for no run
     kind = _run_kind(run_dir)
     if kind != "image":
         what = ({"sdf": "an SDF run", "nerf": "a NeRF run"}[kind] if kind

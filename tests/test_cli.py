@@ -89,6 +89,16 @@ def test_a_seed_out_of_range_is_a_usage_error(command, seed, capsys):
     assert exc.value.code == 2 and "expected a seed from 0 to 2^32 - 1" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("argv, named", [
+    (["fit", "image", ""], "path"), (["fit", "image", "--out", ""], "--out"), (["eval", "sdf", ""], "checkpoint"),
+    (["bench", "images", "d", "--out", ""], "--out")])
+def test_an_empty_path_is_a_usage_error(argv, named, capsys):
+    """An unset shell variable ("$IMAGE") would otherwise mean the current folder."""
+    with pytest.raises(SystemExit) as exc:
+        main(argv)
+    assert exc.value.code == 2 and f"error: {named}: an empty path" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("flag, value", [("--width", "0"), ("--steps", "0"), ("--steps", "-3"), ("--lr", "nan")])
 def test_non_positive_values_are_rejected(flag, value, capsys):
     with pytest.raises(SystemExit) as exc:
@@ -253,6 +263,9 @@ def test_resume_names_what_it_cannot_continue(tmp_path, capsys):
     assert "is an SDF run; `finer resume` continues single image fits" in capsys.readouterr().err
     assert main(["resume", str(tmp_path)]) == 2
     assert "not the folder of a `finer fit image` run" in capsys.readouterr().err
+    (sdf / "config.json").write_text("{")  # damaged: said so, not taken for a folder without a run
+    assert main(["resume", str(sdf)]) == 2
+    assert "config.json is not valid JSON" in capsys.readouterr().err
 
 
 def test_a_used_folder_suggests_resume_only_for_a_resumable_run(png_path, tmp_path, capsys):

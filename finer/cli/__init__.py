@@ -20,11 +20,20 @@ from finer.launch import sigterm_interrupts
 __all__ = ["EXIT_DIVERGED", "EXIT_ERROR", "EXIT_INTERRUPTED", "build_parser", "main"]
 
 
+PATH_ARGUMENTS = ("path", "scene", "mesh", "a", "b", "checkpoint", "run_dir", "directory", "results", "target",
+                  "out", "image", "signals_dir")
+"""The arguments that name files or folders."""
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args, unknown = parser.parse_known_args(argv)
     if unknown:  # refused by the command's own parser, which names its own --help
         args.leaf.error(f"unrecognized arguments: {' '.join(unknown)}")
+    for action in args.leaf._actions:  # an empty path ("" from an unset shell variable) would mean "."
+        value = getattr(args, action.dest, None)
+        if action.dest in PATH_ARGUMENTS and "" in (value if isinstance(value, list) else [value]):
+            args.leaf.error(f"{'/'.join(action.option_strings) or action.metavar or action.dest}: an empty path")
     args.argv = list(sys.argv[1:] if argv is None else argv)  # the command, as reports record it
     try:
         with warnings.catch_warnings(), sigterm_interrupts():
