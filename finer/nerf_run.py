@@ -28,7 +28,7 @@ from finer.models import count_parameters
 from finer.nn.fused import apply_fused
 from finer.runs import _prepare_out, resolve_device
 from finer.tasks import nerf as N
-from finer.tasks.image import save_image
+from finer.tasks.image import memory_budget, save_image
 from finer.train import TrainConfig, curve_columns, fit
 
 NERF_FORMAT = io.NERF_CHECKPOINT_FORMAT
@@ -229,6 +229,10 @@ def render_nerf(checkpoint, *, frames: int = 60, out=None, device: str = "auto",
     renderer, payload = load_renderer(checkpoint, dev)
     cam = payload["camera"]
     h, w = max(1, round(cam["height"] * scale)), max(1, round(cam["width"] * scale))
+    need, budget = h * w * (4 * frames + 4 * 8), memory_budget(torch.device("cpu"))  # 8-bit frames, one float view
+    if need > budget:
+        raise FinerError(f"{frames} frames of {w}x{h} need about {need / 2**30:.1f} GiB (> {budget / 2**30:.1f} GiB "
+                         "available); use a smaller --scale or fewer --frames")
     focal = cam["focal"] * scale
     ckpt = Path(checkpoint)
     out = Path(out) if out else (ckpt if ckpt.is_dir() else ckpt.parent) / "turntable"

@@ -76,6 +76,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         if type(exc).__name__ == "OutOfMemoryError":  # torch.cuda.OutOfMemoryError, without importing torch here
             print(f"error: out of GPU memory; {_memory_hint(args)} (or --device cpu)", file=sys.stderr)
             return EXIT_ERROR
+        if isinstance(exc, RuntimeError) and "can't allocate memory" in str(exc):  # PyTorch's CPU allocator
+            print(f"error: out of memory; {_memory_hint(args)}", file=sys.stderr)
+            return EXIT_ERROR
         print(f"error: {type(exc).__name__}: {exc} (rerun with --debug for the traceback)", file=sys.stderr)
         return 1
 
@@ -96,7 +99,8 @@ def _memory_hint(args) -> str:
         ("resume", None): "a run resumes at its recorded batch size: fit it again with a smaller --batch-size",
         ("eval", "sdf"): "use a smaller --resolution, --iou-resolution or --chamfer-samples",
         ("eval", "image"): "the images are compared whole: compare smaller ones, or pass --no-lpips",
-        ("render", None): "use a smaller --scale",
+        ("render", None): "use a smaller --scale" + (
+            " or fewer --frames" if getattr(args, "target", [""])[0] == "nerf" else ""),
         ("bench", "images"): "use smaller images (--size/--crop), fewer --workers or a smaller --batch-signals",
         ("bench", "sdf"): "use a smaller --resolution or --chamfer-samples",
         ("bench", "speed"): "use a smaller --size or --width, or fewer --signals",

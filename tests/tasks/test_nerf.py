@@ -158,6 +158,8 @@ def test_a_few_training_steps_lower_the_loss_and_the_run_renders(tmp_path, capsy
     assert "it is the folder that gets turntable.gif" in capsys.readouterr().err
     assert main(["render", "nerf", str(out), "--elevation", "nan", "--quiet"]) == 2
     assert "elevation is in degrees" in capsys.readouterr().err
+    assert main(["render", "nerf", str(out), "--scale", "100000", "--out", str(tmp_path / "big"), "--quiet"]) == 2
+    assert "use a smaller --scale or fewer --frames" in capsys.readouterr().err and not (tmp_path / "big").exists()
 
 
 @pytest.mark.skipif(not LEGO.is_dir(), reason="the shared lego scene (../shared/data/nerf/lego) is absent")
