@@ -241,6 +241,10 @@ def test_eval_image_prints_metrics_as_json(tmp_path, capsys):
     assert 0.5 < out["ssim"] < 1.0
     if lpips.available():
         assert 0.0 < out["lpips"] < 0.3
+        Image.fromarray(ref[:20, :20]).save(tmp_path / "tiny.png")  # too small for LPIPS: says why
+        assert main(["eval", "image", str(tmp_path / "tiny.png"), str(tmp_path / "tiny.png")]) == 0
+        tiny = json.loads(capsys.readouterr().out)
+        assert tiny["lpips"] is None and "at least 32 pixels a side, these are 20x20" in tiny["lpips_note"]
     Image.fromarray(ref[:64]).save(tmp_path / "small.png")
     assert main(["eval", "image", str(tmp_path / "small.png"), str(tmp_path / "ref.png"), "--no-lpips"]) == 2
     assert "must match" in capsys.readouterr().err

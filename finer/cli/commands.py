@@ -211,14 +211,17 @@ def fit_sdf(args: argparse.Namespace) -> int:
 
 
 def eval_image(args: argparse.Namespace) -> int:
-    from finer.metrics import image_metrics
+    from finer.metrics import image_metrics, lpips_left_out
     from finer.tasks.image import load_image
 
     a, b = load_image(args.a, alpha=args.alpha), load_image(args.b, alpha=args.alpha)
     if a.shape != b.shape:
         raise FinerError(f"{args.a} is {a.shape[1]}x{a.shape[0]}x{a.shape[2]} but {args.b} is "
                          f"{b.shape[1]}x{b.shape[0]}x{b.shape[2]} (width x height x channels); they must match")
-    print(dumps(image_metrics(a, b, with_lpips=not args.no_lpips)))
+    result = image_metrics(a, b, with_lpips=not args.no_lpips)
+    if "lpips" in result and result["lpips"] is None:
+        result["lpips_note"] = lpips_left_out(a.shape, True)
+    print(dumps(result))
     return 0
 
 
