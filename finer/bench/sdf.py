@@ -42,7 +42,7 @@ def run_sdf_bench(directory, *, models, out, settings=None, device="auto", progr
     if unknown:
         raise FinerError(f"unknown model(s) {', '.join(unknown)}; choose from: {', '.join(MODELS)}")
     settings = {**QUICK, **(settings or {})}
-    rows = []
+    rows, skipped = [], 0
     for name in models:  # method-major: the first methods cover every shape early
         for path in meshes:
             run_dir = out / "runs" / f"{path.stem}-{name}"
@@ -54,6 +54,7 @@ def run_sdf_bench(directory, *, models, out, settings=None, device="auto", progr
                     raise FinerError(f"{run_dir} is a run of another protocol or mesh ({mismatch}); write this grid "
                                      "to another --out, or delete that folder's runs")
                 rows.append({"shape": path.stem, **io.read_json(done)})
+                skipped += 1
                 continue
             try:
                 metrics = fit_sdf(cfg, run_dir, progress=progress, overwrite=True, log=lambda *_: None)
@@ -69,6 +70,11 @@ def run_sdf_bench(directory, *, models, out, settings=None, device="auto", progr
                   flush=True)
             _write(out, rows, models, meshes, settings)
     _write(out, rows, models, meshes, settings)
+    if skipped:
+        print(f"{skipped} of {len(models) * len(meshes)} runs were already finished in {out / 'runs'}: skipped",
+              flush=True)
+    print(f"{len(rows)} runs: " + ", ".join(str(out / name) for name in ("summary.md", "results.json", "results.csv")),
+          flush=True)
     return rows
 
 

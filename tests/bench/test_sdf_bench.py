@@ -23,7 +23,9 @@ def test_sdf_grid_table_and_resume(tmp_path, capsys):
     assert (tmp_path / "b" / "runs" / "ball-finer" / "render.png").is_file()
     assert len(json.loads((tmp_path / "b" / "results.json").read_text())["runs"]) == 4
     run_sdf_bench(meshes, models=["finer", "siren"], out=tmp_path / "b", settings=TINY, progress=False)
-    assert capsys.readouterr().out.count("IoU") == 0  # finished runs are skipped
+    printed = capsys.readouterr().out
+    assert printed.count("IoU") == 0 and "4 of 4 runs were already finished" in printed  # skipped, and said so
+    assert f"4 runs: {tmp_path / 'b' / 'summary.md'}" in printed
     with pytest.raises(FinerError, match="another protocol or mesh \\(steps 3 where this grid has 4"):
         run_sdf_bench(meshes, models=["finer"], out=tmp_path / "b", settings={**TINY, "steps": 4}, progress=False)
     config = tmp_path / "b" / "runs" / "ball-finer" / "config.json"
