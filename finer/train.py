@@ -348,9 +348,12 @@ def fit(
                 state.first_loss = loss
             if not math.isfinite(loss) or loss > cfg.divergence_factor * max(state.first_loss, 1e-12):
                 state.status = "diverged"
+                at_start = step == 0 and not math.isfinite(loss)  # before any update: the network as built
                 state.message = (
                     f"loss became {loss:.4g} at step {step + 1}; stopped, last good step {good_step} "
-                    f"(try a lower --lr, or check the input)"
+                    + ("(the untrained network's output is not finite: check the model options, such as a very "
+                       "large --first-bias-scale, and the input)" if at_start
+                       else "(try a lower --lr, or check the input)")
                 )
                 return False
             state.history.append({"step": step + 1, "loss": loss, **task.step_metrics(loss), "lr": lr})

@@ -187,6 +187,17 @@ def test_a_run_that_diverges_at_once_keeps_a_curve_that_names_its_columns(png_pa
     assert (out / "curve.csv").read_text().splitlines() == ["step,loss,train_psnr,lr"]
 
 
+def test_a_network_that_is_not_finite_before_training_is_named(png_path, tmp_path, capsys):
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no NumPy warning leaks out of writing a NaN picture
+        assert main(["fit", "image", str(png_path), "--first-bias-scale", "1e30", "--steps", "3", "--width", "8",
+                     "--out", str(tmp_path / "o"), "--quiet"]) == 3
+    err = capsys.readouterr().err
+    assert "the untrained network's output is not finite" in err and "lower --lr" not in err
+
+
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
 def test_ctrl_c_leaves_a_consistent_folder_that_resumes(png_path, tmp_path, signum):
     out = tmp_path / "int"

@@ -68,8 +68,11 @@ def analyze_ntk(out, *, models=("siren", "finer"), ks=(1.0, 5.0, 10.0, 20.0), wi
     for model, k in _cases(list(models), list(ks)):
         net = N.shallow_network(model, k, width=width, seed=seed)
         K = N.empirical_ntk(net, x, params=params)
-        eigs = N.eigenvalues(K)
         label = _label(model, k)
+        if not torch.isfinite(K).all():
+            raise FinerError(f"the NTK of {label} overflows (entries beyond float range): its bias range is too "
+                             "large for the network's arithmetic; give a smaller --k")
+        eigs = N.eigenvalues(K)
         kernels[label], spectra[label] = K.numpy(), eigs.clamp_min(1e-12).numpy()
         curves[label] = fit_curve(N.shallow_network(model, k, width=width, seed=seed), x, y, steps=steps, lr=lr)
         rows.append({"model": model, "k": k, "diag_dominance": N.diag_dominance(K),

@@ -189,8 +189,8 @@ def check_writable_as(path: str | os.PathLike, channels: int) -> None:
 
 
 def save_image(arr: np.ndarray, path: str | os.PathLike) -> None:
-    """Write a ``(H, W, C)`` array in [0, 1] as an 8-bit PNG (grey, RGB or RGBA)."""
-    arr = np.clip(np.asarray(arr), 0.0, 1.0)
+    """Write a ``(H, W, C)`` array in [0, 1] as an 8-bit PNG (grey, RGB or RGBA); NaN is written as 0."""
+    arr = np.clip(np.nan_to_num(np.asarray(arr), nan=0.0), 0.0, 1.0)
     data = (arr * 255.0 + 0.5).astype(np.uint8)
     if data.ndim == 3 and data.shape[-1] == 1:
         data = data[..., 0]

@@ -81,3 +81,11 @@ def test_activations_refuse_more_layers_than_the_network_has(tmp_path, capsys):
     assert not (tmp_path / "a").exists()
     assert main(["analyze", "activations", "--layers", "4", "--resolution", "4", "--k", "5",
                  "--out", str(tmp_path / "a")]) == 0
+
+
+def test_an_ntk_that_overflows_is_named(tmp_path, capsys):
+    from finer.cli import main
+
+    assert main(["analyze", "ntk", "--models", "finer", "--k", "1e30", "--width", "8", "--points", "8", "--steps", "2",
+                 "--mc-samples", "100", "--out", str(tmp_path / "ntk")]) == 2
+    assert "the NTK of finer k=1e+30 overflows" in capsys.readouterr().err
