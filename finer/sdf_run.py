@@ -94,13 +94,14 @@ def sdf_model_options(model: str, overrides: dict[str, Any]) -> dict[str, Any]:
 
 
 def evaluate_sdf(model, index: S.SurfaceIndex, true_mesh_unit, norm: S.Normalization, *, resolution: int,
-                 iou_resolution: int, chamfer_samples: int, device, out: Path, seed: int = 0) -> dict[str, Any]:
+                 iou_resolution: int, chamfer_samples: int, device, out: Path, seed: int = 0,
+                 progress: bool = False) -> dict[str, Any]:
     """Extract the surface, write it (mesh units) and a render, and measure Chamfer and IoU."""
     model = model.to(device).eval()
     grid = S.grid_points(iou_resolution)
     occupancy_values = S.evaluate_grid(model, iou_resolution, device)  # (X, Y, Z), same order as grid
     shared = occupancy_values if resolution == iou_resolution else None  # evaluate once when they match
-    surface = S.extract_surface(model, resolution, device, values=shared)
+    surface = S.extract_surface(model, resolution, device, values=shared, progress=progress)
     iou = S.occupancy_iou(occupancy_values.reshape(-1) < 0, S.inside(index, grid, near=6.0 / (iou_resolution - 1)))
     result: dict[str, Any] = {"iou": round(iou, 5), "chamfer": None, "vertices": 0, "faces": 0}
     if surface is not None:
@@ -164,7 +165,8 @@ def fit_sdf(cfg: SDFRunConfig, out: str | Path, *, progress: bool = True, overwr
         state = fit(model, task, train, on_checkpoint=save, progress=progress, desc=f"{cfg.model} sdf")
         io.write_json(out / "metrics.json", {**running, "steps": state.step, "stage": "measuring the surface"})
         try:
-            metrics = _evaluate_and_record(cfg, model, state, mesh, index, unit, norm, prep, fused, device, out)
+            metrics = _evaluate_and_record(cfg, model, state, mesh, index, unit, norm, prep, fused, device, out,
+                                           progress)
         except KeyboardInterrupt:
             raise InterruptedRun(f"interrupted while measuring the surface; {out} keeps the network of step "
                                  f"{state.step} (checkpoint.pt), which `finer eval sdf {out}` measures") from None
@@ -174,7 +176,7 @@ def fit_sdf(cfg: SDFRunConfig, out: str | Path, *, progress: bool = True, overwr
 
 
 def _evaluate_and_record(cfg: SDFRunConfig, model, state: FitState, mesh, index, unit, norm, prep: float, fused: dict,
-                         device, out: Path) -> dict[str, Any]:
+                         device, out: Path, progress: bool = False) -> dict[str, Any]:
     """Extract and measure the fitted surface, write ``metrics.json``; returns the metrics."""
     metrics: dict[str, Any] = {
         "task": "sdf", "model": cfg.model, "status": state.status, "params": count_parameters(model),
@@ -189,7 +191,8 @@ def _evaluate_and_record(cfg: SDFRunConfig, model, state: FitState, mesh, index,
         "units": "chamfer in the normalised frame (longest side 0.9)",
     }
     metrics.update(evaluate_sdf(model, index, unit, norm, resolution=cfg.resolution, iou_resolution=cfg.iou_resolution,
-                                chamfer_samples=cfg.chamfer_samples, device=device, out=out, seed=cfg.seed))
+                                chamfer_samples=cfg.chamfer_samples, device=device, out=out, seed=cfg.seed,
+                                progress=progress))
     if state.message:
         metrics["message"] = state.message
     io.write_json(out / "metrics.json", metrics)
@@ -204,7 +207,8 @@ EVAL_DEFAULTS = {"resolution": 256, "iou_resolution": 128, "chamfer_samples": 30
 
 def eval_sdf(checkpoint: str | Path, mesh_path: str | Path | None = None, *, out: str | Path | None = None,
              resolution: int | None = None, iou_resolution: int | None = None, chamfer_samples: int | None = None,
-             surface_samples: int | None = None, device: str = "auto", overwrite: bool = False) -> dict[str, Any]:
+             surface_samples: int | None = None, device: str = "auto", overwrite: bool = False,
+             progress: bool = False) -> dict[str, Any]:
     """Measure a saved SDF model against a mesh (normalised with the checkpoint's transform); writes
     :data:`EVAL_FILES` to ``out`` (default: the run folder's ``eval``), which must not hold an earlier
     evaluation unless ``overwrite``, nor be a run folder (whose mesh.ply and render.png are the run's own).
@@ -245,7 +249,7 @@ def eval_sdf(checkpoint: str | Path, mesh_path: str | Path | None = None, *, out
               "inside_outside": S.SIGN_METHOD,
               **evaluate_sdf(model, index, unit, norm, resolution=settings["resolution"],
                              iou_resolution=settings["iou_resolution"], chamfer_samples=settings["chamfer_samples"],
-                             device=resolve_device(device), out=out, seed=settings["seed"])}
+                             device=resolve_device(device), out=out, seed=settings["seed"], progress=progress)}
     if warning:
         result["warning"] = warning
     io.write_json(out / "eval.json", result)

@@ -230,7 +230,8 @@ def eval_sdf(args: argparse.Namespace) -> int:
 
     result = evaluate(args.checkpoint, args.mesh, out=args.out, resolution=args.resolution,
                       chamfer_samples=args.chamfer_samples, iou_resolution=args.iou_resolution,
-                      surface_samples=args.surface_samples, device=args.device, overwrite=args.overwrite)
+                      surface_samples=args.surface_samples, device=args.device, overwrite=args.overwrite,
+                      progress=not args.quiet)
     if result.get("warning"):
         print(f"warning: {result['warning']}", file=sys.stderr)
     print(dumps(result))

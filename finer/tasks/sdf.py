@@ -265,15 +265,19 @@ def _slab_surface(values: np.ndarray, z0: int, step: float):
     return v - BOUND, f
 
 
-def extract_surface(model, resolution: int, device, slab: int = 32, values: np.ndarray | None = None):
+def extract_surface(model, resolution: int, device, slab: int = 32, values: np.ndarray | None = None,
+                    progress: bool = False):
     """Marching cubes (scikit-image) of the zero level set, slab by slab along z so a 512^3 field
     is never in memory at once; returns a trimesh in unit coordinates (None if no surface).
-    ``values``: the whole grid, if already evaluated (small resolutions)."""
+    ``values``: the whole grid, if already evaluated (small resolutions). ``progress``: a bar over
+    the slabs (a 1024^3 grid takes a CPU many minutes)."""
     import trimesh
+    from tqdm.auto import tqdm
 
     step = 2 * BOUND / (resolution - 1)
     verts, faces, offset = [], [], 0
-    for z0 in range(0, resolution - 1, slab):
+    for z0 in tqdm(range(0, resolution - 1, slab), desc=f"surface {resolution}^3", disable=not progress,
+                   leave=False):
         z1 = min(z0 + slab + 1, resolution)  # one shared slice with the next slab
         part = values[:, :, z0:z1] if values is not None else evaluate_grid(model, resolution, device, (z0, z1))
         found = _slab_surface(part, z0, step)
