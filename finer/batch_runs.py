@@ -216,11 +216,11 @@ def _fit_one_by_one(cfg: ImageRunConfig, directory, paths: list[Path], out: Path
                                 overwrite=True, log=log)
         except DivergedError:  # a result of the method on this image, kept at its last good step: go on
             metrics = io.read_json(out / path.stem / "metrics.json")
-        if metrics["status"] == "interrupted":
-            raise InterruptedRun(f"{metrics.get('message', 'interrupted')} while fitting {path.name}; "
+        except InterruptedRun as stopped:
+            raise InterruptedRun(f"{stopped.metrics.get('message', 'interrupted')} while fitting {path.name}; "
                                  f"{_kept(rows, out)} "
                                  "(a folder fit does not resume: fit it again with --overwrite; `finer resume "
-                                 f"{out / path.stem}` finishes {path.name} alone)")
+                                 f"{out / path.stem}` finishes {path.name} alone)", stopped.metrics) from None
         total_seconds += metrics["seconds"]
         device = metrics["device"]
         rows.append(_row(path.name, metrics))

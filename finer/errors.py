@@ -1,5 +1,7 @@
 """Exceptions that carry a message meant for the user (the CLI prints them on one line)."""
 
+from __future__ import annotations
+
 
 class FinerError(Exception):
     """A problem with the user's input or environment, explained in the message."""
@@ -18,7 +20,12 @@ class DivergedError(FinerError):
 
 
 class InterruptedRun(FinerError):
-    """The user stopped a run (Ctrl-C) that cannot be resumed as it was; the message says what was kept."""
+    """The user stopped a run (Ctrl-C, or SIGTERM from the command line); the message says what was kept and
+    how to go on, ``metrics`` holds what the run recorded (its metrics.json), empty if nothing."""
+
+    def __init__(self, message: str, metrics: dict | None = None):
+        super().__init__(message)
+        self.metrics = metrics or {}
 
 
 class FinerWarning(UserWarning):

@@ -20,7 +20,7 @@ from typing import Any
 import torch
 
 from finer import io
-from finer.errors import ConfigError, DivergedError, FinerError
+from finer.errors import ConfigError, DivergedError, FinerError, InterruptedRun
 from finer.metrics import psnr, ssim
 from finer.models import build_model, count_parameters, network_shape
 from finer.nn.fused import FUSED_MODES, apply_fused
@@ -271,6 +271,9 @@ class _Run:
             metrics = self.write_metrics(state, final=True)
         if state.status == "diverged":
             raise DivergedError(f"{state.message}; checkpoint of step {state.step} kept in {self.out}")
+        if state.status == "interrupted":  # a caller's loop or notebook cell stops too, as Ctrl-C means
+            raise InterruptedRun(f"{state.message}; continue with `finer resume {self.out}`",
+                                 {**metrics, "out": str(self.out)})
         return {**metrics, "out": str(self.out)}
 
 

@@ -172,6 +172,10 @@ def fit_sdf(cfg: SDFRunConfig, out: str | Path, *, progress: bool = True, overwr
                                  f"{state.step} (checkpoint.pt), which `finer eval sdf {out}` measures") from None
     if state.status == "diverged":
         raise DivergedError(f"{state.message}; checkpoint of step {state.step} kept in {out}")
+    if state.status == "interrupted":  # a caller's loop or notebook cell stops too, as Ctrl-C means
+        raise InterruptedRun(f"{state.message}; {out} keeps the network of step {state.step} (checkpoint.pt) and "
+                             "its scores (metrics.json); this kind of run is not resumed: fit it again with "
+                             "--overwrite to train it fully", {**metrics, "out": str(out)})
     return {**metrics, "out": str(out)}
 
 

@@ -372,3 +372,29 @@ def test_sigterm_stops_a_fit_only_where_the_program_asked_for_it(astronaut_small
             signal.signal(signal.SIGINT, previous)
     finally:
         signal.signal(signal.SIGTERM, before)
+
+
+def test_a_fit_stopped_by_ctrl_c_raises_to_its_caller(tmp_path, png_path):
+    """From Python, Ctrl-C stops a loop of fits, not only the one running: fit_image saves, records
+    'interrupted', then raises InterruptedRun (the CLI prints it and exits 130)."""
+    import json
+    import os
+    import signal
+
+    import finer
+    from finer.tasks.image import ImageTask
+
+    real_batch = ImageTask.batch
+
+    def batch(self, step):
+        if step == 3:
+            os.kill(os.getpid(), signal.SIGINT)
+        return real_batch(self, step)
+
+    cfg = finer.ImageRunConfig(image=str(png_path), steps=50, eval_every=0, model_options={"width": 8})
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(ImageTask, "batch", batch)
+        with pytest.raises(finer.InterruptedRun, match="interrupted at step 4 of 50; continue with `finer resume"):
+            finer.fit_image(cfg, tmp_path / "run", progress=False)
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert (metrics["status"], metrics["steps"]) == ("interrupted", 4) and (tmp_path / "run" / "checkpoint.pt").exists()

@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 
 from finer import io
-from finer.errors import DivergedError, FinerError
+from finer.errors import DivergedError, FinerError, InterruptedRun
 from finer.models import MODELS
 from finer.sdf_run import SDFRunConfig, fit_sdf
 
@@ -60,8 +60,8 @@ def run_sdf_bench(directory, *, models, out, settings=None, device="auto", progr
                 metrics = fit_sdf(cfg, run_dir, progress=progress, overwrite=True, log=lambda *_: None)
             except DivergedError:  # a result of the method: recorded (scored at its last good step), not fatal
                 metrics = io.read_json(done)
-            if metrics["status"] == "interrupted":  # not a result: a rerun fits it again
-                raise KeyboardInterrupt
+            except InterruptedRun:  # not a result: a rerun fits it again
+                raise KeyboardInterrupt from None
             rows.append({"shape": path.stem, **{k: v for k, v in metrics.items() if k != "out"}})  # as metrics.json
             chamfer = "none (no surface)" if metrics["chamfer"] is None else f"{metrics['chamfer']:.3e}"
             print(f"{path.stem:10s} {name:8s} chamfer {chamfer} IoU {metrics['iou']:.4f} "

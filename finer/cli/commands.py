@@ -102,18 +102,10 @@ def _ints(text: str, what: str) -> list[int]:
 
 
 def _finished(metrics: dict, keys: tuple[str, ...]) -> int:
-    """Print the run's headline metrics as JSON; an interrupted run exits 130 and says how to go on."""
+    """Print the run's headline metrics as JSON (an interrupted run raises :class:`InterruptedRun`, which
+    ``main`` prints with how to go on, exit 130)."""
     print(dumps({k: metrics[k] for k in keys}))
-    if metrics["status"] != "interrupted":
-        return 0
-    message, out = metrics.get("message", "interrupted"), metrics.get("out", "DIR")
-    if "psnr" in keys:  # image runs can be resumed
-        print(f"error: {message}; continue with `finer resume {out}`", file=sys.stderr)
-    else:
-        print(f"error: {message}; {out} keeps the network of step {metrics['steps']} (checkpoint.pt) and its "
-              "scores (metrics.json); this kind of run is not resumed: fit it again with --overwrite to train "
-              "it fully", file=sys.stderr)
-    return EXIT_INTERRUPTED
+    return 0
 
 
 IMAGE_KEYS = ("model", "status", "psnr", "ssim", "steps", "seconds_per_step", "out")

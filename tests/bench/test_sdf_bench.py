@@ -52,7 +52,7 @@ def test_meshes_whose_names_differ_only_by_extension_are_refused(tmp_path):
 def test_a_diverged_run_is_a_marked_result_and_an_interrupted_one_stops_the_grid(tmp_path, monkeypatch, capsys):
     import finer.bench.sdf
     from finer.cli import main
-    from finer.errors import DivergedError
+    from finer.errors import DivergedError, InterruptedRun
 
     meshes = tmp_path / "meshes"
     meshes.mkdir()
@@ -78,7 +78,8 @@ def test_a_diverged_run_is_a_marked_result_and_an_interrupted_one_stops_the_grid
     assert calls == ["finer", "siren"]  # the diverged run is a result: not fitted again
 
     def interrupted(cfg, run_dir, **kwargs):  # Ctrl-C or SIGTERM during the fit: it stops after its step
-        return {**real_fit(cfg, run_dir, **kwargs), "status": "interrupted"}
+        real_fit(cfg, run_dir, **kwargs)
+        raise InterruptedRun("interrupted at step 2 of 3")
 
     monkeypatch.setattr(finer.bench.sdf, "fit_sdf", interrupted)
     args = ["bench", "sdf", str(meshes), "--models", "gauss,finer", "--out", str(tmp_path / "c"), "--steps", "3",
