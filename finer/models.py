@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
+import numbers
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -367,18 +368,29 @@ MODELS: dict[str, type[MLPConfig]] = {
 
 
 def _lookup(name: str) -> type[MLPConfig]:
-    if name not in MODELS:
+    if not isinstance(name, str) or name not in MODELS:
         raise ConfigError(f"unknown model {name!r}; choose one of: {', '.join(MODELS)}")
     return MODELS[name]
 
 
-def make_config(name: str, **overrides: Any) -> MLPConfig:
-    """The config of method ``name`` with its paper defaults, except for ``overrides``.
+def _plain(value: Any) -> Any:
+    """A NumPy (or other) integer or real scalar as a Python ``int`` or ``float``; anything else as it is."""
+    if isinstance(value, bool) or isinstance(value, (int, float)):
+        return value
+    if isinstance(value, numbers.Integral):
+        return int(value)
+    if isinstance(value, numbers.Real):
+        return float(value)
+    return value
 
-    Overrides set to ``None`` for options whose default is not ``None`` are ignored, so CLI
-    flags that were not given can be passed through unchanged.
+
+def make_config(name: str, **overrides: Any) -> MLPConfig:
+    """The config of method ``name`` with its paper defaults, except for ``overrides``, each checked
+    (:class:`ConfigError` for an unknown option or a bad value; ``None`` only where the default is
+    ``None``). NumPy scalars (``np.arange`` sweeps) count as Python numbers.
     """
     cls = _lookup(name)
+    overrides = {key: _plain(value) for key, value in overrides.items()}
     names = [f.name for f in dataclasses.fields(cls)]
     unknown = sorted(set(overrides) - set(names))
     if unknown:
@@ -416,8 +428,13 @@ def build_from_config(
     name: str, cfg: MLPConfig, in_features: int, out_features: int, seed: int | None = None
 ) -> CoordinateMLP:
     """Build a network from an already resolved config (used when loading checkpoints)."""
-    generator = torch.Generator().manual_seed(seed) if seed is not None else None
-    model = cfg.build(in_features, out_features, generator)
+    if seed is None:  # PyTorch's global generator draws the initialisation
+        model = cfg.build(in_features, out_features, None)
+    else:
+        if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or not 0 <= seed < 2**64:
+            raise ConfigError(f"seed must be an integer from 0 to 2^64 - 1, got {seed!r}")
+        with torch.random.fork_rng(devices=[]):  # the layers' default init draws from the global generator first
+            model = cfg.build(in_features, out_features, torch.Generator().manual_seed(int(seed)))
     model.method = name
     model.config = cfg
     return model

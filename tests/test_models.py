@@ -218,3 +218,28 @@ def test_the_package_namespace_is_its_public_api():
     assert all(getattr(finer, n).__name__ == f"finer.{n}" for n in modules)  # subpackages only
     for name in finer.__all__:
         assert getattr(finer, name) is not None
+
+
+def test_numpy_scalars_are_numbers():
+    """A sweep over np.arange values builds as a sweep over Python numbers does."""
+    import numpy as np
+
+    net = build_model("finer", 2, 3, width=np.int64(16), first_omega=np.float32(30), seed=0)
+    assert net.config.width == 16 and type(net.config.width) is int and net.config.first_omega == 30.0
+
+
+def test_a_seeded_build_leaves_the_callers_random_stream_alone():
+    torch.manual_seed(123)
+    expected = torch.rand(3)
+    torch.manual_seed(123)
+    build_model("mpa", 2, 3, width=8, hidden_layers=1, seed=0)
+    assert torch.equal(torch.rand(3), expected)
+    a, b = (build_model("finer", 2, 3, width=8, seed=0) for _ in range(2))
+    assert all(torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters()))
+
+
+@pytest.mark.parametrize("name, seed, message", [(["finer"], 0, "unknown model"), ("finer", "a", "seed must be"),
+                                                 ("finer", -1, "seed must be"), ("finer", 1.5, "seed must be")])
+def test_a_bad_name_or_seed_is_a_config_error(name, seed, message):
+    with pytest.raises(finer.ConfigError, match=message):
+        build_model(name, 2, 3, seed=seed)

@@ -150,7 +150,7 @@ def _read_file(path: Path, max_bytes: int | None) -> np.ndarray:
         raise FinerError(f"image file not found: {path}")
     if path.is_dir():
         raise FinerError(f"expected an image file, got a directory: {path}")
-    Image.MAX_IMAGE_PIXELS = None  # we check the size ourselves, before decoding
+    guard, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None  # we check the size ourselves, before decoding
     try:
         with Image.open(path) as im:
             w, h = im.size
@@ -164,6 +164,8 @@ def _read_file(path: Path, max_bytes: int | None) -> np.ndarray:
             return _to_float(ImageOps.exif_transpose(im))  # as viewers show it (a phone's rotated JPEG)
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
         raise FinerError(f"cannot read image {path}: {exc}") from None
+    finally:
+        Image.MAX_IMAGE_PIXELS = guard  # the caller's process keeps PIL's own guard
 
 
 def check_image_path(path: str | os.PathLike) -> None:

@@ -101,3 +101,9 @@ def test_task_batches_and_ranges(astronaut_small):
 def test_batch_size_choice():
     assert img.choose_batch_size(1000, 10_000, 20_000) is None
     assert img.choose_batch_size(1_000_000, 10**10, 10**8) == 8192
+
+
+def test_reading_an_image_leaves_pils_decompression_guard_in_place(png_path):
+    guard = Image.MAX_IMAGE_PIXELS
+    img.load_image(png_path)
+    assert Image.MAX_IMAGE_PIXELS == guard
