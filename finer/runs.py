@@ -108,8 +108,16 @@ def resolve_device(name: str) -> torch.device:
 
 
 def default_out_dir(cfg: ImageRunConfig) -> Path:
-    stem = Path(cfg.image).stem if cfg.image and not cfg.image.startswith("skimage:") else "astronaut"
-    return Path("runs") / f"image-{stem}-{cfg.model}-{time.strftime('%Y%m%d-%H%M%S')}"
+    """``runs/image-STEM-MODEL-DATE-TIME`` (``-2``, ``-3``, ... after it when runs started in the same second
+    already hold that name: a loop of quick fits gets a folder each)."""
+    image = str(cfg.image) if cfg.image else ""
+    stem = Path(image).stem if image and not image.startswith("skimage:") else image[8:] or "astronaut"
+    base = Path("runs") / f"image-{stem}-{cfg.model}-{time.strftime('%Y%m%d-%H%M%S')}"
+    out, n = base, 1
+    while out.exists():
+        n += 1
+        out = base.with_name(f"{base.name}-{n}")
+    return out
 
 
 def _prepare_out(out: Path, overwrite: bool, create: bool = True, resumable: bool = False) -> None:

@@ -398,3 +398,16 @@ def test_a_fit_stopped_by_ctrl_c_raises_to_its_caller(tmp_path, png_path):
             finer.fit_image(cfg, tmp_path / "run", progress=False)
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert (metrics["status"], metrics["steps"]) == ("interrupted", 4) and (tmp_path / "run" / "checkpoint.pt").exists()
+
+
+def test_fits_without_an_out_folder_each_get_their_own(tmp_path, png_path, monkeypatch):
+    import finer
+
+    import time
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(time, "strftime", lambda fmt, *args: "20260101-000000")  # all in the same second
+    outs = [finer.fit_image(finer.ImageRunConfig(image=png_path, steps=1, seed=seed, model_options={"width": 8}),
+                            progress=False)["out"] for seed in range(3)]  # (a Path is a valid image too)
+    stem = f"runs/image-{png_path.stem}-finer-20260101-000000"
+    assert outs == [stem, stem + "-2", stem + "-3"]
