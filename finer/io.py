@@ -234,10 +234,14 @@ def write_csv(path: str | os.PathLike, rows: Iterable[dict], columns: Iterable[s
     atomic_write(path, write)
 
 
-def save_checkpoint(path: str | os.PathLike, *, model: torch.nn.Module, extra: dict[str, Any]) -> None:
-    """Save weights together with everything needed to rebuild the model without other files."""
+def save_checkpoint(path: str | os.PathLike, *, model: torch.nn.Module, extra: dict[str, Any] | None = None) -> None:
+    """Save a network built by :func:`finer.build_model` with everything needed to rebuild it without other
+    files: its method, config and weights (``model.state_dict()``, unless ``extra`` gives ``"model"``, such
+    as a run's last good snapshot), and ``extra`` (a run's ``fit`` state, its ``task``, ...)."""
     import dataclasses
 
+    if not hasattr(model, "method") or not hasattr(model, "config"):
+        raise FinerError(f"save_checkpoint saves networks built by finer.build_model; got a {type(model).__name__}")
     payload = {
         "format": CHECKPOINT_FORMAT,
         "version": CHECKPOINT_VERSION,
@@ -245,7 +249,8 @@ def save_checkpoint(path: str | os.PathLike, *, model: torch.nn.Module, extra: d
         "model_config": dataclasses.asdict(model.config),
         "in_features": model.in_features,
         "out_features": model.out_features,
-        **extra,
+        "model": model.state_dict(),
+        **(extra or {}),
     }
     atomic_write(path, lambda tmp: torch.save(payload, tmp))
 
@@ -283,6 +288,9 @@ def load_checkpoint(path: str | os.PathLike, task: str | None = None,
     """Rebuild the model stored in a checkpoint; returns ``(model, payload)``. ``task`` (``"image"`` or
     ``"sdf"``): the kind of model required, and ``reader`` the command that needs it, for the message
     that refuses another kind."""
+    if task not in (None, *_TASKS):
+        raise FinerError(f"task {task!r}: load_checkpoint rebuilds {' or '.join(map(repr, _TASKS))} networks "
+                         "(a NeRF run: finer.nerf_run.load_renderer)")
     want = _TASKS.get(task, "an image or SDF model's checkpoint") + (f", which `{reader}` reads" if reader else "")
     if reader == "finer render":
         want += " (`finer render nerf` reads NeRF runs)"
@@ -292,6 +300,9 @@ def load_checkpoint(path: str | os.PathLike, task: str | None = None,
         surface = ("; an SDF run's folder holds its surface already (mesh.ply, render.png), which `finer eval sdf` "
                    "remakes at another --resolution") if found == "sdf" else ""
         raise FinerError(f"{path} is {_TASKS.get(found, f'a checkpoint of task {found!r}')}, not {want}{surface}")
+    missing = [key for key in ("method", "model_config", "in_features", "out_features", "model") if key not in payload]
+    if missing:
+        raise FinerError(f"{path} is an incomplete finer-inr checkpoint (no {', '.join(missing)})")
     if payload["method"] not in MODELS:
         raise FinerError(f"{path} holds unknown model {payload['method']!r}")
     cfg = make_config(payload["method"], **payload["model_config"])

@@ -113,3 +113,21 @@ def test_a_run_that_raises_is_recorded_as_failed_not_running(tmp_path):
     with pytest.raises(ValueError), failure_recorded(path):
         raise ValueError("later")
     assert json.loads(path.read_text()) == {"status": "diverged", "message": "loss became nan"}
+
+
+def test_a_network_saved_on_its_own_loads_back_and_bad_payloads_are_named(tmp_path):
+    import finer
+    from finer.io import CHECKPOINT_FORMAT, load_checkpoint, save_checkpoint
+
+    net = finer.build_model("siren", 2, 3, width=8, hidden_layers=1, seed=0)
+    save_checkpoint(tmp_path / "net.pt", model=net)  # the weights need no help from the caller
+    back, _ = load_checkpoint(tmp_path / "net.pt")
+    x = torch.rand(5, 2)
+    assert torch.equal(back(x), net(x))
+    torch.save({"format": CHECKPOINT_FORMAT}, tmp_path / "part.pt")
+    with pytest.raises(finer.FinerError, match="incomplete finer-inr checkpoint \\(no method, model_config"):
+        load_checkpoint(tmp_path / "part.pt")
+    with pytest.raises(finer.FinerError, match="task 'nerf': load_checkpoint rebuilds 'image' or 'sdf'"):
+        load_checkpoint(tmp_path / "net.pt", task="nerf")
+    with pytest.raises(finer.FinerError, match="networks built by finer.build_model; got a Linear"):
+        save_checkpoint(tmp_path / "lin.pt", model=torch.nn.Linear(2, 3))
