@@ -68,6 +68,22 @@ class TrainConfig:
     """Record the step once as a CUDA graph after :data:`GRAPH_WARMUP` eager steps and replay it
     (CUDA devices and replayable, i.e. full-batch, tasks only; see :class:`TrainStep`)."""
 
+    def __post_init__(self):
+        def whole(name, low):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                raise ConfigError(f"TrainConfig.{name} must be an integer >= {low}, got {value!r}")
+
+        whole("steps", 0)  # (0: nothing to do; a benchmark warms up with 0 steps)
+        whole("log_every", 1)
+        whole("eval_every", 0)
+        whole("checkpoint_every", 0)
+        for name in ("lr", "lr_final_factor", "divergence_factor") + (("grad_clip",) if self.grad_clip is not None
+                                                                      else ()):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < math.inf:
+                raise ConfigError(f"TrainConfig.{name} must be a positive number, got {value!r}")
+
 
 PRECISIONS = {
     "fp32": "float32 throughout (the paper's setting)",

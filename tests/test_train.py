@@ -411,3 +411,13 @@ def test_fits_without_an_out_folder_each_get_their_own(tmp_path, png_path, monke
                             progress=False)["out"] for seed in range(3)]  # (a Path is a valid image too)
     stem = f"runs/image-{png_path.stem}-finer-20260101-000000"
     assert outs == [stem, stem + "-2", stem + "-3"]
+
+
+@pytest.mark.parametrize("options, message", [
+    ({"steps": 5.5}, "steps must be an integer >= 0"), ({"steps": -1}, "steps must be an integer >= 0"),
+    ({"eval_every": -1}, "eval_every must be an integer >= 0"), ({"lr": -1.0}, "lr must be a positive number"),
+    ({"lr": float("nan")}, "lr must be a positive number"), ({"log_every": 0}, "log_every must be an integer >= 1"),
+    ({"grad_clip": 0.0}, "grad_clip must be a positive number")])
+def test_train_config_refuses_what_would_train_wrongly(options, message):
+    with pytest.raises(ConfigError, match=message):
+        TrainConfig(**options)

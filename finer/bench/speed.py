@@ -195,7 +195,8 @@ def _fit(*args, **kwargs):
 
 
 def _train_config(steps: int, lr: float, cuda_graph: bool) -> TrainConfig:
-    return TrainConfig(steps=steps, lr=lr, eval_every=0, checkpoint_every=0, log_every=steps, cuda_graph=cuda_graph)
+    return TrainConfig(steps=steps, lr=lr, eval_every=0, checkpoint_every=0, log_every=max(steps, 1),
+                       cuda_graph=cuda_graph)
 
 
 def identity_check(image, cfg: SpeedConfig, device) -> dict:
