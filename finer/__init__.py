@@ -37,6 +37,11 @@ def __getattr__(name: str):
             raise
         raise AttributeError(f"module 'finer' has no attribute {name!r}") from None
 
+def __dir__():
+    """The public API too (for tab completion), before its lazy names are first used."""
+    return sorted(set(globals()) | set(__all__))
+
+
 __all__ = [
     "MODELS",
     "ConfigError",
