@@ -11,15 +11,28 @@ import torch
 from torch import Tensor, nn
 from torch.func import jvp
 
+from finer.errors import ConfigError
+from finer.nn import activations as A
+
 
 def layer_statistics(model: nn.Module, coords: Tensor, layers: int = 2) -> list[dict[str, Tensor]]:
-    """Per activated layer (the first ``layers``): pre-activations ``z``, activations ``y``, the
-    local frequency in z ``omega (2|z|+1)`` and the frequency w.r.t. the input
-    ``omega (2|z|+1) |grad_x z|`` (flattened over points and units)."""
+    """Per activated layer (the first ``layers``) of a FINER network: pre-activations ``z``, activations
+    ``y``, the local frequency in z ``omega (2|z|+1)`` and the frequency w.r.t. the input
+    ``omega (2|z|+1) |grad_x z|`` (flattened over points and units). Fused layers are measured on an
+    unfused copy."""
+    from finer.analysis.ntk import plain_copy
+
+    model = plain_copy(model)
+    sines = [layer for layer in model.layers if getattr(layer.activation, "func", None) is A.finer]
+    if len(sines) < len(model.layers) - 1:
+        raise ConfigError(f"layer_statistics measures FINER's local frequency omega(2|z|+1); this "
+                          f"{getattr(model, 'method', type(model).__name__)!r} network has other activations")
+    if not isinstance(layers, int) or not 1 <= layers <= len(sines):
+        raise ConfigError(f"layers must be 1 to {len(sines)} (the network's activated layers), got {layers!r}")
     stats = []
     h = model.encoding(coords)
     dh = [torch.zeros_like(h).index_fill_(-1, torch.tensor([d]), 1.0) for d in range(h.shape[-1])]
-    for layer in list(model.layers)[:layers]:
+    for layer in sines[:layers]:
         omega = layer.activation.keywords.get("omega", 1.0)
         # z and its directional derivatives along each input axis (forward mode)
         pairs = [jvp(layer.linear, (h,), (t,)) for t in dh]

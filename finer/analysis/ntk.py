@@ -12,6 +12,8 @@ import torch
 from torch import Tensor, nn
 from torch.func import functional_call, jacrev, vmap
 
+from finer.errors import ConfigError
+
 
 def _selected(model: nn.Module, params: str) -> dict[str, Tensor]:
     named = dict(model.named_parameters())
@@ -23,13 +25,27 @@ def _selected(model: nn.Module, params: str) -> dict[str, Tensor]:
     raise ValueError(f"params must be 'all' or 'first', got {params!r}")
 
 
+def plain_copy(model: nn.Module) -> nn.Module:
+    """``model`` itself, or an unfused copy of it where :func:`finer.nn.fused.fuse` gave it fused layers."""
+    import copy
+
+    from finer.nn.fused import unfuse
+
+    twin = copy.deepcopy(model)
+    return twin if unfuse(twin) else model
+
+
 def empirical_ntk(model: nn.Module, x: Tensor, *, params: str = "all", chunk: int = 256) -> Tensor:
     """``(N, N)`` kernel ``sum_p J_p J_p^T`` of ``model`` at the points ``x`` ``(N, in_features)``.
 
     Jacobians are computed with ``torch.func`` (vmap over points, reverse mode over the
     parameters), ``chunk`` points at a time, one parameter tensor at a time, so memory stays at
-    ``N x chunk`` plus one Jacobian block.
+    ``N x chunk`` plus one Jacobian block. A model with fused layers is measured on an unfused copy
+    (torch.func transforms do not see through their hand-written backward passes).
     """
+    if not isinstance(chunk, int) or chunk < 1:
+        raise ConfigError(f"chunk must be a positive integer, got {chunk!r}")
+    model = plain_copy(model)
     selected = _selected(model, params)
     complex_names = {n for n, p in selected.items() if p.is_complex()}
     # complex weights (WIRE) count as two real parameters: differentiate their real views

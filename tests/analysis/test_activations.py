@@ -34,3 +34,23 @@ def test_radial_spectrum_peaks_at_the_sinusoid_frequency():
 def test_neuron_grid_tiles_normalised_images():
     grid = neuron_grid(np.random.default_rng(0).normal(size=(5, 4, 4)), count=5)
     assert grid.shape == (3 * 6, 3 * 6) and grid.min() >= 0 and grid.max() <= 1
+
+
+def test_statistics_refuse_other_activations_and_see_through_fused_layers():
+    import finer
+    from finer.analysis.activations import layer_statistics
+    from finer.nn.fused import fuse
+    from finer.tasks.image import coordinate_grid
+
+    coords = coordinate_grid(8, 8)
+    for name in ("siren", "pemlp", "gauss-finer"):  # FINER's omega(2|z|+1) is not their local frequency
+        with pytest.raises(finer.ConfigError, match="measures FINER's local frequency"):
+            layer_statistics(finer.build_model(name, 2, 1, width=8, hidden_layers=1, seed=0), coords, layers=1)
+    net = finer.build_model("finer", 2, 1, width=8, hidden_layers=1, seed=0)
+    with pytest.raises(finer.ConfigError, match="layers must be 1 to 2"):
+        layer_statistics(net, coords, layers=3)
+    plain = layer_statistics(net, coords, layers=2)
+    fuse(net, compile=False)
+    fused = layer_statistics(net, coords, layers=2)
+    for a, b in zip(plain, fused):
+        assert all(torch.allclose(a[k], b[k]) for k in a)

@@ -68,3 +68,16 @@ def test_diagonal_dominance_grows_with_bias_range():
 def test_measures_on_known_matrices():
     assert N.diag_dominance(torch.eye(4) * 3 + 1) == pytest.approx(4.0)
     assert N.count_large(N.eigenvalues(torch.diag(torch.tensor([5.0, 2.0, 0.5]))), 1.0) == 2
+
+
+def test_the_ntk_of_a_fused_network_is_that_of_the_plain_one():
+    import finer
+    from finer.nn.fused import fuse
+
+    net = finer.build_model("finer", 1, 1, width=8, hidden_layers=1, seed=0)
+    x = N.ntk_grid(16)
+    plain = N.empirical_ntk(net, x)
+    assert fuse(net, compile=False) > 0
+    torch.testing.assert_close(N.empirical_ntk(net, x), plain)
+    with pytest.raises(finer.ConfigError, match="chunk must be a positive integer"):
+        N.empirical_ntk(net, x, chunk=0)
