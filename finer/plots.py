@@ -4,18 +4,16 @@ from __future__ import annotations
 
 import os
 
-import matplotlib
+from matplotlib.figure import Figure  # no pyplot: the caller's backend and figures are left alone
+import numpy as np
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-
-from finer.io import atomic_write  # noqa: E402
+from finer.io import atomic_write
 
 
 def psnr_curve(history: list[dict], path: str | os.PathLike, title: str = "") -> None:
     """PSNR vs step: training PSNR (every step, unclipped) and evaluation PSNR (clipped)."""
-    fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
+    fig = Figure(figsize=(6, 4), dpi=120)
+    ax = fig.subplots()
     steps = [h["step"] for h in history]
     ax.plot(steps, [h["train_psnr"] for h in history], lw=1, label="train batch (unclipped)")
     ev = [(h["step"], h["eval_psnr"]) for h in history if h.get("eval_psnr") is not None]
@@ -28,7 +26,6 @@ def psnr_curve(history: list[dict], path: str | os.PathLike, title: str = "") ->
     ax.legend()
     fig.tight_layout()
     atomic_write(path, lambda tmp: fig.savefig(tmp, format="png"))
-    plt.close(fig)
 
 
 def error_map(pred: np.ndarray, target: np.ndarray, path: str | os.PathLike, vmax: float | None = None) -> None:
@@ -45,7 +42,7 @@ def error_map(pred: np.ndarray, target: np.ndarray, path: str | os.PathLike, vma
     zoom = max(1.0, 320 / max(h, w))  # small images drawn larger, others at one pixel per pixel
     dpi, gap, bar_width, labels = 100, 0.08, 0.15, 0.85  # inches
     width, height = w * zoom / dpi, h * zoom / dpi
-    fig = plt.figure(figsize=(width + gap + bar_width + labels, height), dpi=dpi)
+    fig = Figure(figsize=(width + gap + bar_width + labels, height), dpi=dpi)
     total = width + gap + bar_width + labels
     ax = fig.add_axes((0, 0, width / total, 1))
     shown = ax.imshow(err, cmap="inferno", vmin=0.0, vmax=vmax, interpolation="nearest", aspect="auto")
@@ -54,4 +51,3 @@ def error_map(pred: np.ndarray, target: np.ndarray, path: str | os.PathLike, vma
     bar.set_label(label, fontsize=7)
     bar.ax.tick_params(labelsize=7)
     atomic_write(path, lambda tmp: fig.savefig(tmp, format="png"))
-    plt.close(fig)

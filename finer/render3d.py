@@ -4,14 +4,11 @@ from __future__ import annotations
 
 import os
 
-import matplotlib
+from matplotlib.figure import Figure  # no pyplot: the caller's backend and figures are left alone
+import numpy as np
+from mpl_toolkits.mplot3d.art3d import Poly3DCollection
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-from mpl_toolkits.mplot3d.art3d import Poly3DCollection  # noqa: E402
-
-from finer.io import save_figure  # noqa: E402
+from finer.io import save_figure
 
 VIEWS = ((20, -60), (20, 30), (20, 120))
 """(elevation, azimuth) in degrees of the default viewpoints."""
@@ -54,7 +51,7 @@ def render_meshes(meshes: dict, path: str | os.PathLike, views=VIEWS, max_faces:
     rows = [(label, m) for label, m in meshes.items() if m is not None]
     first = _up(np.asarray(rows[0][1].vertices), up)  # every row shares the first mesh's frame
     box = (first.min(0), first.max(0))
-    fig = plt.figure(figsize=(3.2 * len(views), 3.2 * len(rows)), dpi=100)
+    fig = Figure(figsize=(3.2 * len(views), 3.2 * len(rows)), dpi=100)
     for r, (label, mesh) in enumerate(rows):
         for c, (elev, azim) in enumerate(views):
             ax = fig.add_subplot(len(rows), len(views), r * len(views) + c + 1, projection="3d")
@@ -63,4 +60,3 @@ def render_meshes(meshes: dict, path: str | os.PathLike, views=VIEWS, max_faces:
                 ax.set_title(label, fontsize=10)
     fig.tight_layout()
     save_figure(fig, path)
-    plt.close(fig)

@@ -17,3 +17,22 @@ def test_error_map_draws_each_pixel_once_beside_its_scale(tmp_path):
     assert (left.sum(axis=-1) < 30).all()  # inferno's bottom: near black
     assert (right.sum(axis=-1) > 600).all()  # its top: pale yellow
     assert len(np.unique(picture[:, 330:].reshape(-1, 3), axis=0)) > 50  # the bar's gradient and its labels
+
+
+def test_the_library_leaves_the_callers_matplotlib_backend_alone(tmp_path):
+    """A notebook's inline backend (here: svg) stays when the library draws its figures."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    code = ("import matplotlib; matplotlib.use('svg'); import numpy as np\n"
+            "import finer.runs, finer.plots, finer.analysis.run, finer.bench.report, finer.bench.images, "
+            "finer.render3d\n"
+            "finer.plots.psnr_curve([{'step': 1, 'train_psnr': 10.0}], 'c.png', title='t')\n"
+            "print(matplotlib.get_backend())")
+    root = str(Path(__file__).resolve().parents[1])
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path,
+                          env={**os.environ, "PYTHONPATH": root})
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "svg"

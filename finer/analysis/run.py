@@ -5,28 +5,24 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-import matplotlib
+from matplotlib.figure import Figure  # no pyplot: the caller's backend and figures are left alone
+import numpy as np
+import torch
+from PIL import Image
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-from PIL import Image  # noqa: E402
-
-from finer import io  # noqa: E402
-from finer.analysis import ntk as N  # noqa: E402
-from finer.analysis.activations import layer_statistics  # noqa: E402
-from finer.analysis.neurons import first_layer_outputs, neuron_grid, radial_spectrum  # noqa: E402
-from finer.analysis.signal1d import fit_curve, sum_of_sines  # noqa: E402
-from finer.errors import FinerError  # noqa: E402
-from finer.models import MODELS, build_model, make_config  # noqa: E402
-from finer.tasks.image import coordinate_grid  # noqa: E402
+from finer import io
+from finer.analysis import ntk as N
+from finer.analysis.activations import layer_statistics
+from finer.analysis.neurons import first_layer_outputs, neuron_grid, radial_spectrum
+from finer.analysis.signal1d import fit_curve, sum_of_sines
+from finer.errors import FinerError
+from finer.models import MODELS, build_model, make_config
+from finer.tasks.image import coordinate_grid
 
 
 def _save(fig, path: Path) -> None:
     fig.tight_layout()
     io.atomic_write(path, lambda tmp: fig.savefig(tmp, format="png"))
-    plt.close(fig)
 
 
 NTK_FILES = ("ntk.json", "ntk_setting.json", "ntk_kernels.png", "ntk_eigenvalues.png", "ntk_fit_loss.png", "ntk.md")
@@ -111,7 +107,8 @@ def _eq5_checks(ks, seed, samples, width=4096, points=48, seeds=4) -> list[dict]
 
 def _plot_kernels(kernels: dict, path: Path) -> None:
     n = len(kernels)
-    fig, axes = plt.subplots(1, n, figsize=(3 * n, 3.2), dpi=110, squeeze=False)
+    fig = Figure(figsize=(3 * n, 3.2), dpi=110)
+    axes = fig.subplots(1, n, squeeze=False)
     for ax, (label, K) in zip(axes[0], kernels.items()):
         ax.imshow(K, cmap="inferno")
         ax.set_title(label, fontsize=9)
@@ -120,7 +117,8 @@ def _plot_kernels(kernels: dict, path: Path) -> None:
 
 
 def _plot_lines(series: dict, path: Path, xlabel: str, ylabel: str, logy=False, logx=False) -> None:
-    fig, ax = plt.subplots(figsize=(6, 4), dpi=110)
+    fig = Figure(figsize=(6, 4), dpi=110)
+    ax = fig.subplots()
     for label, values in series.items():
         ax.plot(np.arange(1, len(values) + 1), values, label=label, lw=1.2)
     ax.set_xlabel(xlabel)
@@ -181,7 +179,8 @@ def analyze_activations(out, *, ks=(None, 1.0, 5.0, 10.0, 20.0), layers=2, resol
                                                             0.99))})
             log(f"{name} layer {i + 1}: max omega(2|z|+1) {rows[-1]['max_freq_z']:.1f}, "
                 f"max frequency in x {rows[-1]['max_freq_x']:.1f}")
-    fig, axes = plt.subplots(layers, 4, figsize=(16, 3.2 * layers), dpi=100, squeeze=False)
+    fig = Figure(figsize=(16, 3.2 * layers), dpi=100)
+    axes = fig.subplots(layers, 4, squeeze=False)
     for k, layer_stats in stats.items():
         label = "default" if k is None else f"k={k:g}"
         for i, s in enumerate(layer_stats):
@@ -222,7 +221,8 @@ def analyze_neurons(checkpoint, out=None, *, count=64, overwrite=False) -> dict:
     io.atomic_write(out / "neurons.png", lambda tmp: Image.fromarray((grid * 255 + 0.5).astype(np.uint8)).save(
         tmp, format="PNG", optimize=True))  # 8-bit grey
     freq, power = radial_spectrum(outputs)
-    fig, ax = plt.subplots(figsize=(6, 4), dpi=110)
+    fig = Figure(figsize=(6, 4), dpi=110)
+    ax = fig.subplots()
     ax.semilogy(freq[1:], power[1:])
     ax.set_xlabel("radial frequency (cycles per image side)")
     ax.set_ylabel("mean power of first-layer neurons")

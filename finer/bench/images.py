@@ -622,12 +622,10 @@ def width_table(rows: list[dict], models: list[str], widths, protocol: dict) -> 
 
 
 def width_plot(rows: list[dict], models: list[str], widths, path: Path) -> None:
-    import matplotlib
+    from matplotlib.figure import Figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 4), dpi=110)
+    fig = Figure(figsize=(6, 4), dpi=110)
+    ax = fig.subplots()
     cells = {(m, w): per for m in models for w in widths if (per := _per_image(rows, m, w))}
     full = max((len(per) for per in cells.values()), default=0)
     partial = False
@@ -651,4 +649,3 @@ def width_plot(rows: list[dict], models: list[str], widths, path: Path) -> None:
     ax.legend(fontsize=8)
     fig.tight_layout()
     io.atomic_write(path, lambda tmp: fig.savefig(tmp, format="png"))
-    plt.close(fig)

@@ -10,14 +10,11 @@ import html
 import io as _io
 from pathlib import Path
 
-import matplotlib
+from matplotlib.figure import Figure  # no pyplot: the caller's backend and figures are left alone
+import numpy as np
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-
-from finer import io  # noqa: E402
-from finer.tasks.image import load_image  # noqa: E402
+from finer import io
+from finer.tasks.image import load_image
 
 CROP = 64  # side of the crop shown per image, in pixels of the fitted image
 
@@ -28,7 +25,6 @@ def _png(fig) -> str:
 
     buf = _io.BytesIO()
     fig.savefig(buf, format="png")
-    plt.close(fig)
     buf.seek(0)
     with Image.open(buf) as im:
         small = im.convert("RGB").quantize(256)
@@ -39,7 +35,8 @@ def _png(fig) -> str:
 
 def curves_figure(rows: list[dict], models: list[str]) -> str | None:
     """Mean training PSNR (unclipped, full batch) against step per method, over its runs."""
-    fig, ax = plt.subplots(figsize=(7, 4.2), dpi=110)
+    fig = Figure(figsize=(7, 4.2), dpi=110)
+    ax = fig.subplots()
     drawn = False
     for name in models:
         curves = [r["curve"] for r in rows if r["model"] == name and r.get("curve")]
@@ -51,7 +48,6 @@ def curves_figure(rows: list[dict], models: list[str]) -> str | None:
         ax.plot(steps, mean, lw=1.4, label=f"{name} ({len(curves)})")
         drawn = True
     if not drawn:
-        plt.close(fig)
         return None
     ax.set_xlabel("step")
     ax.set_ylabel("training PSNR (dB), mean over runs")
@@ -75,7 +71,8 @@ def crops_figure(target: np.ndarray, recons: dict[str, np.ndarray]) -> str:
     errors = {m: np.abs(r.astype(np.float64) - target).mean(axis=-1) for m, r in recons.items()}
     vmax = max([float(np.percentile(crop(e[..., None]), 99.5)) for e in errors.values()] + [1e-6])
     cols = len(recons) + 1
-    fig, axes = plt.subplots(2, cols, figsize=(1.7 * cols, 3.7), dpi=100, squeeze=False)
+    fig = Figure(figsize=(1.7 * cols, 3.7), dpi=100)
+    axes = fig.subplots(2, cols, squeeze=False)
     grey = {"cmap": "gray", "vmin": 0, "vmax": 1} if target.shape[-1] == 1 else {}
     axes[0, 0].imshow(crop(target), interpolation="nearest", **grey)
     axes[0, 0].set_title("reference", fontsize=8)
