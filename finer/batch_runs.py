@@ -87,7 +87,7 @@ def list_images(directory) -> list[Path]:
 
 
 def fit_image_folder(cfg: ImageRunConfig, directory, out, *, batch_signals: int, progress: bool = True,
-                     overwrite: bool = False, log=print) -> dict[str, Any]:
+                     overwrite: bool = False, log=io.quiet) -> dict[str, Any]:
     """Fit every image of ``directory``, ``batch_signals`` at a time; returns the summary."""
     from finer.bench.images import stackable
 
@@ -213,7 +213,7 @@ def _fit_one_by_one(cfg: ImageRunConfig, directory, paths: list[Path], out: Path
     for path in paths:
         try:
             metrics = fit_image(dataclasses.replace(cfg, image=str(path)), out / path.stem, progress=progress,
-                                overwrite=True, log=log)
+                                overwrite=True)
         except DivergedError:  # a result of the method on this image, kept at its last good step: go on
             metrics = io.read_json(out / path.stem / "metrics.json")
         except InterruptedRun as stopped:

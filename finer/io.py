@@ -27,6 +27,11 @@ _TASKS = {"image": "an image model's checkpoint", "sdf": "an SDF model's checkpo
 CHECKPOINT_VERSION = 1
 
 
+def quiet(*_: Any) -> None:
+    """A ``log`` that drops its messages: the library functions' default (the ``finer`` command passes
+    one that prints them)."""
+
+
 def save_figure(fig, path: str | os.PathLike, colors: int = 256) -> None:
     """A matplotlib figure as a palette PNG (``colors`` colours): renders and plots keep their look
     at a fraction of the RGBA size."""

@@ -94,7 +94,7 @@ def build_renderer(cfg: NeRFRunConfig | dict) -> N.Renderer:
     return N.Renderer(field_, samples=c["samples"], fine=c["fine"], seed=c["seed"])
 
 
-def fit_nerf(cfg: NeRFRunConfig, out, *, progress: bool = True, overwrite: bool = False, log=print) -> dict:
+def fit_nerf(cfg: NeRFRunConfig, out, *, progress: bool = True, overwrite: bool = False, log=io.quiet) -> dict:
     """Fit a Blender scene; returns the metrics (also in ``out/metrics.json``) and the run folder (``out``)."""
     cfg.validate()
     cfg = dataclasses.replace(cfg, scene=str(Path(cfg.scene).resolve()))  # recorded: found from any folder

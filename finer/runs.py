@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import platform
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,7 +21,7 @@ from typing import Any
 import torch
 
 from finer import io
-from finer.errors import ConfigError, DivergedError, FinerError, InterruptedRun
+from finer.errors import ConfigError, DivergedError, FinerError, FinerWarning, InterruptedRun
 from finer.metrics import psnr, ssim
 from finer.models import build_model, count_parameters, network_shape
 from finer.nn.fused import FUSED_MODES, apply_fused
@@ -286,7 +287,7 @@ class _Run:
 
 
 def fit_image(cfg: ImageRunConfig, out: str | Path | None = None, *, progress: bool = True,
-              overwrite: bool = False, log=print) -> dict[str, Any]:
+              overwrite: bool = False) -> dict[str, Any]:
     """Fit one image; returns the metrics (also written to ``out/metrics.json``) and the run folder (``out``)."""
     cfg.validate()
     out = Path(out) if out is not None else default_out_dir(cfg)
@@ -296,8 +297,8 @@ def fit_image(cfg: ImageRunConfig, out: str | Path | None = None, *, progress: b
     out.mkdir(parents=True, exist_ok=True)
     io.warn_stale_outputs(out, "the network of the run this one overwrites")
     io.remove_outputs(out, RUN_FILES)  # an overwritten run's files: none may pass for this run's
-    if run.note:
-        log(run.note)
+    if run.note:  # done otherwise than asked: a warning (the command prints "warning: ...")
+        warnings.warn(run.note, FinerWarning, stacklevel=2)
     io.write_json(out / "config.json", run.resolved())
     return run.run()
 

@@ -119,7 +119,7 @@ def evaluate_sdf(model, index: S.SurfaceIndex, true_mesh_unit, norm: S.Normaliza
 
 
 def fit_sdf(cfg: SDFRunConfig, out: str | Path, *, progress: bool = True, overwrite: bool = False,
-            log=print) -> dict[str, Any]:
+            log=io.quiet) -> dict[str, Any]:
     """Fit a mesh's SDF; returns the metrics (also in ``out/metrics.json``) and the run folder (``out``).
     The run records the mesh by its absolute path, which ``finer eval sdf`` finds from any folder."""
     cfg.validate()

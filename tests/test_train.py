@@ -421,3 +421,20 @@ def test_fits_without_an_out_folder_each_get_their_own(tmp_path, png_path, monke
 def test_train_config_refuses_what_would_train_wrongly(options, message):
     with pytest.raises(ConfigError, match=message):
         TrainConfig(**options)
+
+
+def test_library_fits_print_nothing_and_warn_what_they_did_otherwise(tmp_path, png_path, capsys):
+    import trimesh
+
+    import finer
+    from finer.sdf_run import SDFRunConfig, fit_sdf
+
+    cfg = finer.ImageRunConfig(image=str(png_path), steps=2, precision="tf32", device="cpu",
+                               model_options={"width": 8})
+    with pytest.warns(finer.FinerWarning, match="tf32 changes only CUDA matrix products"):
+        finer.fit_image(cfg, tmp_path / "image", progress=False)
+    trimesh.creation.icosphere(subdivisions=1).export(tmp_path / "ball.off")
+    fit_sdf(SDFRunConfig(mesh=str(tmp_path / "ball.off"), steps=2, batch_size=100, pool_size=1000,
+                         surface_samples=1000, resolution=12, iou_resolution=12, chamfer_samples=200,
+                         model_options={"width": 8}), tmp_path / "sdf", progress=False)
+    assert capsys.readouterr().out == ""  # a caller's stdout is its own (the command prints these lines)

@@ -45,7 +45,7 @@ def _cases(models: list[str], ks: list[float]) -> list[tuple[str, float | None]]
 
 def analyze_ntk(out, *, models=("siren", "finer"), ks=(1.0, 5.0, 10.0, 20.0), width=256, points=1024,
                 params="all", threshold=1.0, steps=1000, lr=1e-3, seed=0, mc_samples=200_000,
-                overwrite=False, log=print) -> list[dict]:
+                overwrite=False, log=io.quiet) -> list[dict]:
     """Kernels, spectra, the dominance table, Eq. (5) check and 1-D convergence; returns the rows.
     ``out`` may hold other files; one with an earlier NTK analysis is refused unless ``overwrite``."""
     out = Path(out)
@@ -157,7 +157,7 @@ def _ntk_markdown(rows, setting, checks) -> str:
 
 
 def analyze_activations(out, *, ks=(None, 1.0, 5.0, 10.0, 20.0), layers=2, resolution=128, seed=0,
-                        overwrite=False, log=print) -> list[dict]:
+                        overwrite=False, log=io.quiet) -> list[dict]:
     """Fig. 5: distributions of z, y and local frequencies of the first layers of the image FINER.
     ``out`` may hold other files; one with an earlier activation analysis is refused unless ``overwrite``."""
     activated = make_config("finer").hidden_layers + 1  # the image FINER's sine layers (the last is linear)

@@ -33,6 +33,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 import torch
 
+from finer import io
 from finer.bench.reference import OfficialFiner
 from finer.errors import FinerError
 from finer.launch import huge_pages_requested
@@ -308,7 +309,7 @@ def profile_blocks(blocks: dict, device: torch.device, rows: int = 15) -> str:
     return "\n".join(parts)
 
 
-def run_speed(cfg: SpeedConfig, log=print) -> dict:
+def run_speed(cfg: SpeedConfig, log=io.quiet) -> dict:
     unknown = [m for m in cfg.methods if m not in MODELS]
     if unknown:
         raise FinerError(f"unknown model(s) {', '.join(unknown)}; choose from: {', '.join(MODELS)}")

@@ -153,7 +153,7 @@ def fit_image(args: argparse.Namespace) -> int:
         return _fit_image_folder(args, cfg)
     if args.batch_signals is not None:
         raise FinerError("--batch-signals needs a folder of images as the path")
-    metrics = runs.fit_image(cfg, args.out, progress=not args.quiet, overwrite=args.overwrite, log=_log(args))
+    metrics = runs.fit_image(cfg, args.out, progress=not args.quiet, overwrite=args.overwrite)
     return _finished(metrics, IMAGE_KEYS)
 
 
@@ -276,7 +276,7 @@ def analyze_ntk(args: argparse.Namespace) -> int:
     _check_out_folder(args)
     run.analyze_ntk(args.out, models=_names(args.models), ks=_floats(args.k), width=args.width, points=args.points,
                     params=args.params, threshold=args.threshold, steps=args.steps, mc_samples=args.mc_samples,
-                    seed=args.seed, overwrite=args.overwrite)
+                    seed=args.seed, overwrite=args.overwrite, log=print)
     return 0
 
 
@@ -285,7 +285,7 @@ def analyze_activations(args: argparse.Namespace) -> int:
 
     _check_out_folder(args)
     run.analyze_activations(args.out, ks=_floats(args.k, allow_default=True), layers=args.layers,
-                            resolution=args.resolution, seed=args.seed, overwrite=args.overwrite)
+                            resolution=args.resolution, seed=args.seed, overwrite=args.overwrite, log=print)
     return 0
 
 
