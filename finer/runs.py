@@ -11,6 +11,8 @@ progress and everything needed to rebuild the model), ``curve.csv`` (per-step lo
 from __future__ import annotations
 
 import dataclasses
+import math
+import os
 import platform
 import time
 import warnings
@@ -95,6 +97,13 @@ class ImageRunConfig:
             raise ConfigError(f"unknown device {self.device!r}; choose one of: {', '.join(DEVICE_CHOICES)}")
         if self.precision not in PRECISIONS:
             raise ConfigError(f"unknown precision {self.precision!r}; choose one of: {', '.join(PRECISIONS)}")
+        if self.image is not None and not isinstance(self.image, (str, os.PathLike)):
+            raise ConfigError(f"image is a file path (or skimage:NAME), got a {type(self.image).__name__}; to fit "
+                              "an array, use finer.tasks.image.ImageTask with finer.train.fit")
+        if not isinstance(self.model_options, dict):
+            raise ConfigError(f"model_options is a dict of model options, got {self.model_options!r}")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or not 0 <= self.seed < 2**32:
+            raise ConfigError(f"seed must be an integer from 0 to 2^32 - 1, got {self.seed!r}")
 
 
 def resolve_device(name: str) -> torch.device:
@@ -390,8 +399,10 @@ def _check_resumable(run_dir: Path, run: _Run, recorded: dict, payload: dict) ->
 def render_checkpoint(checkpoint: str | Path, *, scale: float = 2.0, out: str | Path | None = None,
                       device: str = "auto", chunk: int = 65536) -> Path:
     """Render an image model at ``scale`` times its training resolution from the checkpoint alone."""
-    if not scale > 0:
-        raise ConfigError(f"scale must be positive, got {scale!r}")
+    if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not 0 < scale < math.inf:
+        raise ConfigError(f"scale must be a positive number, got {scale!r}")
+    if isinstance(chunk, bool) or not isinstance(chunk, int) or chunk < 1:
+        raise ConfigError(f"chunk must be a positive integer, got {chunk!r}")
     if out:
         io.check_out(out, folder=False)
         img.check_image_path(out)

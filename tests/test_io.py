@@ -131,3 +131,16 @@ def test_a_network_saved_on_its_own_loads_back_and_bad_payloads_are_named(tmp_pa
         load_checkpoint(tmp_path / "net.pt", task="nerf")
     with pytest.raises(finer.FinerError, match="networks built by finer.build_model; got a Linear"):
         save_checkpoint(tmp_path / "lin.pt", model=torch.nn.Linear(2, 3))
+
+
+@pytest.mark.parametrize("options, message", [({"scale": "2"}, "scale must be a positive number"),
+                                              ({"scale": float("inf")}, "scale must be a positive number"),
+                                              ({"chunk": 0}, "chunk must be a positive integer")])
+def test_render_refuses_bad_options_from_python(tmp_path, options, message):
+    from finer.runs import render_checkpoint
+
+    io.save_checkpoint(tmp_path / "net.pt", model=build_model("siren", 2, 3, width=8, hidden_layers=1, seed=0),
+                       extra={"task": {"kind": "image", "height": 4, "width": 4, "channels": 3,
+                                       "target_range": [-1.0, 1.0], "aspect": "stretch"}})
+    with pytest.raises(FinerError, match=message):
+        render_checkpoint(tmp_path / "net.pt", out=tmp_path / "r.png", **options)

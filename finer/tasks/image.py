@@ -16,7 +16,7 @@ import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 from torch import Tensor
 
-from finer.errors import CropError, FinerError
+from finer.errors import ConfigError, CropError, FinerError
 from finer.metrics import psnr_from_mse
 
 ALPHA_CHOICES = ("white", "black", "keep", "drop")
@@ -263,7 +263,14 @@ class ImageTask:
     seed: int = 0
 
     def __post_init__(self):
-        h, w, c = self.image.shape
+        image = self.image
+        if not isinstance(image, np.ndarray) or image.ndim != 3 or not np.issubdtype(image.dtype, np.floating):
+            got = f"{image.dtype} {image.shape}" if isinstance(image, np.ndarray) else type(image).__name__
+            raise ConfigError(f"ImageTask takes an (H, W, C) float array in [0, 1] (load_image gives one), got {got}")
+        if image.size and not (image.min() >= 0.0 and image.max() <= 1.0):  # (also refuses NaN)
+            raise ConfigError(f"ImageTask takes values in [0, 1], got {image.min()} to {image.max()} "
+                              "(8-bit values? divide by 255)")
+        h, w, c = image.shape
         self.height, self.width, self.channels = h, w, c
         self.coords = coordinate_grid(h, w, self.aspect).to(self.device)
         pixels = torch.from_numpy(self.image.reshape(-1, c))

@@ -107,3 +107,22 @@ def test_reading_an_image_leaves_pils_decompression_guard_in_place(png_path):
     guard = Image.MAX_IMAGE_PIXELS
     img.load_image(png_path)
     assert Image.MAX_IMAGE_PIXELS == guard
+
+
+@pytest.mark.parametrize("image, message", [
+    (np.full((4, 4, 3), 200, np.uint8), "float array in \\[0, 1\\]"), (np.full((4, 4, 3), 200.0), "divide by 255"),
+    (np.zeros((4, 4)), "\\(H, W, C\\)"), (torch.zeros(4, 4, 3), "got Tensor"),
+    (np.full((4, 4, 3), np.nan), "values in \\[0, 1\\]")])
+def test_an_image_task_refuses_what_it_would_fit_wrongly(image, message):
+    with pytest.raises(FinerError, match=message):
+        img.ImageTask(image, (-1.0, 1.0), torch.device("cpu"))
+
+
+@pytest.mark.parametrize("field, value, message", [("image", np.zeros((4, 4, 3)), "image is a file path"),
+                                                   ("model_options", None, "model_options is a dict"),
+                                                   ("seed", -1, "seed must be an integer")])
+def test_an_image_run_config_refuses_wrong_kinds(field, value, message):
+    from finer.runs import ImageRunConfig
+
+    with pytest.raises(FinerError, match=message):
+        ImageRunConfig(**{field: value}).validate()
