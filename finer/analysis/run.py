@@ -49,8 +49,15 @@ def analyze_ntk(out, *, models=("siren", "finer"), ks=(1.0, 5.0, 10.0, 20.0), wi
     """Kernels, spectra, the dominance table, Eq. (5) check and 1-D convergence; returns the rows.
     ``out`` may hold other files; one with an earlier NTK analysis is refused unless ``overwrite``."""
     out = Path(out)
+    models = [models] if isinstance(models, str) else list(models)  # one name, or several
+    ks = [ks] if isinstance(ks, (int, float)) else list(ks)
     if not models:
         raise FinerError("no models given")
+    for name, value in (("width", width), ("steps", steps), ("mc_samples", mc_samples)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise FinerError(f"{name} must be a positive integer, got {value!r}")
+    if params not in ("all", "first"):
+        raise FinerError(f"params is 'all' or 'first', got {params!r}")
     if not all(math.isfinite(k) and k >= 0 for k in ks):
         raise FinerError(f"bias ranges k must be finite and >= 0, got {', '.join(f'{k:g}' for k in ks)}")
     if points < 2:

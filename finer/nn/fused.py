@@ -572,10 +572,12 @@ def fused_version(activation: Callable, compile: bool = True) -> Callable | None
 
 
 def fuse(model: nn.Module, compile: bool = True) -> int:
-    """Give every layer of ``model`` whose activation has a kernel its fused version; returns the count."""
+    """Give every layer of ``model`` whose activation has a kernel its fused version; returns the count.
+    Layers fused before (perhaps in the other ``compile`` mode) are fused anew."""
     from finer.nn.layers import Layer
     from finer.nn.learnable import LearnableActivation
 
+    unfuse(model)
     count = 0
     for module in model.modules():
         if isinstance(module, Layer):

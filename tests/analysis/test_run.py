@@ -89,3 +89,15 @@ def test_an_ntk_that_overflows_is_named(tmp_path, capsys):
     assert main(["analyze", "ntk", "--models", "finer", "--k", "1e30", "--width", "8", "--points", "8", "--steps", "2",
                  "--mc-samples", "100", "--out", str(tmp_path / "ntk")]) == 2
     assert "the NTK of finer k=1e+30 overflows" in capsys.readouterr().err
+
+
+def test_analyze_ntk_from_python_takes_one_name_and_refuses_bad_sizes(tmp_path):
+    from finer.analysis import run
+    from finer.errors import FinerError
+
+    rows = run.analyze_ntk(tmp_path / "a", models="siren", ks=1.0, width=8, points=8, steps=2, mc_samples=100)
+    assert [r["model"] for r in rows] == ["siren"]  # one name, not its letters
+    for options, message in (({"steps": 0}, "steps must be a positive integer"),
+                             ({"params": "x"}, "params is 'all' or 'first'")):
+        with pytest.raises(FinerError, match=message):
+            run.analyze_ntk(tmp_path / "b", models="finer", width=8, points=8, **options)

@@ -504,3 +504,16 @@ def test_per_network_weight_gradients_equal_the_batched_product(monkeypatch):
 
     for split, whole in zip(grads(True), grads(False)):
         torch.testing.assert_close(split, whole, rtol=1e-5, atol=1e-7)
+
+
+def test_fusing_again_fuses_anew():
+    """A second fuse() (e.g. with compile after an eager one) rebuilds the fused layers, not nothing."""
+    import finer
+    from finer.nn.fused import fuse, unfuse
+
+    net = finer.build_model("finer", 2, 3, width=8, hidden_layers=1, seed=0)
+    x = torch.rand(16, 2) * 2 - 1
+    plain = net(x)
+    assert fuse(net, compile=False) == 2 and fuse(net, compile=False) == 2
+    torch.testing.assert_close(net(x), plain)
+    assert unfuse(net) == 2 and unfuse(net) == 0
