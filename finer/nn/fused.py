@@ -160,6 +160,10 @@ include making the width symbolic (biases passed detached, see :class:`_Compiled
 stage of ``scripts/gpu-checks.sh`` times FINER with ``None`` beside the default to test that."""
 
 
+def _plain_kernel(kernel: Callable) -> Callable:
+    return kernel
+
+
 class _Compiled:
     """A kernel (or any pure function) compiled on first use, eager if compilation is off or fails.
 
@@ -178,6 +182,10 @@ class _Compiled:
         self.compiled = torch.compile(kernel, dynamic=DEVICE_DYNAMIC) if compile else None
         self.compiled_cpu = (torch.compile(kernel, dynamic=True, options=cpu_options)
                              if compile and (cpu_options or DEVICE_DYNAMIC is not True) else self.compiled)
+
+    def __reduce__(self):
+        """Pickled as its plain kernel (compiled code stays in the process that compiled it)."""
+        return _plain_kernel, (self.kernel,)
 
     @property
     def is_compiled(self) -> bool:

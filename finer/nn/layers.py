@@ -115,6 +115,17 @@ class Layer(nn.Module):
         else:
             inits.range_bias(self.linear.bias, bias_range, generator)
 
+    def __getstate__(self):
+        """Pickled (``torch.save(model)``, a worker process) as the plain layer: fused kernels are built in
+        the process that runs them (:func:`finer.nn.fused.fuse` again after loading)."""
+        state = self.__dict__.copy()
+        act = state.get("activation")  # (a learnable activation is a child module, pickled as one)
+        if isinstance(act, functools.partial) and "reference" in act.keywords:  # finer.nn.fused.fused_apply
+            params = {k: v for k, v in act.keywords.items() if k not in ("reference", "runner")}
+            state["activation"] = functools.partial(act.keywords["reference"], **params)
+        state["fused_forward"] = None
+        return state
+
     def forward(self, x: Tensor) -> Tensor:
         if self.fused_forward is not None:
             return self.fused_forward(x, self.linear.weight, self.linear.bias)

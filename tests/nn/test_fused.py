@@ -517,3 +517,31 @@ def test_fusing_again_fuses_anew():
     assert fuse(net, compile=False) == 2 and fuse(net, compile=False) == 2
     torch.testing.assert_close(net(x), plain)
     assert unfuse(net) == 2 and unfuse(net) == 0
+
+
+@pytest.mark.parametrize("name", ["finer", "wire", "gauss-finer"])
+def test_a_fused_network_pickles_as_the_plain_one(name):
+    """torch.save(model) and worker processes pickle it: fused kernels stay in the process that built them."""
+    import io
+
+    import finer
+    from finer.nn.fused import _Compiled, fuse
+
+    net = finer.build_model(name, 2, 3, width=16, hidden_layers=1, seed=0)
+    x = torch.rand(8, 2) * 2 - 1
+    assert fuse(net, compile=False) == 2
+    buffer = io.BytesIO()
+    torch.save(net, buffer)
+    buffer.seek(0)
+    back = torch.load(buffer, weights_only=False)
+    torch.testing.assert_close(back(x), net(x), rtol=1e-5, atol=1e-6)
+    assert all(layer.fused_forward is None for layer in back.layers)
+    assert net.layers[0].fused_forward is not None  # the original stays fused
+    kernel = finer.nn.activations.finer
+    assert pickle_round_trip(_Compiled(kernel, False)) is kernel  # (a learnable activation's compiled function)
+
+
+def pickle_round_trip(value):
+    import pickle
+
+    return pickle.loads(pickle.dumps(value))
