@@ -230,7 +230,9 @@ def test_compiled_learnable_activations_keep_outputs_and_gradients(name):
     for a, b in zip(outs[1][1], outs[0][1]):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5 * b.abs().max().item() + 1e-7)
     assert F.unfuse(fast) == layers
-    assert F.fuse(fast, compile=True) == layers and F.fuse(fast, compile=True) == 0  # not twice
+    assert F.fuse(fast, compile=True) == layers and F.fuse(fast, compile=True) == layers  # anew, not twice:
+    wrapped = [layer.activation.fn for layer in fast.layers if hasattr(layer.activation, "fn")]
+    assert wrapped and all(not isinstance(fn.kernel, F._Compiled) for fn in wrapped)  # one compiled wrapper each
 
 
 def test_compiled_fused_layers_match_plain_layers_on_batched_input():
