@@ -26,13 +26,14 @@ def _selected(model: nn.Module, params: str) -> dict[str, Tensor]:
 
 
 def plain_copy(model: nn.Module) -> nn.Module:
-    """``model`` itself, or an unfused copy of it where :func:`finer.nn.fused.fuse` gave it fused layers."""
+    """A copy of ``model`` without fused layers (:func:`finer.nn.fused.fuse`); the model is left as it is."""
     import copy
 
     from finer.nn.fused import unfuse
 
-    twin = copy.deepcopy(model)
-    return twin if unfuse(twin) else model
+    twin = copy.deepcopy(model)  # (a fused layer copies as the plain one already: Layer.__getstate__)
+    unfuse(twin)
+    return twin
 
 
 def empirical_ntk(model: nn.Module, x: Tensor, *, params: str = "all", chunk: int = 256) -> Tensor:
