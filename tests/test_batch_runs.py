@@ -206,3 +206,22 @@ def test_a_folder_fit_over_a_single_run_leaves_none_of_its_files(folder, tmp_pat
     assert main(["fit", "image", str(folder / "00.png"), *common]) == 0
     assert main(["fit", "image", str(folder), "--overwrite", *common]) == 0
     assert sorted(p.name for p in out.iterdir()) == ["00", "01", "02", "summary.json"]
+
+
+def test_a_fused_stack_pickles_as_the_plain_one():
+    import io
+
+    from finer.nn.fused import fuse
+
+    models = [finer.build_model("finer", 2, 3, width=8, hidden_layers=1, seed=s) for s in range(2)]
+    for m in models:
+        fuse(m, compile=False)
+    stacked = StackedMLP(models)
+    assert any(f is not None for f in stacked.fused_forwards)
+    buffer = io.BytesIO()
+    torch.save(stacked, buffer)
+    buffer.seek(0)
+    back = torch.load(buffer, weights_only=False)
+    x = torch.rand(10, 2) * 2 - 1
+    torch.testing.assert_close(back(x), stacked(x), rtol=1e-5, atol=1e-6)
+    assert all(f is None for f in back.fused_forwards)

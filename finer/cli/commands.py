@@ -400,6 +400,8 @@ def _write_speed_report(out: Path, result: dict, command: str) -> None:
     profiles = result.pop("profiles")
     if profiles:
         io.atomic_write(out.with_suffix(".profile.txt"), lambda tmp: Path(tmp).write_text(profiles))
+    else:  # an earlier report's (--overwrite) is not this one's
+        out.with_suffix(".profile.txt").unlink(missing_ok=True)
     io.write_json(out.with_suffix(".json"), result)
     text = speed_markdown(result, command)
     io.atomic_write(out, lambda tmp: Path(tmp).write_text(text))

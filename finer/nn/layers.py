@@ -73,6 +73,15 @@ def affine(x: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
     return z.float() + bias
 
 
+def plain_activation(activation: Callable) -> Callable:
+    """The reference function behind a fused activation (:func:`finer.nn.fused.fused_apply`), or
+    ``activation`` itself."""
+    if isinstance(activation, functools.partial) and "reference" in activation.keywords:
+        params = {k: v for k, v in activation.keywords.items() if k not in ("reference", "runner")}
+        return functools.partial(activation.keywords["reference"], **params)
+    return activation
+
+
 class Layer(nn.Module):
     """``y = activation(W x + b)`` with ``W`` of shape ``(out_features, in_features)``.
 
@@ -119,10 +128,8 @@ class Layer(nn.Module):
         """Pickled (``torch.save(model)``, a worker process) as the plain layer: fused kernels are built in
         the process that runs them (:func:`finer.nn.fused.fuse` again after loading)."""
         state = self.__dict__.copy()
-        act = state.get("activation")  # (a learnable activation is a child module, pickled as one)
-        if isinstance(act, functools.partial) and "reference" in act.keywords:  # finer.nn.fused.fused_apply
-            params = {k: v for k, v in act.keywords.items() if k not in ("reference", "runner")}
-            state["activation"] = functools.partial(act.keywords["reference"], **params)
+        if "activation" in state:  # (a learnable activation is a child module, pickled as one)
+            state["activation"] = plain_activation(state["activation"])
         state["fused_forward"] = None
         return state
 

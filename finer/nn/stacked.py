@@ -19,7 +19,7 @@ import torch
 from torch import Tensor, nn
 
 from finer.errors import FinerError
-from finer.nn.layers import affine
+from finer.nn.layers import affine, plain_activation
 from finer.nn.mlp import CoordinateMLP
 
 
@@ -61,6 +61,13 @@ class StackedMLP(nn.Module):
         self.biases = nn.ParameterList(
             [nn.Parameter(torch.stack([m.layers[i].linear.bias.detach() for m in models])[:, None, :])
              for i in range(len(first.layers))])
+
+    def __getstate__(self):
+        """Pickled as the plain stack, as :class:`~finer.nn.layers.Layer` is."""
+        state = self.__dict__.copy()
+        state["activations"] = [plain_activation(a) for a in state["activations"]]
+        state["fused_forwards"] = [None] * len(state["fused_forwards"])
+        return state
 
     def forward(self, coords: Tensor) -> Tensor:
         h = self.encoding(coords)

@@ -63,7 +63,9 @@ def load_mesh(path: str | os.PathLike):
         raise FinerError(f"{path} has vertices but no faces (a point cloud?); a surface mesh is needed")
     if not loaded.area > 0:
         raise FinerError(f"{path} has zero surface area")
-    loaded.merge_vertices()  # STL and other formats repeat each corner per face: a closed mesh is watertight
+    # STL repeats each corner per face, OBJ per texture coordinate or normal: merged by position only,
+    # a closed mesh is watertight
+    loaded.merge_vertices(merge_tex=True, merge_norm=True)
     return loaded
 
 

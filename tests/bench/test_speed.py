@@ -38,6 +38,12 @@ def test_an_earlier_report_is_kept_unless_overwrite(tmp_path, monkeypatch, capsy
     assert main(["bench", "speed", "--out", str(out), "--quiet"]) == 2
     assert "an earlier report; choose another --out or pass --overwrite" in capsys.readouterr().err
     assert out.read_text() == "an earlier report"
+    monkeypatch.undo()
+    out.with_suffix(".profile.txt").write_text("an earlier report's profiles")
+    assert main(["bench", "speed", "--size", "16", "--width", "8", "--hidden-layers", "1", "--steps", "1",
+                 "--repeats", "1", "--warmup", "0", "--models", "finer", "--no-compile", "--identity-steps", "0",
+                 "--signals", "0", "--out", str(out), "--overwrite", "--quiet"]) == 0
+    assert "| finer |" in out.read_text() and not out.with_suffix(".profile.txt").exists()  # none stay
 
 
 def test_speed_rejects_unknown_models(capsys):

@@ -146,6 +146,14 @@ def test_a_closed_mesh_whose_file_repeats_corners_is_watertight(tmp_path):
     assert not trimesh.load(tmp_path / "box.stl", process=False).is_watertight
     mesh = S.load_mesh(tmp_path / "box.stl")
     assert mesh.is_watertight and len(mesh.vertices) == 8 and len(mesh.faces) == 12
+    corners = [f"v {x} {y} {z}" for x in (0, 1) for y in (0, 1) for z in (0, 1)]
+    quads = [(1, 2, 4, 3), (5, 7, 8, 6), (1, 5, 6, 2), (3, 4, 8, 7), (1, 3, 7, 5), (2, 6, 8, 4)]
+    faces = [f"f {a}/{k * 4 + 1} {b}/{k * 4 + 2} {c}/{k * 4 + 3}\nf {a}/{k * 4 + 1} {c}/{k * 4 + 3} {d}/{k * 4 + 4}"
+             for k, (a, b, c, d) in enumerate(quads)]  # each face its own texture corners: seams in OBJ
+    uvs = [f"vt {u} {v}" for _ in quads for u, v in ((0, 0), (1, 0), (1, 1), (0, 1))]
+    (tmp_path / "box.obj").write_text("\n".join(corners + uvs + faces) + "\n")
+    assert not trimesh.load(tmp_path / "box.obj").is_watertight
+    assert S.load_mesh(tmp_path / "box.obj").is_watertight
 
 
 def test_evaluation_of_the_exact_field_scores_near_perfectly_and_its_inverse_near_zero(tmp_path):
