@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from finer import io
 from finer.errors import ConfigError, DivergedError, FinerError, InterruptedRun
 from finer.models import build_model, count_parameters, make_config, network_shape
@@ -20,6 +22,7 @@ from finer.nn.fused import apply_fused
 from finer.render3d import render_meshes
 from finer.runs import _prepare_out, resolve_device
 from finer.tasks import sdf as S
+from finer.tasks.image import memory_budget
 from finer.train import FitState, TrainConfig, curve_columns, fit
 
 RUN_FILES = ("config.json", "checkpoint.pt", "curve.csv", "metrics.json", "mesh.ply", "render.png")
@@ -93,16 +96,25 @@ def sdf_model_options(model: str, overrides: dict[str, Any]) -> dict[str, Any]:
     return {**options, **overrides}
 
 
+def check_measuring_memory(resolution: int, iou_resolution: int, area: float) -> None:
+    """Refuse grids whose measurement would not fit in memory, before any training or evaluation."""
+    need, budget = S.measuring_memory(resolution, iou_resolution, area), memory_budget(torch.device("cpu"))
+    if need > budget:
+        raise ConfigError(f"measuring the fit at resolution {resolution} (marching cubes) and iou-resolution "
+                          f"{iou_resolution} needs about {need / 2**30:.1f} GiB of memory, more than the "
+                          f"{budget / 2**30:.1f} GiB a run may use (half the available memory); lower them "
+                          "(the paper's marching-cubes grid is 512)")
+
+
 def evaluate_sdf(model, index: S.SurfaceIndex, true_mesh_unit, norm: S.Normalization, *, resolution: int,
                  iou_resolution: int, chamfer_samples: int, device, out: Path, seed: int = 0,
                  progress: bool = False) -> dict[str, Any]:
     """Extract the surface, write it (mesh units) and a render, and measure Chamfer and IoU."""
     model = model.to(device).eval()
-    grid = S.grid_points(iou_resolution)
-    occupancy_values = S.evaluate_grid(model, iou_resolution, device)  # (X, Y, Z), same order as grid
-    shared = occupancy_values if resolution == iou_resolution else None  # evaluate once when they match
+    # evaluate the network once when the grids match and the whole grid is small (512 MB at 512^3)
+    shared = S.evaluate_grid(model, resolution, device) if resolution == iou_resolution <= 512 else None
+    iou = S.grid_iou(model, index, iou_resolution, device, values=shared)
     surface = S.extract_surface(model, resolution, device, values=shared, progress=progress)
-    iou = S.occupancy_iou(occupancy_values.reshape(-1) < 0, S.inside(index, grid, near=6.0 / (iou_resolution - 1)))
     result: dict[str, Any] = {"iou": round(iou, 5), "chamfer": None, "vertices": 0, "faces": 0}
     if surface is not None:
         result["chamfer"] = S.chamfer_distance(surface, true_mesh_unit, chamfer_samples, seed)
@@ -132,6 +144,7 @@ def fit_sdf(cfg: SDFRunConfig, out: str | Path, *, progress: bool = True, overwr
     model = build_model(cfg.model, 3, 1, seed=cfg.seed, **sdf_model_options(cfg.model, cfg.model_options)).to(device)
     fused = apply_fused(model, cfg.fused, cfg.steps)
     unit, norm = S.normalize(mesh)
+    check_measuring_memory(cfg.resolution, cfg.iou_resolution, unit.area)
     t0 = time.perf_counter()
     index = S.SurfaceIndex(unit, cfg.surface_samples, cfg.seed)
     points, sdf = S.training_pool(unit, index, cfg.pool_size, cfg.seed)
@@ -244,6 +257,7 @@ def eval_sdf(checkpoint: str | Path, mesh_path: str | Path | None = None, *, out
     mesh = S.load_mesh(mesh_path)
     unit = mesh.copy()
     unit.vertices = norm.to_unit(mesh.vertices)
+    check_measuring_memory(settings["resolution"], settings["iou_resolution"], unit.area)
     warning = _other_mesh(folder, mesh_path, task.get("mesh"))
     io.check_not_an_output(mesh_path, out, EVAL_FILES, "mesh")
     io.claim_outputs(out, EVAL_FILES, overwrite, "evaluation")

@@ -118,6 +118,15 @@ def test_eval_checks_its_grids_before_reading_anything(tmp_path, capsys):
     assert not (tmp_path / "ev").exists()
 
 
+def test_grids_too_large_to_measure_are_refused_before_training(tmp_path, capsys):
+    trimesh.creation.icosphere(subdivisions=2, radius=3.0).export(tmp_path / "ball.off")
+    assert main(["fit", "sdf", str(tmp_path / "ball.off"), "--out", str(tmp_path / "run"), *TINY,
+                 "--resolution", "100000"]) == 2
+    err = capsys.readouterr().err
+    assert "resolution 100000" in err and "GiB" in err and "Traceback" not in err
+    assert not (tmp_path / "run").exists()
+
+
 def test_a_mesh_that_is_the_runs_own_mesh_ply_is_refused(tmp_path, capsys):
     out = tmp_path / "run"
     out.mkdir()

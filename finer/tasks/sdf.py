@@ -126,13 +126,21 @@ class SurfaceIndex:
     def _voxels(self, q: np.ndarray) -> np.ndarray:
         return np.clip(np.floor((q + BOUND) / (2 * BOUND) * self.resolution).astype(np.int64), 0, self.resolution - 1)
 
-    def is_inside(self, q: np.ndarray, idx: np.ndarray) -> np.ndarray:
-        """Inside test of points ``q`` whose nearest sample index is ``idx`` (see the module doc)."""
+    def in_shell(self, q: np.ndarray) -> np.ndarray:
+        """Whether points ``q`` lie in the shell of voxels around the surface samples (inside the box)."""
+        v = self._voxels(q)
+        return self.shell[v[:, 0], v[:, 1], v[:, 2]] & np.all(np.abs(q) <= BOUND, axis=1)
+
+    def is_inside(self, q: np.ndarray, idx: np.ndarray | None) -> np.ndarray:
+        """Inside test of points ``q`` whose nearest sample index is ``idx`` (see the module doc).
+        ``idx`` only matters in the shell; ``None`` answers from the flood fill alone (False in the shell)."""
         v = self._voxels(q)
         in_box = np.all(np.abs(q) <= BOUND, axis=1)
+        filled = self.interior[v[:, 0], v[:, 1], v[:, 2]] & in_box
+        if idx is None:
+            return filled
         by_normal = np.einsum("ij,ij->i", q - self.points[idx], self.normals[idx]) < 0
-        near = self.shell[v[:, 0], v[:, 1], v[:, 2]] & in_box
-        return np.where(near, by_normal, self.interior[v[:, 0], v[:, 1], v[:, 2]] & in_box)
+        return np.where(self.in_shell(q), by_normal, filled)
 
     def nearest(self, q: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Nearest dense sample of each point (distance, index).
@@ -165,19 +173,23 @@ class SurfaceIndex:
 
 
 def inside(index: "SurfaceIndex", query: np.ndarray, near: float, coarse_samples: int = 50_000) -> np.ndarray:
-    """Occupancy of many points (e.g. a 128^3 grid) at the cost of a small tree for most of them.
+    """Occupancy of many points (e.g. a 128^3 grid), :meth:`SurfaceIndex.is_inside` at a fraction of its cost.
 
-    Points within ``near`` of the dense samples get their sign from the nearest dense sample;
-    the others, whose nearest sample is far anyway, from a subset of ``coarse_samples``.
+    Only points in the shell take their sign from a nearest sample (the others' comes from the flood
+    fill): those within ``near`` of the dense samples from the nearest dense sample, the rest, whose
+    nearest sample is far anyway, from a subset of ``coarse_samples``.
     """
     query = np.asarray(query, dtype=np.float64)
-    dist, idx = index.tree.query(query, distance_upper_bound=near)
-    result = np.empty(len(query), dtype=bool)
-    close = np.isfinite(dist)
-    result[close] = index.is_inside(query[close], idx[close])
-    step = max(1, len(index.points) // coarse_samples)
-    _, jf = cKDTree(index.points[::step]).query(query[~close])
-    result[~close] = index.is_inside(query[~close], jf * step)
+    result = index.is_inside(query, None)
+    shell = np.flatnonzero(index.in_shell(query))
+    if len(shell):
+        q = query[shell]
+        dist, idx = index.tree.query(q, distance_upper_bound=near)
+        far = ~np.isfinite(dist)
+        if far.any():
+            step = max(1, len(index.points) // coarse_samples)
+            idx[far] = cKDTree(index.points[::step]).query(q[far])[1] * step
+        result[shell] = index.is_inside(q, idx)
     return result
 
 
@@ -241,19 +253,47 @@ class SDFTask:
         self.generator.set_state(state["generator"])
 
 
+def grid_slab(resolution: int, z0: int, z1: int, dtype=np.float64) -> np.ndarray:
+    """The points of z-slices ``[z0, z1)`` of the ``resolution^3`` lattice (see :func:`grid_points`),
+    ``(resolution^2 * (z1 - z0), 3)`` in x-y-z order (x slowest)."""
+    axis = np.linspace(-BOUND, BOUND, resolution, dtype=dtype)
+    return np.stack(np.meshgrid(axis, axis, axis[z0:z1], indexing="ij"), -1).reshape(-1, 3)
+
+
+def slab_depth(resolution: int, points: int = 1 << 22, most: int = 32) -> int:
+    """Grid slices handled at once so that a slab holds about ``points`` points (1 to ``most``)."""
+    return max(1, min(most, points // resolution**2))
+
+
 @torch.no_grad()
 def evaluate_grid(model, resolution: int, device, z_range: tuple[int, int] | None = None,
                   chunk: int = 262_144) -> np.ndarray:
     """Field values on the ``resolution^3`` grid of ``[-0.5, 0.5]^3`` (optionally z-slices ``[z0, z1)``),
     evaluated ``chunk`` points at a time; returns ``(X, Y, Z)`` float32."""
-    axis = np.linspace(-BOUND, BOUND, resolution, dtype=np.float32)
     z0, z1 = z_range or (0, resolution)
-    gx, gy, gz = np.meshgrid(axis, axis, axis[z0:z1], indexing="ij")
-    coords = torch.from_numpy(np.stack([gx, gy, gz], -1).reshape(-1, 3))
+    coords = torch.from_numpy(grid_slab(resolution, z0, z1, np.float32))
     out = torch.empty(coords.shape[0])
     for s in range(0, coords.shape[0], chunk):
         out[s : s + chunk] = model(coords[s : s + chunk].to(device)).reshape(-1).float().cpu()
     return out.reshape(resolution, resolution, z1 - z0).numpy()
+
+
+def grid_iou(model, index: "SurfaceIndex", resolution: int, device, values: np.ndarray | None = None,
+             slab: int | None = None) -> float:
+    """Occupancy IoU of the network (SDF < 0) and the mesh (:func:`inside`) on the ``resolution^3``
+    grid, a slab of z-slices at a time so that memory stays bounded at any resolution.
+    ``values``: the network's whole grid, if already evaluated; ``slab``: slices at a time."""
+    near = 6.0 / (resolution - 1)
+    both = either = 0
+    depth = slab or slab_depth(resolution)
+    for z0 in range(0, resolution, depth):
+        z1 = min(z0 + depth, resolution)
+        part = values[:, :, z0:z1] if values is not None else evaluate_grid(model, resolution, device, (z0, z1))
+        pred = part.reshape(-1) < 0
+        true = inside(index, grid_slab(resolution, z0, z1), near)
+        both += int(np.count_nonzero(pred & true))
+        either += int(np.count_nonzero(pred | true))
+    return both / either if either else 1.0
 
 
 def _slab_surface(values: np.ndarray, z0: int, step: float):
@@ -267,7 +307,19 @@ def _slab_surface(values: np.ndarray, z0: int, step: float):
     return v - BOUND, f
 
 
-def extract_surface(model, resolution: int, device, slab: int = 32, values: np.ndarray | None = None,
+def measuring_memory(resolution: int, iou_resolution: int, area: float) -> int:
+    """Bytes of host memory that measuring a fit takes at its peak, about: the larger of one slab of
+    the marching-cubes grid, one slab of the IoU grid, and the extracted surface, which marching
+    cubes makes of about ``1.5 * area * resolution^2`` vertices (``area`` in the unit frame; measured on
+    spheres) taken twice over, since a fit that is not yet smooth has more surface than the mesh;
+    about 250 bytes a vertex with its faces, while trimesh merges them."""
+    mc_slab = resolution**2 * (slab_depth(resolution, 1 << 23) + 1) * 48  # coordinates, values, scikit-image's copy
+    iou_slab = max(1 << 22, iou_resolution**2) * 120  # float64 points, nearest samples, masks
+    surface = 2 * 1.5 * area * resolution**2 * 250
+    return int(max(mc_slab + surface, iou_slab))
+
+
+def extract_surface(model, resolution: int, device, slab: int | None = None, values: np.ndarray | None = None,
                     progress: bool = False):
     """Marching cubes (scikit-image) of the zero level set, slab by slab along z so a 512^3 field
     is never in memory at once; returns a trimesh in unit coordinates (None if no surface).
@@ -277,6 +329,7 @@ def extract_surface(model, resolution: int, device, slab: int = 32, values: np.n
     from tqdm.auto import tqdm
 
     step = 2 * BOUND / (resolution - 1)
+    slab = slab or slab_depth(resolution, 1 << 23)  # 32 slices up to 512^3, fewer above
     verts, faces, offset = [], [], 0
     for z0 in tqdm(range(0, resolution - 1, slab), desc=f"surface {resolution}^3", disable=not progress,
                    leave=False):

@@ -67,6 +67,11 @@ def test_fast_occupancy_agrees_with_signed_distance(box):
     fast = S.inside(index, grid, near=6 / 23)
     truth = np.all(np.abs(grid) < np.array([0.2, 0.3, 0.4]), axis=1)
     assert (fast == truth).mean() > 0.99
+    # the shortcuts (flood fill alone off the shell, a coarse subset far from the samples) change nothing
+    # against the full test with every point's exact nearest sample
+    torus = S.SurfaceIndex(trimesh.creation.torus(0.3, 0.1), 50_000)
+    for idx, q in ((index, grid), (torus, S.grid_points(40))):
+        assert np.array_equal(S.inside(idx, q, near=6 / 23), idx.is_inside(q, idx.tree.query(q)[1]))
 
 
 def test_normalisation_round_trip(box):
@@ -128,6 +133,22 @@ def test_iou():
     b[1:3] = True
     assert S.occupancy_iou(a, b) == pytest.approx(4 / 12)
     assert S.occupancy_iou(a, a) == 1.0
+
+
+def test_grid_iou_in_slabs_matches_the_whole_grid_and_the_analytic_overlap(box):
+    """A sphere field against the box mesh: slab by slab (4 slices, a ragged last slab) gives the
+    whole-grid count exactly, and both are close to the exact volumes' IoU."""
+    index = S.SurfaceIndex(box, 100_000, seed=0)
+    field, r = SphereField(0.25), 30
+    whole = S.occupancy_iou(S.evaluate_grid(field, r, "cpu").reshape(-1) < 0,
+                            S.inside(index, S.grid_points(r), near=6.0 / (r - 1)))
+    assert S.grid_iou(field, index, r, "cpu", slab=4) == whole
+    assert S.grid_iou(field, index, r, "cpu", values=S.evaluate_grid(field, r, "cpu")) == whole
+    # sphere (radius 0.25) inside the box's 0.2 x 0.3 x 0.4 half-extents except two caps beyond |x| = 0.2
+    cap = np.pi * 0.05**2 * (3 * 0.25 - 0.05) / 3
+    sphere, cube = 4 / 3 * np.pi * 0.25**3, 0.4 * 0.6 * 0.8
+    both = sphere - 2 * cap
+    assert whole == pytest.approx(both / (sphere + cube - both), abs=0.03)
 
 
 def test_bad_meshes(tmp_path):
