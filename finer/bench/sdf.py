@@ -42,6 +42,7 @@ def run_sdf_bench(directory, *, models, out, settings=None, device="auto", progr
     if unknown:
         raise FinerError(f"unknown model(s) {', '.join(unknown)}; choose from: {', '.join(MODELS)}")
     settings = {**QUICK, **(settings or {})}
+    SDFRunConfig(mesh=str(meshes[0]), **settings).validate()  # bad settings: refused before any run
     rows, skipped = [], 0
     for name in models:  # method-major: the first methods cover every shape early
         for path in meshes:

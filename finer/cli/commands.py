@@ -411,8 +411,8 @@ def bench_sdf(args: argparse.Namespace) -> int:
     from finer.bench.sdf import run_sdf_bench
 
     _check_out_folder(args)
-    settings = {k: v for k, v in (("steps", args.steps), ("resolution", args.resolution),
-                                  ("chamfer_samples", args.chamfer_samples)) if v is not None}
+    settings = {k: getattr(args, k) for k in ("steps", "batch_size", "pool_size", "surface_samples", "resolution",
+                                               "iou_resolution", "chamfer_samples") if getattr(args, k) is not None}
     with _bench_interrupts(args.out, "fits the run it cut again"):
         run_sdf_bench(args.directory, models=_names(args.models), out=args.out, settings=settings,
                       device=args.device, progress=not args.quiet)

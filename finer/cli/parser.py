@@ -386,7 +386,12 @@ def _add_bench_sdf(bench_sub) -> None:
     p.add_argument("--models", default="finer,siren,wire,gauss,pemlp",
                    help="comma-separated registry names (default finer,siren,wire,gauss,pemlp)")
     p.add_argument("--steps", type=_positive_int, help="override the quick protocol's 1000 steps")
+    p.add_argument("--batch-size", type=_positive_int, help="override the points per step (5000)")
+    p.add_argument("--pool-size", type=_positive_int, help="override the precomputed training points (500k)")
+    p.add_argument("--surface-samples", type=_positive_int,
+                   help="override the dense surface samples of the ground truth (500k)")
     p.add_argument("--resolution", type=_positive_int, help="override the marching-cubes grid (128)")
+    p.add_argument("--iou-resolution", type=_positive_int, help="override the IoU's occupancy grid (128)")
     p.add_argument("--chamfer-samples", type=_positive_int, help="override the Chamfer samples (100k)")
     p.add_argument("--out", required=True, help="results folder (finished runs are skipped on a rerun)")
     _add_common(p)

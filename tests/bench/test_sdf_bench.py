@@ -89,3 +89,24 @@ def test_a_diverged_run_is_a_marked_result_and_an_interrupted_one_stops_the_grid
     err = capsys.readouterr().err
     assert f"finished runs are kept in {tmp_path / 'c'}/runs" in err and "fits the run it cut again" in err
     assert not (tmp_path / "c" / "runs" / "ball-finer").exists()  # the grid stopped at the cut run
+
+
+def test_the_command_takes_every_size_of_the_protocol(tmp_path, capsys):
+    from finer.cli import main
+
+    meshes = tmp_path / "meshes"
+    meshes.mkdir()
+    trimesh.creation.icosphere(1).export(meshes / "ball.obj")
+    sizes = ["--steps", "3", "--batch-size", "200", "--pool-size", "1000", "--surface-samples", "1000",
+             "--resolution", "12", "--iou-resolution", "10", "--chamfer-samples", "300"]
+    assert main(["bench", "sdf", str(meshes), "--models", "finer", "--out", str(tmp_path / "b"), *sizes,
+                 "--quiet"]) == 0
+    run = json.loads((tmp_path / "b" / "runs" / "ball-finer" / "config.json").read_text())["run"]
+    assert [run[k] for k in ("steps", "batch_size", "pool_size", "surface_samples", "resolution", "iou_resolution",
+                             "chamfer_samples")] == [3, 200, 1000, 1000, 12, 10, 300]
+    assert "pool of 1000 precomputed points" in (tmp_path / "b" / "summary.md").read_text()
+    capsys.readouterr()
+    assert main(["bench", "sdf", str(meshes), "--models", "finer", "--out", str(tmp_path / "c"), *sizes,
+                 "--pool-size", "100"]) == 2  # fewer points than a step takes: refused before any run
+    assert "pool-size must be at least batch-size" in capsys.readouterr().err
+    assert not (tmp_path / "c" / "runs").exists()
