@@ -82,6 +82,22 @@ def plain_activation(activation: Callable) -> Callable:
     return activation
 
 
+def keeping_complex(fn: Callable[[Tensor], Tensor]) -> Callable[[Tensor], Tensor]:
+    """A conversion of :meth:`torch.nn.Module._apply` (``.double()``, ``.to(dtype)``, ``.cuda()``, ...) that
+    converts complex tensors too, through their real view: ``.double()`` and ``.to(torch.float64)`` make
+    complex64 weights complex128 and ``.float()`` complex64 again, where PyTorch would leave them as they
+    are (``.double()``) or silently drop their imaginary part (``.to(torch.float64)``). Half types, which
+    complex products do not support, leave them complex64."""
+
+    def convert(t: Tensor) -> Tensor:
+        if not t.is_complex():
+            return fn(t)
+        real = fn(torch.view_as_real(t))
+        return torch.view_as_complex(real if real.dtype in (torch.float32, torch.float64) else real.float())
+
+    return convert
+
+
 class Layer(nn.Module):
     """``y = activation(W x + b)`` with ``W`` of shape ``(out_features, in_features)``.
 
@@ -132,6 +148,9 @@ class Layer(nn.Module):
             state["activation"] = plain_activation(state["activation"])
         state["fused_forward"] = None
         return state
+
+    def _apply(self, fn, recurse=True):
+        return super()._apply(keeping_complex(fn), recurse)  # WIRE's complex weights follow dtype casts
 
     def forward(self, x: Tensor) -> Tensor:
         if self.fused_forward is not None:

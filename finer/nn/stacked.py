@@ -19,7 +19,7 @@ import torch
 from torch import Tensor, nn
 
 from finer.errors import FinerError
-from finer.nn.layers import affine, plain_activation
+from finer.nn.layers import affine, keeping_complex, plain_activation
 from finer.nn.mlp import CoordinateMLP
 
 
@@ -68,6 +68,9 @@ class StackedMLP(nn.Module):
         state["activations"] = [plain_activation(a) for a in state["activations"]]
         state["fused_forwards"] = [None] * len(state["fused_forwards"])
         return state
+
+    def _apply(self, fn, recurse=True):
+        return super()._apply(keeping_complex(fn), recurse)  # as Layer's
 
     def forward(self, coords: Tensor) -> Tensor:
         h = self.encoding(coords)

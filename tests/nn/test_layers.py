@@ -22,3 +22,29 @@ def test_complex_output_is_reduced_to_real_part():
     layers = [Layer(2, 4, lambda z: torch.exp(1j * z)), Layer(4, 1, complex_weights=True)]
     out = CoordinateMLP(IdentityEncoding(2), layers)(torch.rand(3, 2))
     assert out.dtype == torch.float32 and out.shape == (3, 1)
+
+
+def test_complex_weights_follow_dtype_casts():
+    """PyTorch's ``.double()`` leaves complex parameters complex64 (the next product then fails) and
+    ``.to(torch.float64)`` drops their imaginary part; WIRE's layers cast them as complex128."""
+    import warnings
+
+    from finer.models import build_model
+    from finer.nn.stacked import StackedMLP
+
+    model = build_model("wire", 2, 1, width=16, hidden_layers=1, seed=0)
+    x = torch.rand(20, 2)
+    y32, weight = model(x), model.layers[1].linear.weight.detach().clone()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # "casting complex values to real discards the imaginary part"
+        model.to(torch.float64)
+    assert {p.dtype for p in model.parameters()} == {torch.float64, torch.complex128}
+    assert torch.equal(model.layers[1].linear.weight.to(torch.complex64), weight)
+    assert torch.allclose(model(x.double()), y32.double(), atol=1e-4)
+    # float64 makes finite differences meaningful: the complex chain's gradients are right
+    assert torch.autograd.gradcheck(model, x[:4].double().requires_grad_())
+    model.float()
+    assert torch.equal(model.layers[1].linear.weight, weight) and model(x).dtype == torch.float32
+    stack = StackedMLP([model, build_model("wire", 2, 1, width=16, hidden_layers=1, seed=1)]).double()
+    assert stack.weights[1].dtype == torch.complex128
+    assert torch.allclose(stack(x.double())[0], model.double()(x.double()))
