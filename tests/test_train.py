@@ -438,3 +438,24 @@ def test_library_fits_print_nothing_and_warn_what_they_did_otherwise(tmp_path, p
                          surface_samples=1000, resolution=12, iou_resolution=12, chamfer_samples=200,
                          model_options={"width": 8}), tmp_path / "sdf", progress=False)
     assert capsys.readouterr().out == ""  # a caller's stdout is its own (the command prints these lines)
+
+
+def test_ctrl_c_during_the_last_step_leaves_a_complete_run(astronaut_small):
+    """Nothing is cut short when the stop lands in the last step: the run is complete (resume would
+    refuse it, and a benchmark would throw a finished run away)."""
+    import os
+    import signal
+
+    class StoppedLast(ImageTask):
+        def batch(self, step):
+            if step == 4:
+                os.kill(os.getpid(), signal.SIGINT)
+            return super().batch(step)
+
+    net = build_model("siren", 2, 3, width=8, hidden_layers=1, seed=0)
+    task = StoppedLast(astronaut_small[:8, :8], (-1.0, 1.0), torch.device("cpu"))
+    state = fit(net, task, TrainConfig(steps=5, eval_every=0), progress=False)
+    assert (state.status, state.step) == ("complete", 5)
+    state = fit(build_model("siren", 2, 3, width=8, hidden_layers=1, seed=0), task,
+                TrainConfig(steps=6, eval_every=0), progress=False)
+    assert (state.status, state.step) == ("interrupted", 5)  # one step before the end: interrupted
