@@ -179,6 +179,16 @@ def jsonable(value: Any) -> Any:
     return value
 
 
+def stored_number(value: Any) -> Any:
+    """A number as :func:`jsonable` stored it, back as a float: null is NaN, "inf"/"-inf" infinities
+    (anything else is returned as it is)."""
+    if value is None:
+        return math.nan
+    if isinstance(value, str) and value in ("inf", "-inf"):
+        return float(value)
+    return value
+
+
 def write_json(path: str | os.PathLike, data: Any) -> None:
     """Write ``data`` as indented JSON (non-finite floats become null or "inf")."""
     text = json.dumps(jsonable(data), indent=2, sort_keys=False) + "\n"

@@ -35,8 +35,9 @@ def psnr_table(results: str | Path) -> dict[tuple[str, int, int], dict[str, floa
                          "`finer bench compare` compares the PSNR of image grids")
     table: dict[tuple[str, int, int], dict[str, float]] = {}
     for run in data["runs"]:
-        if run.get("psnr") is not None:
-            table.setdefault((run["image"], run["seed"], run.get("width")), {})[run["model"]] = run["psnr"]
+        if run.get("psnr") is not None:  # ("inf" for an exact fit)
+            table.setdefault((run["image"], run["seed"], run.get("width")), {})[run["model"]] = \
+                io.stored_number(run["psnr"])
     return table
 
 

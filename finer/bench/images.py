@@ -394,6 +394,7 @@ def run_grid(plan, out: Path, device: str, progress: bool, on_row=None, executio
             digests[key] = image_digest(images[key])
         if record.exists():
             row = io.read_json(record)
+            row.update({k: io.stored_number(row[k]) for k in ("psnr", "ssim") if k in row})  # NaN/inf as measured
             mismatch = protocol_mismatch(row, protocol, digests[key])
             if mismatch:
                 raise FinerError(f"{record} is a run of another protocol or image ({mismatch}); write this grid to "

@@ -71,3 +71,14 @@ def test_a_width_sweep_compares_every_width_and_skips_runs_without_a_psnr(tmp_pa
     (tmp_path / "width.json").write_text(json.dumps({"protocol": {}, "runs": runs}))
     assert main(["bench", "compare", str(tmp_path), "finer:siren"]) == 0
     assert capsys.readouterr().out.strip() == "finer - siren: mean +0.50 dB, range -1.00 to +2.00 dB, ahead on 1 of 2"
+
+
+def test_an_exact_fit_stored_as_inf_compares(tmp_path):
+    """An exact fit's PSNR is stored as the string "inf" (strict JSON); it compares as infinity."""
+    runs = [{"image": "a", "model": "finer", "seed": 0, "psnr": "inf"},
+            {"image": "a", "model": "siren", "seed": 0, "psnr": 30.0},
+            {"image": "b", "model": "finer", "seed": 0, "psnr": 20.0},
+            {"image": "b", "model": "siren", "seed": 0, "psnr": 25.0}]
+    (tmp_path / "results.json").write_text(json.dumps({"protocol": {}, "runs": runs}))
+    stats = compare.pair(compare.psnr_table(tmp_path), "finer", "siren")
+    assert (stats["pairs"], stats["ahead"], stats["max"], stats["min"]) == (2, 1, float("inf"), -5.0)

@@ -314,3 +314,18 @@ def test_an_interrupted_grid_says_what_is_kept_and_how_to_go_on(image_dir, tmp_p
         err = capsys.readouterr().err
         assert err.startswith("error: interrupted; the finished runs are kept in") and len(err.splitlines()) == 1
         assert said in err
+
+
+def test_stored_nan_ssim_reads_back_on_a_rerun(tmp_path, capsys):
+    """A 20 x 1 image has no SSIM (NaN, stored as null): the rerun that reads the finished run back, and
+    --report-only, tabulate it as the first run did."""
+    (tmp_path / "img").mkdir()
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (1, 20, 3), dtype=np.uint8)).save(
+        tmp_path / "img" / "line.png")
+    args = ["bench", "images", str(tmp_path / "img"), "--models", "finer", "--steps", "2", "--crop", "none",
+            "--size", "1", "--width", "4", "--out", str(tmp_path / "b"), "--quiet"]
+    assert main(args) == 0
+    first = (tmp_path / "b" / "summary.md").read_text()
+    assert "| nan |" in first.replace(" ± nan", "")
+    assert main(args) == 0 and main([*args, "--report-only"]) == 0
+    assert (tmp_path / "b" / "summary.md").read_text() == first
