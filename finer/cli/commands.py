@@ -70,8 +70,16 @@ def _log(args: argparse.Namespace):
     return (lambda *_: None) if args.quiet else (lambda msg: print(msg, file=sys.stderr))
 
 
-def _names(text: str) -> list[str]:
-    return [m for m in text.split(",") if m]
+def _distinct(values: list, what: str, text: str) -> list:
+    """``values``, refused if one repeats (a grid would run it twice and tabulate it twice)."""
+    repeated = sorted({"default" if v is None else str(v) for v in values if values.count(v) > 1})
+    if repeated:
+        raise FinerError(f"{what} lists {', '.join(repeated)} more than once: {text!r}")
+    return values
+
+
+def _names(text: str, what: str = "--models") -> list[str]:
+    return _distinct([m.strip() for m in text.split(",") if m.strip()], what, text)
 
 
 def _floats(text: str, allow_default: bool = False) -> list:
@@ -88,7 +96,7 @@ def _floats(text: str, allow_default: bool = False) -> list:
             raise FinerError(f"expected a comma-separated list of numbers, got {text!r}") from None
         if not values[-1] >= 0:
             raise FinerError(f"bias ranges must be >= 0, got {item!r}")
-    return values
+    return _distinct(values, "--k", text)
 
 
 def _ints(text: str, what: str) -> list[int]:
@@ -98,7 +106,7 @@ def _ints(text: str, what: str) -> list[int]:
         raise FinerError(f"{what} must be comma-separated integers, got {text!r}") from None
     if not values:
         raise FinerError(f"{what} must list at least one value")
-    return values
+    return _distinct(values, what, text)
 
 
 def _finished(metrics: dict, keys: tuple[str, ...]) -> int:
@@ -310,8 +318,8 @@ def bench_grid(args: argparse.Namespace) -> int:
     protocol = bench.resolve_protocol(args.preset, steps=args.steps, hidden_layers=args.hidden_layers,
                                       width=args.width, crop=args.crop, size=args.size)
     seeds = _ints(args.seeds, "--seeds")
-    if len(set(seeds)) < len(seeds) or not all(0 <= s < 2**32 for s in seeds):
-        raise FinerError(f"--seeds must be distinct seeds from 0 to 2^32 - 1, got {args.seeds!r}")
+    if not all(0 <= s < 2**32 for s in seeds):
+        raise FinerError(f"--seeds must be seeds from 0 to 2^32 - 1, got {args.seeds!r}")
     common = dict(models=_names(args.models), protocol=protocol, seeds=seeds,
                   limit=args.limit, out=args.out, device=args.device, progress=not args.quiet, fused=args.fused,
                   report_only=args.report_only,
