@@ -80,9 +80,15 @@ class NeRFRunConfig:
                 raise FinerError(f"{name.replace('_', '-')} must be a positive integer, got {value!r}")
         if not isinstance(self.fine, int) or self.fine < 0:
             raise FinerError(f"fine must be zero or a positive integer, got {self.fine!r}")
+        if self.fine and self.samples < 3:
+            raise FinerError(f"fine samples are drawn between the coarse ones, which takes samples >= 3; got samples "
+                             f"{self.samples} with fine {self.fine} (give more samples, or fine 0)")
         if not self.lr > 0:
             raise FinerError(f"lr must be positive, got {self.lr!r}")
-        fixed = {"width": "--width", "lr": "--lr", "hidden_layers": "no option: the networks' depths are fixed"}
+        fixed = {"width": "--width", "lr": "--lr", "seed": "--seed",
+                 "hidden_layers": "no option: the networks' depths are fixed",
+                 "in_features": "no option: the networks' inputs and outputs are the radiance field's",
+                 "out_features": "no option: the networks' inputs and outputs are the radiance field's"}
         clash = sorted(set(self.model_options) & set(fixed))
         if clash:
             raise FinerError(f"--option {clash[0]}=... does not apply to a radiance field ({fixed[clash[0]]})")

@@ -76,6 +76,9 @@ def test_default_image_and_models_listing(tmp_path, capsys):
         (["analyze", "ntk", "--k", "1,1", "--out", "o"], "--k lists 1.0 more than once"),
         (["analyze", "activations", "--k", "default,default", "--out", "o"], "--k lists default more than once"),
         (["bench", "images", ".", "--seeds", "-1", "--out", "o"], "from 0 to 2^32 - 1"),
+        (["fit", "nerf", "scene", "--samples", "2"], "takes samples >= 3; got samples 2 with fine 64"),
+        (["fit", "nerf", "scene", "--option", "seed=1"], "--option seed=... does not apply to a radiance field"),
+        (["fit", "nerf", "scene", "--option", "in_features=5"], "in_features=... does not apply"),
     ],
 )
 def test_bad_input_gives_one_line_and_nonzero_exit(args, message, tmp_path, capsys):
