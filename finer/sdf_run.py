@@ -250,7 +250,7 @@ def eval_sdf(checkpoint: str | Path, mesh_path: str | Path | None = None, *, out
     model, payload = io.load_checkpoint(checkpoint, "sdf", "finer eval sdf")
     task = payload["task"]
     if mesh_path is None:
-        mesh_path = recorded.get("mesh")
+        mesh_path = recorded.get("mesh") or task.get("mesh")  # (the checkpoint records it too)
         if not mesh_path:
             raise FinerError(f"{checkpoint}: no mesh recorded with this run; give --mesh")
     norm = S.Normalization(**task["normalization"])

@@ -60,6 +60,10 @@ def test_fit_and_eval_sdf(tmp_path, capsys, monkeypatch):
     assert "not the mesh" in json.loads(captured.out)["warning"]
     assert main(["render", str(out)]) == 2  # an SDF run: its surface is in its folder already
     assert "an SDF run's folder holds its surface already (mesh.ply, render.png" in capsys.readouterr().err
+    (out / "config.json").unlink()  # the checkpoint records the mesh too
+    assert main(["eval", "sdf", str(out / "checkpoint.pt"), "--resolution", "24", "--iou-resolution", "16",
+                 "--chamfer-samples", "2000", "--surface-samples", "5000", "--out", str(tmp_path / "ev2")]) == 0
+    assert json.loads(capsys.readouterr().out)["mesh"] == str(tmp_path / "ball.off")
 
 
 def test_bad_meshes_give_one_line_errors(tmp_path, capsys):
