@@ -323,6 +323,18 @@ def _run_kind(run_dir: Path) -> str | None:
     return task if task in ("image", "sdf", "nerf") else None
 
 
+def _no_config_hint(run_dir: Path) -> str:
+    """Why a folder with results but no config.json is not resumable."""
+    metrics = io.read_record(run_dir / "metrics.json")
+    if not metrics:
+        return ""
+    if "batch_signals" in metrics:  # (only the images of a stacked fit record it)
+        return " (an image of a folder fitted with --batch-signals, which is not resumable; fit it again)"
+    if not (run_dir / "config.json").exists():
+        return " (its config.json, which the run needs to continue, is missing)"
+    return ""
+
+
 def resume_image(run_dir: str | Path, *, steps: int | None = None, progress: bool = True,
                  device: str | None = None) -> dict[str, Any]:
     """Continue an interrupted run (or extend a finished one to ``steps``) from its checkpoint, on ``device``
@@ -340,8 +352,7 @@ def resume_image(run_dir: str | Path, *, steps: int | None = None, progress: boo
         what = ({"sdf": "an SDF run", "nerf": "a NeRF run"}[kind] if kind
                 else "not the folder of a `finer fit image` run (no config.json naming its task)")
         raise FinerError(f"{run_dir} is {what}; `finer resume` continues single image fits"
-                         + (" (a folder fitted with --batch-signals is not resumable; fit it again)"
-                            if (run_dir / "metrics.json").exists() and kind is None else ""))
+                         + (_no_config_hint(run_dir) if kind is None else ""))
     if not (run_dir / "checkpoint.pt").exists():
         raise FinerError(f"{run_dir} has no checkpoint.pt to continue from")
     config = io.read_json(run_dir / "config.json")

@@ -292,6 +292,14 @@ def test_resume_names_what_it_cannot_continue(tmp_path, capsys):
     (sdf / "config.json").write_text("{")  # damaged: said so, not taken for a folder without a run
     assert main(["resume", str(sdf)]) == 2
     assert "config.json is not valid JSON" in capsys.readouterr().err
+    image = tmp_path / "photo"  # a single fit whose config.json was lost, and an image of a stacked folder fit
+    image.mkdir()
+    (image / "metrics.json").write_text(json.dumps({"task": "image", "status": "interrupted"}))
+    assert main(["resume", str(image)]) == 2
+    assert "(its config.json, which the run needs to continue, is missing)" in capsys.readouterr().err
+    (image / "metrics.json").write_text(json.dumps({"task": "image", "status": "complete", "batch_signals": 4}))
+    assert main(["resume", str(image)]) == 2
+    assert "folder fitted with --batch-signals, which is not resumable" in capsys.readouterr().err
 
 
 def test_a_used_folder_suggests_resume_only_for_a_resumable_run(png_path, tmp_path, capsys):
