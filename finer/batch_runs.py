@@ -119,7 +119,7 @@ def fit_image_folder(cfg: ImageRunConfig, directory, out, *, batch_signals: int,
     problem = cfg.cuda_graph and graph_problem(device)  # the stacked tasks are full-batch
     if problem:
         raise ConfigError(problem)
-    _prepare_out(out, overwrite)
+    _prepare_out(out, overwrite, kind="image folder")
     for folder in (out, *(out / p.stem for p in paths)):
         io.warn_stale_outputs(folder, "the network of the run this one overwrites")
     # an earlier run's files, of a folder fit or a single one: none may pass for this run's
@@ -206,7 +206,7 @@ def _fit_one_by_one(cfg: ImageRunConfig, directory, paths: list[Path], out: Path
     (of any size, in its own folder, resumable with ``finer resume OUT/IMAGE``)."""
     from finer.runs import fit_image
 
-    _prepare_out(out, overwrite)
+    _prepare_out(out, overwrite, kind="image folder")
     io.warn_stale_outputs(out, "the network of the run this one overwrites")  # (the images' folders: fit_image)
     io.remove_outputs(out, ["summary.json", *RUN_FILES])  # an earlier run's (the images' folders: fit_image)
     rows, total_seconds, device = [], 0.0, ""

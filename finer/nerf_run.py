@@ -105,7 +105,7 @@ def fit_nerf(cfg: NeRFRunConfig, out, *, progress: bool = True, overwrite: bool 
     cfg.validate()
     cfg = dataclasses.replace(cfg, scene=str(Path(cfg.scene).resolve()))  # recorded: found from any folder
     out = Path(out)
-    _prepare_out(out, overwrite, create=False)
+    _prepare_out(out, overwrite, create=False, kind="nerf")
     if out.resolve() == Path(cfg.scene).resolve():
         raise FinerError(f"--out {out} is the scene folder, whose test/ views the run would write over; "
                          "choose another --out")

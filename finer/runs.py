@@ -130,11 +130,30 @@ def default_out_dir(cfg: ImageRunConfig) -> Path:
     return out
 
 
-def _prepare_out(out: Path, overwrite: bool, create: bool = True, resumable: bool = False) -> None:
+KINDS = {"image": "an image run", "sdf": "an SDF run", "nerf": "a NeRF run",
+         "image folder": "a folder fit of images (summary.json)"}
+
+
+def _folder_kind(out: Path) -> str | None:
+    """The kind of run whose results ``out`` holds (a key of :data:`KINDS`), or None."""
+    kind = _run_kind(out)
+    if kind is None and isinstance(io.read_record(out / "summary.json").get("runs"), list):
+        return "image folder"
+    return kind
+
+
+def _prepare_out(out: Path, overwrite: bool, create: bool = True, resumable: bool = False,
+                 kind: str = "image") -> None:
     """Check (and with ``create`` make) a run's output folder. ``resumable``: the run is one that
     ``finer resume`` continues (a single image fit), so the error for a used folder suggests it
-    when the folder holds such a run."""
+    when the folder holds such a run. ``kind`` (a key of :data:`KINDS`): the run's; overwriting
+    replaces only a run of the same kind, whose files it knows, so that none of another's stay."""
     io.check_out(out, folder=True)
+    found = _folder_kind(out) if out.is_dir() else None
+    replaces = {kind, "image"} if kind == "image folder" else {kind}  # (a folder fit removes an image run's files)
+    if overwrite and found is not None and found not in replaces:
+        raise FinerError(f"output folder {out} holds {KINDS[found]}; overwriting replaces {KINDS[kind]} only, "
+                         "whose files it knows: choose another --out, or delete the folder first")
     if out.exists() and any(out.iterdir()) and not overwrite:
         hint = ""
         if resumable and (out / "checkpoint.pt").exists() and _run_kind(out) == "image":

@@ -137,7 +137,7 @@ def fit_sdf(cfg: SDFRunConfig, out: str | Path, *, progress: bool = True, overwr
     cfg.validate()
     cfg = dataclasses.replace(cfg, mesh=str(Path(cfg.mesh).resolve()))
     out = Path(out)
-    _prepare_out(out, overwrite, create=False)
+    _prepare_out(out, overwrite, create=False, kind="sdf")
     io.check_not_an_output(cfg.mesh, out, RUN_FILES, "mesh")
     device = resolve_device(cfg.device)
     mesh = S.load_mesh(cfg.mesh)

@@ -588,3 +588,27 @@ def test_option_values_and_conflicts(png_path, tmp_path, capsys):
     assert main([*common, "--width", "8", "--option", "target_range=0,1", "--out", str(tmp_path / "t")]) == 0
     config = json.loads((tmp_path / "t" / "config.json").read_text())
     assert config["model"]["target_range"] == [0, 1]
+
+
+def test_overwriting_a_run_of_another_kind_is_refused(png_path, tmp_path, capsys):
+    """--overwrite removes the files of a run of its own kind; another kind's (an SDF run's render.png, a
+    folder fit's image folders) would stay beside the new run and pass for its outputs."""
+    sdf = tmp_path / "sdf"
+    sdf.mkdir()
+    (sdf / "config.json").write_text(json.dumps({"task": "sdf", "run": {}}))
+    (sdf / "render.png").write_bytes(b"x")
+    common = ["--steps", "2", "--width", "8", "--quiet", "--overwrite"]
+    assert main(["fit", "image", str(png_path), "--out", str(sdf), *common]) == 2
+    assert "holds an SDF run; overwriting replaces an image run only" in capsys.readouterr().err
+    assert sorted(p.name for p in sdf.iterdir()) == ["config.json", "render.png"]
+    folder = tmp_path / "folder"
+    folder.mkdir()
+    (folder / "summary.json").write_text(json.dumps({"runs": []}))
+    assert main(["fit", "image", str(png_path), "--out", str(folder), *common]) == 2
+    assert "holds a folder fit of images (summary.json)" in capsys.readouterr().err
+    image_run = tmp_path / "image-run"
+    assert main(["fit", "image", str(png_path), "--out", str(image_run), "--steps", "2", "--width", "8",
+                 "--quiet"]) == 0
+    capsys.readouterr()
+    assert main(["fit", "nerf", str(tmp_path), "--out", str(image_run), "--overwrite"]) == 2
+    assert "holds an image run; overwriting replaces a NeRF run only" in capsys.readouterr().err
