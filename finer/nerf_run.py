@@ -179,7 +179,7 @@ def _test_and_record(cfg: NeRFRunConfig, renderer, state, test, train_views: int
         scores = image_metrics(pred, image, with_lpips=with_lpips)
         views.append({"view": name, **scores})
         save_image(np.concatenate([pred, image], axis=1), out / "test" / f"{name}.png")
-        save_image(_depth_picture(view["depth"].cpu().numpy(), renderer.near, renderer.far),
+        save_image(_depth_picture(view, renderer.near, renderer.far),
                    out / "test" / f"{name}_depth.png")
     metrics = {
         "task": "nerf", "model": cfg.model, "status": state.status, "steps": state.step, "steps_planned": cfg.steps,
@@ -197,14 +197,16 @@ def _test_and_record(cfg: NeRFRunConfig, renderer, state, test, train_views: int
         "message": state.message or None,
         "pictures": {"test/VIEW.png": "rendering (left) beside the ground truth (right)",
                      "test/VIEW_depth.png": f"rendered depth, grey from white (near, {renderer.near:g}) to black "
-                                            f"(far, {renderer.far:g})"},
+                                            f"(far, {renderer.far:g}, and empty space)"},
     }
     io.write_json(out / "metrics.json", metrics)
     return metrics
 
 
-def _depth_picture(depth: np.ndarray, near: float, far: float) -> np.ndarray:
-    """Depth as grey (near = white, far = black), ``(H, W, 1)`` in [0, 1]."""
+def _depth_picture(view: dict, near: float, far: float) -> np.ndarray:
+    """A rendered view's depth as grey (near = white, far = black), ``(H, W, 1)`` in [0, 1]; what a ray
+    sees through (1 - opacity) counts as at ``far``, so empty space is black, not taken for near."""
+    depth = (view["depth"] + (1.0 - view["opacity"]) * far).cpu().numpy()
     return np.clip((far - depth) / (far - near), 0.0, 1.0)[..., None]
 
 
@@ -251,7 +253,7 @@ def render_nerf(checkpoint, *, frames: int = 60, out=None, device: str = "auto",
     for pose in tqdm(N.orbit_poses(frames, radius, elevation), desc="turntable", disable=not progress, leave=False):
         view = renderer.render_view(h, w, focal, torch.from_numpy(pose).to(dev), payload["config"]["chunk"])
         colour.append(Image.fromarray((view["rgb"].clamp(0, 1).cpu().numpy() * 255 + 0.5).astype(np.uint8)))
-        d = _depth_picture(view["depth"].cpu().numpy(), renderer.near, renderer.far)[..., 0]
+        d = _depth_picture(view, renderer.near, renderer.far)[..., 0]
         depth.append(Image.fromarray((d * 255 + 0.5).astype(np.uint8)))
     duration = max(1, round(1000 / fps))
     for frames_, name in ((colour, "turntable.gif"), (depth, "turntable_depth.gif")):

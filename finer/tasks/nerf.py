@@ -246,13 +246,14 @@ class Renderer(nn.Module):
 
     @torch.no_grad()
     def render_view(self, height: int, width: int, focal: float, c2w: Tensor, chunk: int = 4096) -> dict[str, Tensor]:
-        """A whole view, in chunks of rays, without perturbation: ``rgb (H, W, 3)``, ``depth (H, W)``."""
+        """A whole view, in chunks of rays, without perturbation: ``rgb (H, W, 3)``, ``depth (H, W)`` and
+        ``opacity (H, W)`` (the expected depth is of the ray's opaque part: see :func:`composite`)."""
         origins, dirs = camera_rays(height, width, focal, c2w)
         rays = torch.cat([origins, dirs], -1)
         parts = [self.render(rays[s:s + chunk], perturb=False) for s in range(0, rays.shape[0], chunk)]
         rgb = torch.cat([p["rgb"] for p in parts]).reshape(height, width, 3)
-        depth = torch.cat([p["depth"] for p in parts]).reshape(height, width)
-        return {"rgb": rgb, "depth": depth}
+        depth, opacity = (torch.cat([p[k] for p in parts]).reshape(height, width) for k in ("depth", "opacity"))
+        return {"rgb": rgb, "depth": depth, "opacity": opacity}
 
 
 # -- the training task ----------------------------------------------------------------------------

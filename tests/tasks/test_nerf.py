@@ -225,3 +225,22 @@ def test_a_diverging_nerf_fit_exits_3_like_the_other_tasks(tmp_path, capsys):
     assert f"kept in {out}" in capsys.readouterr().err
     assert json.loads((out / "metrics.json").read_text())["status"] == "diverged"
 
+
+
+def test_depth_pictures_show_empty_space_as_far():
+    """A ray through nothing has expected depth 0 with opacity 0: drawn black (far), not white (near);
+    an opaque surface at the near plane is white, one halfway grey."""
+    from finer.nerf_run import _depth_picture
+
+    origins = torch.zeros(3, 3)
+    dirs = torch.tensor([[0.0, 0.0, 1.0]] * 3)
+    walls = [None, 2.0, 4.0]  # a wall of high density from depth 2 (near) or 4 (halfway), or nothing
+
+    def field(points):
+        z = points[..., 2]
+        wall = torch.tensor([w or 1e9 for w in walls])[:, None]
+        return torch.where(z >= wall, 1e4, 0.0), torch.ones(*z.shape, 3)
+
+    out = N.render_rays(field, origins, dirs, near=2.0, far=6.0, samples=400)
+    picture = _depth_picture({"depth": out["depth"], "opacity": out["opacity"]}, 2.0, 6.0)[:, 0]
+    np.testing.assert_allclose(picture, [0.0, 1.0, 0.5], atol=0.02)
