@@ -44,12 +44,24 @@ def _parse_hw(value: int | str | tuple[int, int], what: str) -> tuple[int, int]:
     return int(h), int(w)
 
 
-def _to_float(im: Image.Image) -> np.ndarray:
-    """PIL image -> float32 ``(H, W, C)`` array in [0, 1], keeping an alpha channel if present."""
+def _white(im: Image.Image) -> float:
+    """The value of white of an integer-mode (``I``, ``I;16``) image, from its format, not its content:
+    65535 for 16-bit images (PNG, and PGM, which PIL scales to 16 bits), 255 for a TIFF of 8-bit samples;
+    wider TIFF integers have no white, and are refused."""
+    bits = getattr(im, "tag_v2", {}).get(258) if im.mode == "I" else 16  # TIFF BitsPerSample
+    bits = bits[0] if isinstance(bits, tuple) and bits else bits
+    if isinstance(bits, int) and bits > 16:
+        raise ValueError(f"its samples are {bits}-bit integers, whose white is not defined; save it with 8- or "
+                         "16-bit samples (or floats in [0, 1])")
+    return 255.0 if bits == 8 else 65535.0
+
+
+def _to_float(im: Image.Image, white: float | None = None) -> np.ndarray:
+    """PIL image -> float32 ``(H, W, C)`` array in [0, 1], keeping an alpha channel if present.
+    ``white``: of an integer-mode image, as :func:`_white` found it in the file (default: its own)."""
     if im.mode in ("I;16", "I;16B", "I;16L", "I"):
         arr = np.asarray(im, dtype=np.float64)
-        top = 65535.0 if arr.max() > 255 or im.mode.startswith("I;16") else 255.0
-        return (np.clip(arr / top, 0, 1)[..., None]).astype(np.float32)
+        return (np.clip(arr / (white or _white(im)), 0, 1)[..., None]).astype(np.float32)
     if im.mode == "F":
         arr = np.asarray(im, dtype=np.float32)
         return np.clip(arr, 0, 1)[..., None]
@@ -161,7 +173,8 @@ def _read_file(path: Path, max_bytes: int | None) -> np.ndarray:
                     f"more than the {max_bytes / 2**30:.1f} GiB available; crop or downscale it first"
                 )
             im.load()
-            return _to_float(ImageOps.exif_transpose(im))  # as viewers show it (a phone's rotated JPEG)
+            white = _white(im) if im.mode.startswith("I") else None  # (the file's tags: before transposing)
+            return _to_float(ImageOps.exif_transpose(im), white)  # as viewers show it (a phone's rotated JPEG)
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
         raise FinerError(f"cannot read image {path}: {exc}") from None
     finally:

@@ -35,6 +35,16 @@ def test_grey_rgb_rgba_and_16_bit(tmp_path):
     Image.fromarray(deep).save(tmp_path / "d.png")
     np.testing.assert_allclose(img.load_image(tmp_path / "d.png")[..., 0], deep / 65535, atol=1e-6)
 
+    # integer images scale by their format's white, not by their content: a dark 16-bit image stays dark
+    dark = np.full((4, 4), 100, np.uint16)
+    (tmp_path / "dark.pgm").write_bytes(b"P5 4 4 65535\n" + dark.astype(">u2").tobytes())  # PIL: mode I
+    Image.fromarray(dark).save(tmp_path / "dark.tif")
+    for name in ("dark.pgm", "dark.tif"):
+        np.testing.assert_allclose(img.load_image(tmp_path / name), 100 / 65535, rtol=1e-5)
+    Image.fromarray(dark.astype(np.int32)).save(tmp_path / "wide.tif")
+    with pytest.raises(FinerError, match="wide.tif: its samples are 32-bit integers, whose white is not defined"):
+        img.load_image(tmp_path / "wide.tif")
+
 
 def test_an_exif_rotated_photo_is_read_as_it_is_shown(tmp_path):
     stored = np.zeros((10, 20, 3), np.uint8)  # stored 20 wide, 10 tall, a bright left column
