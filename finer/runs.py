@@ -117,6 +117,13 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def device_name(device: torch.device) -> str:
+    """What a report says the work ran on: the GPU's name on CUDA, the processor's on the CPU."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return platform.processor() or platform.machine() or "cpu"
+
+
 def default_out_dir(cfg: ImageRunConfig) -> Path:
     """``runs/image-STEM-MODEL-DATE-TIME`` (``-2``, ``-3``, ... after it when runs started in the same second
     already hold that name: a loop of quick fits gets a folder each)."""

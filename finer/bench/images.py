@@ -34,7 +34,7 @@ from finer.metrics import image_metrics
 from finer.models import MODELS, build_model, count_parameters
 from finer.nn.fused import apply_fused
 from finer.nn.stacked import StackedMLP, stack_problem
-from finer.runs import resolve_device
+from finer.runs import device_name, resolve_device
 from finer.tasks.image import ImageTask, load_image, save_image
 from finer.train import FitState, TrainConfig, fit
 
@@ -318,7 +318,8 @@ def _protocol_record(directory, images, protocol: Protocol, seeds, device, execu
     return {"directory": str(directory), "images": len(images), **dataclasses.asdict(protocol), "seeds": list(seeds),
             "device": str(device), "full_batch": True, "executor": execution.executor, "workers": execution.workers,
             "batch_signals": execution.batch_signals,
-            "machine": _machine(execution), "torch": torch.__version__, "date": time.strftime("%Y-%m-%d")}
+            "machine": f"{_machine(execution)}, {device_name(torch.device(device))}", "torch": torch.__version__,
+            "date": time.strftime("%Y-%m-%d")}
 
 
 def _machine(execution: Execution) -> str:

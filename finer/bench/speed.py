@@ -313,7 +313,7 @@ def run_speed(cfg: SpeedConfig, log=io.quiet) -> dict:
     unknown = [m for m in cfg.methods if m not in MODELS]
     if unknown:
         raise FinerError(f"unknown model(s) {', '.join(unknown)}; choose from: {', '.join(MODELS)}")
-    from finer.runs import resolve_device
+    from finer.runs import device_name, resolve_device
 
     device = resolve_device(cfg.device)
     problem = cfg.cuda_graph and graph_problem(device)
@@ -378,7 +378,7 @@ def run_speed(cfg: SpeedConfig, log=io.quiet) -> dict:
             f"{signals['batched_images_per_second']:.3f} images/s = {signals['speedup']:.2f} x; largest PSNR "
             f"difference {signals['max_psnr_difference']:.2e} dB")
     return {"config": {**asdict(cfg), "methods": list(cfg.methods)}, "points": n, "device": str(device),
-            "machine": f"{platform.machine()}, {platform.processor() or 'cpu'}, {torch.get_num_threads()} threads, "
+            "machine": f"{platform.machine()}, {device_name(device)}, {torch.get_num_threads()} threads, "
                        f"huge pages {'on' if huge_pages_requested() else 'off'} (THP_MEM_ALLOC_ENABLE)",
             "torch": torch.__version__, "date": time.strftime("%Y-%m-%d"),
             "gemm_floor_seconds_per_step": floor, "official_seconds_per_step": reference,

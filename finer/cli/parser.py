@@ -118,8 +118,9 @@ def _add_fit_image(fit_sub) -> None:
                         "--batch-signals stacks them, when all have one size)")
     p.add_argument("--steps", type=_positive_int, default=1000, help="optimisation steps (default 1000)")
     p.add_argument("--batch-signals", type=_positive_int, default=None, metavar="K",
-                   help="with a folder: train K images' networks at once as one batched network (default 1)")
-    _add_model_options(p, layers="default 3, as in the paper", lr="the method's own", k="PyTorch's default")
+                   help="with a folder: train K images' networks at once as one batched network (default: one by one)")
+    _add_model_options(p, layers="default 3, as in the paper", lr="the method's own",
+                       k="PyTorch's for finer, 1 for gauss-finer and wire-finer")
     p.add_argument("--size", type=_positive_int, help="resize so the longer side has SIZE pixels")
     p.add_argument("--crop", help="centre crop N or HxW (before resizing)")
     p.add_argument("--alpha", default="white", choices=["white", "black", "keep", "drop"],
