@@ -93,7 +93,7 @@ def fit_image_folder(cfg: ImageRunConfig, directory, out, *, batch_signals: int,
 
     cfg.validate()
     if batch_signals < 1:
-        raise FinerError(f"--batch-signals must be >= 1, got {batch_signals}")
+        raise FinerError(f"batch-signals must be >= 1, got {batch_signals}")
     if not stackable(cfg.model) and batch_signals > 1:
         raise FinerError(f"method {cfg.model!r} has learnable activations or encodings, so its networks cannot be "
                          "stacked; drop --batch-signals to fit the images one by one")

@@ -107,13 +107,13 @@ def fit_nerf(cfg: NeRFRunConfig, out, *, progress: bool = True, overwrite: bool 
     out = Path(out)
     _prepare_out(out, overwrite, create=False, kind="nerf")
     if out.resolve() == Path(cfg.scene).resolve():
-        raise FinerError(f"--out {out} is the scene folder, whose test/ views the run would write over; "
+        raise FinerError(f"output folder {out} is the scene folder, whose test/ views the run would write over; "
                          "choose another --out")
     device = resolve_device(cfg.device)
     train = N.load_views(cfg.scene, "train", views=cfg.views, downscale=cfg.downscale)
     test = N.load_views(cfg.scene, "test", views=cfg.test_views, downscale=cfg.downscale)
     asked = (("views", cfg.views, "train", train), ("test-views", cfg.test_views, "test", test))
-    notes = [f"--{flag} {n}: the {split} split of {cfg.scene} has {len(got.names)} views; using all of them"
+    notes = [f"{flag} {n}: the {split} split of {cfg.scene} has {len(got.names)} views; using all of them"
              for flag, n, split, got in asked if n > len(got.names)]
     for note in notes:
         warnings.warn(note, FinerWarning, stacklevel=2)

@@ -111,7 +111,7 @@ def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name == "cuda" and not torch.cuda.is_available():
-        raise FinerError("--device cuda was asked for, but PyTorch sees no CUDA device")
+        raise FinerError("device cuda was asked for, but PyTorch sees no CUDA device")
     if name not in DEVICE_CHOICES:
         raise ConfigError(f"unknown device {name!r}; choose one of: {', '.join(DEVICE_CHOICES)}")
     return torch.device(name)

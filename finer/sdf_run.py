@@ -245,14 +245,14 @@ def eval_sdf(checkpoint: str | Path, mesh_path: str | Path | None = None, *, out
     out = io.check_out(out if out else folder / "eval", folder=True)
     run_files = [name for name in ("config.json", "metrics.json", "checkpoint.pt") if (out / name).exists()]
     if run_files:
-        raise FinerError(f"--out {out} holds a run ({', '.join(run_files)}), whose mesh.ply and render.png an "
+        raise FinerError(f"output folder {out} holds a run ({', '.join(run_files)}), whose mesh.ply and render.png an "
                          "evaluation would replace; choose another folder (the default is the run's eval/)")
     model, payload = io.load_checkpoint(checkpoint, "sdf", "finer eval sdf")
     task = payload["task"]
     if mesh_path is None:
         mesh_path = recorded.get("mesh") or task.get("mesh")  # (the checkpoint records it too)
         if not mesh_path:
-            raise FinerError(f"{checkpoint}: no mesh recorded with this run; give --mesh")
+            raise FinerError(f"{checkpoint}: no mesh recorded with this run; give one (--mesh)")
     norm = S.Normalization(**task["normalization"])
     mesh = S.load_mesh(mesh_path)
     unit = mesh.copy()

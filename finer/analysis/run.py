@@ -169,7 +169,7 @@ def analyze_activations(out, *, ks=(None, 1.0, 5.0, 10.0, 20.0), layers=2, resol
     ``out`` may hold other files; one with an earlier activation analysis is refused unless ``overwrite``."""
     activated = make_config("finer").hidden_layers + 1  # the image FINER's sine layers (the last is linear)
     if not 1 <= layers <= activated:
-        raise FinerError(f"--layers {layers}: the image FINER has {activated} activated layers; give 1 to {activated}")
+        raise FinerError(f"layers {layers}: the image FINER has {activated} activated layers; give 1 to {activated}")
     out = Path(out)
     io.claim_outputs(out, ACTIVATION_FILES, overwrite, "activation analysis")
     coords = coordinate_grid(resolution, resolution)

@@ -102,7 +102,7 @@ def load_views(scene: str | Path, split: str, *, views: int | None = None, downs
                 im = im.convert("RGBA")
                 if downscale > 1:
                     if im.width < downscale or im.height < downscale:
-                        raise FinerError(f"--downscale {downscale} leaves nothing of the {im.width}x{im.height} "
+                        raise FinerError(f"downscale {downscale} leaves nothing of the {im.width}x{im.height} "
                                          f"view {path}; use at most {min(im.width, im.height)}")
                     im = im.resize((im.width // downscale, im.height // downscale), Image.Resampling.BOX)
                 rgba = np.asarray(im, dtype=np.float32) / 255.0

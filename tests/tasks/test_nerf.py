@@ -189,10 +189,10 @@ def test_overwrite_removes_the_earlier_runs_test_views_only_and_the_scene_is_not
     # more views than the splits have: all of them, said on stderr and in config.json
     assert main([*fit, "--views", "20", "--test-views", "5", "--out", str(out), "--overwrite"]) == 0
     err = capsys.readouterr().err.splitlines()
-    assert err == [f"warning: --views 20: the train split of {scene} has 8 views; using all of them",
-                   f"warning: --test-views 5: the test split of {scene} has 2 views; using all of them"]
+    assert err == [f"warning: views 20: the train split of {scene} has 8 views; using all of them",
+                   f"warning: test-views 5: the test split of {scene} has 2 views; using all of them"]
     config = json.loads((out / "config.json").read_text())
-    assert len(config["train_views"]) == 8 and "--test-views 5" in config["views_note"]
+    assert len(config["train_views"]) == 8 and "test-views 5" in config["views_note"]
     # more rays per step than the views hold: what was used is what the records say
     rays = ["--rays" if a == "--rays" else "1000000" if prev == "--rays" else a for prev, a in zip(["", *fit], fit)]
     assert main([*rays, "--out", str(out), "--overwrite"]) == 0
