@@ -10,8 +10,6 @@ Public API::
 
 
 import importlib as _importlib
-import sys as _sys
-import types as _types
 
 from finer.errors import ConfigError, DivergedError, FinerError, FinerWarning, InterruptedRun
 
@@ -58,24 +56,3 @@ __all__ = [
     "render_checkpoint",
     "resume_image",
 ]
-
-
-class _Package(_types.ModuleType):
-    """``finer.models`` is the function ``models()``, although a submodule has that name too.
-
-    (Importing the submodule sets the package attribute to the module; this property keeps the
-    function, which eager imports used to restore.)
-    """
-
-    @property
-    def models(self):
-        from finer.models import models
-
-        return models
-
-    @models.setter
-    def models(self, value):  # the import system recording the submodule finer.models
-        pass
-
-
-_sys.modules[__name__].__class__ = _Package

@@ -12,6 +12,8 @@ import dataclasses
 import functools
 import math
 import numbers
+import sys
+import types
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -456,3 +458,13 @@ def count_parameters(model: nn.Module) -> int:
     """Real-valued parameter count (a complex weight counts twice)."""
     return sum(p.numel() * (2 if p.is_complex() else 1) for p in model.parameters())
 
+
+class _CallableModule(types.ModuleType):
+    """This module, callable: ``finer.models()`` lists the methods (:func:`models`), while
+    ``import finer.models as fm`` and ``from finer.models import FinerConfig`` see the module."""
+
+    def __call__(self) -> dict[str, dict[str, Any]]:
+        return models()
+
+
+sys.modules[__name__].__class__ = _CallableModule

@@ -72,6 +72,15 @@ def test_scale_grad_switches_the_derivative():
     assert not torch.allclose(grads[0], grads[1])
 
 
+def test_finer_models_is_the_listing_and_the_submodule(monkeypatch):
+    import finer.models as fm
+
+    assert fm() == finer.models() and fm.FinerConfig is make_config("finer").__class__
+    assert fm.build_model is build_model and "FinerConfig" in dir(fm)
+    monkeypatch.setattr("finer.models.MODELS", {"only": MODELS["finer"]})  # patches the submodule
+    assert list(finer.models()) == ["only"]
+
+
 def test_defaults_per_method():
     table = finer.models()
     assert table["pemlp"]["target_range"] == (0.0, 1.0)
