@@ -94,6 +94,12 @@ def normalize(mesh, half_extent: float = HALF_EXTENT):
     return unit, norm
 
 
+def _workers() -> int:
+    """Threads of a KD-tree query: PyTorch's (what the process was given; a benchmark's worker
+    processes share the cores)."""
+    return torch.get_num_threads()
+
+
 class SurfaceIndex:
     """Dense surface samples with normals in a KD-tree: signed distance of any point."""
 
@@ -150,12 +156,12 @@ class SurfaceIndex:
         1e-4, at most 5 % of the distance); closer points search all dense samples, bounded by the
         subset's distance. Far points are coarse training samples (weight 1e-2) or occupancy queries.
         """
-        dist, cidx = self.coarse.query(q)
+        dist, cidx = self.coarse.query(q, workers=_workers())
         idx = cidx * self.coarse_step
         near = np.flatnonzero(dist < 10 * self.coarse_spacing)
         if len(near):
             ub = dist[near].max() * (1 + 1e-9) + 1e-12
-            dist[near], idx[near] = self.tree.query(q[near], distance_upper_bound=ub)
+            dist[near], idx[near] = self.tree.query(q[near], distance_upper_bound=ub, workers=_workers())
         return dist, idx
 
     def signed_distance(self, query: np.ndarray, chunk: int = 262_144) -> np.ndarray:
@@ -184,11 +190,11 @@ def inside(index: "SurfaceIndex", query: np.ndarray, near: float, coarse_samples
     shell = np.flatnonzero(index.in_shell(query))
     if len(shell):
         q = query[shell]
-        dist, idx = index.tree.query(q, distance_upper_bound=near)
+        dist, idx = index.tree.query(q, distance_upper_bound=near, workers=_workers())
         far = ~np.isfinite(dist)
         if far.any():
             step = max(1, len(index.points) // coarse_samples)
-            idx[far] = cKDTree(index.points[::step]).query(q[far])[1] * step
+            idx[far] = cKDTree(index.points[::step]).query(q[far], workers=_workers())[1] * step
         result[shell] = index.is_inside(q, idx)
     return result
 
@@ -355,8 +361,8 @@ def chamfer_distance(a, b, samples: int = 300_000, seed: int = 0) -> float:
 
     pa, _ = trimesh.sample.sample_surface(a, samples, seed=seed)
     pb, _ = trimesh.sample.sample_surface(b, samples, seed=seed + 1)
-    d_ab, _ = cKDTree(pb).query(pa)
-    d_ba, _ = cKDTree(pa).query(pb)
+    d_ab, _ = cKDTree(pb).query(pa, workers=_workers())
+    d_ba, _ = cKDTree(pa).query(pb, workers=_workers())
     return float(np.mean(d_ab**2) + np.mean(d_ba**2))
 
 
