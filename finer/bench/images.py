@@ -311,6 +311,8 @@ def check_models(models: list[str]) -> None:
         raise FinerError(f"unknown model(s) {', '.join(unknown)}; choose from: {', '.join([*MODELS, REFERENCE])}")
     if not models:
         raise FinerError("no models given")
+    if len(set(models)) < len(models):
+        raise FinerError(f"models listed more than once: {', '.join(models)}")
 
 
 def _protocol_record(directory, images, protocol: Protocol, seeds, device, execution=None) -> dict:

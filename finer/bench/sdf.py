@@ -41,6 +41,8 @@ def run_sdf_bench(directory, *, models, out, settings=None, device="auto", progr
     unknown = [m for m in models if m not in MODELS]
     if unknown:
         raise FinerError(f"unknown model(s) {', '.join(unknown)}; choose from: {', '.join(MODELS)}")
+    if len(set(models)) < len(models):
+        raise FinerError(f"models listed more than once: {', '.join(models)}")
     settings = {**QUICK, **(settings or {})}
     SDFRunConfig(mesh=str(meshes[0]), **settings).validate()  # bad settings: refused before any run
     rows, skipped = [], 0

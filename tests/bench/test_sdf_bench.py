@@ -110,3 +110,16 @@ def test_the_command_takes_every_size_of_the_protocol(tmp_path, capsys):
                  "--pool-size", "100"]) == 2  # fewer points than a step takes: refused before any run
     assert "pool-size must be at least batch-size" in capsys.readouterr().err
     assert not (tmp_path / "c" / "runs").exists()
+
+
+def test_a_model_listed_twice_is_refused_from_python_too(tmp_path):
+    from finer.bench.images import check_models
+
+    meshes = tmp_path / "meshes"
+    meshes.mkdir()
+    trimesh.creation.icosphere(1).export(meshes / "ball.obj")
+    with pytest.raises(FinerError, match="models listed more than once: finer, finer"):
+        run_sdf_bench(meshes, models=["finer", "finer"], out=tmp_path / "b", settings=TINY, progress=False)
+    with pytest.raises(FinerError, match="models listed more than once"):
+        check_models(["siren", "finer", "siren"])
+    assert not (tmp_path / "b").exists()
