@@ -396,7 +396,8 @@ def resume_image(run_dir: str | Path, *, steps: int | None = None, progress: boo
     _, payload = io.load_checkpoint(run_dir / "checkpoint.pt")
     _check_resumable(run_dir, run, recorded, payload)
     done = payload["fit"]["step"]
-    if done >= cfg.steps:
+    stopped_at_the_end = done == cfg.steps and payload["fit"].get("status") == "interrupted"  # resumed: completed
+    if done >= cfg.steps and not stopped_at_the_end:
         raise FinerError(f"{run_dir} already reached step {done}" + (f" of {cfg.steps}" if steps is None else "")
                          + f"; pass --steps with more than {done} to train longer")
     run.model.load_state_dict(payload["model"])

@@ -400,7 +400,7 @@ def fit(
                 state.history[-1].update({f"eval_{k}": v for k, v in metrics.items()})
                 shown.update({f"eval_{k}": f"{v:.4g}" for k, v in metrics.items()})
                 bar.set_postfix(shown, refresh=False)
-            if stop.requested and not last:  # (at the last step the run is complete: nothing is cut short)
+            if stop.requested:  # (also at the last step: a caller's loop of fits stops too; resume completes it)
                 state.status = "interrupted"
                 state.message = f"interrupted at step {state.step} of {cfg.steps}"
                 break

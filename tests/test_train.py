@@ -440,22 +440,33 @@ def test_library_fits_print_nothing_and_warn_what_they_did_otherwise(tmp_path, p
     assert capsys.readouterr().out == ""  # a caller's stdout is its own (the command prints these lines)
 
 
-def test_ctrl_c_during_the_last_step_leaves_a_complete_run(astronaut_small):
-    """Nothing is cut short when the stop lands in the last step: the run is complete (resume would
-    refuse it, and a benchmark would throw a finished run away)."""
+def test_a_fit_stopped_during_its_last_step_stops_the_callers_loop_and_resume_completes_it(tmp_path, png_path):
+    """Ctrl-C during the last step still stops the caller's loop of fits (InterruptedRun); the run, which
+    has all its steps, is completed by `finer resume` without training (it was refused as finished)."""
+    import json
     import os
     import signal
 
-    class StoppedLast(ImageTask):
-        def batch(self, step):
-            if step == 4:
-                os.kill(os.getpid(), signal.SIGINT)
-            return super().batch(step)
+    import finer
+    from finer.tasks.image import ImageTask
 
-    net = build_model("siren", 2, 3, width=8, hidden_layers=1, seed=0)
-    task = StoppedLast(astronaut_small[:8, :8], (-1.0, 1.0), torch.device("cpu"))
-    state = fit(net, task, TrainConfig(steps=5, eval_every=0), progress=False)
-    assert (state.status, state.step) == ("complete", 5)
-    state = fit(build_model("siren", 2, 3, width=8, hidden_layers=1, seed=0), task,
-                TrainConfig(steps=6, eval_every=0), progress=False)
-    assert (state.status, state.step) == ("interrupted", 5)  # one step before the end: interrupted
+    real_batch = ImageTask.batch
+
+    def batch(self, step):
+        if step == 4:
+            os.kill(os.getpid(), signal.SIGINT)
+        return real_batch(self, step)
+
+    cfg = finer.ImageRunConfig(image=str(png_path), steps=5, eval_every=0, model_options={"width": 8})
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(ImageTask, "batch", batch)
+        with pytest.raises(finer.InterruptedRun, match="interrupted at step 5 of 5"):
+            finer.fit_image(cfg, tmp_path / "run", progress=False)
+    weights = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=False)["model"]
+    metrics = finer.resume_image(tmp_path / "run", progress=False)
+    assert (metrics["status"], metrics["steps"]) == ("complete", 5)
+    assert json.loads((tmp_path / "run" / "metrics.json").read_text())["status"] == "complete"
+    after = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=False)["model"]
+    assert all(torch.equal(weights[k], after[k]) for k in weights)  # no step was trained
+    with pytest.raises(finer.FinerError, match="already reached step 5 of 5"):
+        finer.resume_image(tmp_path / "run", progress=False)  # now finished: refused as before
