@@ -17,7 +17,8 @@ import torch
 from finer import io
 from finer.errors import DivergedError, FinerError, InterruptedRun
 from finer.models import MODELS
-from finer.sdf_run import SDFRunConfig, fit_sdf
+from finer.sdf_run import SDFRunConfig, check_measuring_memory, fit_sdf
+from finer.tasks.sdf import load_mesh, normalize
 
 MESH_SUFFIXES = {".obj", ".ply", ".stl", ".off", ".glb", ".gltf"}
 
@@ -45,6 +46,8 @@ def run_sdf_bench(directory, *, models, out, settings=None, device="auto", progr
         raise FinerError(f"models listed more than once: {', '.join(models)}")
     settings = {**QUICK, **(settings or {})}
     SDFRunConfig(mesh=str(meshes[0]), **settings).validate()  # bad settings: refused before any run
+    for path in meshes:  # so are unreadable meshes, and grids too large to measure on one of them
+        check_measuring_memory(settings["resolution"], settings["iou_resolution"], normalize(load_mesh(path))[0].area)
     rows, skipped = [], 0
     for name in models:  # method-major: the first methods cover every shape early
         for path in meshes:

@@ -87,13 +87,13 @@ def keeping_complex(fn: Callable[[Tensor], Tensor]) -> Callable[[Tensor], Tensor
     converts complex tensors too, through their real view: ``.double()`` and ``.to(torch.float64)`` make
     complex64 weights complex128 and ``.float()`` complex64 again, where PyTorch would leave them as they
     are (``.double()``) or silently drop their imaginary part (``.to(torch.float64)``). Half types, which
-    complex products do not support, leave them complex64."""
+    complex products do not support, leave them complex64 with their values (only a device move applies)."""
 
     def convert(t: Tensor) -> Tensor:
         if not t.is_complex():
             return fn(t)
         real = fn(torch.view_as_real(t))
-        return torch.view_as_complex(real if real.dtype in (torch.float32, torch.float64) else real.float())
+        return torch.view_as_complex(real) if real.dtype in (torch.float32, torch.float64) else t.to(real.device)
 
     return convert
 

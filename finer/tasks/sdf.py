@@ -275,13 +275,19 @@ def slab_depth(resolution: int, points: int = 1 << 22, most: int = 32) -> int:
 def evaluate_grid(model, resolution: int, device, z_range: tuple[int, int] | None = None,
                   chunk: int = 262_144) -> np.ndarray:
     """Field values on the ``resolution^3`` grid of ``[-0.5, 0.5]^3`` (optionally z-slices ``[z0, z1)``),
-    evaluated ``chunk`` points at a time; returns ``(X, Y, Z)`` float32."""
+    evaluated ``chunk`` points at a time, with the coordinates of a slab of slices at a time (so that
+    the values are all the memory a whole grid takes); returns ``(X, Y, Z)`` float32."""
     z0, z1 = z_range or (0, resolution)
-    coords = torch.from_numpy(grid_slab(resolution, z0, z1, np.float32))
-    out = torch.empty(coords.shape[0])
-    for s in range(0, coords.shape[0], chunk):
-        out[s : s + chunk] = model(coords[s : s + chunk].to(device)).reshape(-1).float().cpu()
-    return out.reshape(resolution, resolution, z1 - z0).numpy()
+    out = np.empty((resolution, resolution, z1 - z0), dtype=np.float32)
+    depth = slab_depth(resolution)
+    for a in range(z0, z1, depth):
+        b = min(a + depth, z1)
+        coords = torch.from_numpy(grid_slab(resolution, a, b, np.float32))
+        part = torch.empty(coords.shape[0])
+        for s in range(0, coords.shape[0], chunk):
+            part[s : s + chunk] = model(coords[s : s + chunk].to(device)).reshape(-1).float().cpu()
+        out[:, :, a - z0 : b - z0] = part.reshape(resolution, resolution, b - a).numpy()
+    return out
 
 
 def grid_iou(model, index: "SurfaceIndex", resolution: int, device, values: np.ndarray | None = None,
@@ -313,6 +319,12 @@ def _slab_surface(values: np.ndarray, z0: int, step: float):
     return v - BOUND, f
 
 
+def shares_grid(resolution: int, iou_resolution: int) -> bool:
+    """Whether measuring evaluates the network once on one whole grid for both measures (equal grids,
+    at most 512^3: 512 MB of values)."""
+    return resolution == iou_resolution <= 512
+
+
 def measuring_memory(resolution: int, iou_resolution: int, area: float) -> int:
     """Bytes of host memory that measuring a fit takes at its peak, about: the larger of one slab of
     the marching-cubes grid, one slab of the IoU grid, and the extracted surface, which marching
@@ -322,7 +334,8 @@ def measuring_memory(resolution: int, iou_resolution: int, area: float) -> int:
     mc_slab = resolution**2 * (slab_depth(resolution, 1 << 23) + 1) * 48  # coordinates, values, scikit-image's copy
     iou_slab = max(1 << 22, iou_resolution**2) * 120  # float64 points, nearest samples, masks
     surface = 2 * 1.5 * area * resolution**2 * 250
-    return int(max(mc_slab + surface, iou_slab))
+    shared = resolution**3 * 4 if shares_grid(resolution, iou_resolution) else 0  # the whole grid's values
+    return int(max(mc_slab + surface, iou_slab) + shared)
 
 
 def extract_surface(model, resolution: int, device, slab: int | None = None, values: np.ndarray | None = None,

@@ -123,3 +123,16 @@ def test_a_model_listed_twice_is_refused_from_python_too(tmp_path):
     with pytest.raises(FinerError, match="models listed more than once"):
         check_models(["siren", "finer", "siren"])
     assert not (tmp_path / "b").exists()
+
+
+def test_a_bad_mesh_or_a_grid_too_large_stops_the_grid_before_any_run(tmp_path):
+    meshes = tmp_path / "meshes"
+    meshes.mkdir()
+    trimesh.creation.icosphere(1).export(meshes / "a.obj")
+    with pytest.raises(FinerError, match="resolution 100000"):
+        run_sdf_bench(meshes, models=["finer"], out=tmp_path / "b", settings={**TINY, "resolution": 100_000},
+                      progress=False)
+    (meshes / "z.obj").write_text("# nothing\n")
+    with pytest.raises(FinerError, match="z.obj"):
+        run_sdf_bench(meshes, models=["finer"], out=tmp_path / "b", settings=TINY, progress=False)
+    assert not (tmp_path / "b" / "runs").exists()

@@ -45,6 +45,9 @@ def test_complex_weights_follow_dtype_casts():
     assert torch.autograd.gradcheck(model, x[:4].double().requires_grad_())
     model.float()
     assert torch.equal(model.layers[1].linear.weight, weight) and model(x).dtype == torch.float32
+    model.half()  # no complex half product: the complex weights keep their values
+    assert torch.equal(model.layers[1].linear.weight, weight) and model.layers[0].linear.weight.dtype == torch.half
+    model.float()
     stack = StackedMLP([model, build_model("wire", 2, 1, width=16, hidden_layers=1, seed=1)]).double()
     assert stack.weights[1].dtype == torch.complex128
     assert torch.allclose(stack(x.double())[0], model.double()(x.double()))

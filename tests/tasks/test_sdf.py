@@ -135,6 +135,15 @@ def test_iou():
     assert S.occupancy_iou(a, a) == 1.0
 
 
+def test_grid_values_in_slabs_are_the_field_on_the_lattice():
+    """40 slices go in two slabs (32 + 8); any z-range gives the same values as the whole grid."""
+    field, r = SphereField(0.3), 40
+    whole = S.evaluate_grid(field, r, "cpu")
+    expected = (np.linalg.norm(S.grid_points(r), axis=1) - 0.3).reshape(r, r, r)
+    np.testing.assert_allclose(whole, expected, atol=1e-6)
+    np.testing.assert_array_equal(S.evaluate_grid(field, r, "cpu", (5, 39)), whole[:, :, 5:39])
+
+
 def test_grid_iou_in_slabs_matches_the_whole_grid_and_the_analytic_overlap(box):
     """A sphere field against the box mesh: slab by slab (4 slices, a ragged last slab) gives the
     whole-grid count exactly, and both are close to the exact volumes' IoU."""
