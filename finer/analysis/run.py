@@ -87,6 +87,9 @@ def analyze_ntk(out, *, models=("siren", "finer"), ks=(1.0, 5.0, 10.0, 20.0), wi
     checks = _eq5_checks([k for m, k in _cases(["finer"], list(ks))], seed, mc_samples)
     setting = {"points": points, "grid": "linspace(0, 1, points + 1)[:-1]", "width": width, "hidden_layers": 0,
                "first_omega": 1.0, "final_init_omega": 30.0, "params": params, "threshold": threshold,
+               "finer_scale_grad": N.shallow_network("finer", 1.0, width=1).config.scale_grad,
+               "finer_scale_grad_note": "False: the official code's kernel, the scale |z| + 1 detached; the Eq. (5) "
+                                        "check uses the true derivative, 2|z| + 1 (scale_grad True)",
                "fit": {"signal": "mean of sin(2 pi f x), f = 1, 3, 6, 10", "optimizer": "Adam", "lr": lr,
                        "steps": steps}, "seed": seed}
     io.write_json(out / "ntk.json", rows)

@@ -16,6 +16,8 @@ def test_analyze_ntk_and_activations(tmp_path):
     assert "fit loss at step 5 |" in (tmp_path / "ntk" / "ntk.md").read_text()  # 5 steps: no step 100 to name
     for name in ("ntk_kernels.png", "ntk_eigenvalues.png", "ntk_fit_loss.png", "ntk.md", "ntk_setting.json"):
         assert (tmp_path / "ntk" / name).is_file()
+    setting = json.loads((tmp_path / "ntk" / "ntk_setting.json").read_text())["setting"]
+    assert setting["finer_scale_grad"] is False  # which FINER derivative the kernels are of, recorded
     # a folder holding other files (here the NTK's, as docs/results/analysis does) takes another analysis
     activations = ["analyze", "activations", "--resolution", "8", "--k", "default,5", "--out", str(tmp_path / "ntk")]
     assert main(activations) == 0
