@@ -39,6 +39,7 @@ with one warning. Only first derivatives are provided: analyses that differentia
 from __future__ import annotations
 
 import functools
+import inspect
 import warnings
 from typing import Callable
 
@@ -46,6 +47,7 @@ import torch
 from torch import Tensor, nn
 from torch.autograd.function import once_differentiable
 
+from finer.errors import FinerWarning
 from finer.nn import activations as A
 from finer.nn.layers import FEW_INPUTS, autocast_context, autocast_off, handoff_dtype, product_autocast
 
@@ -568,19 +570,37 @@ def fused_apply(z: Tensor, *, reference: Callable, runner: _Compiled, **params) 
     return _FusedFunction.apply(z, runner, params)
 
 
+def kernel_call(activation: Callable) -> tuple[Callable, dict] | None:
+    """``(fn, params)`` of an activation ``fn`` or ``partial(fn, omega=30, ...)`` whose ``fn`` has a kernel,
+    the parameters it leaves out at ``fn``'s defaults; ``None`` otherwise, and for a partial with
+    positional arguments, which would take the place of the pre-activation."""
+    fn, keywords = activation, {}
+    if isinstance(activation, functools.partial):
+        if activation.args:
+            return None
+        fn, keywords = activation.func, activation.keywords
+    if fn not in KERNELS and fn not in COMPLEX_KERNELS:
+        return None
+    bound = inspect.signature(fn).bind(None, **keywords)  # (the first parameter is z)
+    bound.apply_defaults()
+    return fn, dict(list(bound.arguments.items())[1:])
+
+
 def fused_version(activation: Callable, compile: bool = True) -> Callable | None:
-    """The fused equivalent of ``partial(fn, **params)`` (or ``None`` when ``fn`` has no kernel)."""
-    kernels = {**KERNELS, **COMPLEX_KERNELS}
-    if isinstance(activation, functools.partial) and activation.func in kernels and not activation.args:
-        fn = activation.func
-        runner = _runner(kernels[fn], compile)
-        fused = functools.partial(fused_apply, reference=fn, runner=runner, **activation.keywords)
-        return fused
-    return None
+    """The fused equivalent of ``activation`` (``fn`` or ``partial(fn, ...)``; ``None`` when ``fn`` has no kernel)."""
+    call = kernel_call(activation)
+    if call is None:
+        return None
+    fn, params = call
+    return functools.partial(fused_apply, reference=fn, runner=_runner({**KERNELS, **COMPLEX_KERNELS}[fn], compile),
+                             **params)
 
 
 def fuse(model: nn.Module, compile: bool = True) -> int:
     """Give every layer of ``model`` whose activation has a kernel its fused version; returns the count.
+    An activation is recognised as ``fn`` or ``partial(fn, omega=30, ...)`` for ``fn`` in :data:`KERNELS` or
+    :data:`COMPLEX_KERNELS` (see :func:`kernel_call`); a partial of such an ``fn`` with positional
+    arguments is left as it is, with a warning, and so are other activations.
     Layers fused before (perhaps in the other ``compile`` mode) are fused anew."""
     from finer.nn.layers import Layer
     from finer.nn.learnable import LearnableActivation
@@ -595,20 +615,26 @@ def fuse(model: nn.Module, compile: bool = True) -> int:
                     count += 1
                 continue
             fused = fused_version(module.activation, compile)
+            act = module.activation
+            if fused is None and isinstance(act, functools.partial) and act.args and (
+                    act.func in KERNELS or act.func in COMPLEX_KERNELS):
+                warnings.warn(f"not fused: {act!r} passes positional arguments, which take the place of the "
+                              f"pre-activation; write partial({act.func.__name__}, omega=...) to fuse it",
+                              FinerWarning, stacklevel=2)
             if fused is not None:
-                plain = module.activation  # partial(fn, **params), checked by fused_version
-                if plain.func in KERNELS and not module.linear.weight.is_complex():
-                    runner, grad_runner = _linear_runners(KERNELS[plain.func], compile)
+                fn, params = kernel_call(module.activation)
+                if fn in KERNELS and not module.linear.weight.is_complex():
+                    runner, grad_runner = _linear_runners(KERNELS[fn], compile)
                     # only when compiling: run eagerly, the term-by-term product is slower than mm
-                    stem = (_stem_runners(KERNELS[plain.func], True)
+                    stem = (_stem_runners(KERNELS[fn], True)
                             if compile and module.linear.in_features <= STEM_MAX_IN else None)
                     module.fused_forward = functools.partial(fused_linear_apply, runner=runner, grad_runner=grad_runner,
-                                                             stem=stem, handoff=True, **plain.keywords)
-                elif plain.func in COMPLEX_KERNELS:
-                    runner, grad_runner = _complex_linear_runners(COMPLEX_KERNELS[plain.func],
+                                                             stem=stem, handoff=True, **params)
+                elif fn in COMPLEX_KERNELS:
+                    runner, grad_runner = _complex_linear_runners(COMPLEX_KERNELS[fn],
                                                                   not module.linear.weight.is_complex(), compile)
                     module.fused_forward = functools.partial(fused_complex_linear_apply, runner=runner,
-                                                             grad_runner=grad_runner, **plain.keywords)
+                                                             grad_runner=grad_runner, **params)
                 module.activation = fused
                 count += 1
     return count

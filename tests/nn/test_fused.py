@@ -547,3 +547,32 @@ def pickle_round_trip(value):
     import pickle
 
     return pickle.loads(pickle.dumps(value))
+
+
+def test_hand_built_layers_fuse_however_their_activation_is_written():
+    """``fn`` itself, ``partial(fn, omega=...)``: fused, same outputs and gradients; ``partial(fn, 30.0)``
+    (30 in the place of the pre-activation): left alone, with a warning."""
+    from finer.errors import FinerWarning
+    from finer.nn.encodings import IdentityEncoding
+    from finer.nn.layers import Layer
+    from finer.nn.mlp import CoordinateMLP
+
+    def net(first):
+        torch.manual_seed(0)
+        return CoordinateMLP(IdentityEncoding(2), [Layer(2, 16, first, weight_init="siren", init_omega=30.0,
+                                                         is_first=True),
+                                                   Layer(16, 16, functools.partial(A.finer, omega=30.0),
+                                                         weight_init="siren", init_omega=30.0),
+                                                   Layer(16, 1)])
+
+    x = torch.rand(9, 2) * 2 - 1
+    for first in (A.sine, functools.partial(A.finer, omega=20.0)):
+        plain, fused = net(first), net(first)
+        assert F.fuse(fused, compile=False) == 2
+        torch.testing.assert_close(fused(x), plain(x))
+        plain(x).square().sum().backward()
+        fused(x).square().sum().backward()
+        for a, b in zip(plain.parameters(), fused.parameters()):
+            torch.testing.assert_close(a.grad, b.grad, rtol=1e-5, atol=1e-6)
+    with pytest.warns(FinerWarning, match="positional arguments"):
+        assert F.fuse(net(functools.partial(A.sine, 30.0)), compile=False) == 1
