@@ -54,3 +54,26 @@ def test_statistics_refuse_other_activations_and_see_through_fused_layers():
     fused = layer_statistics(net, coords, layers=2)
     for a, b in zip(plain, fused):
         assert all(torch.allclose(a[k], b[k]) for k in a)
+
+
+def test_statistics_of_a_finer_first_layer_before_other_layers():
+    """FINER's first layer, SIREN after it (a hand-built network, its activation the bare function at
+    omega 30): the first layer is measured, the second refused."""
+    import functools
+
+    import finer
+    from finer.nn import activations as A
+    from finer.nn.encodings import IdentityEncoding
+    from finer.nn.layers import Layer
+    from finer.nn.mlp import CoordinateMLP
+
+    torch.manual_seed(0)
+    net = CoordinateMLP(IdentityEncoding(2), [Layer(2, 8, A.finer, weight_init="siren", is_first=True, bias_range=2.0),
+                                              Layer(8, 8, functools.partial(A.sine, omega=30.0)), Layer(8, 1)])
+    coords = torch.rand(5, 2) * 2 - 1
+    (stats,) = layer_statistics(net, coords, layers=1)
+    z = net.layers[0].linear(coords)
+    expected = 30 * (2 * z.abs() + 1) * net.layers[0].linear.weight.norm(dim=1)  # the function's omega, 30
+    torch.testing.assert_close(stats["freq_x"], expected.detach().flatten())
+    with pytest.raises(finer.ConfigError, match="layer 2 of this 'CoordinateMLP' network has another activation"):
+        layer_statistics(net, coords, layers=2)
