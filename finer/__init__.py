@@ -19,7 +19,7 @@ _LAZY = {  # imported on first use, so that `finer --help` and the launcher do n
     "MODELS": "finer.models", "build_model": "finer.models", "count_parameters": "finer.models",
     "make_config": "finer.models",
     "ImageRunConfig": "finer.runs", "fit_image": "finer.runs", "render_checkpoint": "finer.runs",
-    "resume_image": "finer.runs",
+    "reconstruct_image": "finer.runs", "resume_image": "finer.runs", "load_checkpoint": "finer.io",
 }
 
 
@@ -51,8 +51,10 @@ __all__ = [
     "build_model",
     "count_parameters",
     "fit_image",
+    "load_checkpoint",
     "make_config",
     "models",
+    "reconstruct_image",
     "render_checkpoint",
     "resume_image",
 ]

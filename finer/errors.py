@@ -16,7 +16,12 @@ class CropError(FinerError):
 
 
 class DivergedError(FinerError):
-    """Training produced a non-finite loss; the message names the last good step."""
+    """Training produced a non-finite or diverging loss; the message names the last good step, ``metrics``
+    holds what the run recorded of it (its metrics.json: scored at that step), empty if nothing."""
+
+    def __init__(self, message: str, metrics: dict | None = None):
+        super().__init__(message)
+        self.metrics = metrics or {}
 
 
 class InterruptedRun(FinerError):

@@ -386,6 +386,16 @@ def _plain(value: Any) -> Any:
     return value
 
 
+def plain_numbers(config: Any) -> None:
+    """Turn the NumPy (or other) integer and real scalars among a dataclass's fields into Python ``int`` and
+    ``float``, in place: a config accepts ``np.int64(500)`` steps and records them as JSON can."""
+    for f in dataclasses.fields(config):
+        value = getattr(config, f.name)
+        if isinstance(value, dict):  # (model_options)
+            value = {k: _plain(v) for k, v in value.items()}
+        setattr(config, f.name, _plain(value))
+
+
 def make_config(name: str, **overrides: Any) -> MLPConfig:
     """The config of method ``name`` with its paper defaults, except for ``overrides``, each checked
     (:class:`ConfigError` for an unknown option or a bad value; ``None`` only where the default is
@@ -419,8 +429,9 @@ def build_model(
 
     >>> net = build_model("finer", 2, 3, width=64, first_bias_scale=5.0, seed=0)
     """
+    in_features, out_features = _plain(in_features), _plain(out_features)
     for label, n in (("in_features", in_features), ("out_features", out_features)):
-        if not isinstance(n, int) or n <= 0:
+        if isinstance(n, bool) or not isinstance(n, int) or n <= 0:
             raise ConfigError(f"{label} must be a positive integer, got {n!r}")
     cfg = make_config(name, **overrides)
     return build_from_config(name, cfg, in_features, out_features, seed)

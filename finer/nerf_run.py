@@ -24,7 +24,7 @@ from finer import io
 from finer.errors import DivergedError, FinerError, FinerWarning, InterruptedRun
 from finer.lpips import available as lpips_available
 from finer.metrics import image_metrics, lpips_left_out
-from finer.models import count_parameters
+from finer.models import count_parameters, plain_numbers
 from finer.nn.fused import apply_fused
 from finer.runs import _prepare_out, resolve_device
 from finer.tasks import nerf as N
@@ -72,6 +72,9 @@ class NeRFRunConfig:
     fused: str = "auto"
     chunk: int = 4096
     """Rays per forward pass when rendering whole views."""
+
+    def __post_init__(self):
+        plain_numbers(self)  # (NumPy scalars)
 
     def validate(self) -> None:
         for name in ("views", "downscale", "steps", "rays", "samples", "width", "test_views", "chunk"):
@@ -158,7 +161,8 @@ def fit_nerf(cfg: NeRFRunConfig, out, *, progress: bool = True, overwrite: bool 
                                  f"{state.step} (checkpoint.pt; `finer render nerf {out}` renders it), "
                                  "unscored") from None
     if state.status == "diverged":
-        raise DivergedError(f"{state.message}; checkpoint of step {state.step} kept in {out}")
+        raise DivergedError(f"{state.message}; checkpoint of step {state.step} kept in {out}",
+                            {**metrics, "out": str(out)})
     if state.status == "interrupted":  # a caller's loop or notebook cell stops too, as Ctrl-C means
         raise InterruptedRun(f"{state.message}; {out} keeps the network of step {state.step} (checkpoint.pt) and "
                              "its scores (metrics.json); this kind of run is not resumed: fit it again with "

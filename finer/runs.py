@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import numbers
 import os
 import platform
 import time
@@ -20,12 +21,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from finer import io
 from finer.errors import ConfigError, DivergedError, FinerError, FinerWarning, InterruptedRun
 from finer.metrics import psnr, ssim
-from finer.models import build_model, count_parameters, network_shape
+from finer.models import build_model, count_parameters, network_shape, plain_numbers
 from finer.nn.fused import FUSED_MODES, apply_fused
 from finer.plots import error_map, psnr_curve
 from finer.tasks import image as img
@@ -79,6 +81,9 @@ class ImageRunConfig:
     cuda_graph: bool = False
     """Record the training step once as a CUDA graph and replay it (CUDA, full batch; see
     finer.train.TrainStep)."""
+
+    def __post_init__(self):
+        plain_numbers(self)  # (NumPy scalars)
 
     def validate(self) -> None:
         for name in ("steps", "eval_chunk", "log_every"):
@@ -314,7 +319,8 @@ class _Run:
             )
             metrics = self.write_metrics(state, final=True)
         if state.status == "diverged":
-            raise DivergedError(f"{state.message}; checkpoint of step {state.step} kept in {self.out}")
+            raise DivergedError(f"{state.message}; checkpoint of step {state.step} kept in {self.out}",
+                                {**metrics, "out": str(self.out)})
         if state.status == "interrupted":  # a caller's loop or notebook cell stops too, as Ctrl-C means
             raise InterruptedRun(f"{state.message}; continue with `finer resume {self.out}`",
                                  {**metrics, "out": str(self.out)})
@@ -434,17 +440,23 @@ def _check_resumable(run_dir: Path, run: _Run, recorded: dict, payload: dict) ->
                          "it is not the image of that run")
 
 
-def render_checkpoint(checkpoint: str | Path, *, scale: float = 2.0, out: str | Path | None = None,
-                      device: str = "auto", chunk: int = 65536) -> Path:
-    """Render an image model at ``scale`` times its training resolution from the checkpoint alone."""
-    if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not 0 < scale < math.inf:
+def reconstruct_image(checkpoint: str | Path, *, scale: float = 1.0, device: str = "auto",
+                      chunk: int = 65536) -> np.ndarray:
+    """The image a fitted model represents, from its checkpoint (a run folder or its ``checkpoint.pt``),
+    at ``scale`` times the training resolution: float32 ``(H, W, C)`` in [0, 1], as the run's
+    ``reconstruction.png`` at ``scale`` 1."""
+    return _reconstruct(checkpoint, scale, device, chunk)[0]
+
+
+def _reconstruct(checkpoint, scale, device, chunk, out=None, reader: str = "finer.reconstruct_image"):
+    if isinstance(scale, bool) or not isinstance(scale, numbers.Real) or not 0 < scale < math.inf:
         raise ConfigError(f"scale must be a positive number, got {scale!r}")
-    if isinstance(chunk, bool) or not isinstance(chunk, int) or chunk < 1:
+    if isinstance(chunk, bool) or not isinstance(chunk, numbers.Integral) or chunk < 1:
         raise ConfigError(f"chunk must be a positive integer, got {chunk!r}")
     if out:
         io.check_out(out, folder=False)
         img.check_image_path(out)
-    model, payload = io.load_checkpoint(checkpoint, "image", "finer render")
+    model, payload = io.load_checkpoint(checkpoint, "image", reader)
     task = payload["task"]
     if out:
         img.check_writable_as(out, task["channels"])
@@ -453,9 +465,18 @@ def render_checkpoint(checkpoint: str | Path, *, scale: float = 2.0, out: str | 
     need, budget = h * w * (4 * (task["channels"] + 2) + task["channels"]), img.memory_budget(torch.device("cpu"))
     if need > budget:  # coordinates and the float image in memory, then the 8-bit one
         raise FinerError(f"a {w}x{h} render needs about {need / 2**30:.1f} GiB (> {budget / 2**30:.1f} GiB available); "
-                         "use a smaller --scale")
+                         "use a smaller scale (--scale)")
     pred = img.predict_image(model.to(dev).eval(), h, w, target_range=tuple(task["target_range"]),
-                             aspect=task["aspect"], chunk=chunk, device=dev)
+                             aspect=task["aspect"], chunk=int(chunk), device=dev)
+    return pred, task
+
+
+def render_checkpoint(checkpoint: str | Path, *, scale: float = 2.0, out: str | Path | None = None,
+                      device: str = "auto", chunk: int = 65536) -> Path:
+    """Render an image model at ``scale`` times its training resolution from the checkpoint alone, as a
+    PNG (default: ``render_xSCALE.png`` in the run folder); returns its path. The array itself:
+    :func:`reconstruct_image`."""
+    pred, _ = _reconstruct(checkpoint, scale, device, chunk, out, "finer render")
     ckpt = Path(checkpoint)
     out = Path(out) if out else (ckpt if ckpt.is_dir() else ckpt.parent) / f"render_x{scale:g}.png"
     io.atomic_write(out, lambda tmp: img.save_image(pred, tmp))

@@ -17,7 +17,7 @@ import torch
 
 from finer import io
 from finer.errors import ConfigError, DivergedError, FinerError, InterruptedRun
-from finer.models import build_model, count_parameters, make_config, network_shape
+from finer.models import build_model, count_parameters, make_config, network_shape, plain_numbers
 from finer.nn.fused import apply_fused
 from finer.render3d import render_meshes
 from finer.runs import _prepare_out, resolve_device
@@ -68,6 +68,9 @@ class SDFRunConfig:
     """auto, cpu or cuda."""
     fused: str = "auto"
     """Activations: compile, eager, off, or auto (compile for 500+ steps); see finer.nn.fused."""
+
+    def __post_init__(self):
+        plain_numbers(self)  # (NumPy scalars)
 
     def validate(self) -> None:
         check_sizes(**{name: getattr(self, name) for name in ("steps", "batch_size", "pool_size", "surface_samples",
@@ -184,7 +187,8 @@ def fit_sdf(cfg: SDFRunConfig, out: str | Path, *, progress: bool = True, overwr
             raise InterruptedRun(f"interrupted while measuring the surface; {out} keeps the network of step "
                                  f"{state.step} (checkpoint.pt), which `finer eval sdf {out}` measures") from None
     if state.status == "diverged":
-        raise DivergedError(f"{state.message}; checkpoint of step {state.step} kept in {out}")
+        raise DivergedError(f"{state.message}; checkpoint of step {state.step} kept in {out}",
+                            {**metrics, "out": str(out)})
     if state.status == "interrupted":  # a caller's loop or notebook cell stops too, as Ctrl-C means
         raise InterruptedRun(f"{state.message}; {out} keeps the network of step {state.step} (checkpoint.pt) and "
                              "its scores (metrics.json); this kind of run is not resumed: fit it again with "

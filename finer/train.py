@@ -1,7 +1,8 @@
 """The generic fit loop: Adam, exponential learning-rate decay, NaN guard, progress, history.
 
-It knows a task only through a small interface (:class:`Task`): ``batch(step)``, ``loss``,
-``step_metrics(loss)`` and ``evaluate(model)``. Everything written to disk is done by the caller
+It knows a task only through a small interface (:class:`Task`): ``batch(step)`` and ``loss``, and
+where the task has them ``step_metrics(loss)`` (figures shown and recorded with the loss) and
+``evaluate(model)`` (every ``eval_every`` steps). Everything written to disk is done by the caller
 through the ``on_checkpoint`` callback, so the loop stays task- and file-agnostic.
 
 One step (:class:`TrainStep`) runs eagerly, or, on a CUDA device with ``cuda_graph``, is recorded
@@ -30,9 +31,11 @@ from finer.launch import interrupt
 
 
 class Task(Protocol):
-    """What the loop needs of a task. A task may also set ``replayable = True``: ``batch`` returns
-    the same tensors at every step and ``loss`` keeps nothing between steps, so a step can be
-    recorded once and replayed (``TrainConfig.cuda_graph``); without it a task is not replayable."""
+    """What the loop needs of a task: ``batch`` and ``loss``; ``step_metrics`` may be left out (no
+    figures beside the loss), and so may ``evaluate`` when ``TrainConfig.eval_every`` is 0. A task may
+    also set ``replayable = True``: ``batch`` returns the same tensors at every step and ``loss`` keeps
+    nothing between steps, so a step can be recorded once and replayed (``TrainConfig.cuda_graph``);
+    without it a task is not replayable."""
 
     def batch(self, step: int) -> tuple[Tensor, Tensor]: ...
     def loss(self, pred: Tensor, target: Tensor) -> Tensor: ...
@@ -69,6 +72,10 @@ class TrainConfig:
     (CUDA devices and replayable, i.e. full-batch, tasks only; see :class:`TrainStep`)."""
 
     def __post_init__(self):
+        from finer.models import plain_numbers
+
+        plain_numbers(self)
+
         def whole(name, low):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
@@ -156,7 +163,13 @@ def exponential_decay(steps: int, final_factor: float) -> Callable[[int], float]
 def curve_columns(task: Task) -> list[str]:
     """The columns of a fit's ``history`` (``curve.csv``) before any evaluation: also the header of a
     curve without rows (a run that diverged at once)."""
-    return ["step", "loss", *task.step_metrics(1.0), "lr"]
+    return ["step", "loss", *step_metrics(task, 1.0), "lr"]
+
+
+def step_metrics(task: Task, loss: float) -> dict[str, float]:
+    """The task's figures for a step's ``loss`` (none where it has no ``step_metrics``)."""
+    own = getattr(task, "step_metrics", None)
+    return own(loss) if own is not None else {}
 
 
 class _StopFlag:
@@ -334,6 +347,10 @@ def fit(
     snapshot and ``state.status`` becomes ``"diverged"``; on Ctrl-C it becomes ``"interrupted"``.
     ``trainer``: a :class:`TrainStep` of this model and task to use (and keep across calls) instead
     of a new one; ``optimizer_state`` then does not apply.
+
+    A later call continues from ``state`` with a fresh Adam unless given the optimiser's state: the
+    ``snapshot["optimizer"]`` of ``on_checkpoint`` as ``optimizer_state``, or the same ``trainer``.
+    ``cfg.lr`` is not the model's own: give ``TrainConfig(lr=model.config.lr, ...)`` for a registry model.
     """
     state = state or FitState()
     if cfg.precision not in PRECISIONS:
@@ -344,6 +361,9 @@ def fit(
                           "use fp32 or tf32")
     if trainer is not None and optimizer_state is not None:
         raise ValueError("give the optimiser state to the TrainStep, not to fit() beside it")
+    if cfg.eval_every and not hasattr(task, "evaluate"):
+        raise ConfigError(f"eval_every {cfg.eval_every}: this {type(task).__name__} has no evaluate(model); "
+                          "give it one, or set eval_every=0")
     trainer = trainer or TrainStep(model, task, cfg, optimizer_state)
     optimizer = trainer.optimizer
     schedule = exponential_decay(cfg.steps, cfg.lr_final_factor)
@@ -368,16 +388,16 @@ def fit(
                 state.message = (
                     f"loss became {loss:.4g} at step {step + 1}; stopped, last good step {good_step} "
                     + ("(the untrained network's output is not finite: check the model options, such as a very "
-                       "large --first-bias-scale, and the input)" if at_start
-                       else "(try a lower --lr, or check the input)")
+                       "large first-bias-scale, and the input)" if at_start
+                       else "(try a lower learning rate, or check the input)")
                 )
                 return False
-            state.history.append({"step": step + 1, "loss": loss, **task.step_metrics(loss), "lr": lr})
+            state.history.append({"step": step + 1, "loss": loss, **step_metrics(task, loss), "lr": lr})
         pending.clear()
         good, good_step = _snapshot(model, optimizer), state.step
         if state.history:
             last = state.history[-1]
-            figures = task.step_metrics(last["loss"])
+            figures = step_metrics(task, last["loss"])
             shown.update(loss=f"{last['loss']:.3e}", **{k: f"{v:.2f}" for k, v in figures.items()})
             bar.set_postfix(shown, refresh=False)
         return True

@@ -186,6 +186,13 @@ def test_divergence_keeps_last_good_checkpoint(png_path, tmp_path, capsys):
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["status"] == "diverged" and "last good step" in metrics["message"]
     assert (out / "checkpoint.pt").is_file()
+    import finer  # from Python: the error carries what the run recorded, as InterruptedRun does
+
+    cfg = finer.ImageRunConfig(image=str(png_path), steps=50, model_options={"width": 16, "lr": 1e4})
+    with pytest.raises(finer.DivergedError, match="try a lower learning rate") as caught:
+        finer.fit_image(cfg, tmp_path / "py", progress=False)
+    assert caught.value.metrics["status"] == "diverged" and caught.value.metrics["out"] == str(tmp_path / "py")
+    assert caught.value.metrics["psnr"] == json.loads((tmp_path / "py" / "metrics.json").read_text())["psnr"]
 
 
 def test_a_run_that_diverges_at_once_keeps_a_curve_that_names_its_columns(png_path, tmp_path, capsys):
@@ -508,7 +515,7 @@ def test_render_refuses_what_it_cannot_write_before_rendering(png_path, tmp_path
     assert main(["render", str(run), "--out", str(tmp_path / "r.jpg")]) == 2
     assert "cannot write this RGBA image" in capsys.readouterr().err and not (tmp_path / "r.jpg").exists()
     assert main(["render", str(run), "--scale", "100000"]) == 2
-    assert "use a smaller --scale" in capsys.readouterr().err
+    assert "use a smaller scale (--scale)" in capsys.readouterr().err
     (tmp_path / "noise.pt").write_bytes(np.random.default_rng(0).bytes(300))
     assert main(["render", str(tmp_path / "noise.pt")]) == 2
     assert "not a file saved by PyTorch" in capsys.readouterr().err

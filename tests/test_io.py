@@ -2,9 +2,11 @@
 
 import json
 
+import numpy as np
 import pytest
 import torch
 
+import finer
 from finer import io
 from finer.errors import FinerError
 from finer.models import MODELS, build_model
@@ -144,3 +146,24 @@ def test_render_refuses_bad_options_from_python(tmp_path, options, message):
                                        "target_range": [-1.0, 1.0], "aspect": "stretch"}})
     with pytest.raises(FinerError, match=message):
         render_checkpoint(tmp_path / "net.pt", out=tmp_path / "r.png", **options)
+
+
+def test_a_fit_comes_back_as_an_array_and_a_model(tmp_path, png_path):
+    """reconstruct_image at scale 1 is the run's reconstruction.png (to its 8-bit rounding), at scale 2
+    twice the size; load_checkpoint gives the model, whose output on a pixel centre is that pixel."""
+    from PIL import Image
+
+    from finer.tasks.image import coordinate_grid
+
+    finer.fit_image(finer.ImageRunConfig(image=str(png_path), steps=30, model_options={"width": 16}),
+                    tmp_path / "run", progress=False)
+    saved = np.asarray(Image.open(tmp_path / "run" / "reconstruction.png"), dtype=np.float32) / 255
+    image = finer.reconstruct_image(tmp_path / "run")
+    assert image.shape == saved.shape and image.dtype == np.float32
+    assert np.abs(image - saved).max() <= 0.5 / 255 + 1e-6
+    assert finer.reconstruct_image(tmp_path / "run" / "checkpoint.pt", scale=2).shape == (48, 48, 3)
+    model, payload = finer.load_checkpoint(tmp_path / "run")
+    lo, hi = payload["task"]["target_range"]
+    with torch.no_grad():
+        out = model(coordinate_grid(24, 24)).reshape(24, 24, 3).numpy()
+    np.testing.assert_allclose(np.clip((out - lo) / (hi - lo), 0, 1), image, atol=1e-5)

@@ -241,6 +241,20 @@ def test_numpy_scalars_are_numbers():
 
     net = build_model("finer", 2, 3, width=np.int64(16), first_omega=np.float32(30), seed=0)
     assert net.config.width == 16 and type(net.config.width) is int and net.config.first_omega == 30.0
+    assert build_model("siren", np.int64(3), np.int32(1), width=8).layers[0].linear.in_features == 3
+    import dataclasses
+    import json
+
+    from finer.nerf_run import NeRFRunConfig
+    from finer.sdf_run import SDFRunConfig
+    from finer.train import TrainConfig
+
+    for cfg in (finer.ImageRunConfig(steps=np.int64(10), seed=np.uint32(3), model_options={"width": np.int64(8)}),
+                SDFRunConfig(mesh="m.obj", steps=np.int64(5), resolution=np.int16(64)),
+                NeRFRunConfig(scene="s", rays=np.int64(64), lr=np.float32(1e-3)),
+                TrainConfig(steps=np.int64(3), lr=np.float64(1e-3))):
+        json.dumps(dataclasses.asdict(cfg))  # recorded as JSON can (config.json)
+        getattr(cfg, "validate", lambda: None)()
 
 
 def test_a_seeded_build_leaves_the_callers_random_stream_alone():

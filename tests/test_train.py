@@ -470,3 +470,25 @@ def test_a_fit_stopped_during_its_last_step_stops_the_callers_loop_and_resume_co
     assert all(torch.equal(weights[k], after[k]) for k in weights)  # no step was trained
     with pytest.raises(finer.FinerError, match="already reached step 5 of 5"):
         finer.resume_image(tmp_path / "run", progress=False)  # now finished: refused as before
+
+
+def test_a_task_needs_only_batch_and_loss():
+    """The smallest task a user writes: a 1-D function, no step_metrics, no evaluate (eval_every 0)."""
+    class Line:
+        def __init__(self):
+            self.x = torch.linspace(-1, 1, 64)[:, None]
+            self.y = torch.sin(3 * self.x)
+
+        def batch(self, step):
+            return self.x, self.y
+
+        def loss(self, pred, target):
+            return ((pred - target) ** 2).mean()
+
+    net = build_model("finer", 1, 1, width=16, hidden_layers=1, seed=0)
+    cfg = TrainConfig(steps=200, lr=net.config.lr, eval_every=0)
+    state = fit(net, Line(), cfg, progress=False)
+    assert state.status == "complete" and set(state.history[0]) == {"step", "loss", "lr"}
+    assert state.history[-1]["loss"] < state.history[0]["loss"] / 10  # it learns
+    with pytest.raises(ConfigError, match="eval_every 5: this Line has no evaluate"):
+        fit(net, Line(), TrainConfig(steps=1, eval_every=5), progress=False)

@@ -10,6 +10,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
+from finer.errors import FinerError
 from finer.nn import init as inits
 from finer.nn.activations import identity
 
@@ -63,6 +64,9 @@ def affine(x: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
     the activation that follows sees a float32 pre-activation. Complex (WIRE) layers are left to
     autocast, which does not touch complex products."""
     stacked = weight.dim() == 3
+    if x.is_complex() and not weight.is_complex():
+        raise FinerError("a complex input (a complex activation's output, such as WIRE's gabor) reaches real "
+                         "weights: build the layers after it with complex_weights=True")
     settings = product_autocast(x)
     if weight.is_complex() or settings is None:
         return torch.baddbmm(bias, x, weight.transpose(1, 2)) if stacked else F.linear(x, weight, bias)

@@ -51,3 +51,16 @@ def test_complex_weights_follow_dtype_casts():
     stack = StackedMLP([model, build_model("wire", 2, 1, width=16, hidden_layers=1, seed=1)]).double()
     assert stack.weights[1].dtype == torch.complex128
     assert torch.allclose(stack(x.double())[0], model.double()(x.double()))
+
+
+def test_a_complex_activation_before_real_weights_is_named():
+    import pytest
+
+    from finer.errors import FinerError
+    from finer.nn.activations import gabor
+
+    net = CoordinateMLP(IdentityEncoding(2), [Layer(2, 8, gabor), Layer(8, 1)])  # the second needs complex weights
+    with pytest.raises(FinerError, match="build the layers after it with complex_weights=True"):
+        net(torch.rand(4, 2))
+    fixed = CoordinateMLP(IdentityEncoding(2), [Layer(2, 8, gabor), Layer(8, 1, complex_weights=True)])
+    assert fixed(torch.rand(4, 2)).dtype == torch.float32
