@@ -10,6 +10,7 @@ progress and everything needed to rebuild the model), ``curve.csv`` (per-step lo
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import numbers
@@ -131,15 +132,20 @@ def device_name(device: torch.device) -> str:
 
 def default_out_dir(cfg: ImageRunConfig) -> Path:
     """``runs/image-STEM-MODEL-DATE-TIME`` (``-2``, ``-3``, ... after it when runs started in the same second
-    already hold that name: a loop of quick fits gets a folder each)."""
+    already hold that name: a loop of quick fits gets a folder each), made empty here: the name is this
+    run's even when another process picks one at the same moment. A long stem is shortened."""
     image = str(cfg.image) if cfg.image else ""
     stem = Path(image).stem if image and not image.startswith("skimage:") else image[8:] or "astronaut"
-    base = Path("runs") / f"image-{stem}-{cfg.model}-{time.strftime('%Y%m%d-%H%M%S')}"
+    base = Path("runs") / f"image-{stem[:120]}-{cfg.model}-{time.strftime('%Y%m%d-%H%M%S')}"
+    base.parent.mkdir(parents=True, exist_ok=True)
     out, n = base, 1
-    while out.exists():
-        n += 1
-        out = base.with_name(f"{base.name}-{n}")
-    return out
+    while True:
+        try:
+            out.mkdir()
+            return out
+        except FileExistsError:
+            n += 1
+            out = base.with_name(f"{base.name}-{n}")
 
 
 KINDS = {"image": "an image run", "sdf": "an SDF run", "nerf": "a NeRF run",
@@ -331,10 +337,17 @@ def fit_image(cfg: ImageRunConfig, out: str | Path | None = None, *, progress: b
               overwrite: bool = False) -> dict[str, Any]:
     """Fit one image; returns the metrics (also written to ``out/metrics.json``) and the run folder (``out``)."""
     cfg.validate()
+    claimed = out is None
     out = Path(out) if out is not None else default_out_dir(cfg)
-    _prepare_out(out, overwrite, create=False, resumable=True)
-    run = _Run(cfg, out, progress)  # reads the image and builds the model before anything is written
-    io.check_not_an_output(run.image_file, out, RUN_FILES, "image")
+    try:
+        _prepare_out(out, overwrite, create=False, resumable=True)
+        run = _Run(cfg, out, progress)  # reads the image and builds the model before anything is written
+        io.check_not_an_output(run.image_file, out, RUN_FILES, "image")
+    except BaseException:
+        if claimed:  # the empty folder default_out_dir made for this run
+            with contextlib.suppress(OSError):
+                out.rmdir()
+        raise
     out.mkdir(parents=True, exist_ok=True)
     io.warn_stale_outputs(out, "the network of the run this one overwrites")
     io.remove_outputs(out, RUN_FILES)  # an overwritten run's files: none may pass for this run's

@@ -411,6 +411,12 @@ def test_fits_without_an_out_folder_each_get_their_own(tmp_path, png_path, monke
                             progress=False)["out"] for seed in range(3)]  # (a Path is a valid image too)
     stem = f"runs/image-{png_path.stem}-finer-20260101-000000"
     assert outs == [stem, stem + "-2", stem + "-3"]
+    (tmp_path / f"{stem}-4").mkdir()  # claimed by another process a moment ago, nothing in it yet
+    assert finer.fit_image(finer.ImageRunConfig(image=png_path, steps=1, model_options={"width": 8}),
+                           progress=False)["out"] == stem + "-5"
+    with pytest.raises(finer.FinerError, match="image file not found"):  # the folder it claimed goes again
+        finer.fit_image(finer.ImageRunConfig(image=str(png_path.with_name("none.png"))), progress=False)
+    assert sorted(p.name for p in (tmp_path / "runs").iterdir())[-1].endswith("-5")
 
 
 @pytest.mark.parametrize("options, message", [
