@@ -12,6 +12,7 @@ would build it, and the K networks of a group are trained together as one
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import time
 from dataclasses import dataclass
@@ -101,6 +102,9 @@ def fit_image_folder(cfg: ImageRunConfig, directory, out, *, batch_signals: int,
         raise FinerError("stacked networks (--batch-signals) train on full batches; drop --batch-size, or "
                          "--batch-signals to fit the images one by one")
     paths = list_images(directory)
+    written = ["summary.json", *RUN_FILES, *(str(Path(p.stem) / name) for p in paths for name in RUN_FILES)]
+    for path in paths:  # an --overwrite would delete it
+        io.check_not_an_output(path, out, written, "image")
     images = [img.load_image(p, crop=cfg.crop, size=cfg.size, alpha=cfg.alpha) for p in paths]  # all readable first
     shapes = {im.shape for im in images}
     if len(shapes) > 1 and batch_signals > 1:
@@ -123,6 +127,7 @@ def fit_image_folder(cfg: ImageRunConfig, directory, out, *, batch_signals: int,
     for folder in (out, *(out / p.stem for p in paths)):
         io.warn_stale_outputs(folder, "the network of the run this one overwrites")
     # an earlier run's files, of a folder fit or a single one: none may pass for this run's
+    _remove_earlier_images(out, paths)
     io.remove_outputs(out, ["summary.json", *RUN_FILES, *(Path(p.stem) / name for p in paths for name in RUN_FILES)])
     rows, total_seconds = [], 0.0
     for start in range(0, len(paths), batch_signals):
@@ -208,6 +213,7 @@ def _fit_one_by_one(cfg: ImageRunConfig, directory, paths: list[Path], out: Path
 
     _prepare_out(out, overwrite, kind="image folder")
     io.warn_stale_outputs(out, "the network of the run this one overwrites")  # (the images' folders: fit_image)
+    _remove_earlier_images(out, paths)
     io.remove_outputs(out, ["summary.json", *RUN_FILES])  # an earlier run's (the images' folders: fit_image)
     rows, total_seconds, device = [], 0.0, ""
     for path in paths:
@@ -226,6 +232,20 @@ def _fit_one_by_one(cfg: ImageRunConfig, directory, paths: list[Path], out: Path
         rows.append(_row(path.name, metrics))
         log(_said(rows[-1]))
     return _write_summary(out, directory, cfg, 1, rows, total_seconds, device)
+
+
+def _remove_earlier_images(out: Path, paths: list[Path]) -> None:
+    """The run files of the images an earlier folder fit in ``out`` listed (its summary.json) that this one
+    does not fit, and their folders when nothing else is left in them: none may pass for this fit's."""
+    rows = io.read_record(out / "summary.json").get("runs")
+    stems = {p.stem for p in paths}
+    for row in rows if isinstance(rows, list) else []:
+        stem = Path(str(row.get("image", ""))).stem if isinstance(row, dict) else ""
+        folder = out / stem
+        if stem and stem not in stems and folder.is_dir() and folder.resolve().parent == out.resolve():
+            io.remove_outputs(folder, RUN_FILES)
+            with contextlib.suppress(OSError):
+                folder.rmdir()  # (only if empty)
 
 
 def _write_one(folder: Path, model, path: Path, image: np.ndarray, cfg: ImageRunConfig, state, group_size: int,
@@ -248,9 +268,9 @@ def _write_one(folder: Path, model, path: Path, image: np.ndarray, cfg: ImageRun
                "batch_signals": group_size,
                "note": "trained with the other images of its group as one stacked network; seconds are the "
                        "group's divided by its size"}
-    io.write_json(folder / "metrics.json", metrics)
     io.save_checkpoint(folder / "checkpoint.pt", model=model, extra={
         "model": model.state_dict(), "fit": {"step": state.step, "status": state.status},
         "task": {"kind": "image", "height": h, "width": w, "channels": c,
                  "target_range": list(mcfg.target_range), "aspect": cfg.aspect}})
+    io.write_json(folder / "metrics.json", metrics)  # last: a metrics.json says the folder is whole
     return _row(path.name, metrics)

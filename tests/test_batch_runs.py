@@ -208,6 +208,24 @@ def test_a_folder_fit_over_a_single_run_leaves_none_of_its_files(folder, tmp_pat
     assert sorted(p.name for p in out.iterdir()) == ["00", "01", "02", "summary.json"]
 
 
+@pytest.mark.parametrize("stack", [[], ["--batch-signals", "2"]], ids=["one-by-one", "stacked"])
+def test_a_refit_with_overwrite_leaves_no_earlier_image_and_deletes_no_input(folder, tmp_path, capsys, stack):
+    """An image the earlier fit had and this one does not: its folder goes (it would pass for this fit's).
+    An input named like a file the fit writes in --out: refused, not deleted."""
+    images, out = folder, tmp_path / "o"
+    common = ["--steps", "2", "--width", "8", "--hidden-layers", "1", "--quiet", *stack]
+    assert main(["fit", "image", str(images), "--out", str(out), *common]) == 0
+    assert (out / "02" / "metrics.json").is_file()
+    (images / "02.png").unlink()
+    assert main(["fit", "image", str(images), "--out", str(out), "--overwrite", *common]) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["00", "01", "summary.json"]
+    (images / "reconstruction.png").write_bytes((images / "00.png").read_bytes())
+    capsys.readouterr()
+    assert main(["fit", "image", str(images), "--out", str(images), "--overwrite", *common]) == 2
+    assert "is the reconstruction.png this run writes" in capsys.readouterr().err
+    assert (images / "reconstruction.png").is_file()
+
+
 def test_a_fused_stack_pickles_as_the_plain_one():
     import io
 
