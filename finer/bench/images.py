@@ -298,11 +298,24 @@ def list_images(directory, limit: int | None = None) -> list[Path]:
     directory = Path(directory)
     if not directory.is_dir():
         raise FinerError(f"not a folder of images: {directory}")
-    images = sorted(p for p in directory.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)[:limit]
+    images = sorted(p for p in directory.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())[:limit]
     if not images:
         raise FinerError(f"no images in {directory}")
     io.check_unique_stems(images, "images")
     return images
+
+
+def _check_grid_names(directory, out: Path, jobs) -> None:
+    """Before any work: ``out`` is not the image folder (the grid's pictures would be images to a rerun),
+    and every run's files (``runs/RECORD.partial.pt`` the longest) have names the file system takes."""
+    if out.resolve() == Path(directory).resolve():
+        raise FinerError(f"--out {out} is the image folder: the grid's pictures would be taken for images when it "
+                         "runs again; choose another folder (a subfolder is fine)")
+    limit = 255  # bytes of a file name on the common file systems
+    long = [record for record, *_ in jobs if len(f"{record}{PARTIAL_SUFFIX}".encode()) > limit]
+    if long:
+        raise FinerError(f"the run name {long[0]!r} is longer than file names may be here ({limit} bytes with its "
+                         "extension): rename the image")
 
 
 def check_models(models: list[str]) -> None:
@@ -459,6 +472,7 @@ def run_image_bench(directory, *, models, protocol: Protocol, seeds=(0,), limit=
     images, out, dev = list_images(directory, limit), Path(out), resolve_device(device)
     meta = _protocol_record(directory, images, protocol, seeds, dev, execution)
     jobs = [(f"{p.stem}-{m}-s{s}", p, m, protocol, s) for p in images for m in models for s in seeds]
+    _check_grid_names(directory, out, jobs)
 
     def write(rows) -> list[Path]:
         done = {**meta, "runs_done": len(rows), "runs_planned": len(jobs)}
@@ -486,6 +500,7 @@ def run_width_bench(directory, *, models, widths, protocol: Protocol, seeds=(0,)
     meta = {**_protocol_record(directory, images, protocol, seeds, dev, execution), "widths": list(widths)}
     jobs = [(f"{p.stem}-{m}-w{w}-s{s}", p, m, dataclasses.replace(protocol, width=w), s)
             for w in widths for p in images for m in models for s in seeds]
+    _check_grid_names(directory, out, jobs)
 
     def write(rows) -> list[Path]:
         done = {**meta, "runs_done": len(rows), "runs_planned": len(jobs)}

@@ -35,7 +35,7 @@ def run_sdf_bench(directory, *, models, out, settings=None, device="auto", progr
     directory, out = Path(directory), Path(out)
     if not directory.is_dir():
         raise FinerError(f"not a folder of meshes: {directory}")
-    meshes = sorted(p for p in directory.iterdir() if p.suffix.lower() in MESH_SUFFIXES)
+    meshes = sorted(p for p in directory.iterdir() if p.suffix.lower() in MESH_SUFFIXES and p.is_file())
     if not meshes:
         raise FinerError(f"no meshes in {directory}")
     io.check_unique_stems(meshes, "meshes")

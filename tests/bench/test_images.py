@@ -329,3 +329,19 @@ def test_stored_nan_ssim_reads_back_on_a_rerun(tmp_path, capsys):
     assert "| nan |" in first.replace(" ± nan", "")
     assert main(args) == 0 and main([*args, "--report-only"]) == 0
     assert (tmp_path / "b" / "summary.md").read_text() == first
+
+
+def test_a_grid_refuses_its_image_folder_as_out_and_names_too_long_for_files(tmp_path, capsys):
+    (tmp_path / "img").mkdir()
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(tmp_path / "img" / "a.png")
+    args = ["--models", "finer", "--steps", "1", "--crop", "none", "--size", "8", "--quiet"]
+    assert main(["bench", "width", str(tmp_path / "img"), "--widths", "4", "--out", str(tmp_path / "img"), *args]) == 2
+    assert "is the image folder" in capsys.readouterr().err
+    (tmp_path / "img" / "folder.png").mkdir()  # not an image: passed over
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(tmp_path / "img" / f"{'a' * 240}.png")
+    assert main(["bench", "images", str(tmp_path / "img"), "--out", str(tmp_path / "b"), *args]) == 2
+    assert "is longer than file names may be here" in capsys.readouterr().err
+    assert not (tmp_path / "b").exists()
+    (tmp_path / "img" / f"{'a' * 240}.png").unlink()
+    assert main(["bench", "images", str(tmp_path / "img"), "--out", str(tmp_path / "b"), *args]) == 0
+    assert [r["image"] for r in json.loads((tmp_path / "b" / "results.json").read_text())["runs"]] == ["a.png"]
