@@ -182,6 +182,7 @@ def refresh_summary(run_dir: Path, metrics: dict) -> Path | None:
     totals, from the resumed run's ``metrics``, so the summary does not keep the earlier numbers. The row
     records its steps (the summary's ``steps`` stay the folder's). Returns the summary's path, or ``None``
     where ``run_dir`` is not an image of a folder fit."""
+    run_dir = Path(run_dir).resolve()  # (given as "." or through a link: its real parent holds the summary)
     path = run_dir.parent / "summary.json"
     summary = io.read_record(path)
     rows = summary.get("runs") if isinstance(summary.get("runs"), list) else []

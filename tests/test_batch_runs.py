@@ -185,6 +185,16 @@ def test_a_folder_without_batch_signals_is_fitted_one_by_one(folder, tmp_path, c
     assert after["mean_psnr"] == pytest.approx(np.mean([r["psnr"] for r in after["runs"]]))
     assert after["train_seconds"] == pytest.approx(sum(r["seconds"] for r in after["runs"]))
     assert after["steps"] == 3 and after["images"] == 4  # the folder's protocol; one row says it differs
+    import os
+
+    here = os.getcwd()
+    os.chdir(out / "odd")  # the run given as "."
+    try:
+        assert main(["resume", ".", "--steps", "6", "--quiet"]) == 0
+    finally:
+        os.chdir(here)
+    row = next(r for r in json.loads((out / "summary.json").read_text())["runs"] if r["image"] == "odd.png")
+    assert row["steps"] == 6 and "resumed" in row
 
 
 def test_ctrl_c_in_a_folder_fit_exits_130_and_says_what_was_kept(folder, tmp_path, capsys, monkeypatch):
