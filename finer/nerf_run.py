@@ -109,6 +109,7 @@ def fit_nerf(cfg: NeRFRunConfig, out, *, progress: bool = True, overwrite: bool 
     cfg = dataclasses.replace(cfg, scene=str(Path(cfg.scene).resolve()))  # recorded: found from any folder
     out = Path(out)
     _prepare_out(out, overwrite, create=False, kind="nerf")
+    io.check_out(out / "test", folder=True)  # where the test views go, at the end: checked now
     if out.resolve() == Path(cfg.scene).resolve():
         raise FinerError(f"output folder {out} is the scene folder, whose test/ views the run would write over; "
                          "choose another --out")

@@ -186,6 +186,11 @@ def test_overwrite_removes_the_earlier_runs_test_views_only_and_the_scene_is_not
     assert main([*fit, "--out", str(scene), "--overwrite"]) == 2
     assert "is the scene folder" in capsys.readouterr().err
     assert sorted(p.name for p in (scene / "test").iterdir()) == ["r_0.png", "r_1.png"]
+    (tmp_path / "filed").mkdir()
+    (tmp_path / "filed" / "test").write_text("a file where the test views go")
+    assert main([*fit, "--out", str(tmp_path / "filed"), "--overwrite"]) == 2  # said before training
+    assert "filed/test exists and is not a folder" in capsys.readouterr().err
+    assert sorted(p.name for p in (tmp_path / "filed").iterdir()) == ["test"]
     # more views than the splits have: all of them, said on stderr and in config.json
     assert main([*fit, "--views", "20", "--test-views", "5", "--out", str(out), "--overwrite"]) == 0
     err = capsys.readouterr().err.splitlines()
