@@ -237,16 +237,21 @@ def _fit_one_by_one(cfg: ImageRunConfig, directory, paths: list[Path], out: Path
 
 def _remove_earlier_images(out: Path, paths: list[Path]) -> None:
     """The run files of the images an earlier folder fit in ``out`` listed (its summary.json) that this one
-    does not fit, and their folders when nothing else is left in them: none may pass for this fit's."""
+    does not fit, and their folders when nothing else is left in them: none may pass for this fit's. A link,
+    or a folder holding this fit's own images (refitting an earlier run's pictures), is left alone."""
     rows = io.read_record(out / "summary.json").get("runs")
     stems = {p.stem for p in paths}
+    inputs = [p.resolve() for p in paths]
     for row in rows if isinstance(rows, list) else []:
         stem = Path(str(row.get("image", ""))).stem if isinstance(row, dict) else ""
         folder = out / stem
-        if stem and stem not in stems and folder.is_dir() and folder.resolve().parent == out.resolve():
-            io.remove_outputs(folder, RUN_FILES)
-            with contextlib.suppress(OSError):
-                folder.rmdir()  # (only if empty)
+        if (not stem or stem in stems or folder.is_symlink() or not folder.is_dir()
+                or folder.resolve().parent != out.resolve()
+                or any(folder.resolve() in p.parents for p in inputs)):  # (this fit's images are in it)
+            continue
+        io.remove_outputs(folder, RUN_FILES)
+        with contextlib.suppress(OSError):
+            folder.rmdir()  # (only if empty)
 
 
 def _write_one(folder: Path, model, path: Path, image: np.ndarray, cfg: ImageRunConfig, state, group_size: int,

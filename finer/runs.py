@@ -136,7 +136,8 @@ def default_out_dir(cfg: ImageRunConfig) -> Path:
     run's even when another process picks one at the same moment. A long stem is shortened."""
     image = str(cfg.image) if cfg.image else ""
     stem = Path(image).stem if image and not image.startswith("skimage:") else image[8:] or "astronaut"
-    base = Path("runs") / f"image-{stem[:120]}-{cfg.model}-{time.strftime('%Y%m%d-%H%M%S')}"
+    stem = stem.encode()[:120].decode(errors="ignore")  # (bytes: a file name's limit is in bytes)
+    base = Path("runs") / f"image-{stem}-{cfg.model}-{time.strftime('%Y%m%d-%H%M%S')}"
     base.parent.mkdir(parents=True, exist_ok=True)
     out, n = base, 1
     while True:
@@ -343,17 +344,17 @@ def fit_image(cfg: ImageRunConfig, out: str | Path | None = None, *, progress: b
         _prepare_out(out, overwrite, create=False, resumable=True)
         run = _Run(cfg, out, progress)  # reads the image and builds the model before anything is written
         io.check_not_an_output(run.image_file, out, RUN_FILES, "image")
+        out.mkdir(parents=True, exist_ok=True)
+        io.warn_stale_outputs(out, "the network of the run this one overwrites")
+        io.remove_outputs(out, RUN_FILES)  # an overwritten run's files: none may pass for this run's
+        if run.note:  # done otherwise than asked: a warning (the command prints "warning: ...")
+            warnings.warn(run.note, FinerWarning, stacklevel=2)
+        io.write_json(out / "config.json", run.resolved())
     except BaseException:
-        if claimed:  # the empty folder default_out_dir made for this run
+        if claimed:  # the folder default_out_dir made for this run, while it is empty
             with contextlib.suppress(OSError):
                 out.rmdir()
         raise
-    out.mkdir(parents=True, exist_ok=True)
-    io.warn_stale_outputs(out, "the network of the run this one overwrites")
-    io.remove_outputs(out, RUN_FILES)  # an overwritten run's files: none may pass for this run's
-    if run.note:  # done otherwise than asked: a warning (the command prints "warning: ...")
-        warnings.warn(run.note, FinerWarning, stacklevel=2)
-    io.write_json(out / "config.json", run.resolved())
     return run.run()
 
 

@@ -229,6 +229,14 @@ def test_a_refit_with_overwrite_leaves_no_earlier_image_and_deletes_no_input(fol
     (images / "02.png").unlink()
     assert main(["fit", "image", str(images), "--out", str(out), "--overwrite", *common]) == 0
     assert sorted(p.name for p in out.iterdir()) == ["00", "01", "summary.json"]
+    earlier = out / "01"  # refitting an earlier image's pictures: its folder holds this fit's inputs
+    assert main(["fit", "image", str(earlier), "--out", str(out), "--overwrite", *common[:6]]) == 0
+    assert (earlier / "reconstruction.png").is_file() and (out / "reconstruction" / "metrics.json").is_file()
+    assert not (out / "00").exists()  # the earlier fit's other image: gone
+    (out / "reconstruction").rename(out / "mine")
+    (out / "reconstruction").symlink_to(out / "mine")  # a link under an earlier image's name: not followed
+    assert main(["fit", "image", str(images), "--out", str(out), "--overwrite", *common]) == 0
+    assert (out / "mine" / "metrics.json").is_file() and not (out / "error_map").exists()
     (images / "reconstruction.png").write_bytes((images / "00.png").read_bytes())
     capsys.readouterr()
     assert main(["fit", "image", str(images), "--out", str(images), "--overwrite", *common]) == 2

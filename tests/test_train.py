@@ -417,6 +417,10 @@ def test_fits_without_an_out_folder_each_get_their_own(tmp_path, png_path, monke
     with pytest.raises(finer.FinerError, match="image file not found"):  # the folder it claimed goes again
         finer.fit_image(finer.ImageRunConfig(image=str(png_path.with_name("none.png"))), progress=False)
     assert sorted(p.name for p in (tmp_path / "runs").iterdir())[-1].endswith("-5")
+    from finer.runs import default_out_dir
+
+    long = default_out_dir(finer.ImageRunConfig(image="/x/" + "猫" * 80 + ".png"))  # 240 bytes of name
+    assert long.is_dir() and len(long.name.encode()) < 255
 
 
 @pytest.mark.parametrize("options, message", [

@@ -579,7 +579,7 @@ def kernel_call(activation: Callable) -> tuple[Callable, dict] | None:
         if activation.args:
             return None
         fn, keywords = activation.func, activation.keywords
-    if fn not in KERNELS and fn not in COMPLEX_KERNELS:
+    if not any(fn is kernel for kernel in (*KERNELS, *COMPLEX_KERNELS)):  # (by identity: fn may not be hashable)
         return None
     bound = inspect.signature(fn).bind(None, **keywords)  # (the first parameter is z)
     bound.apply_defaults()
@@ -616,8 +616,8 @@ def fuse(model: nn.Module, compile: bool = True) -> int:
                 continue
             fused = fused_version(module.activation, compile)
             act = module.activation
-            if fused is None and isinstance(act, functools.partial) and act.args and (
-                    act.func in KERNELS or act.func in COMPLEX_KERNELS):
+            if fused is None and isinstance(act, functools.partial) and act.args and any(
+                    act.func is kernel for kernel in (*KERNELS, *COMPLEX_KERNELS)):
                 warnings.warn(f"not fused: {act!r} passes positional arguments, which take the place of the "
                               f"pre-activation; write partial({act.func.__name__}, omega=...) to fuse it",
                               FinerWarning, stacklevel=2)

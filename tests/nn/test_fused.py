@@ -576,3 +576,11 @@ def test_hand_built_layers_fuse_however_their_activation_is_written():
             torch.testing.assert_close(a.grad, b.grad, rtol=1e-5, atol=1e-6)
     with pytest.warns(FinerWarning, match="positional arguments"):
         assert F.fuse(net(functools.partial(A.sine, 30.0)), compile=False) == 1
+
+    class Unhashable:  # any callable will do as an activation; one that cannot be a dict key is left alone
+        __hash__ = None
+
+        def __call__(self, z):
+            return torch.sin(z)
+
+    assert F.fuse(net(Unhashable()), compile=False) == 1
