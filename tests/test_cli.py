@@ -1,6 +1,7 @@
 """The command line end to end: outputs present and well-formed, bad input, interrupt and resume."""
 
 import csv
+import errno
 import json
 import os
 import signal
@@ -158,6 +159,21 @@ def test_out_of_memory_names_the_options_of_the_command_that_ran(png_path, tmp_p
         assert ("out of GPU memory" in err and "--device cpu" in err) == cuda
     assert main(["fit", "sdf", str(png_path), "--out", str(tmp_path / "s")]) == 2
     assert "--batch-size (now 10000), --pool-size or --resolution" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("code, words", [(errno.EROFS, "cannot write in"), (errno.ENOSPC, "cannot write in"),
+                                         (errno.EACCES, "no permission in")])
+def test_a_read_only_or_full_disk_is_named_by_its_folder(png_path, tmp_path, monkeypatch, capsys, code, words):
+    """The file that failed may be a temporary one (.config.json.x1y2.json): the folder is what to name."""
+    import finer.runs
+
+    def refused(*args, **kwargs):
+        raise OSError(code, os.strerror(code), str(tmp_path / "o" / ".config.json.ab12cd34.json"))
+
+    monkeypatch.setattr(finer.runs, "fit_image", refused)
+    assert main(["fit", "image", str(png_path), "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert err == f"error: {words} {tmp_path / 'o'}: {os.strerror(code)}\n"
 
 
 @pytest.mark.parametrize("argv", [

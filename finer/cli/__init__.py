@@ -6,10 +6,12 @@ command; :func:`main` runs the one the arguments name and turns errors into one 
 
 from __future__ import annotations
 
+import errno
 import functools
 import os
 import sys
 import warnings
+from pathlib import Path
 from typing import Sequence
 
 from finer.cli.commands import EXIT_DIVERGED, EXIT_ERROR, EXIT_INTERRUPTED
@@ -65,6 +67,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {exc.filename}: {exc.strerror} (a file stands where a folder is needed, or the reverse)",
               file=sys.stderr)
         return EXIT_ERROR
+    except OSError as exc:
+        if args.debug:
+            raise
+        if exc.errno in _FILE_SYSTEM_ERRORS and exc.filename:  # a read-only or full disk, a folder not ours
+            print(f"error: {_FILE_SYSTEM_ERRORS[exc.errno]} {Path(exc.filename).parent}: {exc.strerror}",
+                  file=sys.stderr)
+            return EXIT_ERROR
+        print(f"error: {type(exc).__name__}: {exc} (rerun with --debug for the traceback)", file=sys.stderr)
+        return 1
     except MemoryError:
         if args.debug:
             raise
@@ -81,6 +92,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             return EXIT_ERROR
         print(f"error: {type(exc).__name__}: {exc} (rerun with --debug for the traceback)", file=sys.stderr)
         return 1
+
+
+_FILE_SYSTEM_ERRORS = {errno.EROFS: "cannot write in", errno.ENOSPC: "cannot write in",
+                       errno.EDQUOT: "cannot write in", errno.EACCES: "no permission in",
+                       errno.EPERM: "no permission in"}
+"""Errors of the file system, named by the folder (the file may be a temporary one)."""
 
 
 def _memory_hint(args) -> str:
