@@ -70,8 +70,8 @@ class NeRFRunConfig:
     seed: int = 0
     device: str = "auto"
     fused: str = "auto"
-    chunk: int = 4096
-    """Rays per forward pass when rendering whole views."""
+    chunk: int | None = None
+    """Rays per forward pass when rendering whole views (None: finer.tasks.points_per_pass points, by device)."""
 
     def __post_init__(self):
         plain_numbers(self)  # (NumPy scalars)
@@ -79,6 +79,8 @@ class NeRFRunConfig:
     def validate(self) -> None:
         for name in ("views", "downscale", "steps", "rays", "samples", "width", "test_views", "chunk"):
             value = getattr(self, name)
+            if name == "chunk" and value is None:
+                continue
             if not isinstance(value, int) or value <= 0:
                 raise FinerError(f"{name.replace('_', '-')} must be a positive integer, got {value!r}")
         if not isinstance(self.fine, int) or self.fine < 0:
@@ -256,7 +258,7 @@ def render_nerf(checkpoint, *, frames: int = 60, out=None, device: str = "auto",
     out.mkdir(parents=True, exist_ok=True)
     colour, depth = [], []
     for pose in tqdm(N.orbit_poses(frames, radius, elevation), desc="turntable", disable=not progress, leave=False):
-        view = renderer.render_view(h, w, focal, torch.from_numpy(pose).to(dev), payload["config"]["chunk"])
+        view = renderer.render_view(h, w, focal, torch.from_numpy(pose).to(dev), payload["config"].get("chunk"))
         colour.append(Image.fromarray((view["rgb"].clamp(0, 1).cpu().numpy() * 255 + 0.5).astype(np.uint8)))
         d = _depth_picture(view, renderer.near, renderer.far)[..., 0]
         depth.append(Image.fromarray((d * 255 + 0.5).astype(np.uint8)))

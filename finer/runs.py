@@ -64,8 +64,8 @@ class ImageRunConfig:
     """Coordinates: each axis in [-1, 1] (stretch), or the longer axis only (preserve)."""
     batch_size: int | None = None
     """Pixels per step; None = all pixels (full batch) when they fit in memory."""
-    eval_chunk: int = 65536
-    """Pixels per forward pass when evaluating."""
+    eval_chunk: int | None = None
+    """Pixels per forward pass when evaluating (None: finer.tasks.points_per_pass, by device)."""
     eval_every: int = 100
     """Steps between full-image PSNR evaluations."""
     log_every: int = 10
@@ -89,6 +89,8 @@ class ImageRunConfig:
     def validate(self) -> None:
         for name in ("steps", "eval_chunk", "log_every"):
             value = getattr(self, name)
+            if name == "eval_chunk" and value is None:
+                continue
             if not isinstance(value, int) or value <= 0:
                 raise ConfigError(f"{name.replace('_', '-')} must be a positive integer, got {value!r}")
         for name in ("eval_every", "checkpoint_every"):
@@ -455,7 +457,7 @@ def _check_resumable(run_dir: Path, run: _Run, recorded: dict, payload: dict) ->
 
 
 def reconstruct_image(checkpoint: str | Path, *, scale: float = 1.0, device: str = "auto",
-                      chunk: int = 65536) -> np.ndarray:
+                      chunk: int | None = None) -> np.ndarray:
     """The image a fitted model represents, from its checkpoint (a run folder or its ``checkpoint.pt``),
     at ``scale`` times the training resolution: float32 ``(H, W, C)`` in [0, 1], as the run's
     ``reconstruction.png`` at ``scale`` 1."""
@@ -465,7 +467,7 @@ def reconstruct_image(checkpoint: str | Path, *, scale: float = 1.0, device: str
 def _reconstruct(checkpoint, scale, device, chunk, out=None, reader: str = "finer.reconstruct_image"):
     if isinstance(scale, bool) or not isinstance(scale, numbers.Real) or not 0 < scale < math.inf:
         raise ConfigError(f"scale must be a positive number, got {scale!r}")
-    if isinstance(chunk, bool) or not isinstance(chunk, numbers.Integral) or chunk < 1:
+    if chunk is not None and (isinstance(chunk, bool) or not isinstance(chunk, numbers.Integral) or chunk < 1):
         raise ConfigError(f"chunk must be a positive integer, got {chunk!r}")
     if out:
         io.check_out(out, folder=False)
@@ -481,12 +483,12 @@ def _reconstruct(checkpoint, scale, device, chunk, out=None, reader: str = "fine
         raise FinerError(f"a {w}x{h} render needs about {need / 2**30:.1f} GiB (> {budget / 2**30:.1f} GiB available); "
                          "use a smaller scale (--scale)")
     pred = img.predict_image(model.to(dev).eval(), h, w, target_range=tuple(task["target_range"]),
-                             aspect=task["aspect"], chunk=int(chunk), device=dev)
+                             aspect=task["aspect"], chunk=chunk and int(chunk), device=dev)
     return pred, task
 
 
 def render_checkpoint(checkpoint: str | Path, *, scale: float = 2.0, out: str | Path | None = None,
-                      device: str = "auto", chunk: int = 65536) -> Path:
+                      device: str = "auto", chunk: int | None = None) -> Path:
     """Render an image model at ``scale`` times its training resolution from the checkpoint alone, as a
     PNG (default: ``render_xSCALE.png`` in the run folder); returns its path. The array itself:
     :func:`reconstruct_image`."""

@@ -247,11 +247,15 @@ def predict_image(
     *,
     target_range: tuple[float, float],
     aspect: str = "stretch",
-    chunk: int = 65536,
+    chunk: int | None = None,
     device: torch.device | str = "cpu",
 ) -> np.ndarray:
-    """Evaluate ``model`` on a ``height x width`` grid in chunks; returns ``(H, W, C)`` in [0, 1], clipped."""
+    """Evaluate ``model`` on a ``height x width`` grid in chunks (default: :func:`finer.tasks.points_per_pass`);
+    returns ``(H, W, C)`` in [0, 1], clipped."""
+    from finer.tasks import points_per_pass
+
     coords = coordinate_grid(height, width, aspect)
+    chunk = chunk or points_per_pass(device)
     outs = []
     for start in range(0, coords.shape[0], chunk):
         outs.append(model(coords[start : start + chunk].to(device)).float().cpu())
@@ -272,7 +276,7 @@ class ImageTask:
     device: torch.device
     batch_size: int | None = None
     aspect: str = "stretch"
-    eval_chunk: int = 65536
+    eval_chunk: int | None = None
     seed: int = 0
 
     def __post_init__(self):

@@ -245,9 +245,14 @@ class Renderer(nn.Module):
         return self.render(rays)["rgb"]
 
     @torch.no_grad()
-    def render_view(self, height: int, width: int, focal: float, c2w: Tensor, chunk: int = 4096) -> dict[str, Tensor]:
-        """A whole view, in chunks of rays, without perturbation: ``rgb (H, W, 3)``, ``depth (H, W)`` and
-        ``opacity (H, W)`` (the expected depth is of the ray's opaque part: see :func:`composite`)."""
+    def render_view(self, height: int, width: int, focal: float, c2w: Tensor,
+                    chunk: int | None = None) -> dict[str, Tensor]:
+        """A whole view, ``chunk`` rays at a time (default: :func:`finer.tasks.points_per_pass` points over
+        the samples of a ray), without perturbation: ``rgb (H, W, 3)``, ``depth (H, W)`` and ``opacity (H, W)``
+        (the expected depth is of the ray's opaque part: see :func:`composite`)."""
+        from finer.tasks import points_per_pass
+
+        chunk = chunk or max(1, points_per_pass(c2w.device) // (self.samples + self.fine))
         origins, dirs = camera_rays(height, width, focal, c2w)
         rays = torch.cat([origins, dirs], -1)
         parts = [self.render(rays[s:s + chunk], perturb=False) for s in range(0, rays.shape[0], chunk)]

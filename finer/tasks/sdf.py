@@ -273,10 +273,14 @@ def slab_depth(resolution: int, points: int = 1 << 22, most: int = 32) -> int:
 
 @torch.no_grad()
 def evaluate_grid(model, resolution: int, device, z_range: tuple[int, int] | None = None,
-                  chunk: int = 262_144) -> np.ndarray:
+                  chunk: int | None = None) -> np.ndarray:
     """Field values on the ``resolution^3`` grid of ``[-0.5, 0.5]^3`` (optionally z-slices ``[z0, z1)``),
-    evaluated ``chunk`` points at a time, with the coordinates of a slab of slices at a time (so that
-    the values are all the memory a whole grid takes); returns ``(X, Y, Z)`` float32."""
+    evaluated ``chunk`` points at a time (default: :func:`finer.tasks.points_per_pass`), with the
+    coordinates of a slab of slices at a time (so that the values are all the memory a whole grid takes);
+    returns ``(X, Y, Z)`` float32."""
+    from finer.tasks import points_per_pass
+
+    chunk = chunk or points_per_pass(device)
     z0, z1 = z_range or (0, resolution)
     out = np.empty((resolution, resolution, z1 - z0), dtype=np.float32)
     depth = slab_depth(resolution)

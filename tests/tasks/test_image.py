@@ -136,3 +136,18 @@ def test_an_image_run_config_refuses_wrong_kinds(field, value, message):
 
     with pytest.raises(FinerError, match=message):
         ImageRunConfig(**{field: value}).validate()
+
+
+def test_evaluation_chunks_follow_the_device_and_change_no_value():
+    """Small chunks on a CPU (the cache), large ones on a GPU; the prediction is the same either way."""
+    import torch
+
+    from finer.models import build_model
+    from finer.tasks import points_per_pass
+
+    assert points_per_pass("cpu") == 4096 and points_per_pass(torch.device("cuda")) == 262_144
+    net = build_model("finer", 2, 3, width=16, hidden_layers=1, seed=0).eval()
+    with torch.no_grad():
+        auto = img.predict_image(net, 80, 70, target_range=(-1.0, 1.0))  # 5600 pixels: two chunks
+        whole = img.predict_image(net, 80, 70, target_range=(-1.0, 1.0), chunk=65536)
+    np.testing.assert_allclose(auto, whole, atol=1e-6)

@@ -1,0 +1,68 @@
+"""Time inference (no gradients) in chunks of several sizes: what finer.tasks.points_per_pass chooses from.
+
+    .venv/bin/python scripts/eval-chunks.py [--device cpu] [--chunks 262144,65536,16384,4096,2048]
+
+Three inference passes of the library, each with a 3 x 256 FINER (2 x 256 for the SDF): an image of
+256^2 pixels (``predict_image``), an SDF grid of 96^3 points (``evaluate_grid``), and a NeRF view of
+40 x 40 rays at 64 + 64 samples (``render_view``, its chunk in rays: points / 128). Median seconds of
+``--calls`` calls after one warm-up call; the same values whatever the chunk (a test checks it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import time
+
+os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")  # as the finer command does (finer/launch.py), before torch
+
+import torch  # noqa: E402
+
+from finer.models import build_model  # noqa: E402
+from finer.nerf_run import NeRFRunConfig, build_renderer  # noqa: E402
+from finer.tasks import nerf as N  # noqa: E402
+from finer.tasks import points_per_pass  # noqa: E402
+from finer.tasks.image import predict_image  # noqa: E402
+from finer.tasks.sdf import evaluate_grid  # noqa: E402
+
+
+def median_seconds(fn, calls: int) -> float:
+    fn()
+    times = []
+    for _ in range(calls):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--chunks", default="262144,65536,16384,4096,2048", help="points per pass")
+    parser.add_argument("--calls", type=int, default=3)
+    args = parser.parse_args()
+    device = torch.device(args.device)
+    chunks = [int(c) for c in args.chunks.split(",")]
+    image_net = build_model("finer", 2, 3, seed=0).to(device).eval()
+    sdf_net = build_model("finer", 3, 1, hidden_layers=2, seed=0).to(device).eval()
+    renderer = build_renderer(NeRFRunConfig(scene="none")).to(device).eval()
+    pose = torch.from_numpy(N.orbit_poses(1, 4.0, 30.0)[0]).float().to(device)
+    per_ray = renderer.samples + renderer.fine
+    print(f"{device} ({torch.get_num_threads()} threads), torch {torch.__version__}; points_per_pass: "
+          f"{points_per_pass(device)}")
+    print("| points per pass | image 256^2 (s) | SDF grid 96^3 (s) | NeRF view 40^2 (s) |")
+    print("|---|---|---|---|")
+    with torch.no_grad():
+        for chunk in chunks:
+            image = median_seconds(lambda: predict_image(image_net, 256, 256, target_range=(-1.0, 1.0), chunk=chunk,
+                                                         device=device), args.calls)
+            grid = median_seconds(lambda: evaluate_grid(sdf_net, 96, device, chunk=chunk), args.calls)
+            view = median_seconds(lambda: renderer.render_view(40, 40, 50.0, pose, max(1, chunk // per_ray)),
+                                  args.calls)
+            print(f"| {chunk} | {image:.3f} | {grid:.3f} | {view:.3f} |")
+
+
+if __name__ == "__main__":
+    main()
