@@ -27,6 +27,8 @@
 #               3.4 ms on 2026-11-27 (5521b37) and 5.7 ms on 2026-11-28 (8287108) on the H200; and
 #               FINER with its passes compiled for fixed sizes (finer.nn.fused.DEVICE_DYNAMIC = None)
 #   foundation  issue 2: 16 images at 256^2, 3x128, 1000 steps, six methods (stacked, 2 processes)
+#   chunks      scripts/eval-chunks.py on the card: evaluation without gradients in chunks of 16k to 1M
+#               points, for finer.tasks.points_per_pass's GPU choice (262,144; measured on the CPU only)
 #
 # IMAGES_DIR: the 16 DIV2K crops of the shared data (images/div2k_train). Runs the library from
 # this checkout (PYTHONPATH) with the machine's own PyTorch; LPIPS needs FINER_LPIPS_WEIGHTS
@@ -35,11 +37,12 @@ set -u
 IMAGES=${1:?usage: scripts/gpu-checks.sh IMAGES_DIR OUT_DIR [BUDGET_SECONDS]}
 OUT=${2:?usage: scripts/gpu-checks.sh IMAGES_DIR OUT_DIR [BUDGET_SECONDS]}
 BUDGET=${3:-560}
-STAGES=${STAGES:-smoke tests graphs paper precision stacking passes speed eager foundation}
+STAGES=${STAGES:-smoke tests graphs paper precision stacking passes speed eager foundation chunks}
 [[ $BUDGET =~ ^[0-9]+$ ]] || { echo "BUDGET_SECONDS must be a whole number of seconds, got '$BUDGET'" >&2; exit 2; }
 for stage in $STAGES; do
-  case $stage in smoke|paper|precision|speed|graphs|foundation|tests|stacking|passes|eager) ;;
-    *) echo "unknown stage '$stage'; stages: smoke paper precision speed graphs foundation tests stacking passes eager" >&2; exit 2 ;;
+  case $stage in smoke|paper|precision|speed|graphs|foundation|tests|stacking|passes|eager|chunks) ;;
+    *) echo "unknown stage '$stage'; stages: smoke paper precision speed graphs foundation tests stacking passes eager" \
+            "chunks" >&2; exit 2 ;;
   esac
 done
 PY=${PYTHON:-python3}
@@ -136,6 +139,10 @@ stage_foundation() {
   run foundation 300 $PY -m finer bench images "$IMAGES" --preset quick --size 256 \
       --models finer,official-finer,siren,gauss,pemlp,wire --device "$DEV" --batch-signals 16 --workers 2 \
       --out "$R/foundation-images-256" --quiet
+  pack
+}
+stage_chunks() {
+  run chunks 90 $PY "$ROOT/scripts/eval-chunks.py" --device "$DEV" --chunks 1048576,262144,65536,16384
   pack
 }
 

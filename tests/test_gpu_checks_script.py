@@ -22,11 +22,11 @@ def run_script(tmp_path, stages, budget="30"):
 
 def test_stages_run_in_the_order_given(tmp_path):
     # a 30 s budget leaves every stage under its 20 s minimum: each is announced as skipped, in order
-    result = run_script(tmp_path, "passes paper tests")
+    result = run_script(tmp_path, "passes paper tests chunks")
     assert result.returncode == 0, result.stderr
     announced = [line.split(":")[0].removeprefix("== ") for line in result.stdout.splitlines()
                  if line.startswith("== ") and "skipped" in line]
-    assert announced == ["passes", "paper", "tests"]
+    assert announced == ["passes", "paper", "tests", "chunks"]
     assert (tmp_path / "out" / "results.tar.00").is_file()  # packed after every stage
 
 
