@@ -21,12 +21,12 @@ import numpy as np
 import torch
 
 from finer import io
-from finer.errors import DivergedError, FinerError, FinerWarning, InterruptedRun
+from finer.errors import FinerError, FinerWarning, InterruptedRun
 from finer.lpips import available as lpips_available
 from finer.metrics import image_metrics, lpips_left_out
 from finer.models import count_parameters, plain_numbers
 from finer.nn.fused import apply_fused
-from finer.runs import _prepare_out, resolve_device
+from finer.runs import _prepare_out, finished, resolve_device
 from finer.tasks import nerf as N
 from finer.tasks.image import memory_budget, save_image
 from finer.train import TrainConfig, curve_columns, fit
@@ -163,14 +163,7 @@ def fit_nerf(cfg: NeRFRunConfig, out, *, progress: bool = True, overwrite: bool 
             raise InterruptedRun(f"interrupted while rendering the test views; {out} keeps the network of step "
                                  f"{state.step} (checkpoint.pt; `finer render nerf {out}` renders it), "
                                  "unscored") from None
-    if state.status == "diverged":
-        raise DivergedError(f"{state.message}; checkpoint of step {state.step} kept in {out}",
-                            {**metrics, "out": str(out)})
-    if state.status == "interrupted":  # a caller's loop or notebook cell stops too, as Ctrl-C means
-        raise InterruptedRun(f"{state.message}; {out} keeps the network of step {state.step} (checkpoint.pt) and "
-                             "its scores (metrics.json); this kind of run is not resumed: fit it again with "
-                             "--overwrite to train it fully", {**metrics, "out": str(out)})
-    return {**metrics, "out": str(out)}
+    return finished(state, out, metrics)
 
 
 def _test_and_record(cfg: NeRFRunConfig, renderer, state, test, train_views: int, fused: dict, device,

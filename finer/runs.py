@@ -327,13 +327,21 @@ class _Run:
                 desc=f"{self.cfg.model}",
             )
             metrics = self.write_metrics(state, final=True)
-        if state.status == "diverged":
-            raise DivergedError(f"{state.message}; checkpoint of step {state.step} kept in {self.out}",
-                                {**metrics, "out": str(self.out)})
-        if state.status == "interrupted":  # a caller's loop or notebook cell stops too, as Ctrl-C means
-            raise InterruptedRun(f"{state.message}; continue with `finer resume {self.out}`",
-                                 {**metrics, "out": str(self.out)})
-        return {**metrics, "out": str(self.out)}
+        return finished(state, self.out, metrics, f"continue with `finer resume {self.out}`")
+
+
+def finished(state: FitState, out: Path, metrics: dict[str, Any], go_on: str | None = None) -> dict[str, Any]:
+    """A fit's result, the metrics with its folder ``out``; a run whose loss diverged raises
+    :class:`DivergedError`, one stopped by Ctrl-C :class:`InterruptedRun` (``go_on``: how to continue it;
+    default: fit it again), both with these metrics, so that a caller's loop or notebook cell stops too."""
+    result = {**metrics, "out": str(out)}
+    if state.status == "diverged":
+        raise DivergedError(f"{state.message}; checkpoint of step {state.step} kept in {out}", result)
+    if state.status == "interrupted":
+        raise InterruptedRun(f"{state.message}; " + (go_on or (
+            f"{out} keeps the network of step {state.step} (checkpoint.pt) and its scores (metrics.json); this kind "
+            "of run is not resumed: fit it again with --overwrite to train it fully")), result)
+    return result
 
 
 def fit_image(cfg: ImageRunConfig, out: str | Path | None = None, *, progress: bool = True,

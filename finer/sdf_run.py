@@ -16,11 +16,11 @@ from typing import Any
 import torch
 
 from finer import io
-from finer.errors import ConfigError, DivergedError, FinerError, InterruptedRun
+from finer.errors import ConfigError, FinerError, InterruptedRun
 from finer.models import build_model, count_parameters, make_config, network_shape, plain_numbers
 from finer.nn.fused import apply_fused
 from finer.render3d import render_meshes
-from finer.runs import _prepare_out, resolve_device
+from finer.runs import _prepare_out, finished, resolve_device
 from finer.tasks import sdf as S
 from finer.tasks.image import memory_budget
 from finer.train import FitState, TrainConfig, curve_columns, fit
@@ -186,14 +186,7 @@ def fit_sdf(cfg: SDFRunConfig, out: str | Path, *, progress: bool = True, overwr
         except KeyboardInterrupt:
             raise InterruptedRun(f"interrupted while measuring the surface; {out} keeps the network of step "
                                  f"{state.step} (checkpoint.pt), which `finer eval sdf {out}` measures") from None
-    if state.status == "diverged":
-        raise DivergedError(f"{state.message}; checkpoint of step {state.step} kept in {out}",
-                            {**metrics, "out": str(out)})
-    if state.status == "interrupted":  # a caller's loop or notebook cell stops too, as Ctrl-C means
-        raise InterruptedRun(f"{state.message}; {out} keeps the network of step {state.step} (checkpoint.pt) and "
-                             "its scores (metrics.json); this kind of run is not resumed: fit it again with "
-                             "--overwrite to train it fully", {**metrics, "out": str(out)})
-    return {**metrics, "out": str(out)}
+    return finished(state, out, metrics)
 
 
 def _evaluate_and_record(cfg: SDFRunConfig, model, state: FitState, mesh, index, unit, norm, prep: float, fused: dict,
