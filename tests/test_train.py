@@ -1,5 +1,6 @@
 """The generic loop: schedule, NaN guard with the last good state kept, resume equivalence."""
 
+import contextlib
 import math
 
 import pytest
@@ -374,28 +375,35 @@ def test_sigterm_stops_a_fit_only_where_the_program_asked_for_it(astronaut_small
         signal.signal(signal.SIGTERM, before)
 
 
-def test_a_fit_stopped_by_ctrl_c_raises_to_its_caller(tmp_path, png_path):
-    """From Python, Ctrl-C stops a loop of fits, not only the one running: fit_image saves, records
-    'interrupted', then raises InterruptedRun (the CLI prints it and exits 130)."""
-    import json
+@contextlib.contextmanager
+def ctrl_c_at_step(at: int):
+    """Ctrl-C (SIGINT to this process) while the image task draws the batch of step ``at`` (0-based)."""
     import os
     import signal
-
-    import finer
-    from finer.tasks.image import ImageTask
 
     real_batch = ImageTask.batch
 
     def batch(self, step):
-        if step == 3:
+        if step == at:
             os.kill(os.getpid(), signal.SIGINT)
         return real_batch(self, step)
 
-    cfg = finer.ImageRunConfig(image=str(png_path), steps=50, eval_every=0, model_options={"width": 8})
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(ImageTask, "batch", batch)
-        with pytest.raises(finer.InterruptedRun, match="interrupted at step 4 of 50; continue with `finer resume"):
-            finer.fit_image(cfg, tmp_path / "run", progress=False)
+        yield
+
+
+def test_a_fit_stopped_by_ctrl_c_raises_to_its_caller(tmp_path, png_path):
+    """From Python, Ctrl-C stops a loop of fits, not only the one running: fit_image saves, records
+    'interrupted', then raises InterruptedRun (the CLI prints it and exits 130)."""
+    import json
+
+    import finer
+
+    cfg = finer.ImageRunConfig(image=str(png_path), steps=50, eval_every=0, model_options={"width": 8})
+    with ctrl_c_at_step(3), pytest.raises(finer.InterruptedRun,
+                                          match="interrupted at step 4 of 50; continue with `finer resume"):
+        finer.fit_image(cfg, tmp_path / "run", progress=False)
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert (metrics["status"], metrics["steps"]) == ("interrupted", 4) and (tmp_path / "run" / "checkpoint.pt").exists()
 
@@ -454,24 +462,12 @@ def test_a_fit_stopped_during_its_last_step_stops_the_callers_loop_and_resume_co
     """Ctrl-C during the last step still stops the caller's loop of fits (InterruptedRun); the run, which
     has all its steps, is completed by `finer resume` without training (it was refused as finished)."""
     import json
-    import os
-    import signal
 
     import finer
-    from finer.tasks.image import ImageTask
-
-    real_batch = ImageTask.batch
-
-    def batch(self, step):
-        if step == 4:
-            os.kill(os.getpid(), signal.SIGINT)
-        return real_batch(self, step)
 
     cfg = finer.ImageRunConfig(image=str(png_path), steps=5, eval_every=0, model_options={"width": 8})
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(ImageTask, "batch", batch)
-        with pytest.raises(finer.InterruptedRun, match="interrupted at step 5 of 5"):
-            finer.fit_image(cfg, tmp_path / "run", progress=False)
+    with ctrl_c_at_step(4), pytest.raises(finer.InterruptedRun, match="interrupted at step 5 of 5"):
+        finer.fit_image(cfg, tmp_path / "run", progress=False)
     weights = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=False)["model"]
     metrics = finer.resume_image(tmp_path / "run", progress=False)
     assert (metrics["status"], metrics["steps"]) == ("complete", 5)
