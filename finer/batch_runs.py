@@ -241,13 +241,13 @@ def _remove_earlier_images(out: Path, paths: list[Path]) -> None:
     or a folder holding this fit's own images (refitting an earlier run's pictures), is left alone."""
     rows = io.read_record(out / "summary.json").get("runs")
     stems = {p.stem for p in paths}
-    inputs = [p.resolve() for p in paths]
+    inputs = [q for p in paths for q in (p.absolute(), p.resolve())]  # (a link among them: both places)
     for row in rows if isinstance(rows, list) else []:
         stem = Path(str(row.get("image", ""))).stem if isinstance(row, dict) else ""
         folder = out / stem
         if (not stem or stem in stems or folder.is_symlink() or not folder.is_dir()
                 or folder.resolve().parent != out.resolve()
-                or any(folder.resolve() in p.parents for p in inputs)):  # (this fit's images are in it)
+                or any(f in p.parents for f in (folder.absolute(), folder.resolve()) for p in inputs)):
             continue
         io.remove_outputs(folder, RUN_FILES)
         with contextlib.suppress(OSError):

@@ -1,11 +1,13 @@
 """Time inference (no gradients) in chunks of several sizes: what finer.tasks.points_per_pass chooses from.
 
     .venv/bin/python scripts/eval-chunks.py [--device cpu] [--chunks 262144,65536,16384,4096,2048]
+                                            [--image 256] [--grid 96] [--view 40]
 
 Three inference passes of the library, each with a 3 x 256 FINER (2 x 256 for the SDF): an image of
-256^2 pixels (``predict_image``), an SDF grid of 96^3 points (``evaluate_grid``), and a NeRF view of
-40 x 40 rays at 64 + 64 samples (``render_view``, its chunk in rays: points / 128). Median seconds of
-``--calls`` calls after one warm-up call; the same values whatever the chunk (a test checks it).
+``--image``^2 pixels (``predict_image``), an SDF grid of ``--grid``^3 points (``evaluate_grid``), and a
+NeRF view of ``--view``^2 rays at 64 + 64 samples (``render_view``, its chunk in rays: points / 128).
+Median seconds of ``--calls`` calls after one warm-up call (on CUDA, each call ends synchronised);
+the same values whatever the chunk (a test checks it). Pick sizes of several chunks of the largest.
 """
 
 from __future__ import annotations
@@ -27,14 +29,16 @@ from finer.tasks.image import predict_image  # noqa: E402
 from finer.tasks.sdf import evaluate_grid  # noqa: E402
 
 
-def median_seconds(fn, calls: int) -> float:
-    fn()
-    times = []
-    for _ in range(calls):
+def median_seconds(fn, calls: int, device: torch.device) -> float:
+    def once() -> float:
         t0 = time.perf_counter()
         fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        return time.perf_counter() - t0
+
+    once()
+    return statistics.median(once() for _ in range(calls))
 
 
 def main() -> None:
@@ -42,6 +46,9 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--chunks", default="262144,65536,16384,4096,2048", help="points per pass")
     parser.add_argument("--calls", type=int, default=3)
+    parser.add_argument("--image", type=int, default=256, help="image side (pixels)")
+    parser.add_argument("--grid", type=int, default=96, help="SDF grid side (points)")
+    parser.add_argument("--view", type=int, default=40, help="NeRF view side (rays)")
     args = parser.parse_args()
     device = torch.device(args.device)
     chunks = [int(c) for c in args.chunks.split(",")]
@@ -52,15 +59,16 @@ def main() -> None:
     per_ray = renderer.samples + renderer.fine
     print(f"{device} ({torch.get_num_threads()} threads), torch {torch.__version__}; points_per_pass: "
           f"{points_per_pass(device)}")
-    print("| points per pass | image 256^2 (s) | SDF grid 96^3 (s) | NeRF view 40^2 (s) |")
+    n, g, v = args.image, args.grid, args.view
+    print(f"| points per pass | image {n}^2 (s) | SDF grid {g}^3 (s) | NeRF view {v}^2 (s) |")
     print("|---|---|---|---|")
     with torch.no_grad():
         for chunk in chunks:
-            image = median_seconds(lambda: predict_image(image_net, 256, 256, target_range=(-1.0, 1.0), chunk=chunk,
-                                                         device=device), args.calls)
-            grid = median_seconds(lambda: evaluate_grid(sdf_net, 96, device, chunk=chunk), args.calls)
-            view = median_seconds(lambda: renderer.render_view(40, 40, 50.0, pose, max(1, chunk // per_ray)),
-                                  args.calls)
+            image = median_seconds(lambda: predict_image(image_net, n, n, target_range=(-1.0, 1.0), chunk=chunk,
+                                                         device=device), args.calls, device)
+            grid = median_seconds(lambda: evaluate_grid(sdf_net, g, device, chunk=chunk), args.calls, device)
+            view = median_seconds(lambda: renderer.render_view(v, v, 50.0 * v / 40, pose, max(1, chunk // per_ray)),
+                                  args.calls, device)
             print(f"| {chunk} | {image:.3f} | {grid:.3f} | {view:.3f} |")
 
 

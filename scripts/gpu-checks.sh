@@ -142,7 +142,8 @@ stage_foundation() {
   pack
 }
 stage_chunks() {
-  run chunks 90 $PY "$ROOT/scripts/eval-chunks.py" --device "$DEV" --chunks 1048576,262144,65536,16384
+  run chunks 90 $PY "$ROOT/scripts/eval-chunks.py" --device "$DEV" --chunks 1048576,262144,65536,16384 \
+      --image 2048 --grid 256 --view 400
   pack
 }
 

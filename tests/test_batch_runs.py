@@ -237,6 +237,12 @@ def test_a_refit_with_overwrite_leaves_no_earlier_image_and_deletes_no_input(fol
     (out / "reconstruction").symlink_to(out / "mine")  # a link under an earlier image's name: not followed
     assert main(["fit", "image", str(images), "--out", str(out), "--overwrite", *common]) == 0
     assert (out / "mine" / "metrics.json").is_file() and not (out / "error_map").exists()
+    linked = tmp_path / "o2"  # an earlier image's folder whose picture is a link to this fit's input
+    (linked / "b").mkdir(parents=True)
+    (linked / "b" / "reconstruction.png").symlink_to(images / "00.png")
+    (linked / "summary.json").write_text(json.dumps({"runs": [{"image": "b.png"}]}))
+    assert main(["fit", "image", str(linked / "b"), "--out", str(linked), "--overwrite", *common]) == 0
+    assert (linked / "b" / "reconstruction.png").is_symlink()
     (images / "reconstruction.png").write_bytes((images / "00.png").read_bytes())
     capsys.readouterr()
     assert main(["fit", "image", str(images), "--out", str(images), "--overwrite", *common]) == 2

@@ -161,19 +161,20 @@ def test_out_of_memory_names_the_options_of_the_command_that_ran(png_path, tmp_p
     assert "--batch-size (now 10000), --pool-size or --resolution" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("code, words", [(errno.EROFS, "cannot write in"), (errno.ENOSPC, "cannot write in"),
-                                         (errno.EACCES, "no permission in")])
-def test_a_read_only_or_full_disk_is_named_by_its_folder(png_path, tmp_path, monkeypatch, capsys, code, words):
-    """The file that failed may be a temporary one (.config.json.x1y2.json): the folder is what to name."""
+@pytest.mark.parametrize("code, filename, expected", [
+    (errno.EROFS, "o/.config.json.ab12cd34.json", "cannot write in {tmp}/o: {text}"),  # a temporary file's folder
+    (errno.ENOSPC, None, "cannot write (the disk of the output folder?): {text}"),  # data written: no file name
+    (errno.EACCES, "imgs", "no permission for {tmp}/imgs: {text}")])  # a folder that cannot be read: itself
+def test_a_read_only_or_full_disk_or_a_permission_is_one_line(png_path, tmp_path, monkeypatch, capsys, code,
+                                                              filename, expected):
     import finer.runs
 
     def refused(*args, **kwargs):
-        raise OSError(code, os.strerror(code), str(tmp_path / "o" / ".config.json.ab12cd34.json"))
+        raise OSError(code, os.strerror(code), *([str(tmp_path / filename)] if filename else []))
 
     monkeypatch.setattr(finer.runs, "fit_image", refused)
     assert main(["fit", "image", str(png_path), "--out", str(tmp_path / "o")]) == 2
-    err = capsys.readouterr().err
-    assert err == f"error: {words} {tmp_path / 'o'}: {os.strerror(code)}\n"
+    assert capsys.readouterr().err == "error: " + expected.format(tmp=tmp_path, text=os.strerror(code)) + "\n"
 
 
 @pytest.mark.parametrize("argv", [

@@ -70,9 +70,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except OSError as exc:
         if args.debug:
             raise
-        if exc.errno in _FILE_SYSTEM_ERRORS and exc.filename:  # a read-only or full disk, a folder not ours
-            print(f"error: {_FILE_SYSTEM_ERRORS[exc.errno]} {Path(exc.filename).parent}: {exc.strerror}",
-                  file=sys.stderr)
+        if exc.errno in _FILE_SYSTEM_ERRORS:  # a read-only or full disk, a file or folder not ours
+            print(f"error: {_file_system_error(exc)}", file=sys.stderr)
             return EXIT_ERROR
         print(f"error: {type(exc).__name__}: {exc} (rerun with --debug for the traceback)", file=sys.stderr)
         return 1
@@ -94,10 +93,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
 
 
-_FILE_SYSTEM_ERRORS = {errno.EROFS: "cannot write in", errno.ENOSPC: "cannot write in",
-                       errno.EDQUOT: "cannot write in", errno.EACCES: "no permission in",
-                       errno.EPERM: "no permission in"}
-"""Errors of the file system, named by the folder (the file may be a temporary one)."""
+_FILE_SYSTEM_ERRORS = {errno.EROFS, errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM}
+"""Errors of the file system that the user mends (a read-only or full disk, a permission)."""
+
+
+def _file_system_error(exc: OSError) -> str:
+    """One line for an error of :data:`_FILE_SYSTEM_ERRORS`: a disk that takes no writes is named by the
+    folder (the file may be a temporary one); a permission by the file or folder refused."""
+    if exc.errno in (errno.EACCES, errno.EPERM):
+        return f"no permission for {exc.filename}: {exc.strerror}" if exc.filename else f"{exc.strerror}"
+    where = f" in {Path(exc.filename).parent}" if exc.filename else " (the disk of the output folder?)"
+    return f"cannot write{where}: {exc.strerror}"
 
 
 def _memory_hint(args) -> str:
