@@ -87,7 +87,7 @@ def plain_activation(activation: Callable) -> Callable:
 
 
 def keeping_complex(fn: Callable[[Tensor], Tensor]) -> Callable[[Tensor], Tensor]:
-    """A conversion of :meth:`torch.nn.Module._apply` (``.double()``, ``.to(dtype)``, ``.cuda()``, ...) that
+    """A conversion of :meth:`torch.nn.Module._apply` (``.double()``, ``.to(dtype)``, device moves, ...) that
     converts complex tensors too, through their real view: ``.double()`` and ``.to(torch.float64)`` make
     complex64 weights complex128 and ``.float()`` complex64 again, where PyTorch would leave them as they
     are (``.double()``) or silently drop their imaginary part (``.to(torch.float64)``). Half types, which
