@@ -33,7 +33,8 @@ side by side, so the passes read them as contiguous runs.
 (FINER, SIREN, Gauss, Gauss-FINER, WIRE, Wire-FINER, and the learnable ones when compiling) and
 returns how many it swapped. Compilation happens on first use and is cached by PyTorch across
 processes; if it fails (no C++ compiler, an unsupported device) the kernel runs eagerly instead,
-with one warning. Only first derivatives are provided: analyses that differentiate twice use the plain functions.
+with one warning. Only first derivatives are provided: differentiating a fused layer twice raises an error
+that names :func:`unfuse`, which analyses that differentiate twice call first.
 """
 
 from __future__ import annotations
@@ -45,9 +46,8 @@ from typing import Callable
 
 import torch
 from torch import Tensor, nn
-from torch.autograd.function import once_differentiable
 
-from finer.errors import FinerWarning
+from finer.errors import FinerError, FinerWarning
 from finer.nn import activations as A
 from finer.nn.layers import FEW_INPUTS, autocast_context, autocast_off, handoff_dtype, product_autocast
 
@@ -225,6 +225,43 @@ def _runner(kernel: Callable, compile: bool) -> _Compiled:
     return _Compiled(kernel, compile)
 
 
+SECOND_DERIVATIVE = ("a fused layer gives first derivatives only; to differentiate twice (a loss on input "
+                     "gradients, say), undo the fusion first with finer.nn.fused.unfuse(model), or train with "
+                     "--fused off")
+
+
+class _SecondDerivativeRefused(torch.autograd.Function):
+    """The identity on a first derivative computed by a fused layer; differentiating it raises."""
+
+    @staticmethod
+    def forward(ctx, value, *anchors):
+        return value.view_as(value)
+
+    @staticmethod
+    def backward(ctx, *grads):
+        raise FinerError(SECOND_DERIVATIVE)
+
+
+def _first_derivatives_only(backward: Callable) -> Callable:
+    """A fused backward, run without a graph; under ``create_graph`` its results carry a node that
+    refuses, naming ``unfuse``, to be differentiated (the kernels give first derivatives only, and
+    a second derivative must fail loudly, not come out quietly wrong). As PyTorch's
+    ``once_differentiable``, whose message names neither the layer nor the way out."""
+
+    @functools.wraps(backward)
+    def wrapper(ctx, *grads):
+        with torch.no_grad():
+            results = backward(ctx, *grads)
+        # what the true second derivative depends on: the incoming gradients and the saved inputs
+        anchors = ([t for t in (*grads, *ctx.saved_tensors) if isinstance(t, Tensor) and t.requires_grad]
+                   if torch.is_grad_enabled() else [])
+        if not anchors:
+            return results
+        return tuple(_SecondDerivativeRefused.apply(r, *anchors) if isinstance(r, Tensor) else r for r in results)
+
+    return wrapper
+
+
 def _combine(gr: Tensor, gi: Tensor, j0: Tensor, j1: Tensor) -> Tensor:
     return gr * j0 + gi * j1
 
@@ -240,7 +277,7 @@ class _FusedFunction(torch.autograd.Function):
         return y
 
     @staticmethod
-    @once_differentiable  # the kernels give first derivatives only: a second one must fail loudly
+    @_first_derivatives_only
     def backward(ctx, grad):
         (slope,) = ctx.saved_tensors
         return grad * slope, None, None
@@ -264,7 +301,7 @@ class _FusedComplexFunction(torch.autograd.Function):
         return _complex(yr, yi)
 
     @staticmethod
-    @once_differentiable  # the kernels give first derivatives only: a second one must fail loudly
+    @_first_derivatives_only
     def backward(ctx, grad):
         gr, gi = grad.real, grad.imag
         jac = ctx.saved_tensors
@@ -371,7 +408,7 @@ class _FusedLinearFunction(torch.autograd.Function):
         return runner(z, bias.detach(), **out, **params)  # detached: see _Compiled
 
     @staticmethod
-    @once_differentiable  # the kernels give first derivatives only: a second one must fail loudly
+    @_first_derivatives_only
     def backward(ctx, grad):
         x, weight, bias, z = ctx.saved_tensors
         grad_z, grad_bias = ctx.grad_runner(grad, z, bias.detach(), **ctx.grad_out, **ctx.params)
@@ -473,7 +510,7 @@ class _FusedStemFunction(torch.autograd.Function):
         return runner(x, weight_t, bias.detach(), out_dtype=out_dtype, **params)
 
     @staticmethod
-    @once_differentiable  # the kernels give first derivatives only: a second one must fail loudly
+    @_first_derivatives_only
     def backward(ctx, grad):
         x, weight_t, bias = ctx.saved_tensors
         grad_w_t, grad_bias = ctx.grad_runner(grad, x, weight_t, bias.detach(), **ctx.params)

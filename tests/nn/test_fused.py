@@ -282,14 +282,37 @@ def test_fused_first_layer_with_few_inputs(input_grad):
         torch.testing.assert_close(a, b, rtol=1e-8, atol=1e-10 * b.abs().max().item())
 
 
-def test_fused_paths_refuse_a_second_derivative():
-    """The kernels give first derivatives only; differentiating twice must fail, not be quietly wrong."""
+@pytest.mark.parametrize("method", ["finer", "wire"])
+@pytest.mark.parametrize("frozen", [False, True], ids=["trained", "frozen"])
+def test_fused_paths_refuse_a_second_derivative_naming_unfuse(method, frozen):
+    """The kernels give first derivatives only; differentiating twice must fail, naming the way out, not be
+    quietly wrong: also with frozen parameters, where no incoming gradient carries a graph (PyTorch's
+    once_differentiable then returned a gradient with none, and a sum with another loss dropped its term)."""
+    from finer.errors import FinerError
+
     x = (torch.rand(20, 2) * 2 - 1).requires_grad_()
-    model = finer.build_model("finer", 2, 1, width=8, hidden_layers=1, seed=0)
+    model = finer.build_model(method, 2, 1, width=8, hidden_layers=1, seed=0).requires_grad_(not frozen)
     F.fuse(model, compile=False)
+    y = model(x)
+    (g,) = torch.autograd.grad(y.sum(), x, create_graph=True)
+    assert g.requires_grad
+    with pytest.raises(FinerError, match=r"first derivatives only.*unfuse\(model\)"):
+        (g.square().sum() + x.sum()).backward()
+    F.unfuse(model)  # the way out the message names gives the plain second derivative
     (g,) = torch.autograd.grad(model(x).sum(), x, create_graph=True)
-    with pytest.raises(RuntimeError, match="once_differentiable|differentiate"):
-        g.sum().backward()
+    g.square().sum().backward()
+    assert torch.isfinite(x.grad).all() and x.grad.abs().sum() > 0
+
+
+def test_a_first_derivative_with_create_graph_keeps_its_values():
+    """Under create_graph the refusing node is the identity: the first derivative is the plain one."""
+    x = (torch.rand(20, 2) * 2 - 1).double().requires_grad_()
+    plain = finer.build_model("finer", 2, 1, width=8, hidden_layers=1, seed=0).double()
+    fused = finer.build_model("finer", 2, 1, width=8, hidden_layers=1, seed=0).double()
+    F.fuse(fused, compile=False)
+    (want,) = torch.autograd.grad(plain(x).sum(), x)
+    (got,) = torch.autograd.grad(fused(x).sum(), x, create_graph=True)
+    torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12)
 
 
 @pytest.mark.parametrize("fused", [False, True], ids=["plain", "fused"])
