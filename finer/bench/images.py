@@ -25,6 +25,7 @@ import numpy as np
 import torch
 
 from finer import io
+from finer.bench import check_models
 from finer.bench.reference import OfficialFiner
 from finer.errors import CropError, FinerError
 from finer.bench.executors import execute, threads_per_worker
@@ -318,16 +319,6 @@ def _check_grid_names(directory, out: Path, jobs) -> None:
                          "extension): rename the image")
 
 
-def check_models(models: list[str]) -> None:
-    unknown = [m for m in models if m not in MODELS and m != REFERENCE]
-    if unknown:
-        raise FinerError(f"unknown model(s) {', '.join(unknown)}; choose from: {', '.join([*MODELS, REFERENCE])}")
-    if not models:
-        raise FinerError("no models given")
-    if len(set(models)) < len(models):
-        raise FinerError(f"models listed more than once: {', '.join(models)}")
-
-
 def _protocol_record(directory, images, protocol: Protocol, seeds, device, execution=None) -> dict:
     execution = execution or Execution()
     return {"directory": str(directory), "images": len(images), **dataclasses.asdict(protocol), "seeds": list(seeds),
@@ -468,7 +459,7 @@ def run_image_bench(directory, *, models, protocol: Protocol, seeds=(0,), limit=
                     report_only: bool = False) -> list[dict]:
     """``finer bench images``: methods x images x seeds at one protocol (``report_only``: write the
     table and report from the finished runs, train nothing)."""
-    check_models(models)
+    check_models(models, [*MODELS, REFERENCE])
     images, out, dev = list_images(directory, limit), Path(out), resolve_device(device)
     meta = _protocol_record(directory, images, protocol, seeds, dev, execution)
     jobs = [(f"{p.stem}-{m}-s{s}", p, m, protocol, s) for p in images for m in models for s in seeds]
@@ -494,7 +485,7 @@ def run_width_bench(directory, *, models, widths, protocol: Protocol, seeds=(0,)
                     report_only: bool = False) -> list[dict]:
     """``finer bench width`` (supplement Fig. 2): PSNR against hidden width with two hidden layers
     (``report_only``: write the table and plot from the finished runs, train nothing)."""
-    check_models(models)
+    check_models(models, [*MODELS, REFERENCE])
     images, out, dev = list_images(directory, limit), Path(out), resolve_device(device)
     protocol = dataclasses.replace(protocol, hidden_layers=2)
     meta = {**_protocol_record(directory, images, protocol, seeds, dev, execution), "widths": list(widths)}

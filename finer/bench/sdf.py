@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 
 from finer import io
+from finer.bench import check_models
 from finer.errors import DivergedError, FinerError, InterruptedRun
 from finer.models import MODELS
 from finer.sdf_run import SDFRunConfig, check_measuring_memory, fit_sdf
@@ -39,11 +40,7 @@ def run_sdf_bench(directory, *, models, out, settings=None, device="auto", progr
     if not meshes:
         raise FinerError(f"no meshes in {directory}")
     io.check_unique_stems(meshes, "meshes")
-    unknown = [m for m in models if m not in MODELS]
-    if unknown:
-        raise FinerError(f"unknown model(s) {', '.join(unknown)}; choose from: {', '.join(MODELS)}")
-    if len(set(models)) < len(models):
-        raise FinerError(f"models listed more than once: {', '.join(models)}")
+    check_models(models, list(MODELS))
     settings = {**QUICK, **(settings or {})}
     SDFRunConfig(mesh=str(meshes[0]), **settings).validate()  # bad settings: refused before any run
     for path in meshes:  # so are unreadable meshes, and grids too large to measure on one of them

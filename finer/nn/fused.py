@@ -626,9 +626,10 @@ def kernel_call(activation: Callable) -> tuple[Callable, dict] | None:
 def fused_version(activation: Callable, compile: bool = True) -> Callable | None:
     """The fused equivalent of ``activation`` (``fn`` or ``partial(fn, ...)``; ``None`` when ``fn`` has no kernel)."""
     call = kernel_call(activation)
-    if call is None:
-        return None
-    fn, params = call
+    return None if call is None else _fused_activation(*call, compile)
+
+
+def _fused_activation(fn: Callable, params: dict, compile: bool) -> Callable:
     return functools.partial(fused_apply, reference=fn, runner=_runner({**KERNELS, **COMPLEX_KERNELS}[fn], compile),
                              **params)
 
@@ -651,15 +652,15 @@ def fuse(model: nn.Module, compile: bool = True) -> int:
                     module.activation.fn = _runner(module.activation.fn, True)
                     count += 1
                 continue
-            fused = fused_version(module.activation, compile)
             act = module.activation
-            if fused is None and isinstance(act, functools.partial) and act.args and any(
+            call = kernel_call(act)
+            if call is None and isinstance(act, functools.partial) and act.args and any(
                     act.func is kernel for kernel in (*KERNELS, *COMPLEX_KERNELS)):
                 warnings.warn(f"not fused: {act!r} passes positional arguments, which take the place of the "
                               f"pre-activation; write partial({act.func.__name__}, omega=...) to fuse it",
                               FinerWarning, stacklevel=2)
-            if fused is not None:
-                fn, params = kernel_call(module.activation)
+            if call is not None:
+                fn, params = call
                 if fn in KERNELS and not module.linear.weight.is_complex():
                     runner, grad_runner = _linear_runners(KERNELS[fn], compile)
                     # only when compiling: run eagerly, the term-by-term product is slower than mm
@@ -672,7 +673,7 @@ def fuse(model: nn.Module, compile: bool = True) -> int:
                                                                   not module.linear.weight.is_complex(), compile)
                     module.fused_forward = functools.partial(fused_complex_linear_apply, runner=runner,
                                                              grad_runner=grad_runner, **params)
-                module.activation = fused
+                module.activation = _fused_activation(fn, params, compile)
                 count += 1
     return count
 

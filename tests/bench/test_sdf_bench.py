@@ -113,15 +113,17 @@ def test_the_command_takes_every_size_of_the_protocol(tmp_path, capsys):
 
 
 def test_a_model_listed_twice_is_refused_from_python_too(tmp_path):
-    from finer.bench.images import check_models
+    from finer.bench import check_models
 
     meshes = tmp_path / "meshes"
     meshes.mkdir()
     trimesh.creation.icosphere(1).export(meshes / "ball.obj")
     with pytest.raises(FinerError, match="models listed more than once: finer, finer"):
         run_sdf_bench(meshes, models=["finer", "finer"], out=tmp_path / "b", settings=TINY, progress=False)
+    with pytest.raises(FinerError, match="no models given"):
+        run_sdf_bench(meshes, models=[], out=tmp_path / "b", settings=TINY, progress=False)
     with pytest.raises(FinerError, match="models listed more than once"):
-        check_models(["siren", "finer", "siren"])
+        check_models(["siren", "finer", "siren"], ["finer", "siren"])
     assert not (tmp_path / "b").exists()
 
 
