@@ -166,23 +166,28 @@ def _ntk_markdown(rows, setting, checks) -> str:
     return "\n".join(lines) + "\n"
 
 
-def analyze_activations(out, *, ks=(None, 1.0, 5.0, 10.0, 20.0), layers=2, resolution=128, seed=0,
-                        overwrite=False, log=io.quiet) -> list[dict]:
-    """Fig. 5: distributions of z, y and local frequencies of the first layers of the image FINER.
-    ``out`` may hold other files; one with an earlier activation analysis is refused unless ``overwrite``."""
-    activated = make_config("finer").hidden_layers + 1  # the image FINER's sine layers (the last is linear)
+def analyze_activations(out, *, ks=(None, 1.0, 5.0, 10.0, 20.0), layers=2, resolution=128, seed=0, width=None,
+                        hidden_layers=None, overwrite=False, log=io.quiet) -> list[dict]:
+    """Fig. 5: distributions of z, y and local frequencies of the first layers of the image FINER
+    (3 x 256, omega 30; ``width`` and ``hidden_layers`` change its size). ``out`` may hold other files;
+    one with an earlier activation analysis is refused unless ``overwrite``."""
+    size = {key: value for key, value in (("width", width), ("hidden_layers", hidden_layers)) if value is not None}
+    config = make_config("finer", **size)
+    activated = config.hidden_layers + 1  # the FINER layers (the last is linear)
     if not 1 <= layers <= activated:
-        raise FinerError(f"layers {layers}: the image FINER has {activated} activated layers; give 1 to {activated}")
+        raise FinerError(f"layers {layers}: this FINER ({config.hidden_layers} x {config.width}) has {activated} "
+                         f"activated layers; give 1 to {activated}")
     out = Path(out)
     io.claim_outputs(out, ACTIVATION_FILES, overwrite, "activation analysis")
     coords = coordinate_grid(resolution, resolution)
     rows, stats = [], {}
     for k in ks:
-        net = build_model("finer", 2, 3, seed=seed, **({} if k is None else {"first_bias_scale": k}))
+        net = build_model("finer", 2, 3, seed=seed, **size, **({} if k is None else {"first_bias_scale": k}))
         stats[k] = layer_statistics(net, coords, layers)
         name = "k=default" if k is None else f"k={k:g}"
         for i, s in enumerate(stats[k]):
-            rows.append({"k": k, "layer": i + 1, "z_abs_max": float(s["z"].abs().max()),
+            rows.append({"k": k, "layer": i + 1, "width": config.width, "hidden_layers": config.hidden_layers,
+                         "z_abs_max": float(s["z"].abs().max()),
                          "max_freq_z": float(s["freq_z"].max()), "max_freq_x": float(s["freq_x"].max()),
                          "mean_freq_x": float(s["freq_x"].mean()),
                          "p99_freq_x": float(torch.quantile(s["freq_x"][:: max(1, s["freq_x"].numel() // 1_000_000)],
@@ -202,7 +207,8 @@ def analyze_activations(out, *, ks=(None, 1.0, 5.0, 10.0, 20.0), layers=2, resol
     axes[0][0].legend(fontsize=8)
     _save(fig, out / "activations.png")
     io.write_json(out / "activations.json", rows)
-    lines = [f"FINER image network (3 x 256, omega 30) at initialisation, seed {seed}, on a "
+    lines = [f"FINER image network ({config.hidden_layers} x {config.width}, omega {config.first_omega:g}) at "
+             f"initialisation, seed {seed}, on a "
              f"{resolution}x{resolution} grid of [-1, 1]^2. Frequencies in radians per unit of input.", "",
              "| k | layer | max \\|z\\| | max ω(2\\|z\\|+1) | max frequency in x | 99th pct frequency in x "
              "| mean frequency in x |",

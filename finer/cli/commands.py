@@ -293,7 +293,8 @@ def analyze_activations(args: argparse.Namespace) -> int:
 
     _check_out_folder(args)
     run.analyze_activations(args.out, ks=_floats(args.k, allow_default=True), layers=args.layers,
-                            resolution=args.resolution, seed=args.seed, overwrite=args.overwrite, log=print)
+                            resolution=args.resolution, seed=args.seed, width=args.width,
+                            hidden_layers=args.hidden_layers, overwrite=args.overwrite, log=print)
     return 0
 
 

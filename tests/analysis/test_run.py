@@ -79,10 +79,17 @@ def test_activations_refuse_more_layers_than_the_network_has(tmp_path, capsys):
     from finer.cli import main
 
     assert main(["analyze", "activations", "--layers", "5", "--out", str(tmp_path / "a")]) == 2
-    assert "the image FINER has 4 activated layers; give 1 to 4" in capsys.readouterr().err
+    assert "this FINER (3 x 256) has 4 activated layers; give 1 to 4" in capsys.readouterr().err
     assert not (tmp_path / "a").exists()
     assert main(["analyze", "activations", "--layers", "4", "--resolution", "4", "--k", "5",
                  "--out", str(tmp_path / "a")]) == 0
+    # another size: its layers are measured and the outputs name it
+    assert main(["analyze", "activations", "--layers", "5", "--hidden-layers", "4", "--width", "16",
+                 "--resolution", "4", "--k", "5", "--out", str(tmp_path / "b")]) == 0
+    rows = json.loads((tmp_path / "b" / "activations.json").read_text())
+    assert [r["layer"] for r in rows] == [1, 2, 3, 4, 5]
+    assert {(r["width"], r["hidden_layers"]) for r in rows} == {(16, 4)}
+    assert "FINER image network (4 x 16, omega 30)" in (tmp_path / "b" / "activations.md").read_text()
 
 
 def test_an_ntk_that_overflows_is_named(tmp_path, capsys):
