@@ -116,7 +116,7 @@ def evaluate_sdf(model, index: S.SurfaceIndex, true_mesh_unit, norm: S.Normaliza
     model = model.to(device).eval()
     # evaluate the network once when the grids match and the whole grid is small (S.shares_grid)
     shared = S.evaluate_grid(model, resolution, device) if S.shares_grid(resolution, iou_resolution) else None
-    iou = S.grid_iou(model, index, iou_resolution, device, values=shared)
+    iou = S.grid_iou(model, index, iou_resolution, device, values=shared, progress=progress)
     surface = S.extract_surface(model, resolution, device, values=shared, progress=progress)
     result: dict[str, Any] = {"iou": round(iou, 5), "chamfer": None, "vertices": 0, "faces": 0}
     if surface is not None:

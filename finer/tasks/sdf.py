@@ -132,21 +132,21 @@ class SurfaceIndex:
     def _voxels(self, q: np.ndarray) -> np.ndarray:
         return np.clip(np.floor((q + BOUND) / (2 * BOUND) * self.resolution).astype(np.int64), 0, self.resolution - 1)
 
-    def in_shell(self, q: np.ndarray) -> np.ndarray:
-        """Whether points ``q`` lie in the shell of voxels around the surface samples (inside the box)."""
-        v = self._voxels(q)
-        return self.shell[v[:, 0], v[:, 1], v[:, 2]] & np.all(np.abs(q) <= BOUND, axis=1)
-
-    def is_inside(self, q: np.ndarray, idx: np.ndarray | None) -> np.ndarray:
-        """Inside test of points ``q`` whose nearest sample index is ``idx`` (see the module doc).
-        ``idx`` only matters in the shell; ``None`` answers from the flood fill alone (False in the shell)."""
+    def flood_fill_answer(self, q: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """For points ``q``: whether the flood fill puts them inside (in an interior voxel) and whether they
+        lie in the shell of voxels around the surface samples, where it cannot tell (both False outside the box)."""
         v = self._voxels(q)
         in_box = np.all(np.abs(q) <= BOUND, axis=1)
-        filled = self.interior[v[:, 0], v[:, 1], v[:, 2]] & in_box
-        if idx is None:
-            return filled
-        by_normal = np.einsum("ij,ij->i", q - self.points[idx], self.normals[idx]) < 0
-        return np.where(self.in_shell(q), by_normal, filled)
+        return (self.interior[v[:, 0], v[:, 1], v[:, 2]] & in_box), (self.shell[v[:, 0], v[:, 1], v[:, 2]] & in_box)
+
+    def is_inside(self, q: np.ndarray, idx: np.ndarray, along: np.ndarray | None = None) -> np.ndarray:
+        """Inside test of points ``q`` whose nearest sample index is ``idx`` (see the module doc): in the shell
+        by the side of that sample's plane (``along``: the offsets along its normal, if already known),
+        elsewhere by the flood fill."""
+        filled, shell = self.flood_fill_answer(q)
+        if along is None:
+            along = np.einsum("ij,ij->i", q - self.points[idx], self.normals[idx])
+        return np.where(shell, along < 0, filled)
 
     def nearest(self, q: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Nearest dense sample of each point (distance, index).
@@ -172,30 +172,29 @@ class SurfaceIndex:
             q = query[s : s + chunk]
             dist, idx = self.nearest(q)
             along = np.einsum("ij,ij->i", q - self.points[idx], self.normals[idx])
-            sign = np.where(self.is_inside(q, idx), -1.0, 1.0)
+            sign = np.where(self.is_inside(q, idx, along), -1.0, 1.0)
             close = (dist < 2 * self.spacing) & (np.sign(along) == sign)
             out[s : s + chunk] = np.where(close, along, sign * dist)
         return out
 
 
-def inside(index: "SurfaceIndex", query: np.ndarray, near: float, coarse_samples: int = 50_000) -> np.ndarray:
+def inside(index: "SurfaceIndex", query: np.ndarray, near: float) -> np.ndarray:
     """Occupancy of many points (e.g. a 128^3 grid), :meth:`SurfaceIndex.is_inside` at a fraction of its cost.
 
     Only points in the shell take their sign from a nearest sample (the others' comes from the flood
     fill): those within ``near`` of the dense samples from the nearest dense sample, the rest, whose
-    nearest sample is far anyway, from a subset of ``coarse_samples``.
+    nearest sample is far anyway, from the index's coarse subset.
     """
     query = np.asarray(query, dtype=np.float64)
-    result = index.is_inside(query, None)
-    shell = np.flatnonzero(index.in_shell(query))
+    result, shell = index.flood_fill_answer(query)
+    shell = np.flatnonzero(shell)
     if len(shell):
         q = query[shell]
         dist, idx = index.tree.query(q, distance_upper_bound=near, workers=_workers())
         far = ~np.isfinite(dist)
         if far.any():
-            step = max(1, len(index.points) // coarse_samples)
-            idx[far] = cKDTree(index.points[::step]).query(q[far], workers=_workers())[1] * step
-        result[shell] = index.is_inside(q, idx)
+            idx[far] = index.coarse.query(q[far], workers=_workers())[1] * index.coarse_step
+        result[shell] = np.einsum("ij,ij->i", q - index.points[idx], index.normals[idx]) < 0
     return result
 
 
@@ -295,14 +294,17 @@ def evaluate_grid(model, resolution: int, device, z_range: tuple[int, int] | Non
 
 
 def grid_iou(model, index: "SurfaceIndex", resolution: int, device, values: np.ndarray | None = None,
-             slab: int | None = None) -> float:
+             slab: int | None = None, progress: bool = False) -> float:
     """Occupancy IoU of the network (SDF < 0) and the mesh (:func:`inside`) on the ``resolution^3``
     grid, a slab of z-slices at a time so that memory stays bounded at any resolution.
-    ``values``: the network's whole grid, if already evaluated; ``slab``: slices at a time."""
+    ``values``: the network's whole grid, if already evaluated; ``slab``: slices at a time;
+    ``progress``: a bar over the slabs."""
+    from tqdm.auto import tqdm
+
     near = 6.0 / (resolution - 1)
     both = either = 0
     depth = slab or slab_depth(resolution)
-    for z0 in range(0, resolution, depth):
+    for z0 in tqdm(range(0, resolution, depth), desc=f"IoU {resolution}^3", disable=not progress, leave=False):
         z1 = min(z0 + depth, resolution)
         part = values[:, :, z0:z1] if values is not None else evaluate_grid(model, resolution, device, (z0, z1))
         pred = part.reshape(-1) < 0
