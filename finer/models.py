@@ -117,43 +117,40 @@ class MLPConfig:
 
 _POSITIVE = {"width", "lr", "first_omega", "hidden_omega", "omega", "omega_w", "scale", "n_sines",
              "max_frequency", "omega_min", "omega_max", "latent_dim"}
-_NON_NEGATIVE = {"hidden_layers", "first_bias_scale", "hidden_bias_scale", "n_freqs"}
+"""Numeric options that must be positive; the others (layer counts, bias ranges) may also be zero."""
 
 
-def _check_value(owner: str, name: str, value: Any, kind: str = "") -> None:
-    """Check one option's value; ``kind`` is its declared type (``"bool"``, ``"float"``, ...): an on/off
-    option takes only ``true``/``false`` (``--option scale_grad=no`` must not read as on), and a number
-    is not a truth value."""
+def _check_value(owner: str, name: str, value: Any, kind: str) -> None:
+    """Check one option's value against its declared type ``kind`` (``"bool"``, ``"int"``, ``"float | None"``,
+    ...): an on/off option takes only ``true``/``false`` (``--option scale_grad=no`` must not read as on), a
+    number is not a truth value, and ``None`` is taken only where the type allows it."""
     if kind == "bool":
         if not isinstance(value, bool):
             raise ConfigError(f"{owner}.{name} is on or off: true or false, got {value!r}")
         return
-    if isinstance(value, bool) and kind:
-        raise ConfigError(f"{owner}.{name} must be {'an integer' if kind.startswith('int') else 'a number'}, "
-                          f"got {value!r}")
     if name == "target_range":
         ok = (
             isinstance(value, (tuple, list))
             and len(value) == 2
-            and all(isinstance(v, (int, float)) and math.isfinite(v) for v in value)
+            and all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in value)
             and value[0] < value[1]
         )
         if not ok:
             raise ConfigError(f"{owner}.target_range must be two finite numbers (low, high) with low < high, "
                               f"got {value!r}")
         return
-    if value is None and name in _NON_NEGATIVE:
+    integer = kind.startswith("int")
+    if value is None and "None" in kind:
         return
-    if isinstance(value, bool):
-        return
-    if name in _POSITIVE | _NON_NEGATIVE:
-        if not isinstance(value, (int, float)) or not math.isfinite(value):
-            raise ConfigError(f"{owner}.{name} must be a finite number, got {value!r}")
-        if name in _POSITIVE and value <= 0:
-            raise ConfigError(f"{owner}.{name} must be positive, got {value!r}")
-        if name in _NON_NEGATIVE and value < 0:
-            raise ConfigError(f"{owner}.{name} must be zero or positive, got {value!r}")
-    if name in {"width", "hidden_layers", "n_freqs", "n_sines", "latent_dim"} and not isinstance(value, int):
+    if isinstance(value, bool) or value is None:
+        raise ConfigError(f"{owner}.{name} must be {'an integer' if integer else 'a number'}, got {value!r}")
+    if not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ConfigError(f"{owner}.{name} must be a finite number, got {value!r}")
+    if name in _POSITIVE and value <= 0:
+        raise ConfigError(f"{owner}.{name} must be positive, got {value!r}")
+    if value < 0:
+        raise ConfigError(f"{owner}.{name} must be zero or positive, got {value!r}")
+    if integer and not isinstance(value, int):
         raise ConfigError(f"{owner}.{name} must be an integer, got {value!r}")
 
 

@@ -109,6 +109,11 @@ def test_unknown_name_lists_the_choices():
         ({"width": True}, "width must be an integer, got True"),
         ({"hidden_layers": False}, "hidden_layers must be an integer"),
         ({"first_omega": True}, "first_omega must be a number"),
+        # None only where the declared type allows it (first_bias_scale: float | None)
+        ({"hidden_layers": None}, "hidden_layers must be an integer, got None"),
+        ({"first_omega": None}, "first_omega must be a number, got None"),
+        ({"first_bias_scale": -1.0}, "first_bias_scale must be zero or positive"),
+        ({"target_range": (False, True)}, "two finite numbers"),
     ],
 )
 def test_bad_values_raise_clear_errors(overrides, message):
