@@ -77,9 +77,6 @@ class StackedImageTask:
         low, high = self.target_range
         return {"train_psnr": psnr_from_mse(loss / self.count / (high - low) ** 2)}  # of the mean MSE
 
-    def evaluate(self, model) -> dict[str, float]:
-        return {}
-
 
 def list_images(directory) -> list[Path]:
     from finer.bench.images import list_images as _list

@@ -31,16 +31,15 @@ from finer.launch import interrupt
 
 
 class Task(Protocol):
-    """What the loop needs of a task: ``batch`` and ``loss``; ``step_metrics`` may be left out (no
-    figures beside the loss), and so may ``evaluate`` when ``TrainConfig.eval_every`` is 0. A task may
-    also set ``replayable = True``: ``batch`` returns the same tensors at every step and ``loss`` keeps
+    """What the loop needs of a task: ``batch`` and ``loss``. Optional: ``step_metrics(loss: float) ->
+    dict[str, float]``, figures beside the loss at each step (none without it), and ``evaluate(model) ->
+    dict[str, float]``, needed when ``TrainConfig.eval_every`` is above 0. A task may also set
+    ``replayable = True``: ``batch`` returns the same tensors at every step and ``loss`` keeps
     nothing between steps, so a step can be recorded once and replayed (``TrainConfig.cuda_graph``);
     without it a task is not replayable."""
 
     def batch(self, step: int) -> tuple[Tensor, Tensor]: ...
     def loss(self, pred: Tensor, target: Tensor) -> Tensor: ...
-    def step_metrics(self, loss: float) -> dict[str, float]: ...
-    def evaluate(self, model: nn.Module) -> dict[str, float]: ...
 
 
 @dataclass

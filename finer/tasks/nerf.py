@@ -289,15 +289,6 @@ class NeRFTask:
 
         return {"train_psnr": psnr_from_mse(loss)}
 
-    def evaluate(self, model) -> dict[str, float]:
-        return {}
-
-    def state_dict(self) -> dict:
-        return {"generator": self.generator.get_state()}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.generator.set_state(state["generator"])
-
 
 def orbit_poses(frames: int, radius: float = 4.0311, elevation_deg: float = 30.0) -> np.ndarray:
     """Camera-to-world matrices ``(frames, 4, 4)`` circling the origin at ``radius``, looking at it

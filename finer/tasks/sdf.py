@@ -241,21 +241,12 @@ class SDFTask:
     def loss(self, pred: Tensor, target: Tensor) -> Tensor:
         return torch.mean(target[:, 1:] * (pred - target[:, :1]) ** 2)
 
-    def step_metrics(self, loss: float) -> dict[str, float]:
-        return {}
-
     @torch.no_grad()
     def evaluate(self, model) -> dict[str, float]:
         """Mean absolute SDF error on (up to) 65,536 fine points of the pool."""
         idx = torch.arange(self.half, min(2 * self.half, self.half + 65_536), device=self.device)
         err = (model(self.points[idx]) - self.sdf[idx]).abs().mean()
         return {"sdf_mae_near_surface": float(err)}
-
-    def state_dict(self) -> dict:
-        return {"generator": self.generator.get_state()}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.generator.set_state(state["generator"])
 
 
 def grid_slab(resolution: int, z0: int, z1: int, dtype=np.float64) -> np.ndarray:
