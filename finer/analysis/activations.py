@@ -43,9 +43,12 @@ def layer_statistics(model: nn.Module, coords: Tensor, layers: int = 2) -> list[
         pairs = [jvp(layer.linear, (h,), (t,)) for t in dh]
         z = pairs[0][0]
         grad_norm = torch.sqrt(sum(dz**2 for _, dz in pairs))
-        y, dys = zip(*[jvp(layer, (h,), (t,)) for t in dh])
         rate = omega * (2 * z.abs() + 1)
-        stats.append({"z": z.detach().flatten(), "y": y[0].detach().flatten(), "freq_z": rate.detach().flatten(),
+        y = layer.activation(z)
+        stats.append({"z": z.detach().flatten(), "y": y.detach().flatten(), "freq_z": rate.detach().flatten(),
                       "freq_x": (rate * grad_norm).detach().flatten()})
-        h, dh = y[0], list(dys)
+        # the function's own derivative, carried to the next layer: not a jvp through the activation,
+        # which (scale_grad off, as in the official code) detaches |z|+1 and gives omega(|z|+1) cos(...)
+        slope = torch.cos(omega * (z.abs() + 1) * z) * rate
+        h, dh = y, [slope * dz for _, dz in pairs]
     return stats

@@ -7,20 +7,33 @@ from finer.analysis.neurons import neuron_grid, radial_spectrum
 from finer.models import build_model
 
 
-def test_local_frequency_matches_autograd():
-    net = build_model("finer", 2, 3, width=8, hidden_layers=1, seed=0, first_bias_scale=2.0)
-    coords = torch.rand(5, 2) * 2 - 1
-    stats = layer_statistics(net, coords, layers=2)
+@pytest.mark.parametrize("scale_grad", [False, True])
+def test_local_frequency_matches_finite_differences(scale_grad):
+    """The frequency in x is the function's: the same whether training detaches |z|+1 (the default, as the
+    official code) or not, and equal to omega (2|z|+1) |grad_x z| with the gradient by central differences."""
+    net = build_model("finer", 2, 3, width=8, hidden_layers=2, seed=0, first_bias_scale=2.0,
+                      scale_grad=scale_grad).double()
+    coords = (torch.rand(5, 2, generator=torch.Generator().manual_seed(1)) * 2 - 1).double()
+    stats = layer_statistics(net, coords, layers=3)
     w = net.layers[0].linear.weight
     z1 = net.layers[0].linear(coords)
     expected1 = 30 * (2 * z1.abs() + 1) * w.norm(dim=1)
     torch.testing.assert_close(stats[0]["freq_x"], expected1.detach().flatten())
-    # layer 2: omega (2|z2|+1) |grad_x z2| with the gradient from autograd
-    x = coords[:1].clone().requires_grad_(True)
-    z2 = net.layers[1].linear(net.layers[0](x))[0, 3]
-    (grad,) = torch.autograd.grad(z2, x)
-    expected2 = 30 * (2 * z2.abs() + 1) * grad.norm()
-    assert stats[1]["freq_x"][3].item() == pytest.approx(expected2.item(), rel=1e-4)
+
+    def pre_activation(x, depth):  # z of layer ``depth`` (0 = first)
+        h = x
+        for layer in list(net.layers)[:depth]:
+            h = layer(h)
+        return net.layers[depth].linear(h)
+
+    eps = 1e-6
+    with torch.no_grad():
+        for depth in (1, 2):
+            z = pre_activation(coords, depth)
+            grad = torch.stack([(pre_activation(coords + eps * e, depth) - pre_activation(coords - eps * e, depth))
+                                / (2 * eps) for e in torch.eye(2, dtype=torch.float64)], -1)
+            expected = 30 * (2 * z.abs() + 1) * grad.norm(dim=-1)
+            torch.testing.assert_close(stats[depth]["freq_x"], expected.flatten(), rtol=1e-6, atol=1e-6)
 
 
 def test_radial_spectrum_peaks_at_the_sinusoid_frequency():
