@@ -154,14 +154,17 @@ def importance(t: Tensor, weights: Tensor, samples: int, *, perturb: bool,
     return m_lo + frac * (m_hi - m_lo)
 
 
-def composite(sigma: Tensor, rgb: Tensor, t: Tensor, *, background: float = 1.0) -> dict[str, Tensor]:
-    """Volume rendering of ``sigma (R, S)``, ``rgb (R, S, 3)`` at depths ``t (R, S)`` along unit rays.
+def composite(sigma: Tensor, rgb: Tensor, t: Tensor, *, far: float, background: float = 1.0) -> dict[str, Tensor]:
+    """Volume rendering of ``sigma (R, S)``, ``rgb (R, S, 3)`` at depths ``t (R, S)`` along unit rays
+    that end at ``far``, with ``background`` behind them.
 
-    ``alpha_i = 1 - exp(-sigma_i delta_i)`` with ``delta_i = t_{i+1} - t_i`` (the last one
-    infinite), ``T_i = prod_{j<i} (1 - alpha_j)``, weights ``T_i alpha_i``; returns ``rgb``,
-    ``depth`` (expected depth), ``opacity`` and ``weights``.
+    ``alpha_i = 1 - exp(-sigma_i delta_i)`` with ``delta_i = t_{i+1} - t_i`` and, for the last sample,
+    ``far - t_S``, ``T_i = prod_{j<i} (1 - alpha_j)``, weights ``T_i alpha_i``; returns ``rgb``,
+    ``depth`` (expected depth), ``opacity`` and ``weights``. The last interval is finite: with an
+    unbounded one (NeRF's 1e10, made for a ReLU density that can be 0) the soft-plus density, never
+    0, makes every ray opaque at its last sample and the background unreachable.
     """
-    delta = torch.cat([t[:, 1:] - t[:, :-1], torch.full_like(t[:, :1], 1e10)], -1)
+    delta = torch.cat([t[:, 1:] - t[:, :-1], (far - t[:, -1:]).clamp(min=0)], -1)
     alpha = 1.0 - torch.exp(-sigma * delta)
     trans = torch.cumprod(torch.cat([torch.ones_like(alpha[:, :1]), 1.0 - alpha + 1e-10], -1), -1)[:, :-1]
     weights = alpha * trans
@@ -181,11 +184,11 @@ def render_rays(field, origins: Tensor, dirs: Tensor, *, near: float, far: float
     if fine > 0:
         with torch.no_grad():
             sigma, rgb = field(origins[:, None] + dirs[:, None] * t[..., None])
-            weights = composite(sigma, rgb, t)["weights"]
+            weights = composite(sigma, rgb, t, far=far)["weights"]
             t_fine = importance(t, weights, fine, perturb=perturb, generator=generator)
         t, _ = torch.sort(torch.cat([t, t_fine], -1), -1)
     sigma, rgb = field(origins[:, None] + dirs[:, None] * t[..., None])
-    return composite(sigma, rgb, t)
+    return composite(sigma, rgb, t, far=far)
 
 
 # -- the field ------------------------------------------------------------------------------------

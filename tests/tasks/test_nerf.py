@@ -211,14 +211,33 @@ def test_compositing_weights_of_three_samples_in_closed_form():
     sigma = torch.tensor([[0.5, 2.0, 1.0]], dtype=torch.float64)
     t = torch.tensor([[1.0, 1.5, 3.0]], dtype=torch.float64)
     rgb = torch.tensor([[[1.0, 0, 0], [0, 1.0, 0], [0, 0, 1.0]]], dtype=torch.float64)
-    a0, a1 = 1 - math.exp(-0.5 * 0.5), 1 - math.exp(-2.0 * 1.5)  # the last sample's interval is unbounded
-    expected = [a0, (1 - a0) * a1, (1 - a0) * (1 - a1)]  # T_0 = 1: nothing in front of the first sample
-    out = N.composite(sigma, rgb, t, background=1.0)
+    # the intervals: 0.5, 1.5, and the last sample's up to the far end of the ray, 4 - 3
+    a0, a1, a2 = 1 - math.exp(-0.5 * 0.5), 1 - math.exp(-2.0 * 1.5), 1 - math.exp(-1.0 * 1.0)
+    expected = [a0, (1 - a0) * a1, (1 - a0) * (1 - a1) * a2]  # T_0 = 1: nothing in front of the first sample
+    out = N.composite(sigma, rgb, t, far=4.0, background=0.0)
     torch.testing.assert_close(out["weights"][0], torch.tensor(expected, dtype=torch.float64), rtol=1e-8, atol=1e-9)
     torch.testing.assert_close(out["rgb"][0], torch.tensor(expected, dtype=torch.float64), rtol=1e-8, atol=1e-9)
     assert out["depth"][0].item() == pytest.approx(sum(w * d for w, d in zip(expected, [1.0, 1.5, 3.0])), rel=1e-8)
-    empty = N.composite(torch.zeros(1, 3, dtype=torch.float64), rgb, t, background=0.25)
+    empty = N.composite(torch.zeros(1, 3, dtype=torch.float64), rgb, t, far=4.0, background=0.25)
     torch.testing.assert_close(empty["rgb"][0], torch.full((3,), 0.25, dtype=torch.float64))  # background only
+
+
+@pytest.mark.parametrize("density", [1e-3, 0.1, 1.0])
+def test_a_thin_black_medium_lets_the_white_background_through(density):
+    """A constant black medium of density s over the ray [2, 6] transmits exp(-s L) of the white behind it,
+    as the Beer-Lambert law says, L = 6 - t_0 the length the samples cover from the first one, in the
+    centre of the first of the coarse bins (the renderer had made every ray opaque at its last sample,
+    since the soft-plus density is never 0)."""
+    origins, dirs = torch.zeros(4, 3, dtype=torch.float64), torch.tensor([[0.0, 0.0, 1.0]] * 4, dtype=torch.float64)
+
+    def medium(points):
+        return torch.full(points.shape[:-1], density, dtype=points.dtype), torch.zeros_like(points)
+
+    for samples, fine in ((64, 0), (32, 32)):
+        out = N.render_rays(medium, origins, dirs, near=2.0, far=6.0, samples=samples, fine=fine)
+        covered = 6.0 - (2.0 + 0.5 * 4.0 / samples)
+        torch.testing.assert_close(out["rgb"], torch.full((4, 3), math.exp(-density * covered), dtype=torch.float64),
+                                   rtol=1e-8, atol=1e-8)
 
 
 def test_a_diverging_nerf_fit_exits_3_like_the_other_tasks(tmp_path, capsys):
