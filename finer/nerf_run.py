@@ -156,6 +156,14 @@ def fit_nerf(cfg: NeRFRunConfig, out, *, progress: bool = True, overwrite: bool 
     with io.failure_recorded(out / "metrics.json"):  # not left saying "running" after an error
         state = fit(renderer, task, train_cfg, on_checkpoint=save, progress=progress, desc=f"nerf/{cfg.model}")
         io.write_csv(out / "curve.csv", state.history, curve_columns(task))
+        if state.status == "interrupted":  # stopped as asked, after the current step: no minutes of rendering
+            metrics = {**running, "status": "interrupted", "steps": state.step, "message": state.message,
+                       "seconds": round(state.train_seconds, 2), "test_psnr": None,
+                       "test_note": "interrupted: the test views are rendered and scored after a full fit"}
+            io.write_json(out / "metrics.json", metrics)
+            return finished(state, out, metrics, go_on=(
+                f"{out} keeps the network of step {state.step} (checkpoint.pt; `finer render nerf {out}` renders it), "
+                "unscored; this kind of run is not resumed: fit it again with --overwrite to train it fully"))
         io.write_json(out / "metrics.json", {**running, "steps": state.step, "stage": "rendering the test views"})
         try:
             metrics = _test_and_record(cfg, renderer, state, test, len(train.names), fused, device, out)

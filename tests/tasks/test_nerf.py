@@ -268,3 +268,33 @@ def test_depth_pictures_show_empty_space_as_far():
     out = N.render_rays(field, origins, dirs, near=2.0, far=6.0, samples=400)
     picture = _depth_picture({"depth": out["depth"], "opacity": out["opacity"]}, 2.0, 6.0)[:, 0]
     np.testing.assert_allclose(picture, [0.0, 1.0, 0.5], atol=0.02)
+
+
+def test_sigterm_while_training_stops_without_rendering_the_test_views(tmp_path, monkeypatch, capsys):
+    """A stop during training ends the run after the current step: the test views (minutes at real sizes)
+    are not rendered, and the records say the run is interrupted and unscored."""
+    import os
+    import signal
+
+    scene = _scene(tmp_path / "ball")
+    real_batch = N.NeRFTask.batch
+
+    def batch(self, step):
+        if step == 3:  # a scheduler's stop, mid-run
+            os.kill(os.getpid(), signal.SIGTERM)
+        return real_batch(self, step)
+
+    def no_rendering(*args, **kwargs):
+        raise AssertionError("an interrupted run rendered its test views")
+
+    monkeypatch.setattr(N.NeRFTask, "batch", batch)
+    monkeypatch.setattr(N.Renderer, "render_view", no_rendering)
+    out = tmp_path / "run"
+    assert main(["fit", "nerf", str(scene), "--model", "siren", "--views", "2", "--steps", "50", "--rays", "16",
+                 "--samples", "4", "--fine", "0", "--width", "8", "--test-views", "2", "--fused", "off",
+                 "--out", str(out), "--quiet"]) == 130
+    err = capsys.readouterr().err
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["status"] == "interrupted" and 3 <= metrics["steps"] < 50 and metrics["test_psnr"] is None
+    assert f"keeps the network of step {metrics['steps']}" in err and "unscored" in err
+    assert (out / "checkpoint.pt").is_file() and not list((out / "test").glob("*.png"))
