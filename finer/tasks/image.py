@@ -56,7 +56,7 @@ def _white(im: Image.Image) -> float:
     return 255.0 if bits == 8 else 65535.0
 
 
-def _to_float(im: Image.Image, white: float | None = None) -> np.ndarray:
+def to_float(im: Image.Image, white: float | None = None) -> np.ndarray:
     """PIL image -> float32 ``(H, W, C)`` array in [0, 1], keeping an alpha channel if present.
     ``white``: of an integer-mode image, as :func:`_white` found it in the file (default: its own)."""
     if im.mode in ("I;16", "I;16B", "I;16L", "I"):
@@ -174,7 +174,7 @@ def _read_file(path: Path, max_bytes: int | None) -> np.ndarray:
                 )
             im.load()
             white = _white(im) if im.mode.startswith("I") else None  # (the file's tags: before transposing)
-            return _to_float(ImageOps.exif_transpose(im), white)  # as viewers show it (a phone's rotated JPEG)
+            return to_float(ImageOps.exif_transpose(im), white)  # as viewers show it (a phone's rotated JPEG)
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
         raise FinerError(f"cannot read image {path}: {exc}") from None
     finally:

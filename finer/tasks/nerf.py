@@ -27,6 +27,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from finer.errors import FinerError
+from finer.tasks.image import to_float
 
 
 # -- data -----------------------------------------------------------------------------------------
@@ -68,6 +69,9 @@ def _frame_pose(frame, index: int, meta_path: Path) -> np.ndarray:
     if pose.shape != (4, 4) or not np.isfinite(pose).all():
         raise FinerError(f"{meta_path}: frame {index} ({frame['file_path']}) needs a transform_matrix of 4 x 4 "
                          "finite numbers")
+    if abs(np.linalg.det(pose[:3, :3].astype(np.float64))) < 1e-6:
+        raise FinerError(f"{meta_path}: frame {index} ({frame['file_path']}) has a transform_matrix whose rotation "
+                         "(the upper-left 3 x 3) is singular: it gives the camera no orientation")
     return pose
 
 
@@ -86,11 +90,14 @@ def load_views(scene: str | Path, split: str, *, views: int | None = None, downs
         frames, angle = meta["frames"], float(meta["camera_angle_x"])
     except (json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
         raise FinerError(f"cannot read {meta_path}: {exc}") from None
+    if not 0 < angle < math.pi:  # (also NaN)
+        raise FinerError(f"{meta_path}: camera_angle_x is the horizontal field of view in radians, between 0 and "
+                         f"pi; got {angle}")
     if downscale < 1:
         raise FinerError(f"downscale must be >= 1, got {downscale}")
     if not isinstance(frames, list) or not frames:
         raise FinerError(f"{meta_path} lists no frames")
-    images, poses, names = [], [], []
+    images, poses, names, size = [], [], [], None
     for i in spread(len(frames), views):
         frame = frames[i]
         pose = _frame_pose(frame, i, meta_path)
@@ -99,6 +106,12 @@ def load_views(scene: str | Path, split: str, *, views: int | None = None, downs
             path = path.with_suffix(".png")
         try:
             with Image.open(path) as im:
+                if im.mode in ("I;16", "I;16B", "I;16L", "I", "F"):  # 16-bit or float grey: scaled by its format
+                    im = Image.fromarray((to_float(im)[..., 0] * 255 + 0.5).astype(np.uint8), "L")
+                size = size or im.size
+                if im.size != size:
+                    raise FinerError(f"view {path} is {im.width}x{im.height}, the split's first view "
+                                     f"{size[0]}x{size[1]}: the views of a scene share one size")
                 im = im.convert("RGBA")
                 if downscale > 1:
                     if im.width < downscale or im.height < downscale:
@@ -106,11 +119,15 @@ def load_views(scene: str | Path, split: str, *, views: int | None = None, downs
                                          f"view {path}; use at most {min(im.width, im.height)}")
                     im = im.resize((im.width // downscale, im.height // downscale), Image.Resampling.BOX)
                 rgba = np.asarray(im, dtype=np.float32) / 255.0
-        except (FileNotFoundError, OSError) as exc:
+        except (OSError, ValueError) as exc:
             raise FinerError(f"cannot read view {path}: {exc}") from None
         images.append(rgba[..., :3] * rgba[..., 3:] + (1.0 - rgba[..., 3:]))  # on white
         poses.append(pose)
-        names.append(Path(frame["file_path"]).name)
+        names.append(path.stem)
+    repeated = sorted({name for name in names if names.count(name) > 1})
+    if repeated:
+        raise FinerError(f"{meta_path}: several views are named {', '.join(repeated)} (in different folders); "
+                         "their pictures and records would be confused: give the views distinct file names")
     width = images[0].shape[1]
     return Views(np.stack(images), np.stack(poses), 0.5 * width / math.tan(0.5 * angle), names)
 

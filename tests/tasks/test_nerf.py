@@ -2,6 +2,7 @@
 
 import json
 import math
+import re
 from pathlib import Path
 
 import numpy as np
@@ -298,3 +299,34 @@ def test_sigterm_while_training_stops_without_rendering_the_test_views(tmp_path,
     assert metrics["status"] == "interrupted" and 3 <= metrics["steps"] < 50 and metrics["test_psnr"] is None
     assert f"keeps the network of step {metrics['steps']}" in err and "unscored" in err
     assert (out / "checkpoint.pt").is_file() and not list((out / "test").glob("*.png"))
+
+
+@pytest.mark.parametrize("spoil, message", [
+    (lambda meta, root: meta.update(camera_angle_x=0.0), "camera_angle_x is the horizontal field of view"),
+    (lambda meta, root: meta.update(camera_angle_x=4.0), "between 0 and pi; got 4.0"),
+    (lambda meta, root: meta["frames"][1].update(transform_matrix=[[0, 0, 0, 1]] * 3 + [[0, 0, 0, 1]]),
+     "frame 1 (./train/r_1) has a transform_matrix whose rotation"),
+    (lambda meta, root: Image.new("RGBA", (8, 8)).save(root / "train" / "r_2.png"),
+     "r_2.png is 8x8, the split's first view 16x16"),
+    (lambda meta, root: meta["frames"][1].update(file_path="./other/r_0"), "several views are named r_0"),
+])
+def test_a_spoiled_scene_is_refused_naming_what_is_wrong(tmp_path, spoil, message):
+    scene = _scene(tmp_path / "ball")
+    (scene / "other").mkdir()
+    Image.open(scene / "train" / "r_0.png").save(scene / "other" / "r_0.png")
+    meta = json.loads((scene / "transforms_train.json").read_text())
+    spoil(meta, scene)
+    (scene / "transforms_train.json").write_text(json.dumps(meta))
+    with pytest.raises(FinerError, match=re.escape(message)):
+        N.load_views(scene, "train")
+
+
+def test_16_bit_grey_views_are_scaled_by_their_format(tmp_path):
+    """A 16-bit PNG view reads as the 8-bit one would (65535 is white), not saturated to white."""
+    scene = _scene(tmp_path / "ball")
+    grey8 = np.asarray(Image.open(scene / "train" / "r_0.png").convert("L"))
+    Image.fromarray(grey8.astype(np.uint16) * 257).save(scene / "train" / "r_0.png")  # I;16: same greys
+    assert Image.open(scene / "train" / "r_0.png").mode.startswith("I")
+    view = N.load_views(scene, "train", views=1).images[0]
+    np.testing.assert_allclose(view, np.repeat(grey8[..., None] / 255.0, 3, -1), atol=1e-6)
+    assert view.min() < 0.9  # the ball is there, not a white picture
