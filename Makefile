@@ -53,6 +53,11 @@ bench-precision: shared-data $(STAMP)
 	  $(PRECISION_FIT) ../shared/data/images/div2k_train/00.png --size 128 --steps 5000 --precision $$p \
 	    --eval-every 500 --out $(PRECISION_OUT)/00-128px-5000-$$p && rm -f $(PRECISION_OUT)/00-128px-5000-$$p/checkpoint.pt \
 	  || exit 1; done
+	for p in fp32 bf16; do \
+	  $(PRECISION_FIT) ../shared/data/images/div2k_train/00.png --model gauss --size 128 --steps 1000 --precision $$p \
+	    --eval-every 250 --out $(PRECISION_OUT)/00-128px-gauss-$$p && rm -f $(PRECISION_OUT)/00-128px-gauss-$$p/checkpoint.pt \
+	  || exit 1; done
+	$(BIN)/python scripts/bf16-gradients.py
 
 # Training speed (docs/results/speed.md; about 13 minutes on 2 CPU cores, measured 2026-11-28).
 bench-speed: $(STAMP)
