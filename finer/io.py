@@ -97,16 +97,24 @@ def check_out(path: str | os.PathLike, *, folder: bool, option: str = "--out") -
     return path
 
 
-def claim_outputs(out: str | os.PathLike, files: Iterable[str], overwrite: bool, what: str) -> Path:
-    """Make the folder ``out`` ready for a command writing ``files`` into it: refused when it holds one of
-    them already (an earlier result, which would be replaced) unless ``overwrite``, which removes them first,
-    so that none stands beside a new result that stops early. Other files of the folder are left alone."""
+def check_claim(out: str | os.PathLike, files: Iterable[str], overwrite: bool, what: str) -> list[str]:
+    """What :func:`claim_outputs` refuses, without touching anything: a command that computes before it
+    writes checks this first, and claims the folder once its results are in hand (so that a failure on the
+    way loses no earlier result, even with ``overwrite``). Returns the ``files`` present in ``out``."""
     out = check_out(out, folder=True)
     present = [name for name in files if (out / name).exists()]
     if present and not overwrite:
         raise FinerError(f"{out} holds an earlier {what} ({', '.join(present)}); choose another --out "
                          "or pass --overwrite (overwrite=True from Python) to replace it")
-    remove_outputs(out, present)
+    return present
+
+
+def claim_outputs(out: str | os.PathLike, files: Iterable[str], overwrite: bool, what: str) -> Path:
+    """Make the folder ``out`` ready for a command writing ``files`` into it: refused when it holds one of
+    them already (an earlier result, which would be replaced) unless ``overwrite``, which removes them first,
+    so that none stands beside a new result that stops early. Other files of the folder are left alone."""
+    out = Path(out)
+    remove_outputs(out, check_claim(out, files, overwrite, what))
     out.mkdir(parents=True, exist_ok=True)
     return out
 

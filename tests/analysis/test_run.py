@@ -110,3 +110,28 @@ def test_analyze_ntk_from_python_takes_one_name_and_refuses_bad_sizes(tmp_path):
                              ({"params": "x"}, "params is 'all' or 'first'")):
         with pytest.raises(FinerError, match=message):
             run.analyze_ntk(tmp_path / "b", models="finer", width=8, points=8, **options)
+
+
+def test_an_analysis_that_fails_keeps_the_earlier_one_even_with_overwrite(tmp_path, capsys):
+    """Huge k overflows the activation statistics: a one-line error (exit 2), and the earlier analysis the
+    --overwrite would have replaced is still there, whole (the results are computed before the folder is claimed)."""
+    out = tmp_path / "act"
+    assert main(["analyze", "activations", "--resolution", "4", "--k", "5", "--out", str(out)]) == 0
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    capsys.readouterr()
+    assert main(["analyze", "activations", "--resolution", "4", "--k", "1e30", "--out", str(out), "--overwrite"]) == 2
+    assert "the activation statistics of FINER k=1e+30 overflow" in capsys.readouterr().err
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+
+
+def test_ntk_rows_name_each_network_and_eq5_is_checked_only_with_finer(tmp_path):
+    quick = ["--width", "4", "--points", "8", "--steps", "2", "--mc-samples", "100", "--k", "1"]
+    assert main(["analyze", "ntk", "--models", "gauss,siren", *quick, "--out", str(tmp_path / "a")]) == 0
+    rows = json.loads((tmp_path / "a" / "ntk.json").read_text())
+    networks = {r["model"]: r["network"] for r in rows}
+    assert networks["siren"]["first_omega"] == 1.0 and networks["gauss"]["scale"] == 30.0  # its own default
+    assert all(n["width"] == 4 and n["hidden_layers"] == 0 for n in networks.values())
+    assert json.loads((tmp_path / "a" / "ntk_setting.json").read_text())["eq5_check"] == []
+    assert "Eq. (5)" not in (tmp_path / "a" / "ntk.md").read_text()
+    assert main(["analyze", "ntk", "--models", "finer", *quick, "--out", str(tmp_path / "b")]) == 0
+    assert len(json.loads((tmp_path / "b" / "ntk_setting.json").read_text())["eq5_check"]) == 1
