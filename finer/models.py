@@ -38,6 +38,13 @@ class LayerSpec:
     bias_range: float | None = None
 
 
+def table_layer(name: str, *, init_omega: float = 1.0, bias_range: float | None = None, **params) -> LayerSpec:
+    """The layer of entry ``name`` of the activation table (:data:`finer.nn.activations.ACTIVATIONS`): its
+    function with ``params`` (``omega=30``, ...) and the weight initialisation that goes with it."""
+    entry = A.ACTIVATIONS[name]
+    return LayerSpec(functools.partial(entry.fn, **params) if params else entry.fn, entry.init, init_omega, bias_range)
+
+
 @dataclass
 class MLPConfig:
     """Options common to every method.
@@ -62,10 +69,12 @@ class MLPConfig:
         return IdentityEncoding(in_features)
 
     def layer(self, first: bool) -> LayerSpec:
-        return LayerSpec(A.relu)
+        return table_layer("relu")
 
     def final(self) -> LayerSpec:
-        return LayerSpec(A.identity)
+        """The output layer: linear, its weights initialised as the hidden layers' (SIREN's with their omega)."""
+        hidden = self.layer(first=False)
+        return LayerSpec(A.identity, hidden.weight_init, hidden.init_omega)
 
     def hidden_width(self) -> int:
         return self.width
@@ -166,10 +175,7 @@ class SirenConfig(MLPConfig):
 
     def layer(self, first: bool) -> LayerSpec:
         omega = self.first_omega if first else self.hidden_omega
-        return LayerSpec(functools.partial(A.sine, omega=omega), "siren", omega)
-
-    def final(self) -> LayerSpec:
-        return LayerSpec(A.identity, "siren", self.hidden_omega)
+        return table_layer("sine", init_omega=omega, omega=omega)
 
 
 @dataclass
@@ -185,9 +191,8 @@ class FinerConfig(SirenConfig):
 
     def layer(self, first: bool) -> LayerSpec:
         omega = self.first_omega if first else self.hidden_omega
-        act = functools.partial(A.finer, omega=omega, detach=not self.scale_grad)
         bias = self.first_bias_scale if first else self.hidden_bias_scale
-        return LayerSpec(act, "siren", omega, bias)
+        return table_layer("finer", init_omega=omega, bias_range=bias, omega=omega, detach=not self.scale_grad)
 
 
 @dataclass
@@ -199,7 +204,7 @@ class GaussConfig(MLPConfig):
     lr: float = 5e-3
 
     def layer(self, first: bool) -> LayerSpec:
-        return LayerSpec(functools.partial(A.gauss, scale=self.scale))
+        return table_layer("gauss", scale=self.scale)
 
 
 @dataclass
@@ -225,7 +230,7 @@ class WireConfig(MLPConfig):
         return int(self.width / math.sqrt(2)) if self.complex_parity else self.width
 
     def layer(self, first: bool) -> LayerSpec:
-        return LayerSpec(functools.partial(A.gabor, omega=self.omega, scale=self.scale))
+        return table_layer("gabor", omega=self.omega, scale=self.scale)
 
 
 @dataclass
@@ -256,11 +261,8 @@ class GaussFinerConfig(MLPConfig):
     lr: float = 1e-3
 
     def layer(self, first: bool) -> LayerSpec:
-        act = functools.partial(A.gauss_finer, omega=self.omega, scale=self.scale, detach=not self.scale_grad)
-        return LayerSpec(act, "siren", self.omega, self.first_bias_scale if first else None)
-
-    def final(self) -> LayerSpec:
-        return LayerSpec(A.identity, "siren", self.omega)
+        return table_layer("gauss_finer", init_omega=self.omega, bias_range=self.first_bias_scale if first else None,
+                           omega=self.omega, scale=self.scale, detach=not self.scale_grad)
 
 
 @dataclass
@@ -280,13 +282,9 @@ class WireFinerConfig(WireConfig):
     lr: float = 1e-3
 
     def layer(self, first: bool) -> LayerSpec:
-        act = functools.partial(
-            A.gabor_finer, omega=self.omega, omega_w=self.omega_w, scale=self.scale, detach=not self.scale_grad
-        )
-        return LayerSpec(act, "siren", self.omega * self.omega_w, self.first_bias_scale if first else None)
-
-    def final(self) -> LayerSpec:
-        return LayerSpec(A.identity, "siren", self.omega * self.omega_w)
+        return table_layer("gabor_finer", init_omega=self.omega * self.omega_w,
+                           bias_range=self.first_bias_scale if first else None, omega=self.omega,
+                           omega_w=self.omega_w, scale=self.scale, detach=not self.scale_grad)
 
 
 @dataclass
@@ -324,7 +322,7 @@ class SCMLPConfig(MLPConfig):
     def layer(self, first: bool) -> LayerSpec:
         if first:
             return LayerSpec(SineComposition(self.width, self.omega_min, self.omega_max))
-        return LayerSpec(A.relu)
+        return table_layer("relu")
 
 
 @dataclass
@@ -348,7 +346,7 @@ class MPAConfig(MLPConfig):
     def layer_at(self, index: int, context) -> LayerSpec:
         return LayerSpec(ModulatedSine(context, index, self.omega), "siren", self.omega)
 
-    def final(self) -> LayerSpec:
+    def final(self) -> LayerSpec:  # (its layers come from layer_at, which needs the modulator)
         return LayerSpec(A.identity, "siren", self.omega)
 
 
