@@ -294,14 +294,36 @@ def test_eval_image_prints_metrics_as_json(tmp_path, capsys):
     assert "must match" in capsys.readouterr().err
 
 
-def test_precision_choices_are_the_training_loops():
+def test_every_choice_list_of_the_parser_is_the_librarys():
+    """The parser (torch-free, for a fast --help) restates the library's choice lists; they must not drift."""
+    import argparse
+
+    from finer.bench.executors import EXECUTORS
+    from finer.bench.images import PRESETS
     from finer.cli import build_parser
+    from finer.nn.fused import FUSED_MODES
+    from finer.runs import DEVICE_CHOICES
+    from finer.tasks.image import ALPHA_CHOICES, ASPECT_CHOICES
     from finer.train import PRECISIONS
 
-    parser = build_parser()
-    fit = next(a for a in parser._subparsers._group_actions[0].choices["fit"]._subparsers._group_actions[0]
-               .choices["image"]._actions if a.dest == "precision")
-    assert list(fit.choices) == list(PRECISIONS)
+    library = {"fused": FUSED_MODES, "device": DEVICE_CHOICES, "precision": PRECISIONS, "alpha": ALPHA_CHOICES,
+               "aspect": ASPECT_CHOICES, "executor": EXECUTORS, "preset": PRESETS}
+    seen = set()
+
+    def walk(parser, where):
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for name, sub in action.choices.items():
+                    walk(sub, f"{where} {name}")
+            elif action.choices is not None and action.dest in library:
+                seen.add(action.dest)
+                if where.endswith("eval image") and action.dest == "alpha":  # a reference has no alpha to keep
+                    assert set(action.choices) < set(library["alpha"]), where
+                else:
+                    assert list(action.choices) == list(library[action.dest]), (where, action.dest)
+
+    walk(build_parser(), "finer")
+    assert seen == set(library)
 
 
 def test_resume_names_what_it_cannot_continue(tmp_path, capsys):
