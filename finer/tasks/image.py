@@ -249,12 +249,13 @@ def predict_image(
     aspect: str = "stretch",
     chunk: int | None = None,
     device: torch.device | str = "cpu",
+    coords: Tensor | None = None,
 ) -> np.ndarray:
     """Evaluate ``model`` on a ``height x width`` grid in chunks (default: :func:`finer.tasks.points_per_pass`);
-    returns ``(H, W, C)`` in [0, 1], clipped."""
+    returns ``(H, W, C)`` in [0, 1], clipped. ``coords``: that grid (:func:`coordinate_grid`), if already made."""
     from finer.tasks import points_per_pass
 
-    coords = coordinate_grid(height, width, aspect)
+    coords = coordinate_grid(height, width, aspect) if coords is None else coords
     chunk = chunk or points_per_pass(device)
     outs = []
     for start in range(0, coords.shape[0], chunk):
@@ -302,14 +303,6 @@ class ImageTask:
         """Full batch: the same tensors every step, so a step can be recorded as a CUDA graph."""
         return self.batch_size is None
 
-    @property
-    def in_features(self) -> int:
-        return 2
-
-    @property
-    def out_features(self) -> int:
-        return self.channels
-
     def batch(self, step: int) -> tuple[Tensor, Tensor]:
         if self.batch_size is None:
             return self.coords, self.targets
@@ -338,6 +331,7 @@ class ImageTask:
             aspect=self.aspect,
             chunk=self.eval_chunk,
             device=self.device,
+            coords=self.coords,  # already on the device: made once, not at every evaluation
         )
 
     def evaluate(self, model: torch.nn.Module) -> dict[str, float]:
