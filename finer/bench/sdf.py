@@ -51,18 +51,19 @@ def run_sdf_bench(directory, *, models, out, settings=None, device="auto", progr
             run_dir = out / "runs" / f"{path.stem}-{name}"
             done = run_dir / "metrics.json"
             cfg = SDFRunConfig(mesh=str(path), model=name, device=device, **settings)
-            if done.exists() and io.read_json(done).get("status") in FINISHED:
+            recorded = io.read_json(done) if done.exists() else {}
+            if recorded.get("status") in FINISHED:
                 mismatch = _protocol_mismatch(run_dir, cfg)
                 if mismatch:
                     raise FinerError(f"{run_dir} is a run of another protocol or mesh ({mismatch}); write this grid "
                                      "to another --out, or delete that folder's runs")
-                rows.append({"shape": path.stem, **io.read_json(done)})
+                rows.append({"shape": path.stem, **recorded})
                 skipped += 1
                 continue
             try:
                 metrics = fit_sdf(cfg, run_dir, progress=progress, overwrite=True, log=lambda *_: None)
-            except DivergedError:  # a result of the method: recorded (scored at its last good step), not fatal
-                metrics = io.read_json(done)
+            except DivergedError as exc:  # a result of the method: recorded (scored at its last good step), not fatal
+                metrics = exc.metrics
             except InterruptedRun:  # not a result: a rerun fits it again
                 raise KeyboardInterrupt from None
             rows.append({"shape": path.stem, **{k: v for k, v in metrics.items() if k != "out"}})  # as metrics.json

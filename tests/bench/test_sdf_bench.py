@@ -59,13 +59,13 @@ def test_a_diverged_run_is_a_marked_result_and_an_interrupted_one_stops_the_grid
     trimesh.creation.icosphere(1).export(meshes / "ball.obj")
     real_fit, calls = finer.bench.sdf.fit_sdf, []
 
-    def fit(cfg, run_dir, **kwargs):  # siren "diverges": the run keeps its metrics.json and raises
+    def fit(cfg, run_dir, **kwargs):  # siren "diverges": the run keeps its metrics.json and raises with them
         calls.append(cfg.model)
         metrics = real_fit(cfg, run_dir, **kwargs)
         if cfg.model == "siren":
-            (run_dir / "metrics.json").write_text(json.dumps({**metrics, "status": "diverged", "out": None,
-                                                              "message": "loss diverged at step 3"}))
-            raise DivergedError("loss diverged at step 3")
+            diverged = {**metrics, "status": "diverged", "message": "loss diverged at step 3"}
+            (run_dir / "metrics.json").write_text(json.dumps({k: v for k, v in diverged.items() if k != "out"}))
+            raise DivergedError("loss diverged at step 3", diverged)
         return metrics
 
     monkeypatch.setattr(finer.bench.sdf, "fit_sdf", fit)
