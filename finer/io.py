@@ -32,8 +32,8 @@ def quiet(*_: Any) -> None:
     one that prints them)."""
 
 
-def save_figure(fig, path: str | os.PathLike, colors: int = 256) -> None:
-    """A matplotlib figure as a palette PNG (``colors`` colours): renders and plots keep their look
+def palette_png(fig, colors: int = 256) -> bytes:
+    """A matplotlib figure as palette PNG bytes (``colors`` colours): renders and plots keep their look
     at a fraction of the RGBA size."""
     import io as _io
 
@@ -42,9 +42,16 @@ def save_figure(fig, path: str | os.PathLike, colors: int = 256) -> None:
     buf = _io.BytesIO()
     fig.savefig(buf, format="png")
     buf.seek(0)
+    out = _io.BytesIO()
     with Image.open(buf) as im:
-        small = im.convert("RGB").quantize(colors)
-        atomic_write(path, lambda tmp: small.save(tmp, format="PNG", optimize=True))
+        im.convert("RGB").quantize(colors).save(out, format="PNG", optimize=True)
+    return out.getvalue()
+
+
+def save_figure(fig, path: str | os.PathLike, colors: int = 256) -> None:
+    """A matplotlib figure written as a palette PNG (:func:`palette_png`)."""
+    data = palette_png(fig, colors)
+    atomic_write(path, lambda tmp: Path(tmp).write_bytes(data))
 
 
 def _umask() -> int:

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import base64
 import html
-import io as _io
 from pathlib import Path
 
 from matplotlib.figure import Figure  # no pyplot: the caller's backend and figures are left alone
@@ -21,16 +20,7 @@ CROP = 64  # side of the crop shown per image, in pixels of the fitted image
 
 def _png(fig) -> str:
     """The figure as an embeddable palette PNG (256 colours keep plots and crops readable)."""
-    from PIL import Image
-
-    buf = _io.BytesIO()
-    fig.savefig(buf, format="png")
-    buf.seek(0)
-    with Image.open(buf) as im:
-        small = im.convert("RGB").quantize(256)
-    out = _io.BytesIO()
-    small.save(out, format="PNG", optimize=True)
-    return "data:image/png;base64," + base64.b64encode(out.getvalue()).decode("ascii")
+    return "data:image/png;base64," + base64.b64encode(io.palette_png(fig)).decode("ascii")
 
 
 def curves_figure(rows: list[dict], models: list[str]) -> str | None:
