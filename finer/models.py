@@ -58,7 +58,8 @@ class MLPConfig:
     width: int = 256
     """Hidden units per layer."""
     lr: float = 5e-4
-    """Adam learning rate at step 0; decayed exponentially to 0.1x at the last step."""
+    """Adam learning rate at step 0 (image and NeRF fits decay it exponentially to 0.1x at the last step;
+    SDF fits keep it constant, as the paper's protocol does)."""
     target_range: tuple[float, float] = (-1.0, 1.0)
     """The range signal values are scaled to before fitting."""
 
