@@ -39,9 +39,10 @@ bench-foundation: shared-data $(STAMP)
 bench-sdf: shared-data $(STAMP)
 	$(BIN)/finer bench sdf ../shared/data/meshes --models finer,siren,gauss,pemlp,wire --out docs/results/sdf --quiet
 
-# Mixed precision on the CPU (docs/results/precision-cpu; about 40 minutes on 2 CPU cores): FINER, the
+# Mixed precision on the CPU (docs/results/precision-cpu; about an hour on 2 CPU cores): FINER, the
 # paper's 3x256 network, in float32 and in bf16: two DIV2K images downscaled to 256^2, 1000 steps,
-# then image 00 downscaled to 128^2 for the paper's 5000 steps.
+# then image 00 downscaled to 128^2 for the paper's 5000 steps; Gauss on image 00 at 128^2, 1000 steps
+# (about 20 minutes); each method's bf16 gradient error at initialisation (bf16-gradients.txt, a minute).
 PRECISION_OUT = docs/results/precision-cpu
 PRECISION_FIT = $(BIN)/finer fit image --fused compile --checkpoint-every 0 --overwrite --quiet
 bench-precision: shared-data $(STAMP)
@@ -57,7 +58,8 @@ bench-precision: shared-data $(STAMP)
 	  $(PRECISION_FIT) ../shared/data/images/div2k_train/00.png --model gauss --size 128 --steps 1000 --precision $$p \
 	    --eval-every 250 --out $(PRECISION_OUT)/00-128px-gauss-$$p && rm -f $(PRECISION_OUT)/00-128px-gauss-$$p/checkpoint.pt \
 	  || exit 1; done
-	$(BIN)/python scripts/bf16-gradients.py
+	$(BIN)/python scripts/bf16-gradients.py > $(PRECISION_OUT)/bf16-gradients.txt.part \
+	  && mv $(PRECISION_OUT)/bf16-gradients.txt.part $(PRECISION_OUT)/bf16-gradients.txt
 
 # Training speed (docs/results/speed.md; about 13 minutes on 2 CPU cores, measured 2026-11-28).
 bench-speed: $(STAMP)

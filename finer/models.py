@@ -58,8 +58,8 @@ class MLPConfig:
     width: int = 256
     """Hidden units per layer."""
     lr: float = 5e-4
-    """Adam learning rate at step 0 (image and NeRF fits decay it exponentially to 0.1x at the last step;
-    SDF fits keep it constant, as the paper's protocol does)."""
+    """Adam learning rate at step 0 (image fits decay it exponentially to 0.1x at the last step; SDF fits keep
+    it constant, as the paper's protocol does; NeRF fits use their own ``--lr``)."""
     target_range: tuple[float, float] = (-1.0, 1.0)
     """The range signal values are scaled to before fitting."""
 
@@ -73,7 +73,9 @@ class MLPConfig:
         return table_layer("relu")
 
     def final(self) -> LayerSpec:
-        """The output layer: linear, its weights initialised as the hidden layers' (SIREN's with their omega)."""
+        """The output layer: linear, its weights initialised as the hidden layers' (SIREN's with their omega).
+        (The hidden layer's spec is made only to read its init: for a learnable activation that is a small module
+        made and dropped, once per network built.)"""
         hidden = self.layer(first=False)
         return LayerSpec(A.identity, hidden.weight_init, hidden.init_omega)
 

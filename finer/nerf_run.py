@@ -158,6 +158,7 @@ def fit_nerf(cfg: NeRFRunConfig, out, *, progress: bool = True, overwrite: bool 
         io.write_csv(out / "curve.csv", state.history, curve_columns(task))
         if state.status == "interrupted":  # stopped as asked, after the current step: no minutes of rendering
             metrics = {**running, "status": "interrupted", "steps": state.step, "message": state.message,
+                       "params": count_parameters(renderer), "width": cfg.width, "seed": cfg.seed,
                        "seconds": round(state.train_seconds, 2), "test_psnr": None,
                        "test_note": "interrupted: the test views are rendered and scored after a full fit"}
             io.write_json(out / "metrics.json", metrics)

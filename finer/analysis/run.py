@@ -150,7 +150,7 @@ def _ntk_markdown(rows, setting, checks) -> str:
     early = min(100, setting["fit"]["steps"])
     lines = [
         f"Setting: 1-D input, {setting['points']} points on [0, 1), one activated layer of width "
-        f"{setting['width']} (SIREN and the FINER family: first omega 1, final-layer init omega 30; other methods "
+        f"{setting['width']} (SIREN and FINER: first omega 1, final-layer init omega 30; other methods "
         f"keep their own defaults, in ntk.json's network), NTK over {setting['params']} "
         f"parameters; eigenvalues counted above {setting['threshold']:g}. Fit: {setting['fit']['signal']}, "
         f"Adam lr {setting['fit']['lr']}, {setting['fit']['steps']} full-batch steps.",
@@ -241,12 +241,13 @@ def analyze_neurons(checkpoint, out=None, *, count=64, overwrite=False) -> dict:
     task = payload["task"]
     ckpt = Path(checkpoint)
     out = Path(out) if out else (ckpt if ckpt.is_dir() else ckpt.parent) / "neurons"
-    io.claim_outputs(out, NEURON_FILES, overwrite, "neuron analysis")
+    io.check_claim(out, NEURON_FILES, overwrite, "neuron analysis")  # (claimed once the results are in hand)
     outputs = first_layer_outputs(model.eval(), task["height"], task["width"], task["aspect"])
     grid = neuron_grid(outputs, count)
+    freq, power = radial_spectrum(outputs)
+    io.claim_outputs(out, NEURON_FILES, overwrite, "neuron analysis")
     io.atomic_write(out / "neurons.png", lambda tmp: Image.fromarray((grid * 255 + 0.5).astype(np.uint8)).save(
         tmp, format="PNG", optimize=True))  # 8-bit grey
-    freq, power = radial_spectrum(outputs)
     fig = Figure(figsize=(6, 4), dpi=110)
     ax = fig.subplots()
     ax.semilogy(freq[1:], power[1:])

@@ -272,7 +272,7 @@ def _add_analyze(sub) -> None:
                    help="first-layer bias ranges ('default' = PyTorch's; default default,1,5,10,20)")
     p.add_argument("--layers", type=_positive_int, default=2, help="layers whose statistics are shown (default 2)")
     p.add_argument("--width", type=_positive_int, help="hidden units (default 256, the image FINER's)")
-    p.add_argument("--hidden-layers", type=_positive_int, help="hidden layers (default 3, the image FINER's)")
+    p.add_argument("--hidden-layers", type=_non_negative_int, help="hidden layers (default 3, the image FINER's)")
     p.add_argument("--resolution", type=_positive_int, default=128,
                    help="side of the coordinate grid fed to the network (default 128)")
     p.add_argument("--seed", type=_seed, default=0, help="seed of the initialisation (default 0)")

@@ -245,18 +245,21 @@ class _SecondDerivativeRefused(torch.autograd.Function):
 def _first_derivatives_only(backward: Callable) -> Callable:
     """A fused backward, run without a graph; under ``create_graph`` its results carry a node that
     refuses, naming ``unfuse``, to be differentiated (the kernels give first derivatives only, and
-    a second derivative must fail loudly, not come out quietly wrong). As PyTorch's
-    ``once_differentiable``, whose message names neither the layer nor the way out."""
+    a second derivative must fail loudly, not come out quietly wrong), or, where no tensor it depends
+    on carries a graph to hang that node on, the backward itself refuses. As PyTorch's
+    ``once_differentiable``, whose message names neither the layer nor the way out, and which returns
+    a gradient without a graph in the second case (a later sum with another loss then drops its term)."""
 
     @functools.wraps(backward)
     def wrapper(ctx, *grads):
         with torch.no_grad():
             results = backward(ctx, *grads)
-        # what the true second derivative depends on: the incoming gradients and the saved inputs
-        anchors = ([t for t in (*grads, *ctx.saved_tensors) if isinstance(t, Tensor) and t.requires_grad]
-                   if torch.is_grad_enabled() else [])
-        if not anchors:
+        if not torch.is_grad_enabled():  # (create_graph off)
             return results
+        # what the true second derivative depends on: the incoming gradients and the saved inputs
+        anchors = [t for t in (*grads, *ctx.saved_tensors) if isinstance(t, Tensor) and t.requires_grad]
+        if not anchors:
+            raise FinerError(SECOND_DERIVATIVE)
         return tuple(_SecondDerivativeRefused.apply(r, *anchors) if isinstance(r, Tensor) else r for r in results)
 
     return wrapper

@@ -8,7 +8,9 @@ training loop optimises.
 
 Conventions (WIRE's setting, which the paper follows): Blender cameras look down their -z axis with +y
 up; rays go through pixel centres; RGBA images are composited on a white background and the
-renderer composites the leftover transmittance on white too; points are divided by ``bound``
+renderer composites the leftover transmittance on white too (one departure from NeRF's and WIRE's
+renderer: the last sample's interval ends at ``far`` instead of being unbounded, see :func:`composite`);
+points are divided by ``bound``
 (1.5 for the synthetic scenes) so the networks see coordinates in about [-1, 1]; samples lie
 between ``near = 2`` and ``far = 6``. Colour does not depend on the viewing direction (an
 assumption: the paper's description of its colour network lists no direction input).
@@ -69,7 +71,8 @@ def _frame_pose(frame, index: int, meta_path: Path) -> np.ndarray:
     if pose.shape != (4, 4) or not np.isfinite(pose).all():
         raise FinerError(f"{meta_path}: frame {index} ({frame['file_path']}) needs a transform_matrix of 4 x 4 "
                          "finite numbers")
-    if abs(np.linalg.det(pose[:3, :3].astype(np.float64))) < 1e-6:
+    singular = np.linalg.svd(pose[:3, :3].astype(np.float64), compute_uv=False)  # scale-free: scaled poses pass
+    if not singular[-1] > 1e-6 * singular[0]:
         raise FinerError(f"{meta_path}: frame {index} ({frame['file_path']}) has a transform_matrix whose rotation "
                          "(the upper-left 3 x 3) is singular: it gives the camera no orientation")
     return pose
@@ -106,7 +109,8 @@ def load_views(scene: str | Path, split: str, *, views: int | None = None, downs
             path = path.with_suffix(".png")
         try:
             with Image.open(path) as im:
-                if im.mode in ("I;16", "I;16B", "I;16L", "I", "F"):  # 16-bit or float grey: scaled by its format
+                # 16-bit or float grey: scaled by its format, then read at 8 bits as the RGBA views are
+                if im.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
                     im = Image.fromarray((to_float(im)[..., 0] * 255 + 0.5).astype(np.uint8), "L")
                 size = size or im.size
                 if im.size != size:
@@ -126,7 +130,7 @@ def load_views(scene: str | Path, split: str, *, views: int | None = None, downs
         names.append(path.stem)
     repeated = sorted({name for name in names if names.count(name) > 1})
     if repeated:
-        raise FinerError(f"{meta_path}: several views are named {', '.join(repeated)} (in different folders); "
+        raise FinerError(f"{meta_path}: several views are named {', '.join(repeated)}; "
                          "their pictures and records would be confused: give the views distinct file names")
     width = images[0].shape[1]
     return Views(np.stack(images), np.stack(poses), 0.5 * width / math.tan(0.5 * angle), names)

@@ -304,6 +304,21 @@ def test_fused_paths_refuse_a_second_derivative_naming_unfuse(method, frozen):
     assert torch.isfinite(x.grad).all() and x.grad.abs().sum() > 0
 
 
+@pytest.mark.parametrize("fn", [A.finer, A.gabor], ids=["real", "complex"])
+def test_a_fused_activation_refuses_a_second_derivative_too(fn):
+    """The activation-level fused path (fused_version) saves no tensor with a graph: under create_graph it
+    refuses at once rather than return a first derivative without one."""
+    from finer.errors import FinerError
+
+    act = F.fused_version(fn, compile=False)
+    x = torch.randn(16, 4, requires_grad=True)
+    with pytest.raises(FinerError, match="first derivatives only"):
+        (g,) = torch.autograd.grad(act(x).real.sum(), x, create_graph=True)
+        (g.square().sum() + x.sum()).backward()
+    (g,) = torch.autograd.grad(act(x).real.sum(), x)  # a first derivative alone is fine
+    assert torch.isfinite(g).all()
+
+
 def test_a_first_derivative_with_create_graph_keeps_its_values():
     """Under create_graph the refusing node is the identity: the first derivative is the plain one."""
     x = (torch.rand(20, 2) * 2 - 1).double().requires_grad_()

@@ -297,6 +297,7 @@ def test_sigterm_while_training_stops_without_rendering_the_test_views(tmp_path,
     err = capsys.readouterr().err
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["status"] == "interrupted" and 3 <= metrics["steps"] < 50 and metrics["test_psnr"] is None
+    assert metrics["width"] == 8 and metrics["seed"] == 0 and metrics["params"] > 0  # as a complete run records
     assert f"keeps the network of step {metrics['steps']}" in err and "unscored" in err
     assert (out / "checkpoint.pt").is_file() and not list((out / "test").glob("*.png"))
 
@@ -309,6 +310,9 @@ def test_sigterm_while_training_stops_without_rendering_the_test_views(tmp_path,
     (lambda meta, root: Image.new("RGBA", (8, 8)).save(root / "train" / "r_2.png"),
      "r_2.png is 8x8, the split's first view 16x16"),
     (lambda meta, root: meta["frames"][1].update(file_path="./other/r_0"), "several views are named r_0"),
+    (lambda meta, root: meta["frames"][1].update(  # flattened along z: singular whatever its overall scale
+        transform_matrix=[[1e-3, 0, 0, 1], [0, 1e-3, 0, 0], [0, 0, 1e-9, 4], [0, 0, 0, 1]]),
+     "rotation (the upper-left 3 x 3) is singular"),
 ])
 def test_a_spoiled_scene_is_refused_naming_what_is_wrong(tmp_path, spoil, message):
     scene = _scene(tmp_path / "ball")
@@ -330,3 +334,15 @@ def test_16_bit_grey_views_are_scaled_by_their_format(tmp_path):
     view = N.load_views(scene, "train", views=1).images[0]
     np.testing.assert_allclose(view, np.repeat(grey8[..., None] / 255.0, 3, -1), atol=1e-6)
     assert view.min() < 0.9  # the ball is there, not a white picture
+
+
+def test_a_scaled_camera_rotation_is_accepted(tmp_path):
+    """Non-singularity is judged scale-free: a rotation scaled by 0.01 (det 1e-6) gives the same rays."""
+    scene = _scene(tmp_path / "ball")
+    meta = json.loads((scene / "transforms_train.json").read_text())
+    pose = np.array(meta["frames"][0]["transform_matrix"])
+    pose[:3, :3] *= 0.01
+    meta["frames"][0]["transform_matrix"] = pose.tolist()
+    (scene / "transforms_train.json").write_text(json.dumps(meta))
+    views = N.load_views(scene, "train", views=1)
+    np.testing.assert_allclose(views.poses[0][:3, :3], pose[:3, :3], rtol=1e-6)
