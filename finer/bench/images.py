@@ -308,7 +308,9 @@ def list_images(directory, limit: int | None = None) -> list[Path]:
 
 def _check_grid_names(directory, out: Path, jobs) -> None:
     """Before any work: ``out`` is not the image folder (the grid's pictures would be images to a rerun),
-    and every run's files (``runs/RECORD.partial.pt`` the longest) have names the file system takes."""
+    every run's files (``runs/RECORD.partial.pt`` the longest) have names the file system takes, and no two
+    runs share a name (``x-gauss.png`` with ``finer`` and ``x.png`` with ``gauss-finer``: one would replace
+    the other's files)."""
     if out.resolve() == Path(directory).resolve():
         raise FinerError(f"--out {out} is the image folder: the grid's pictures would be taken for images when it "
                          "runs again; choose another folder (a subfolder is fine)")
@@ -317,6 +319,13 @@ def _check_grid_names(directory, out: Path, jobs) -> None:
     if long:
         raise FinerError(f"the run name {long[0]!r} is longer than file names may be here ({limit} bytes with its "
                          "extension): rename the image")
+    named: dict[str, tuple] = {}
+    for record, path, model, *_ in jobs:
+        if record in named and named[record] != (path, model):
+            other = named[record]
+            raise FinerError(f"two runs of this grid would both be named {record!r} ({other[0].name} with {other[1]}, "
+                             f"{path.name} with {model}), and one would replace the other's files: rename one image")
+        named[record] = (path, model)
 
 
 def _protocol_record(directory, images, protocol: Protocol, seeds, device, execution=None) -> dict:

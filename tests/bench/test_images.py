@@ -345,3 +345,18 @@ def test_a_grid_refuses_its_image_folder_as_out_and_names_too_long_for_files(tmp
     (tmp_path / "img" / f"{'a' * 240}.png").unlink()
     assert main(["bench", "images", str(tmp_path / "img"), "--out", str(tmp_path / "b"), *args]) == 0
     assert [r["image"] for r in json.loads((tmp_path / "b" / "results.json").read_text())["runs"]] == ["a.png"]
+
+
+@pytest.mark.parametrize("bench", ["images", "width"])
+def test_two_runs_that_would_share_a_name_are_refused_before_any_work(tmp_path, capsys, bench):
+    """x-gauss.png fitted by finer and x.png by gauss-finer would both be x-gauss-finer-...: one run's files
+    would replace the other's, and the grid could never be finished."""
+    (tmp_path / "img").mkdir()
+    for name in ("x.png", "x-gauss.png"):
+        Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(tmp_path / "img" / name)
+    extra = ["--widths", "4"] if bench == "width" else []
+    assert main(["bench", bench, str(tmp_path / "img"), "--models", "finer,gauss-finer", "--steps", "1", "--crop",
+                 "none", "--size", "8", "--quiet", "--out", str(tmp_path / "b"), *extra]) == 2
+    err = capsys.readouterr().err
+    assert "would both be named 'x-gauss-finer-" in err and "x-gauss.png with finer" in err
+    assert not (tmp_path / "b").exists()
