@@ -499,9 +499,18 @@ def render_checkpoint(checkpoint: str | Path, *, scale: float = 2.0, out: str | 
                       device: str = "auto", chunk: int | None = None) -> Path:
     """Render an image model at ``scale`` times its training resolution from the checkpoint alone, as a
     PNG (default: ``render_xSCALE.png`` in the run folder); returns its path. The array itself:
-    :func:`reconstruct_image`."""
-    pred, _ = _reconstruct(checkpoint, scale, device, chunk, out, "finer render")
+    :func:`reconstruct_image`. ``out`` may not be one of the run's own files nor the image it was fitted to."""
     ckpt = Path(checkpoint)
-    out = Path(out) if out else (ckpt if ckpt.is_dir() else ckpt.parent) / f"render_x{scale:g}.png"
+    folder = ckpt if ckpt.is_dir() else ckpt.parent
+    if out:
+        recorded = io.read_record(folder / "config.json").get("image")
+        taken = {(folder / name).resolve(): f"the run's {name}" for name in RUN_FILES}
+        if isinstance(recorded, dict) and isinstance(recorded.get("path"), str):
+            taken[Path(recorded["path"]).resolve()] = "the image this run was fitted to"
+        if Path(out).resolve() in taken:
+            raise FinerError(f"--out {out} is {taken[Path(out).resolve()]}, which a render would replace; "
+                             "choose another file")
+    pred, _ = _reconstruct(checkpoint, scale, device, chunk, out, "finer render")
+    out = Path(out) if out else folder / f"render_x{scale:g}.png"
     io.atomic_write(out, lambda tmp: img.save_image(pred, tmp))
     return out

@@ -563,6 +563,13 @@ def test_render_refuses_what_it_cannot_write_before_rendering(png_path, tmp_path
     assert main(["render", str(run), str(run)]) == 2
     assert "one checkpoint; got 2 paths" in capsys.readouterr().err
     assert not list(run.glob("render_*"))
+    # the run's own files and the image it was fitted to are not a render's to replace
+    kept = {path: path.read_bytes() for path in (run / "error_map.png", run / "reconstruction.png", rgba)}
+    for path, said in ((run / "error_map.png", "is the run's error_map.png"),
+                       (rgba, "is the image this run was fitted")):
+        assert main(["render", str(run), "--scale", "1", "--out", str(path)]) == 2
+        assert said in capsys.readouterr().err
+    assert {path: path.read_bytes() for path in kept} == kept
 
 
 def test_an_input_that_is_one_of_the_runs_own_files_is_refused(png_path, tmp_path, capsys):
