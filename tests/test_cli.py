@@ -524,6 +524,7 @@ def test_an_out_path_through_a_file_is_refused_before_any_work(png_path, tmp_pat
         ["bench", "images", str(png_path.parent), "--out", str(afile)],
         ["bench", "speed", "--out", str(afile / "speed.md")],
         ["bench", "speed", "--out", str(tmp_path)],
+        ["bench", "speed", "--out", str(tmp_path / "speed.json")],  # where its data would go: the report lost
         ["resume", str(afile)],
     ]
     monkeypatch.setattr(finer.bench.speed, "run_speed", lambda *a, **k: pytest.fail("timed before checking --out"))

@@ -384,6 +384,9 @@ def bench_speed(args: argparse.Namespace) -> int:
     if args.profile and not args.out:
         raise ConfigError("--profile writes its tables beside the report: give --out")
     if args.out:  # before the timings, which take minutes
+        if Path(args.out).suffix.lower() in (".json", ".txt"):
+            raise FinerError(f"--out {args.out} is the Markdown report (its data go beside it as .json, its profiles "
+                             "as .profile.txt, which would take its place): give a name ending in .md")
         written = [Path(args.out), Path(args.out).with_suffix(".json"), Path(args.out).with_suffix(".profile.txt")]
         for path in written[:2]:
             io.check_out(path, folder=False)

@@ -372,7 +372,7 @@ def _add_bench_speed(bench_sub) -> None:
     p.add_argument("--signal-width", type=_positive_int, default=128, help="their networks' width (default 128)")
     p.add_argument("--signal-steps", type=_positive_int, default=20, help="steps per image (default 20)")
     p.add_argument("--signals-dir", help="folder of the many-signals images (default: scikit-image tiles)")
-    p.add_argument("--out", help="write the report here (Markdown) and its data beside it (.json)")
+    p.add_argument("--out", help="write the report here (Markdown, NAME.md) and its data beside it (NAME.json)")
     p.add_argument("--overwrite", action="store_true", help="replace an earlier report at --out")
     p.add_argument("--profile", action="store_true",
                    help="after timing, profile one block of every row (operators by their own time) into "
