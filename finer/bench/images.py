@@ -410,6 +410,8 @@ def run_grid(plan, out: Path, device: str, progress: bool, on_row=None, executio
             digests[key] = image_digest(images[key])
         if record.exists():
             row = io.read_json(record)
+            if not isinstance(row, dict):
+                raise FinerError(f"{record} is not a run record (a JSON object); delete it to fit that run again")
             row.update({k: io.stored_number(row[k]) for k in ("psnr", "ssim") if k in row})  # NaN/inf as measured
             mismatch = protocol_mismatch(row, protocol, digests[key])
             if mismatch:

@@ -82,3 +82,16 @@ def test_an_exact_fit_stored_as_inf_compares(tmp_path):
     (tmp_path / "results.json").write_text(json.dumps({"protocol": {}, "runs": runs}))
     stats = compare.pair(compare.psnr_table(tmp_path), "finer", "siren")
     assert (stats["pairs"], stats["ahead"], stats["max"], stats["min"]) == (2, 1, float("inf"), -5.0)
+
+
+def test_two_exact_fits_tie(tmp_path):
+    """Both methods "inf" on an image: a tie (0 dB), not NaN spoiling the mean, the range and the JSON."""
+    runs = [{"image": "a", "model": "finer", "seed": 0, "psnr": "inf"},
+            {"image": "a", "model": "siren", "seed": 0, "psnr": "inf"},
+            {"image": "b", "model": "finer", "seed": 0, "psnr": 27.0},
+            {"image": "b", "model": "siren", "seed": 0, "psnr": 25.0}]
+    (tmp_path / "results.json").write_text(json.dumps({"protocol": {}, "runs": runs}))
+    table = compare.psnr_table(tmp_path)
+    stats = compare.pair(table, "finer", "siren")
+    assert (stats["pairs"], stats["ahead"], stats["mean"], stats["min"], stats["max"]) == (2, 1, 1.0, 0.0, 2.0)
+    assert compare.lead(table, "finer")["mean"] == 1.0

@@ -329,6 +329,10 @@ def test_stored_nan_ssim_reads_back_on_a_rerun(tmp_path, capsys):
     assert "| nan |" in first.replace(" ± nan", "")
     assert main(args) == 0 and main([*args, "--report-only"]) == 0
     assert (tmp_path / "b" / "summary.md").read_text() == first
+    (tmp_path / "b" / "runs" / "line-finer-s0.json").write_text("[1, 2]")  # valid JSON, not a record
+    capsys.readouterr()
+    assert main(args) == 2
+    assert "line-finer-s0.json is not a run record" in capsys.readouterr().err
 
 
 def test_a_grid_refuses_its_image_folder_as_out_and_names_too_long_for_files(tmp_path, capsys):
