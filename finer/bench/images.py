@@ -337,6 +337,21 @@ def _protocol_record(directory, images, protocol: Protocol, seeds, device, execu
             "date": time.strftime("%Y-%m-%d")}
 
 
+RUN_CONDITIONS = ("device", "executor", "workers", "batch_signals", "machine", "torch", "date")
+"""The protocol record's fields that describe how and where the runs were trained."""
+
+
+def _kept_conditions(meta: dict, earlier: Path, report_only: bool) -> dict:
+    """``meta``, with the run conditions of the ``earlier`` record (results.json, width.json) under ``report_only``:
+    a report written from finished runs describes how they were trained, not the command that wrote it."""
+    if not report_only:
+        return meta
+    protocol = io.read_record(earlier).get("protocol")
+    if not isinstance(protocol, dict):
+        return meta
+    return {**meta, **{key: protocol[key] for key in RUN_CONDITIONS if key in protocol}}
+
+
 def _machine(execution: Execution) -> str:
     """The machine and how its cores were shared among the runs."""
     if execution.executor == "local" and execution.workers > 1:
@@ -472,7 +487,8 @@ def run_image_bench(directory, *, models, protocol: Protocol, seeds=(0,), limit=
     table and report from the finished runs, train nothing)."""
     check_models(models, [*MODELS, REFERENCE])
     images, out, dev = list_images(directory, limit), Path(out), resolve_device(device)
-    meta = _protocol_record(directory, images, protocol, seeds, dev, execution)
+    meta = _kept_conditions(_protocol_record(directory, images, protocol, seeds, dev, execution),
+                            out / "results.json", report_only)
     jobs = [(f"{p.stem}-{m}-s{s}", p, m, protocol, s) for p in images for m in models for s in seeds]
     _check_grid_names(directory, out, jobs)
 
@@ -499,7 +515,9 @@ def run_width_bench(directory, *, models, widths, protocol: Protocol, seeds=(0,)
     check_models(models, [*MODELS, REFERENCE])
     images, out, dev = list_images(directory, limit), Path(out), resolve_device(device)
     protocol = dataclasses.replace(protocol, hidden_layers=2)
-    meta = {**_protocol_record(directory, images, protocol, seeds, dev, execution), "widths": list(widths)}
+    record = _protocol_record(directory, images, protocol, seeds, dev, execution)
+    meta = _kept_conditions({**{k: v for k, v in record.items() if k != "width"}, "widths": list(widths)},
+                            out / "width.json", report_only)
     jobs = [(f"{p.stem}-{m}-w{w}-s{s}", p, m, dataclasses.replace(protocol, width=w), s)
             for w in widths for p in images for m in models for s in seeds]
     _check_grid_names(directory, out, jobs)

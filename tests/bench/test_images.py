@@ -87,10 +87,13 @@ def test_report_only_writes_the_table_of_the_finished_runs(image_dir, tmp_path, 
     assert main(["bench", "width", str(image_dir), "--models", "finer", "--widths", "8", *common]) == 0
     records = sorted(p.name for p in (out / "runs").iterdir())
     assert main(["bench", "width", str(image_dir), "--models", "finer,siren", "--widths", "4,8", "--report-only",
-                 *common]) == 0
+                 "--workers", "2", "--batch-signals", "4", *common]) == 0
     assert sorted(p.name for p in (out / "runs").iterdir()) == records  # no run trained
     data = json.loads((out / "width.json").read_text())
     assert len(data["runs"]) == 1 and data["protocol"]["runs_planned"] == 4
+    # the report describes how the runs were trained (one at a time, unstacked), not the report's command
+    assert (data["protocol"]["workers"], data["protocol"]["batch_signals"]) == (1, 1)
+    assert "width" not in data["protocol"] and data["protocol"]["widths"] == [4, 8]  # no one width of the preset
     text = (out / "width.md").read_text()
     assert "1 run of 4 planned" in text and "| 4 | - | - |" in text and "| 8 | " in text
     assert main(["bench", "images", str(image_dir), "--models", "finer", "--report-only", "--out",
