@@ -2,6 +2,9 @@
 
 from finer.errors import FinerError
 
+REFERENCE = "official-finer"
+"""The name of the eager re-implementation of the official FINER code (:mod:`finer.bench.reference`)."""
+
 
 def check_models(models: list[str], choices: list[str]) -> None:
     """Refuse a grid's model list that is empty, names a model not in ``choices``, or repeats one."""

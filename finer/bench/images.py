@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from finer import io
-from finer.bench import check_models
+from finer.bench import REFERENCE, check_models
 from finer.bench.reference import OfficialFiner
 from finer.errors import CropError, FinerError
 from finer.bench.executors import execute, threads_per_worker
@@ -39,7 +39,6 @@ from finer.runs import device_name, resolve_device
 from finer.tasks.image import ImageTask, load_image, save_image
 from finer.train import FitState, TrainConfig, fit
 
-REFERENCE = "official-finer"
 CURVE_EVERY = 10  # steps between the points of each run's recorded training-PSNR curve
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}
 PARTIAL_SUFFIX = ".partial.pt"

@@ -310,9 +310,11 @@ def profile_blocks(blocks: dict, device: torch.device, rows: int = 15) -> str:
 
 
 def run_speed(cfg: SpeedConfig, log=io.quiet) -> dict:
-    unknown = [m for m in cfg.methods if m not in MODELS]
-    if unknown:
-        raise FinerError(f"unknown model(s) {', '.join(unknown)}; choose from: {', '.join(MODELS)}")
+    from finer.bench import REFERENCE, check_models
+
+    if REFERENCE in cfg.methods:
+        raise FinerError(f"{REFERENCE} is always timed, as the reference row: leave it out of the models")
+    check_models(list(cfg.methods), list(MODELS))
     from finer.runs import device_name, resolve_device
 
     device = resolve_device(cfg.device)

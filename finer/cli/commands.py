@@ -122,7 +122,7 @@ IMAGE_KEYS = ("model", "status", "psnr", "ssim", "steps", "seconds_per_step", "o
 # -- commands ---------------------------------------------------------------------------------------
 def _other_defaults() -> list[str]:
     """What ``finer models`` says below its table: the other tasks' defaults and the reference."""
-    from finer.bench.images import REFERENCE
+    from finer.bench import REFERENCE
     from finer.nerf_run import NeRFRunConfig
     from finer.sdf_run import SDF_DEFAULTS
 
@@ -132,7 +132,7 @@ def _other_defaults() -> list[str]:
             f"finer fit sdf uses {sdf} (constant), first_bias_scale=1.0 for the FINER family.",
             f"finer fit nerf uses width={nerf.width}, lr={nerf.lr} in its radiance field (whose depths are fixed).",
             f"{REFERENCE}: the official FINER code, re-implemented eagerly; a reference for `bench images "
-            "--models` and `bench speed`, not a library model."]
+            "--models`, and always timed by `bench speed`; not a library model."]
 
 
 def list_models(args: argparse.Namespace) -> int:

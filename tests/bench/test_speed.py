@@ -46,9 +46,14 @@ def test_an_earlier_report_is_kept_unless_overwrite(tmp_path, monkeypatch, capsy
     assert "| finer |" in out.read_text() and not out.with_suffix(".profile.txt").exists()  # none stay
 
 
-def test_speed_rejects_unknown_models(capsys):
-    assert main(["bench", "speed", "--models", "finer,nope", "--quiet"]) == 2
-    assert "unknown model(s) nope" in capsys.readouterr().err
+@pytest.mark.parametrize("models, message", [
+    ("finer,nope", "unknown model(s) nope"),
+    (",", "no models given"),
+    ("finer,official-finer", "official-finer is always timed, as the reference row"),
+])
+def test_speed_rejects_bad_model_lists(capsys, models, message):
+    assert main(["bench", "speed", "--models", models, "--quiet"]) == 2
+    assert message in capsys.readouterr().err
 
 
 def test_too_few_signals_is_refused_before_any_timing(tmp_path, monkeypatch, capsys):
