@@ -666,3 +666,19 @@ def test_overwriting_a_run_of_another_kind_is_refused(png_path, tmp_path, capsys
     capsys.readouterr()
     assert main(["fit", "nerf", str(tmp_path), "--out", str(image_run), "--overwrite"]) == 2
     assert "holds an image run; overwriting replaces a NeRF run only" in capsys.readouterr().err
+
+
+def test_eval_image_refuses_images_too_large_to_measure_before_measuring(png_path, monkeypatch, capsys):
+    """Two images whose SSIM (and LPIPS) would not fit in memory: a one-line error, not the kernel's kill."""
+    import finer.metrics
+    import finer.tasks.image
+
+    w, h = Image.open(png_path).size
+    monkeypatch.setattr(finer.tasks.image, "memory_budget", lambda device: w * h * 100)  # decodes, cannot measure
+    monkeypatch.setattr(finer.metrics, "image_metrics", lambda *a, **k: pytest.fail("measured anyway"))
+    assert main(["eval", "image", str(png_path), str(png_path), "--no-lpips"]) == 2
+    err = capsys.readouterr().err
+    assert f"measuring {png_path} ({w}x{h}) needs about" in err and "crop or downscale" in err
+    monkeypatch.setattr(finer.tasks.image, "memory_budget", lambda device: w * h * 10)  # cannot even decode
+    assert main(["eval", "image", str(png_path), str(png_path), "--no-lpips"]) == 2
+    assert "crop or downscale it first" in capsys.readouterr().err

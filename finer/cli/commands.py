@@ -211,10 +211,19 @@ def fit_sdf(args: argparse.Namespace) -> int:
 
 
 def eval_image(args: argparse.Namespace) -> int:
-    from finer.metrics import image_metrics, lpips_left_out
-    from finer.tasks.image import load_image
+    import torch
 
-    a, b = load_image(args.a, alpha=args.alpha), load_image(args.b, alpha=args.alpha)
+    from finer.metrics import image_metrics, lpips_left_out, metrics_bytes
+    from finer.tasks.image import load_image, memory_budget
+
+    budget = memory_budget(torch.device("cpu"))
+    a = load_image(args.a, alpha=args.alpha, max_bytes=budget)  # (a huge image: refused before decoding)
+    need = metrics_bytes(a.shape[0], a.shape[1], not args.no_lpips)
+    if need > budget:
+        raise FinerError(f"measuring {args.a} ({a.shape[1]}x{a.shape[0]}) needs about {need / 2**30:.1f} GiB of "
+                         f"memory, more than the {budget / 2**30:.1f} GiB available (half of it); crop or downscale "
+                         "both images first")
+    b = load_image(args.b, alpha=args.alpha, max_bytes=budget)
     if a.shape != b.shape:
         raise FinerError(f"{args.a} is {a.shape[1]}x{a.shape[0]}x{a.shape[2]} but {args.b} is "
                          f"{b.shape[1]}x{b.shape[0]}x{b.shape[2]} (width x height x channels); they must match")
