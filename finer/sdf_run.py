@@ -11,7 +11,7 @@ import dataclasses
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
@@ -111,8 +111,10 @@ def check_measuring_memory(resolution: int, iou_resolution: int, area: float) ->
 
 def evaluate_sdf(model, index: S.SurfaceIndex, true_mesh_unit, norm: S.Normalization, *, resolution: int,
                  iou_resolution: int, chamfer_samples: int, device, out: Path, seed: int = 0,
-                 progress: bool = False) -> dict[str, Any]:
-    """Extract the surface, write it (mesh units) and a render, and measure Chamfer and IoU."""
+                 progress: bool = False, before_writing: Callable[[], Any] | None = None) -> dict[str, Any]:
+    """Extract the surface, measure Chamfer and IoU, then write the surface (mesh units) and a render.
+    ``before_writing``: called once the measurements are in hand, before the first file is written (an
+    evaluation claims its folder there, so that a failure on the way loses no earlier evaluation)."""
     model = model.to(device).eval()
     # evaluate the network once when the grids match and the whole grid is small (S.shares_grid)
     shared = S.evaluate_grid(model, resolution, device) if S.shares_grid(resolution, iou_resolution) else None
@@ -122,6 +124,9 @@ def evaluate_sdf(model, index: S.SurfaceIndex, true_mesh_unit, norm: S.Normaliza
     if surface is not None:
         result["chamfer"] = S.chamfer_distance(surface, true_mesh_unit, chamfer_samples, seed)
         result.update(vertices=len(surface.vertices), faces=len(surface.faces))
+    if before_writing is not None:
+        before_writing()
+    if surface is not None:
         export = surface.copy()
         export.vertices = norm.to_mesh(surface.vertices)
         io.atomic_write(out / "mesh.ply", lambda tmp: export.export(tmp, file_type="ply"))
@@ -257,14 +262,15 @@ def eval_sdf(checkpoint: str | Path, mesh_path: str | Path | None = None, *, out
     check_measuring_memory(settings["resolution"], settings["iou_resolution"], unit.area)
     warning = _other_mesh(folder, mesh_path, task.get("mesh"))
     io.check_not_an_output(mesh_path, out, EVAL_FILES, "mesh")
-    io.claim_outputs(out, EVAL_FILES, overwrite, "evaluation")
+    io.check_claim(out, EVAL_FILES, overwrite, "evaluation")  # (claimed once the measurements are in hand)
     index = S.SurfaceIndex(unit, settings["surface_samples"], settings["seed"])
     result = {"checkpoint": str(checkpoint), "mesh": str(mesh_path), "model": payload["method"],
               "steps": payload["fit"]["step"], "fit_status": payload["fit"].get("status"), **settings,
               "inside_outside": S.SIGN_METHOD,
               **evaluate_sdf(model, index, unit, norm, resolution=settings["resolution"],
                              iou_resolution=settings["iou_resolution"], chamfer_samples=settings["chamfer_samples"],
-                             device=resolve_device(device), out=out, seed=settings["seed"], progress=progress)}
+                             device=resolve_device(device), out=out, seed=settings["seed"], progress=progress,
+                             before_writing=lambda: io.claim_outputs(out, EVAL_FILES, overwrite, "evaluation"))}
     if warning:
         result["warning"] = warning
     io.write_json(out / "eval.json", result)

@@ -40,6 +40,17 @@ def test_fit_and_eval_sdf(tmp_path, capsys, monkeypatch):
     assert main(["eval", "sdf", str(out)]) == 2  # an earlier evaluation is not replaced unasked
     assert "holds an earlier evaluation (eval.json, mesh.ply, render.png)" in capsys.readouterr().err
     assert (out / "eval" / "eval.json").read_bytes() == before
+    import finer.tasks.sdf
+
+    def failing_iou(*args, **kwargs):
+        raise ValueError("simulated failure while measuring")
+
+    kept = {p.name: p.read_bytes() for p in (out / "eval").iterdir()}
+    with monkeypatch.context() as m:  # a failure while measuring, even with --overwrite: the earlier one stays whole
+        m.setattr(finer.tasks.sdf, "grid_iou", failing_iou)
+        assert main(["eval", "sdf", str(out), "--overwrite"]) == 1
+    assert "simulated failure" in capsys.readouterr().err
+    assert {p.name: p.read_bytes() for p in (out / "eval").iterdir()} == kept
     monkeypatch.chdir(tmp_path / "run")  # the run recorded its mesh's absolute path: found from any folder
     assert main(["eval", "sdf", str(out), "--overwrite"]) == 0  # no settings: the run's own mesh, grids, samples
     again = json.loads(capsys.readouterr().out)
