@@ -39,11 +39,18 @@ checkpoint stays)."""
 
 
 def _earlier_outputs(out: Path) -> list[str]:
-    """The files of the NeRF run already in ``out``: :data:`RUN_FILES` and the test views its config names."""
-    config = io.read_record(out / "config.json")
-    views = config.get("test_views", []) if config.get("task") == "nerf" else []
-    return [*RUN_FILES, *(f"test/{name}{end}" for name in views if isinstance(name, str) and "/" not in name
-                           for end in (".png", "_depth.png"))]
+    """The files of the NeRF run already in ``out``: :data:`RUN_FILES` and its test views, as its config.json
+    or its metrics.json names them, or, where neither can be read, as the pairs ``test/VIEW.png`` and
+    ``test/VIEW_depth.png`` that a run writes."""
+    config, metrics = io.read_record(out / "config.json"), io.read_record(out / "metrics.json")
+    views = list(config.get("test_views", [])) if config.get("task") == "nerf" else []
+    if metrics.get("task") == "nerf" and isinstance(metrics.get("views"), list):
+        views += [v.get("view") for v in metrics["views"] if isinstance(v, dict)]
+    if (out / "test").is_dir():
+        views += [p.name[: -len("_depth.png")] for p in (out / "test").glob("*_depth.png")
+                  if (out / "test" / p.name.replace("_depth.png", ".png")).is_file()]
+    names = sorted({name for name in views if isinstance(name, str) and name and "/" not in name})
+    return [*RUN_FILES, *(f"test/{name}{end}" for name in names for end in (".png", "_depth.png"))]
 
 
 @dataclass
