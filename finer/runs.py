@@ -126,9 +126,17 @@ def resolve_device(name: str) -> torch.device:
 
 
 def device_name(device: torch.device) -> str:
-    """What a report says the work ran on: the GPU's name on CUDA, the processor's on the CPU."""
+    """What a report says the work ran on: the GPU's name on CUDA, the processor's on the CPU (its model name
+    where Linux gives one: ``platform.processor()`` says only ``x86_64`` there)."""
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name") and ":" in line and line.split(":", 1)[1].strip():
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
     return platform.processor() or platform.machine() or "cpu"
 
 

@@ -73,8 +73,9 @@ def resolve_protocol(preset: str, **overrides) -> Protocol:
     if preset not in PRESETS:
         raise FinerError(f"unknown preset {preset!r}; choose one of: {', '.join(PRESETS)}")
     overrides = {k: v for k, v in overrides.items() if v is not None}
-    if str(overrides.get("crop", "")).lower() == "none":
-        overrides["crop"] = None  # the whole image
+    for key in ("crop", "size"):
+        if str(overrides.get(key, "")).lower() == "none":
+            overrides[key] = None  # the whole image, its own size
     return dataclasses.replace(PRESETS[preset], **overrides)
 
 

@@ -29,6 +29,14 @@ def _number_type(cast, accept, expected: str):
 _positive_int = _number_type(int, lambda v: v > 0, "a positive integer")
 _non_negative_int = _number_type(int, lambda v: v >= 0, "an integer >= 0")
 _positive_float = _number_type(float, lambda v: 0 < v < float("inf"), "a positive number")
+
+
+def _size_or_none(text: str) -> int | str:
+    """A grid's resize: a positive integer, or ``none`` (the images as they are, as ``--crop none``)."""
+    return "none" if text.strip().lower() == "none" else _positive_int(text)
+
+
+_size_or_none.__name__ = "a positive integer or none"
 SEED_LIMIT = 2**32  # what NumPy's and every generator's seeds accept
 _seed = _number_type(int, lambda v: 0 <= v < SEED_LIMIT, "a seed from 0 to 2^32 - 1")
 
@@ -309,7 +317,7 @@ def _add_bench_grid(bench_sub) -> None:
         p.add_argument("--width", type=_positive_int,
                        help=argparse.SUPPRESS if sweep else "override the preset's width")
         p.add_argument("--crop", help="override the preset's centre crop (N, HxW, or none)")
-        p.add_argument("--size", type=_positive_int, help="override the preset's resize")
+        p.add_argument("--size", type=_size_or_none, help="override the preset's resize (N, or none)")
         if name == "width":
             p.add_argument("--widths", default="32,64,128,256,512", help="hidden widths (default 32..512)")
         p.add_argument("--limit", type=_positive_int, help="only the first N images")

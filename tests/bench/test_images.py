@@ -367,3 +367,16 @@ def test_two_runs_that_would_share_a_name_are_refused_before_any_work(tmp_path, 
     err = capsys.readouterr().err
     assert "would both be named 'x-gauss-finer-" in err and "x-gauss.png with finer" in err
     assert not (tmp_path / "b").exists()
+
+
+def test_a_grid_takes_size_none_as_it_takes_crop_none(tmp_path):
+    """--size none: the images at their own size (the quick preset would resize them to 128)."""
+    (tmp_path / "img").mkdir()
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (12, 20, 3), dtype=np.uint8)).save(
+        tmp_path / "img" / "a.png")
+    assert main(["bench", "images", str(tmp_path / "img"), "--models", "finer", "--steps", "2", "--crop", "none",
+                 "--size", "none", "--width", "8", "--out", str(tmp_path / "b"), "--quiet"]) == 0
+    data = json.loads((tmp_path / "b" / "results.json").read_text())
+    assert data["protocol"]["size"] is None and data["protocol"]["crop"] is None
+    assert (data["runs"][0]["image_height"], data["runs"][0]["image_width"]) == (12, 20)
+    assert "whole images, 3 hidden layers" in (tmp_path / "b" / "summary.md").read_text()  # no "resized to"
