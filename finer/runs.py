@@ -32,7 +32,7 @@ from finer.models import build_model, count_parameters, network_shape, plain_num
 from finer.nn.fused import FUSED_MODES, apply_fused
 from finer.plots import error_map, psnr_curve
 from finer.tasks import image as img
-from finer.train import PRECISIONS, FitState, TrainConfig, curve_columns, fit, graph_problem
+from finer.train import PRECISIONS, FitState, TrainConfig, continued_fit, curve_columns, fit, fit_record, graph_problem
 
 DEVICE_CHOICES = ("auto", "cpu", "cuda")
 RUN_FILES = ("config.json", "checkpoint.pt", "curve.csv", "metrics.json", "reconstruction.png", "error_map.png",
@@ -270,8 +270,7 @@ class _Run:
         extra = {
             "model": snapshot["model"],
             "optimizer": snapshot["optimizer"],
-            "fit": {"step": state.step, "history": state.history, "train_seconds": state.train_seconds,
-                    "first_loss": state.first_loss, "status": state.status},
+            "fit": fit_record(state),
             "task": {"kind": "image", "height": self.task.height, "width": self.task.width,
                      "channels": self.task.channels, "target_range": list(self.task.target_range),
                      "aspect": self.task.aspect, "rng": self.task.state_dict()},
@@ -440,8 +439,7 @@ def resume_image(run_dir: str | Path, *, steps: int | None = None, progress: boo
                          + f"; pass --steps with more than {done} to train longer")
     run.model.load_state_dict(payload["model"])
     run.task.load_state_dict(payload["task"]["rng"])
-    state = FitState(step=done, history=payload["fit"]["history"], train_seconds=payload["fit"]["train_seconds"],
-                     first_loss=payload["fit"]["first_loss"])
+    state = continued_fit(payload["fit"])
     io.warn_stale_outputs(run_dir, f"the network of step {done} or an earlier one")
     io.write_json(run_dir / "config.json", run.resolved())
     metrics = run.run(state, payload["optimizer"])

@@ -23,7 +23,7 @@ from finer.render3d import render_meshes
 from finer.runs import _prepare_out, finished, resolve_device
 from finer.tasks import sdf as S
 from finer.tasks.image import memory_budget
-from finer.train import FitState, TrainConfig, curve_columns, fit
+from finer.train import FitState, TrainConfig, curve_columns, fit, fit_record
 
 RUN_FILES = ("config.json", "checkpoint.pt", "curve.csv", "metrics.json", "mesh.ply", "render.png")
 """The files an SDF run writes; ``--overwrite`` deletes these (and only these) before the new run starts."""
@@ -177,8 +177,7 @@ def fit_sdf(cfg: SDFRunConfig, out: str | Path, *, progress: bool = True, overwr
     def save(state: FitState, snapshot: dict) -> None:
         io.save_checkpoint(out / "checkpoint.pt", model=model, extra={
             "model": snapshot["model"], "optimizer": snapshot["optimizer"],
-            "fit": {"step": state.step, "history": state.history, "train_seconds": state.train_seconds,
-                    "first_loss": state.first_loss, "status": state.status},
+            "fit": fit_record(state),
             "task": {"kind": "sdf", "mesh": str(cfg.mesh), "normalization": dataclasses.asdict(norm)}})
         io.write_csv(out / "curve.csv", state.history, curve_columns(task))
 

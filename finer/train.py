@@ -140,6 +140,18 @@ class FitState:
     first_loss: float | None = None
 
 
+def fit_record(state: FitState) -> dict:
+    """What a checkpoint keeps of a fit's state to continue it (:func:`continued_fit` reads it back)."""
+    return {"step": state.step, "history": state.history, "train_seconds": state.train_seconds,
+            "first_loss": state.first_loss, "status": state.status}
+
+
+def continued_fit(record: dict) -> FitState:
+    """The state a fit saved with :func:`fit_record` continues from (running again, no message)."""
+    return FitState(step=record["step"], history=record["history"], train_seconds=record["train_seconds"],
+                    first_loss=record["first_loss"])
+
+
 def make_adam(params, lr: float | Tensor, amsgrad: bool = False, capturable: bool = False) -> torch.optim.Adam:
     """Adam, with PyTorch's fused (single-kernel) update when every parameter is a real float
     tensor (complex WIRE weights keep the multi-tensor update); the same algorithm either way.

@@ -37,7 +37,7 @@ from finer.nn.fused import apply_fused
 from finer.nn.stacked import StackedMLP, stack_problem
 from finer.runs import device_name, resolve_device
 from finer.tasks.image import ImageTask, load_image, save_image
-from finer.train import FitState, TrainConfig, fit
+from finer.train import FitState, TrainConfig, continued_fit, fit, fit_record
 
 CURVE_EVERY = 10  # steps between the points of each run's recorded training-PSNR curve
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}
@@ -151,9 +151,7 @@ def _load_partial(job: Job, model, task: ImageTask) -> tuple[FitState | None, di
         return None, None
     model.load_state_dict(payload["model"])
     task.load_state_dict(payload["task"])
-    f = payload["fit"]
-    return (FitState(step=f["step"], history=f["history"], train_seconds=f["train_seconds"],
-                     first_loss=f["first_loss"]), payload["optimizer"])
+    return continued_fit(payload["fit"]), payload["optimizer"]
 
 
 def _save_partial(path: str, payload: dict) -> None:
@@ -170,8 +168,7 @@ def _partial_writer(job: Job, task: ImageTask):
         _save_partial(job.partial, {
             "format": io.BENCH_PARTIAL_FORMAT, "key": _partial_key(job), "model": snapshot["model"],
             "optimizer": snapshot["optimizer"], "task": task.state_dict(),
-            "fit": {"step": state.step, "history": state.history, "train_seconds": state.train_seconds,
-                    "first_loss": state.first_loss}})
+            "fit": fit_record(state)})
 
     return write
 
