@@ -30,6 +30,11 @@ def psnr_from_mse(mse: float, data_range: float = 1.0) -> float:
     return 10.0 * math.log10(data_range**2 / mse)
 
 
+def psnr_difference(a: float, b: float) -> float:
+    """``a - b`` in dB, 0 for two exact fits (both ``inf``: a tie, where the subtraction gives NaN)."""
+    return 0.0 if a == b else a - b
+
+
 def ssim(pred: np.ndarray, target: np.ndarray) -> float:
     """Structural similarity (scikit-image, uniform 7x7 window) of ``(H, W[, C])`` images in [0, 1].
 

@@ -38,17 +38,18 @@ test views (those its config.json names), nothing else (a turntable rendered fro
 checkpoint stays)."""
 
 
-def _earlier_outputs(out: Path) -> list[str]:
+def _earlier_outputs(out: Path, scene_views: list[str]) -> list[str]:
     """The files of the NeRF run already in ``out``: :data:`RUN_FILES` and its test views, as its config.json
-    or its metrics.json names them, or, where neither can be read, as the pairs ``test/VIEW.png`` and
-    ``test/VIEW_depth.png`` that a run writes."""
+    or its metrics.json names them; where neither names any (both unreadable), the pairs ``test/VIEW.png`` and
+    ``test/VIEW_depth.png`` that a run writes, for ``VIEW`` among ``scene_views`` (the test split's names), so
+    that no other file of the user's is taken for one."""
     config, metrics = io.read_record(out / "config.json"), io.read_record(out / "metrics.json")
     views = list(config.get("test_views", [])) if config.get("task") == "nerf" else []
     if metrics.get("task") == "nerf" and isinstance(metrics.get("views"), list):
         views += [v.get("view") for v in metrics["views"] if isinstance(v, dict)]
-    if (out / "test").is_dir():
-        views += [p.name[: -len("_depth.png")] for p in (out / "test").glob("*_depth.png")
-                  if (out / "test" / p.name.replace("_depth.png", ".png")).is_file()]
+    if not views:
+        views = [name for name in scene_views
+                 if (out / "test" / f"{name}.png").is_file() and (out / "test" / f"{name}_depth.png").is_file()]
     names = sorted({name for name in views if isinstance(name, str) and name and "/" not in name})
     return [*RUN_FILES, *(f"test/{name}{end}" for name in names for end in (".png", "_depth.png"))]
 
@@ -140,7 +141,8 @@ def fit_nerf(cfg: NeRFRunConfig, out, *, progress: bool = True, overwrite: bool 
         cfg = dataclasses.replace(cfg, rays=task.rays_per_step)  # the records state what was used
     out.mkdir(parents=True, exist_ok=True)
     io.warn_stale_outputs(out, "the network of the run this one overwrites")
-    io.remove_outputs(out, _earlier_outputs(out))  # an overwritten run's files: none may pass for this run's
+    # an overwritten run's files: none may pass for this run's
+    io.remove_outputs(out, _earlier_outputs(out, N.split_names(cfg.scene, "test")))
     io.write_json(out / "config.json", {
         "task": "nerf", "run": dataclasses.asdict(cfg), "train_views": train.names, "test_views": test.names,
         **({"views_note": "; ".join(notes)} if notes else {}), **({"rays_note": rays_note} if rays_note else {}),

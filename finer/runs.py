@@ -125,13 +125,16 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+CPUINFO = "/proc/cpuinfo"
+
+
 def device_name(device: torch.device) -> str:
     """What a report says the work ran on: the GPU's name on CUDA, the processor's on the CPU (its model name
     where Linux gives one: ``platform.processor()`` says only ``x86_64`` there)."""
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
     try:
-        with open("/proc/cpuinfo") as f:
+        with open(CPUINFO) as f:
             for line in f:
                 if line.startswith("model name") and ":" in line and line.split(":", 1)[1].strip():
                     return line.split(":", 1)[1].strip()
@@ -510,9 +513,11 @@ def render_checkpoint(checkpoint: str | Path, *, scale: float = 2.0, out: str | 
     folder = ckpt if ckpt.is_dir() else ckpt.parent
     if out:
         recorded = io.read_record(folder / "config.json").get("image")
+        sources = [recorded.get("path") if isinstance(recorded, dict) else None,
+                   io.read_record(folder / "metrics.json").get("image")]  # (a folder fit's images: no config.json)
         taken = {(folder / name).resolve(): f"the run's {name}" for name in RUN_FILES}
-        if isinstance(recorded, dict) and isinstance(recorded.get("path"), str):
-            taken[Path(recorded["path"]).resolve()] = "the image this run was fitted to"
+        taken.update({Path(source).resolve(): "the image this run was fitted to" for source in sources
+                      if isinstance(source, str) and source})
         if Path(out).resolve() in taken:
             raise FinerError(f"--out {out} is {taken[Path(out).resolve()]}, which a render would replace; "
                              "choose another file")

@@ -267,3 +267,15 @@ def test_a_fused_stack_pickles_as_the_plain_one():
     x = torch.rand(10, 2) * 2 - 1
     torch.testing.assert_close(back(x), stacked(x), rtol=1e-5, atol=1e-6)
     assert all(f is None for f in back.fused_forwards)
+
+
+def test_render_refuses_to_write_over_the_image_a_folder_fit_fitted(folder, tmp_path, capsys):
+    """A stacked folder fit's image folders have no config.json: the image is known from metrics.json."""
+    out = tmp_path / "out"
+    assert main(["fit", "image", str(folder), "--batch-signals", "3", "--steps", "2", "--width", "8", "--out",
+                 str(out), "--quiet"]) == 0
+    before = (folder / "00.png").read_bytes()
+    capsys.readouterr()
+    assert main(["render", str(out / "00"), "--scale", "1", "--out", str(folder / "00.png")]) == 2
+    assert "is the image this run was fitted to" in capsys.readouterr().err
+    assert (folder / "00.png").read_bytes() == before

@@ -90,6 +90,13 @@ def test_bad_input_gives_one_line_and_nonzero_exit(args, message, tmp_path, caps
     assert not (tmp_path / "o").exists()  # nothing written for a run that could not start
 
 
+@pytest.mark.parametrize("size", ["0", "abc"])
+def test_a_grid_size_says_it_takes_none_too(size, capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["bench", "images", ".", "--size", size, "--out", "o"])
+    assert exc.value.code == 2 and f"expected a positive integer or none, got '{size}'" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("command", [["fit", "image"], ["fit", "sdf", "m.obj"], ["fit", "nerf", "scene"],
                                      ["analyze", "ntk"], ["analyze", "activations"]])
 @pytest.mark.parametrize("seed", ["-1", "99999999999999999999"])

@@ -167,3 +167,17 @@ def test_a_fit_comes_back_as_an_array_and_a_model(tmp_path, png_path):
     with torch.no_grad():
         out = model(coordinate_grid(24, 24)).reshape(24, 24, 3).numpy()
     np.testing.assert_allclose(np.clip((out - lo) / (hi - lo), 0, 1), image, atol=1e-5)
+
+
+def test_reports_name_the_processor_by_its_model_name(tmp_path, monkeypatch):
+    import platform
+
+    import torch
+
+    import finer.runs
+
+    (tmp_path / "cpuinfo").write_text("processor\t: 0\nvendor_id\t: X\nmodel name\t: Example CPU 9000\nflags\t: a\n")
+    monkeypatch.setattr(finer.runs, "CPUINFO", str(tmp_path / "cpuinfo"))
+    assert finer.runs.device_name(torch.device("cpu")) == "Example CPU 9000"
+    monkeypatch.setattr(finer.runs, "CPUINFO", str(tmp_path / "missing"))  # not Linux: what platform says
+    assert finer.runs.device_name(torch.device("cpu")) == (platform.processor() or platform.machine() or "cpu")

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from finer import io
 from finer.errors import FinerError
+from finer.metrics import psnr_difference
 
 
 def psnr_table(results: str | Path) -> dict[tuple[str, int, int], dict[str, float]]:
@@ -41,11 +42,6 @@ def psnr_table(results: str | Path) -> dict[tuple[str, int, int], dict[str, floa
     return table
 
 
-def _difference(x: float, y: float) -> float:
-    """``x - y`` in dB, 0 for two exact fits (both ``inf``: a tie, where the subtraction gives NaN)."""
-    return 0.0 if x == y else x - y
-
-
 def _stats(diffs: list[float]) -> dict:
     if not diffs:
         raise FinerError("no image was run by both methods")
@@ -63,7 +59,8 @@ def pair(table: dict, a: str, b: str) -> dict:
     """PSNR differences ``a - b`` over the (image, seed, width) cases both ran."""
     _check(table, a)
     _check(table, b)
-    return {"a": a, "b": b, **_stats([_difference(row[a], row[b]) for row in table.values() if a in row and b in row])}
+    both = [row for row in table.values() if a in row and b in row]
+    return {"a": a, "b": b, **_stats([psnr_difference(row[a], row[b]) for row in both])}
 
 
 def lead(table: dict, a: str) -> dict:
@@ -76,7 +73,7 @@ def lead(table: dict, a: str) -> dict:
     if not full:
         raise FinerError("no image was run by every method; compare pairs instead (A:B)")
     return {"a": a, "b": "best other",
-            **_stats([_difference(row[a], max(v for m, v in row.items() if m != a)) for row in full])}
+            **_stats([psnr_difference(row[a], max(v for m, v in row.items() if m != a)) for row in full])}
 
 
 def describe(stats: dict) -> str:

@@ -31,7 +31,7 @@ from finer.errors import CropError, FinerError
 from finer.bench.executors import execute, threads_per_worker
 from finer.bench.report import write_report
 from finer.lpips import available as lpips_available
-from finer.metrics import image_metrics
+from finer.metrics import image_metrics, psnr_difference
 from finer.models import MODELS, build_model, count_parameters
 from finer.nn.fused import apply_fused
 from finer.nn.stacked import StackedMLP, stack_problem
@@ -318,11 +318,12 @@ def _check_grid_names(directory, out: Path, jobs) -> None:
                          "extension): rename the image")
     named: dict[str, tuple] = {}
     for record, path, model, *_ in jobs:
-        if record in named and named[record] != (path, model):
-            other = named[record]
+        key = record.casefold()  # (names that differ only by case are one file on macOS and Windows)
+        if key in named and named[key] != (path, model):
+            other = named[key]
             raise FinerError(f"two runs of this grid would both be named {record!r} ({other[0].name} with {other[1]}, "
                              f"{path.name} with {model}), and one would replace the other's files: rename one image")
-        named[record] = (path, model)
+        named[key] = (path, model)
 
 
 def _protocol_record(directory, images, protocol: Protocol, seeds, device, execution=None) -> dict:
@@ -344,9 +345,10 @@ def _kept_conditions(meta: dict, earlier: Path, report_only: bool) -> dict:
     if not report_only:
         return meta
     protocol = io.read_record(earlier).get("protocol")
-    if not isinstance(protocol, dict):
-        return meta
-    return {**meta, **{key: protocol[key] for key in RUN_CONDITIONS if key in protocol}}
+    if not isinstance(protocol, dict):  # no earlier record to say: not the report command's conditions either
+        return {**meta, **{key: None for key in RUN_CONDITIONS},
+                "machine": f"not recorded ({earlier.name} missing or unreadable when this report was written)"}
+    return {**meta, **{key: protocol.get(key) for key in RUN_CONDITIONS}}
 
 
 def _machine(execution: Execution) -> str:
@@ -554,12 +556,14 @@ def _protocol_line(p: dict) -> str:
     return (f"Protocol: {plural(p['images'], 'image')} from `{p['directory']}`, {crop}{size}, "
             f"{p['hidden_layers']} hidden layers x width {p['width']}, {p['steps']} full-batch steps, "
             "each method's default learning rate, "
-            f"seeds {p['seeds']}, {p['device']} ({p['machine']}), torch {p['torch']}, {p['date']}; "
+            f"seeds {p['seeds']}, "
+            + (f"{p['device']} ({p['machine']}), torch {p['torch']}, {p['date']}; " if p.get("device")
+               else f"run conditions {p['machine']}; ")
             + plural(p["runs_done"], "run")
             + (f" of {p['runs_planned']} planned" if p.get("runs_planned", p["runs_done"]) != p["runs_done"] else "")
             + (f"; a method's runs fitted up to {p['batch_signals']} images at a time as one stacked network "
                "(a stacked run's seconds: its group's divided by the group's size)"
-               if p.get("batch_signals", 1) > 1 else "")
+               if (p.get("batch_signals") or 1) > 1 else "")
             + ". PSNR/SSIM/LPIPS (AlexNet, v0.1) of the clipped prediction on [0, 1], mean ± std over runs.")
 
 
@@ -645,7 +649,7 @@ def width_table(rows: list[dict], models: list[str], widths, protocol: dict) -> 
             for m in models:
                 common = set(per["finer"]) & set(per[m]) if m != "finer" else set()
                 if common:
-                    diffs = [per["finer"][i] - per[m][i] for i in common]
+                    diffs = [psnr_difference(per["finer"][i], per[m][i]) for i in common]
                     gaps.append(statistics.mean(diffs))
                     ahead += sum(d > 0 for d in diffs)
                     pairs += len(diffs)

@@ -213,12 +213,14 @@ def fit_sdf(args: argparse.Namespace) -> int:
 def eval_image(args: argparse.Namespace) -> int:
     import torch
 
-    from finer.metrics import image_metrics, lpips_left_out, metrics_bytes
+    from finer.lpips import available
+    from finer.metrics import LPIPS_MIN_SIDE, image_metrics, lpips_left_out, metrics_bytes
     from finer.tasks.image import load_image, memory_budget
 
     budget = memory_budget(torch.device("cpu"))
     a = load_image(args.a, alpha=args.alpha, max_bytes=budget)  # (a huge image: refused before decoding)
-    need = metrics_bytes(a.shape[0], a.shape[1], not args.no_lpips)
+    with_lpips = not args.no_lpips and min(a.shape[:2]) >= LPIPS_MIN_SIDE and available()  # (what image_metrics runs)
+    need = metrics_bytes(a.shape[0], a.shape[1], with_lpips)
     if need > budget:
         raise FinerError(f"measuring {args.a} ({a.shape[1]}x{a.shape[0]}) needs about {need / 2**30:.1f} GiB of "
                          f"memory, more than the {budget / 2**30:.1f} GiB available (half of it); crop or downscale "
@@ -393,9 +395,9 @@ def bench_speed(args: argparse.Namespace) -> int:
     if args.profile and not args.out:
         raise ConfigError("--profile writes its tables beside the report: give --out")
     if args.out:  # before the timings, which take minutes
-        if Path(args.out).suffix.lower() in (".json", ".txt"):
-            raise FinerError(f"--out {args.out} is the Markdown report (its data go beside it as .json, its profiles "
-                             "as .profile.txt, which would take its place): give a name ending in .md")
+        if Path(args.out).suffix.lower() == ".json":
+            raise FinerError(f"--out {args.out}: the report's data are written beside the report as NAME.json, which "
+                             "would overwrite the report itself; give the report another name (NAME.md)")
         written = [Path(args.out), Path(args.out).with_suffix(".json"), Path(args.out).with_suffix(".profile.txt")]
         for path in written[:2]:
             io.check_out(path, folder=False)

@@ -33,10 +33,12 @@ _positive_float = _number_type(float, lambda v: 0 < v < float("inf"), "a positiv
 
 def _size_or_none(text: str) -> int | str:
     """A grid's resize: a positive integer, or ``none`` (the images as they are, as ``--crop none``)."""
-    return "none" if text.strip().lower() == "none" else _positive_int(text)
-
-
-_size_or_none.__name__ = "a positive integer or none"
+    if text.strip().lower() == "none":
+        return "none"
+    try:
+        return _positive_int(text)
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer or none, got {text!r}") from None
 SEED_LIMIT = 2**32  # what NumPy's and every generator's seeds accept
 _seed = _number_type(int, lambda v: 0 <= v < SEED_LIMIT, "a seed from 0 to 2^32 - 1")
 

@@ -78,6 +78,15 @@ def _frame_pose(frame, index: int, meta_path: Path) -> np.ndarray:
     return pose
 
 
+def split_names(scene: str | Path, split: str) -> list[str]:
+    """The names of all the views of a split, as :func:`load_views` names them (empty if its file is unreadable)."""
+    try:
+        frames = json.loads((Path(scene) / f"transforms_{split}.json").read_text())["frames"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return []
+    return [Path(f["file_path"]).stem for f in frames if isinstance(f, dict) and isinstance(f.get("file_path"), str)]
+
+
 def load_views(scene: str | Path, split: str, *, views: int | None = None, downscale: int = 1) -> Views:
     """Read ``transforms_{split}.json`` and its images (a subset of ``views`` spread over the split)."""
     from PIL import Image

@@ -2,6 +2,7 @@
 
 import dataclasses
 import json
+import math
 
 import numpy as np
 import pytest
@@ -94,6 +95,12 @@ def test_report_only_writes_the_table_of_the_finished_runs(image_dir, tmp_path, 
     # the report describes how the runs were trained (one at a time, unstacked), not the report's command
     assert (data["protocol"]["workers"], data["protocol"]["batch_signals"]) == (1, 1)
     assert "width" not in data["protocol"] and data["protocol"]["widths"] == [4, 8]  # no one width of the preset
+    (out / "width.json").unlink()  # no earlier record: the conditions are unknown, not the report command's
+    assert main(["bench", "width", str(image_dir), "--models", "finer,siren", "--widths", "4,8", "--report-only",
+                 "--workers", "2", "--batch-signals", "4", *common]) == 0
+    protocol = json.loads((out / "width.json").read_text())["protocol"]
+    assert (protocol["workers"], protocol["batch_signals"], protocol["device"]) == (None, None, None)
+    assert "run conditions not recorded (width.json missing" in (out / "width.md").read_text()
     text = (out / "width.md").read_text()
     assert "1 run of 4 planned" in text and "| 4 | - | - |" in text and "| 8 | " in text
     assert main(["bench", "images", str(image_dir), "--models", "finer", "--report-only", "--out",
@@ -380,3 +387,15 @@ def test_a_grid_takes_size_none_as_it_takes_crop_none(tmp_path):
     assert data["protocol"]["size"] is None and data["protocol"]["crop"] is None
     assert (data["runs"][0]["image_height"], data["runs"][0]["image_width"]) == (12, 20)
     assert "whole images, 3 hidden layers" in (tmp_path / "b" / "summary.md").read_text()  # no "resized to"
+
+
+def test_width_table_counts_two_exact_fits_as_a_tie():
+    from finer.bench.images import width_table
+
+    rows = [dict(model=m, width=8, image="a", psnr=math.inf) for m in ("finer", "siren")]
+    rows += [dict(model="finer", width=8, image="b", psnr=31.0), dict(model="siren", width=8, image="b", psnr=30.0)]
+    protocol = dict(images=2, directory="d", crop=None, size=None, hidden_layers=2, steps=1, seeds=[0], device="cpu",
+                    machine="m", torch="t", date="d", runs_done=4)
+    table = width_table(rows, ["finer", "siren"], [8], protocol)
+    line = next(row for row in table.splitlines() if row.startswith("| 8"))
+    assert "nan" not in line and "+0.50" in line and "1/2" in line  # the lead: mean of 0 (tie) and +1

@@ -183,13 +183,19 @@ def test_overwrite_removes_the_earlier_runs_test_views_only_and_the_scene_is_not
     (out / "test" / "mine.png").write_bytes(b"the user's")
     assert main([*fit, "--test-views", "1", "--out", str(out), "--overwrite"]) == 0
     assert sorted(p.name for p in (out / "test").iterdir()) == ["mine.png", "r_0.png", "r_0_depth.png"]
+    # a pair of the user's that is not a view of the scene stays, beside readable records and without them
+    for name in ("photo.png", "photo_depth.png"):
+        (out / "test" / name).write_bytes(b"the user's")
+    assert main([*fit, "--test-views", "1", "--out", str(out), "--overwrite"]) == 0
+    mine = ["mine.png", "photo.png", "photo_depth.png"]
+    assert sorted(p.name for p in (out / "test").iterdir()) == [*mine, "r_0.png", "r_0_depth.png"]
     # an earlier run whose records cannot be read: its views are known by their pairs (VIEW.png, VIEW_depth.png)
     for name in ("r_1.png", "r_1_depth.png"):
         (out / "test" / name).write_bytes(b"an earlier run's view")
     (out / "config.json").write_text("{damaged")
     (out / "metrics.json").unlink()
     assert main([*fit, "--test-views", "1", "--out", str(out), "--overwrite"]) == 0
-    assert sorted(p.name for p in (out / "test").iterdir()) == ["mine.png", "r_0.png", "r_0_depth.png"]
+    assert sorted(p.name for p in (out / "test").iterdir()) == [*mine, "r_0.png", "r_0_depth.png"]
     capsys.readouterr()
     assert main([*fit, "--out", str(scene), "--overwrite"]) == 2
     assert "is the scene folder" in capsys.readouterr().err
