@@ -339,9 +339,15 @@ RUN_CONDITIONS = ("device", "executor", "workers", "batch_signals", "machine", "
 """The protocol record's fields that describe how and where the runs were trained."""
 
 
+def _all_finished(jobs, out: Path) -> bool:
+    """Whether every run of the grid has its record in ``out/runs`` already (a rerun then trains nothing)."""
+    return all((out / "runs" / f"{record}.json").is_file() for record, *_ in jobs)
+
+
 def _kept_conditions(meta: dict, earlier: Path, report_only: bool) -> dict:
-    """``meta``, with the run conditions of the ``earlier`` record (results.json, width.json) under ``report_only``:
-    a report written from finished runs describes how they were trained, not the command that wrote it."""
+    """``meta``, with the run conditions of the ``earlier`` record (results.json, width.json) under ``report_only``
+    (or a rerun with every run finished): a report written from finished runs describes how they were trained,
+    not the command that wrote it."""
     if not report_only:
         return meta
     protocol = io.read_record(earlier).get("protocol")
@@ -486,10 +492,10 @@ def run_image_bench(directory, *, models, protocol: Protocol, seeds=(0,), limit=
     table and report from the finished runs, train nothing)."""
     check_models(models, [*MODELS, REFERENCE])
     images, out, dev = list_images(directory, limit), Path(out), resolve_device(device)
-    meta = _kept_conditions(_protocol_record(directory, images, protocol, seeds, dev, execution),
-                            out / "results.json", report_only)
     jobs = [(f"{p.stem}-{m}-s{s}", p, m, protocol, s) for p in images for m in models for s in seeds]
     _check_grid_names(directory, out, jobs)
+    meta = _kept_conditions(_protocol_record(directory, images, protocol, seeds, dev, execution),
+                            out / "results.json", report_only or _all_finished(jobs, out))
 
     def write(rows) -> list[Path]:
         done = {**meta, "runs_done": len(rows), "runs_planned": len(jobs)}
@@ -514,12 +520,12 @@ def run_width_bench(directory, *, models, widths, protocol: Protocol, seeds=(0,)
     check_models(models, [*MODELS, REFERENCE])
     images, out, dev = list_images(directory, limit), Path(out), resolve_device(device)
     protocol = dataclasses.replace(protocol, hidden_layers=2)
-    record = _protocol_record(directory, images, protocol, seeds, dev, execution)
-    meta = _kept_conditions({**{k: v for k, v in record.items() if k != "width"}, "widths": list(widths)},
-                            out / "width.json", report_only)
     jobs = [(f"{p.stem}-{m}-w{w}-s{s}", p, m, dataclasses.replace(protocol, width=w), s)
             for w in widths for p in images for m in models for s in seeds]
     _check_grid_names(directory, out, jobs)
+    record = _protocol_record(directory, images, protocol, seeds, dev, execution)
+    meta = _kept_conditions({**{k: v for k, v in record.items() if k != "width"}, "widths": list(widths)},
+                            out / "width.json", report_only or _all_finished(jobs, out))
 
     def write(rows) -> list[Path]:
         done = {**meta, "runs_done": len(rows), "runs_planned": len(jobs)}

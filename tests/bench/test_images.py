@@ -399,3 +399,12 @@ def test_width_table_counts_two_exact_fits_as_a_tie():
     table = width_table(rows, ["finer", "siren"], [8], protocol)
     line = next(row for row in table.splitlines() if row.startswith("| 8"))
     assert "nan" not in line and "+0.50" in line and "1/2" in line  # the lead: mean of 0 (tie) and +1
+
+
+def test_a_rerun_that_trains_nothing_keeps_the_run_conditions(tmp_path):
+    (tmp_path / "img").mkdir()
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(tmp_path / "img" / "a.png")
+    args = ["bench", "images", str(tmp_path / "img"), "--models", "finer", "--steps", "1", "--crop", "none",
+            "--size", "8", "--width", "4", "--out", str(tmp_path / "b"), "--quiet"]
+    assert main(args) == 0 and main([*args, "--workers", "2"]) == 0  # every run finished: nothing trained
+    assert json.loads((tmp_path / "b" / "results.json").read_text())["protocol"]["workers"] == 1
