@@ -158,16 +158,17 @@ def check_not_an_output(source: str | os.PathLike | None, out: str | os.PathLike
 
 
 def check_unique_stems(paths: Iterable[Path], what: str) -> None:
-    """Refuse inputs whose names differ only by extension (``a.png``, ``a.jpg``): runs and records are
-    named by the stem, so one would overwrite the other."""
+    """Refuse inputs whose names differ only by extension or case (``a.png``, ``a.jpg``, ``A.png``): runs
+    and records are named by the stem, so one would overwrite the other (on macOS and Windows, whose file
+    systems ignore case, also ``A`` and ``a``)."""
     by_stem: dict[str, list[str]] = {}
     for path in paths:
-        by_stem.setdefault(Path(path).stem, []).append(Path(path).name)
+        by_stem.setdefault(Path(path).stem.casefold(), []).append(Path(path).name)
     clashes = [names for names in by_stem.values() if len(names) > 1]
     if clashes:
         listing = "; ".join(" and ".join(names) for names in clashes)
-        raise FinerError(f"{listing}: {what} whose names differ only by extension, and their runs are named without "
-                         "it; rename or move one of each")
+        raise FinerError(f"{listing}: {what} whose names differ only by extension or case, and their runs are named "
+                         "by the rest, in folders that may ignore case; rename or move one of each")
 
 
 def file_digest(path: str | os.PathLike) -> str:

@@ -118,7 +118,7 @@ def test_batched_fit_errors(folder, tmp_path, capsys):
     assert "full batches" in capsys.readouterr().err
     Image.fromarray(np.zeros((10, 12, 3), np.uint8)).save(folder / "00.jpg")
     assert main(["fit", "image", str(folder), "--size", "12", "--out", str(tmp_path / "j"), "--quiet"]) == 2
-    assert "00.jpg and 00.png: images whose names differ only by extension" in capsys.readouterr().err
+    assert "00.jpg and 00.png: images whose names differ only by extension or case" in capsys.readouterr().err
     assert main(["fit", "image", str(folder / "00.png"), "--batch-signals", "2", "--quiet"]) == 2
     assert "needs a folder" in capsys.readouterr().err
 

@@ -181,3 +181,13 @@ def test_reports_name_the_processor_by_its_model_name(tmp_path, monkeypatch):
     assert finer.runs.device_name(torch.device("cpu")) == "Example CPU 9000"
     monkeypatch.setattr(finer.runs, "CPUINFO", str(tmp_path / "missing"))  # not Linux: what platform says
     assert finer.runs.device_name(torch.device("cpu")) == (platform.processor() or platform.machine() or "cpu")
+
+
+def test_inputs_whose_names_differ_only_by_extension_or_case_are_refused():
+    from pathlib import Path
+
+    io.check_unique_stems([Path("a.png"), Path("b.png"), Path("ab.png")], "images")  # distinct: nothing raised
+    with pytest.raises(FinerError, match="a.png and a.jpg: images whose names differ only by extension or case"):
+        io.check_unique_stems([Path("a.png"), Path("a.jpg")], "images")
+    with pytest.raises(FinerError, match="Cat.png and cat.png: "):  # one folder on macOS and Windows
+        io.check_unique_stems([Path("Cat.png"), Path("cat.png"), Path("dog.png")], "images")

@@ -44,7 +44,7 @@ def test_meshes_whose_names_differ_only_by_extension_are_refused(tmp_path):
     meshes.mkdir()
     trimesh.creation.icosphere(1).export(meshes / "s.obj")
     trimesh.creation.box().export(meshes / "s.stl")
-    with pytest.raises(FinerError, match="s.obj and s.stl: meshes whose names differ only by extension"):
+    with pytest.raises(FinerError, match="s.obj and s.stl: meshes whose names differ only by extension or case"):
         run_sdf_bench(meshes, models=["finer"], out=tmp_path / "b", settings=TINY, progress=False)
     assert not (tmp_path / "b").exists()
 
