@@ -78,6 +78,17 @@ class StackedImageTask:
         return {"train_psnr": psnr_from_mse(loss / self.count / (high - low) ** 2)}  # of the mean MSE
 
 
+def fit_stacked(models: list, images: np.ndarray, train_cfg: TrainConfig, device, *, aspect: str = "stretch",
+                keep_signal_losses: bool = False, progress: bool = True, desc: str | None = None):
+    """Train ``models`` (one network per image of ``images``, all of one method and shape) together as one
+    :class:`~finer.nn.stacked.StackedMLP`, full batch. Returns the training state, the task (which holds
+    the per-image losses when ``keep_signal_losses``) and the K trained networks, unstacked."""
+    stacked = StackedMLP(models)
+    task = StackedImageTask(images, tuple(models[0].config.target_range), device, aspect, keep_signal_losses)
+    state = fit(stacked, task, train_cfg, progress=progress, desc=desc)
+    return state, task, stacked.unstack()
+
+
 def list_images(directory) -> list[Path]:
     from finer.bench.images import list_images as _list
 
@@ -132,19 +143,17 @@ def fit_image_folder(cfg: ImageRunConfig, directory, out, *, batch_signals: int,
         models = [build_model(cfg.model, 2, images[0].shape[-1], seed=cfg.seed, **cfg.model_options).to(device)
                   for _ in group]
         fused = [apply_fused(m, cfg.fused, cfg.steps) for m in models][0]
-        stacked = StackedMLP(models)
-        mcfg = models[0].config
-        task = StackedImageTask(np.stack([images[i] for i in group]), tuple(mcfg.target_range), device, cfg.aspect)
-        train_cfg = TrainConfig(steps=cfg.steps, lr=mcfg.lr, eval_every=0, checkpoint_every=0, log_every=cfg.log_every,
-                                precision=cfg.precision, cuda_graph=cfg.cuda_graph)
-        state = fit(stacked, task, train_cfg, progress=progress,
-                    desc=f"images {group[0] + 1}-{group[-1] + 1}/{len(paths)}")
+        train_cfg = TrainConfig(steps=cfg.steps, lr=models[0].config.lr, eval_every=0, checkpoint_every=0,
+                                log_every=cfg.log_every, precision=cfg.precision, cuda_graph=cfg.cuda_graph)
+        state, _, trained = fit_stacked(models, np.stack([images[i] for i in group]), train_cfg, device,
+                                        aspect=cfg.aspect, progress=progress,
+                                        desc=f"images {group[0] + 1}-{group[-1] + 1}/{len(paths)}")
         names = ", ".join(paths[i].name for i in group)
         if state.status == "interrupted":
             raise InterruptedRun(f"{state.message} while fitting {names}; {_kept(rows, out)} (a folder fit does "
                                  "not resume: fit it again with --overwrite)")
         total_seconds += state.train_seconds
-        for model, i in zip(stacked.unstack(), group):  # a diverged group: each network at its last good step
+        for model, i in zip(trained, group):  # a diverged group: each network at its last good step
             rows.append(_write_one(out / paths[i].stem, model, paths[i], images[i], cfg, state, len(group), fused,
                                    device))
             log(_said(rows[-1]))

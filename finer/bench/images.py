@@ -34,7 +34,7 @@ from finer.lpips import available as lpips_available
 from finer.metrics import image_metrics, psnr_difference
 from finer.models import MODELS, build_model, count_parameters
 from finer.nn.fused import apply_fused
-from finer.nn.stacked import StackedMLP, stack_problem
+from finer.nn.stacked import stack_problem
 from finer.runs import device_name, resolve_device
 from finer.tasks.image import ImageTask, load_image, save_image
 from finer.train import FitState, TrainConfig, continued_fit, fit, fit_record
@@ -219,7 +219,7 @@ def run_stacked(jobs: list[Job]) -> list[tuple[dict, np.ndarray]]:
     Divergence is judged per image, as a single fit judges it: the images whose own loss turned
     non-finite or grew past ``divergence_factor`` times its first value are rerun one at a time
     (:func:`run_one`), which stops them at their last good step. Ctrl-C interrupts the group."""
-    from finer.batch_runs import StackedImageTask
+    from finer.batch_runs import fit_stacked
 
     if len(jobs) == 1:
         return [run_one(jobs[0])]
@@ -232,11 +232,10 @@ def run_stacked(jobs: list[Job]) -> list[tuple[dict, np.ndarray]]:
                                          first.seed)
         models.append(model.to(device))
     fused = [apply_fused(m, first.fused, protocol.steps) for m in models][0]
-    stacked = StackedMLP(models)
-    task = StackedImageTask(images, target_range, device, keep_signal_losses=True)
     cfg = TrainConfig(steps=protocol.steps, lr=lr, eval_every=0, checkpoint_every=0, log_every=50)
     names = ",".join(Path(job.image_name).stem for job in jobs)
-    state = fit(stacked, task, cfg, progress=first.progress, desc=f"{names}/{first.model}")
+    state, task, trained = fit_stacked(models, images, cfg, device, keep_signal_losses=True, progress=first.progress,
+                                       desc=f"{names}/{first.model}")
     if state.status == "interrupted":
         raise KeyboardInterrupt
     losses = torch.stack(task.signal_losses).cpu().double().numpy()
@@ -245,7 +244,7 @@ def run_stacked(jobs: list[Job]) -> list[tuple[dict, np.ndarray]]:
     psnrs = task.signal_psnrs()
     seconds = state.train_seconds / len(jobs)
     out = []
-    for k, (job, model) in enumerate(zip(jobs, stacked.unstack())):
+    for k, (job, model) in enumerate(zip(jobs, trained)):
         if k in rerun:
             out.append(run_one(job))
             continue

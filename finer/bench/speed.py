@@ -249,8 +249,7 @@ def batch_signals_check(images: np.ndarray, *, method: str, width: int, hidden_l
                         batch: int, compile: bool, device, repeats: int = 1, cuda_graph: bool = False) -> dict:
     """Images per second fitting ``images`` one by one vs ``batch`` at a time, same seed, same steps
     (the median of ``repeats`` interleaved rounds)."""
-    from finer.batch_runs import StackedImageTask
-    from finer.nn.stacked import StackedMLP
+    from finer.batch_runs import fit_stacked
 
     def run(k: int) -> tuple[float, list[float]]:
         seconds, psnrs = 0.0, []
@@ -260,11 +259,12 @@ def batch_signals_check(images: np.ndarray, *, method: str, width: int, hidden_l
                       for _ in group]
             for m in models:
                 fuse(m, compile=compile)
-            stacked = StackedMLP(models)
-            task = StackedImageTask(group, tuple(models[0].config.target_range), device)
-            state = _fit(stacked, task, _train_config(steps, models[0].config.lr, cuda_graph), progress=False)
+            state, _, trained = fit_stacked(models, group, _train_config(steps, models[0].config.lr, cuda_graph),
+                                            device, progress=False)
+            if state.status == "interrupted":  # as _fit: a block cut short is no timing
+                raise KeyboardInterrupt
             seconds += state.train_seconds
-            for m, im in zip(stacked.unstack(), group):
+            for m, im in zip(trained, group):
                 pred = predict_image(m.eval(), im.shape[0], im.shape[1], target_range=m.config.target_range,
                                      device=device)
                 psnrs.append(psnr(pred, im))
