@@ -83,7 +83,10 @@ def fit_stacked(models: list, images: np.ndarray, train_cfg: TrainConfig, device
     """Train ``models`` (one network per image of ``images``, all of one method and shape) together as one
     :class:`~finer.nn.stacked.StackedMLP`, full batch. Returns the training state, the task (which holds
     the per-image losses when ``keep_signal_losses``) and the K trained networks, unstacked."""
-    stacked = StackedMLP(models)
+    stacked = StackedMLP(models)  # (refuses networks of other activations)
+    for key in ("lr", "target_range"):  # one optimiser and one task for all
+        if len({tuple(np.atleast_1d(getattr(m.config, key))) for m in models}) > 1:
+            raise FinerError(f"the networks to fit as one stack differ in their {key}")
     task = StackedImageTask(images, tuple(models[0].config.target_range), device, aspect, keep_signal_losses)
     state = fit(stacked, task, train_cfg, progress=progress, desc=desc)
     return state, task, stacked.unstack()

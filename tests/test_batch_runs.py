@@ -32,6 +32,37 @@ def test_stacked_forward_is_each_model_forward():
             torch.testing.assert_close(out[k], m(x), rtol=1e-5, atol=1e-6)
 
 
+def test_only_networks_with_the_same_activations_are_stacked():
+    """The stack runs the first network's activations for all: a network with other options would get a
+    wrong output silently. Networks that differ only in their initialisation (FINER's k) do stack."""
+    from finer.nn.fused import fuse
+
+    def build(name="finer", **options):
+        return finer.build_model(name, 2, 3, width=8, hidden_layers=1, seed=len(options), **options)
+
+    plain, fused, other_k = build(), build(), build(first_bias_scale=5.0)
+    fuse(fused, compile=False)
+    x = torch.rand(20, 2) * 2 - 1
+    out = StackedMLP([plain, fused, other_k])(x)
+    torch.testing.assert_close(out[2], other_k(x), rtol=1e-5, atol=1e-6)
+    with pytest.raises(FinerError, match=r"activation of layer 2 \(finer\(omega=30.0, detach=True\) and "
+                                         r"finer\(omega=5.0, detach=True\)\)"):
+        StackedMLP([plain, build(hidden_omega=5.0)])
+    with pytest.raises(FinerError, match="activation of layer 1 .* and sine"):
+        StackedMLP([plain, build("siren")])
+    sc = [build("sc-mlp"), build("sc-mlp", omega_max=50.0)]  # a module activation, its frequencies a buffer
+    with pytest.raises(FinerError, match="SineComposition and SineComposition"):
+        StackedMLP(sc)
+    from finer.batch_runs import fit_stacked
+    from finer.train import TrainConfig
+
+    images = np.zeros((2, 4, 4, 3), np.float32)
+    with pytest.raises(FinerError, match="differ in their lr"):  # one optimiser for all
+        fit_stacked([plain, build(lr=1e-3)], images, TrainConfig(steps=1), torch.device("cpu"), progress=False)
+    stack = StackedMLP([sc[0], build("sc-mlp")]).to(torch.bfloat16)  # the buffer converts with the stack
+    assert stack(x.to(torch.bfloat16)).dtype == torch.bfloat16  # (a float32 one would promote the output)
+
+
 @pytest.mark.parametrize("fused", ["off", "eager"])  # plain layers; fused layers (batched in the stack)
 def test_batched_fit_matches_one_by_one(folder, tmp_path, capsys, fused):
     common = ["--steps", "15", "--width", "16", "--hidden-layers", "1", "--quiet", "--fused", fused]

@@ -13,6 +13,7 @@ into the K original models.
 
 from __future__ import annotations
 
+import functools
 from typing import Sequence
 
 import torch
@@ -35,6 +36,28 @@ def stack_problem(model) -> str | None:
     return None
 
 
+def same_activation(a, b) -> bool:
+    """Whether two layers' activations compute the same function: the same function with the same
+    options (fused or not), or modules of one type with equal buffers."""
+    a, b = plain_activation(a), plain_activation(b)
+    if isinstance(a, functools.partial) and isinstance(b, functools.partial):
+        return a.func is b.func and a.args == b.args and a.keywords == b.keywords
+    if isinstance(a, nn.Module) and isinstance(b, nn.Module):
+        mine, theirs = dict(a.named_buffers()), dict(b.named_buffers())
+        return (type(a) is type(b) and mine.keys() == theirs.keys()
+                and all(mine[k].shape == theirs[k].shape and torch.equal(mine[k].cpu(), theirs[k].cpu())
+                        for k in mine))
+    return a is b
+
+
+def _described(activation) -> str:
+    activation = plain_activation(activation)
+    if isinstance(activation, functools.partial):
+        options = ", ".join(f"{k}={v}" for k, v in activation.keywords.items())
+        return f"{activation.func.__name__}({options})"
+    return getattr(activation, "__name__", type(activation).__name__)
+
+
 class StackedMLP(nn.Module):
     """``coords (N, in)`` or ``(K, N, in)`` -> ``(K, N, out)``: K networks, one call."""
 
@@ -50,10 +73,17 @@ class StackedMLP(nn.Module):
             shapes = [tuple(layer.linear.weight.shape) for layer in m.layers]
             if shapes != [tuple(layer.linear.weight.shape) for layer in first.layers]:
                 raise FinerError("the models to stack differ in shape")
+            for i, (mine, theirs) in enumerate(zip(m.layers, first.layers)):  # the stack runs the first's
+                if not same_activation(mine.activation, theirs.activation):
+                    raise FinerError(f"the models to stack differ in the activation of layer {i + 1} "
+                                     f"({_described(theirs.activation)} and {_described(mine.activation)}): "
+                                     "only networks of one method and the same options can be stacked")
         self.models = list(models)
         self.count = len(models)
         self.encoding = first.encoding
         self.activations = [layer.activation for layer in first.layers]
+        # activations that are modules (SC-MLP's, with its frequencies as a buffer) move with the stack
+        self.activation_modules = nn.ModuleList(a for a in self.activations if isinstance(a, nn.Module))
         self.fused_forwards = [layer.fused_forward for layer in first.layers]  # set by finer.nn.fused.fuse
         self.weights = nn.ParameterList(
             [nn.Parameter(torch.stack([m.layers[i].linear.weight.detach() for m in models]))
