@@ -15,7 +15,9 @@ normals cannot fool. The official normal test alone mislabels far points whose n
 on a small inner component or a non-manifold fold: on the Stanford dragon (1,473 components) it
 called 6,611 of 258,253 far grid points inside that the flood fill puts outside, which the network
 then dutifully learned as tubes and blobs; on the watertight bunny both agree on every point.
-An open surface (nothing enclosed) is all outside away from its shell.
+An open surface (nothing enclosed) is all outside away from its shell. The shell is grown by two
+sample spacings, and wider where that leaves gaps the fill would leak through (sparse samples); a
+closed mesh whose inside the fill still does not find is refused (see :meth:`SurfaceIndex._flood_fill`).
 """
 
 from __future__ import annotations
@@ -115,19 +117,61 @@ class SurfaceIndex:
         self.coarse_step = max(1, samples // 50_000)
         self.coarse = cKDTree(self.points[:: self.coarse_step])
         self.coarse_spacing = math.sqrt(mesh.area / len(self.coarse.data))
-        self._flood_fill(OCCUPANCY_RESOLUTION)
+        self._flood_fill(OCCUPANCY_RESOLUTION, mesh, seed)
+        self._check_enclosed(mesh)
 
-    def _flood_fill(self, resolution: int) -> None:
+    def _flood_fill(self, resolution: int, mesh, seed: int) -> None:
         """Voxels of the ``[-BOUND, BOUND]^3`` box: the shell around the samples (dilated enough to
-        close gaps between samples and small holes) and the interior it encloses."""
+        close gaps between samples and small holes) and the interior it encloses.
+
+        The shell is grown by twice the mean sample spacing (6-connected steps). Where that leaves it
+        open, which sparse samples do (their gaps are wider than the mean spacing, and 6-connected steps
+        reach only ``1 / sqrt(3)`` as far diagonally), the flood fill leaks and points just inside the
+        surface come out outside: the shell is then grown again, to the surface's largest distance
+        from its samples in every direction. A closed mesh whose inside is still not found is refused."""
+        self.resolution = resolution
+        voxel = 2 * BOUND / resolution
+        grow = max(1, math.ceil(2 * self.spacing / voxel))
+        self._fill(grow)
+        if self._leaks(grow):
+            import trimesh
+
+            # the largest distance from the surface to its nearest sample, estimated on fresh samples
+            fresh, _ = trimesh.sample.sample_surface(mesh, min(len(self.points), 100_000), seed=seed + 7)
+            cover = float(self.tree.query(np.asarray(fresh), workers=_workers())[0].max())
+            wider = math.ceil(math.sqrt(3) * cover / voxel)
+            if wider > grow:
+                self._fill(wider)
+
+    def _fill(self, grow: int) -> None:
         from scipy import ndimage
 
-        self.resolution = resolution
-        shell = np.zeros((resolution,) * 3, dtype=bool)
+        shell = np.zeros((self.resolution,) * 3, dtype=bool)
         shell[tuple(self._voxels(self.points).T)] = True
-        grow = max(1, math.ceil(2 * self.spacing * resolution / (2 * BOUND)))
+        self.grow = grow
         self.shell = ndimage.binary_dilation(shell, iterations=grow)
         self.interior = ndimage.binary_fill_holes(self.shell) & ~self.shell
+
+    def _leaks(self, grow: int) -> bool:
+        """Whether points just past the shell on the inner side of the samples (along their normals) are
+        more often outside than inside: the fill leaked (or the surface encloses nothing)."""
+        step = max(1, len(self.points) // 4000)
+        q = self.points[::step] - self.normals[::step] * ((grow + 1.5) * 2 * BOUND / self.resolution)
+        filled, shell = self.flood_fill_answer(q)
+        return np.count_nonzero(~filled & ~shell) > np.count_nonzero(filled)
+
+    def _check_enclosed(self, mesh) -> None:
+        """A closed mesh whose volume the flood fill does not find (the interior and the inner half of
+        the shell less than half of it) was not sampled densely enough to close its shell: its ground
+        truth would be wrong, so it is refused."""
+        if not mesh.is_watertight or mesh.volume <= 0:
+            return
+        voxels = np.count_nonzero(self.interior) + np.count_nonzero(self.shell) / 2
+        found = voxels * (2 * BOUND / self.resolution) ** 3
+        if found < 0.5 * mesh.volume:
+            raise FinerError(f"the inside of this closed mesh (volume {mesh.volume:.4g} in the unit box) was not "
+                             f"found: {len(self.points)} surface samples leave gaps the flood fill leaks through; "
+                             "use more surface samples (--surface-samples)")
 
     def _voxels(self, q: np.ndarray) -> np.ndarray:
         return np.clip(np.floor((q + BOUND) / (2 * BOUND) * self.resolution).astype(np.int64), 0, self.resolution - 1)

@@ -61,6 +61,28 @@ def test_far_signs_are_not_fooled_by_a_stray_component():
     assert (by_normal != truth[far]).sum() > 100  # the official test alone gets these wrong
 
 
+@pytest.mark.parametrize("samples", [3_000, 20_000])
+def test_sparse_samples_still_enclose_the_inside(samples):
+    """Few surface samples leave gaps wider than their mean spacing; a shell grown by the spacing alone
+    leaked there, and the whole inside of the mesh came out outside (wrong ground truth, wrong IoU)."""
+    sphere = trimesh.creation.icosphere(subdivisions=4, radius=0.3)
+    index = S.SurfaceIndex(sphere, samples, seed=0)
+    pts = np.random.default_rng(1).uniform(-0.45, 0.45, (4000, 3))
+    true = np.linalg.norm(pts, axis=1) - 0.3
+    clear = np.abs(true) > 0.05  # off the shell, where the fill answers
+    assert (true[clear] < 0).sum() > 200
+    assert np.array_equal(index.signed_distance(pts[clear]) < 0, true[clear] < 0)
+    assert np.array_equal(S.inside(index, pts[clear], near=0.05), true[clear] < 0)
+
+
+def test_a_closed_mesh_whose_inside_is_not_found_is_refused(monkeypatch):
+    monkeypatch.setattr(S.SurfaceIndex, "_leaks", lambda self, grow: False)  # no second, wider shell
+    sphere = trimesh.creation.icosphere(subdivisions=4, radius=0.3)
+    with pytest.raises(FinerError, match="inside of this closed mesh .* not found: 3000 surface samples .* "
+                                         "use more surface samples"):
+        S.SurfaceIndex(sphere, 3_000, seed=0)
+
+
 def test_fast_occupancy_agrees_with_signed_distance(box):
     index = S.SurfaceIndex(box, 50_000)
     grid = S.grid_points(24)
