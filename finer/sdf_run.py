@@ -75,8 +75,9 @@ class SDFRunConfig:
     def validate(self) -> None:
         check_sizes(**{name: getattr(self, name) for name in ("steps", "batch_size", "pool_size", "surface_samples",
                                                               "chamfer_samples", "resolution", "iou_resolution")})
-        if self.pool_size < self.batch_size:
-            raise ConfigError("pool-size must be at least batch-size")
+        if self.pool_size < max(self.batch_size, 2):
+            raise ConfigError(f"pool-size must be at least batch-size and 2 (half coarse points, half fine), "
+                              f"got {self.pool_size}")
 
 
 GRIDS = ("resolution", "iou_resolution")

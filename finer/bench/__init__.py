@@ -15,3 +15,17 @@ def check_models(models: list[str], choices: list[str]) -> None:
         raise FinerError("no models given")
     if len(set(models)) < len(models):
         raise FinerError(f"models listed more than once: {', '.join(models)}")
+
+
+def check_run_names(runs, what: str) -> None:
+    """Refuse a grid in which two runs would share a name: ``runs`` are ``(name, input path, model)``,
+    names compared without case (``x-gauss`` with ``finer`` and ``x`` with ``gauss-finer``; names that
+    differ only by case are one file on macOS and Windows): one would replace the other's files."""
+    named: dict[str, tuple] = {}
+    for record, path, model in runs:
+        key = record.casefold()
+        if key in named and named[key] != (path, model):
+            other = named[key]
+            raise FinerError(f"two runs of this grid would both be named {record!r} ({other[0].name} with {other[1]}, "
+                             f"{path.name} with {model}), and one would replace the other's files: rename one {what}")
+        named[key] = (path, model)

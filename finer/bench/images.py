@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from finer import io
-from finer.bench import REFERENCE, check_models
+from finer.bench import REFERENCE, check_models, check_run_names
 from finer.bench.reference import OfficialFiner
 from finer.errors import CropError, FinerError
 from finer.bench.executors import execute, threads_per_worker
@@ -315,14 +315,7 @@ def _check_grid_names(directory, out: Path, jobs) -> None:
     if long:
         raise FinerError(f"the run name {long[0]!r} is longer than file names may be here ({limit} bytes with its "
                          "extension): rename the image")
-    named: dict[str, tuple] = {}
-    for record, path, model, *_ in jobs:
-        key = record.casefold()  # (names that differ only by case are one file on macOS and Windows)
-        if key in named and named[key] != (path, model):
-            other = named[key]
-            raise FinerError(f"two runs of this grid would both be named {record!r} ({other[0].name} with {other[1]}, "
-                             f"{path.name} with {model}), and one would replace the other's files: rename one image")
-        named[key] = (path, model)
+    check_run_names([(record, path, model) for record, path, model, *_ in jobs], "image")
 
 
 def _protocol_record(directory, images, protocol: Protocol, seeds, device, execution=None) -> dict:

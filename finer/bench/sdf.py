@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 
 from finer import io
-from finer.bench import check_models
+from finer.bench import check_models, check_run_names
 from finer.errors import DivergedError, FinerError, InterruptedRun
 from finer.models import MODELS
 from finer.sdf_run import SDFRunConfig, check_measuring_memory, fit_sdf
@@ -45,10 +45,11 @@ def run_sdf_bench(directory, *, models, out, settings=None, device="auto", progr
     SDFRunConfig(mesh=str(meshes[0]), **settings).validate()  # bad settings: refused before any run
     for path in meshes:  # so are unreadable meshes, and grids too large to measure on one of them
         check_measuring_memory(settings["resolution"], settings["iou_resolution"], normalize(load_mesh(path))[0].area)
+    check_run_names([(_run_name(path, name), path, name) for name in models for path in meshes], "mesh")
     rows, skipped = [], 0
     for name in models:  # method-major: the first methods cover every shape early
         for path in meshes:
-            run_dir = out / "runs" / f"{path.stem}-{name}"
+            run_dir = out / "runs" / _run_name(path, name)
             done = run_dir / "metrics.json"
             cfg = SDFRunConfig(mesh=str(path), model=name, device=device, **settings)
             recorded = io.read_json(done) if done.exists() else {}
@@ -80,6 +81,10 @@ def run_sdf_bench(directory, *, models, out, settings=None, device="auto", progr
     print(f"{len(rows)} runs: " + ", ".join(str(out / name) for name in ("summary.md", "results.json", "results.csv")),
           flush=True)
     return rows
+
+
+def _run_name(mesh: Path, model: str) -> str:
+    return f"{mesh.stem}-{model}"
 
 
 def _protocol_mismatch(run_dir: Path, cfg: SDFRunConfig) -> str:

@@ -266,6 +266,8 @@ class SDFTask:
     def __init__(self, points: np.ndarray, sdf: np.ndarray, device: torch.device, *, batch_size: int = 10_000,
                  coarse_weight: float = 1e-2, seed: int = 0):
         half = len(points) // 2
+        if half == 0:
+            raise FinerError(f"an SDF pool needs coarse and fine points (at least 2), got {len(points)}")
         self.points = torch.as_tensor(points, dtype=torch.float32, device=device)
         self.sdf = torch.as_tensor(sdf, dtype=torch.float32, device=device)[:, None]
         self.half, self.batch_size, self.device = half, batch_size, device

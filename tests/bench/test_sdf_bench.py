@@ -1,11 +1,13 @@
 import json
 
+import numpy as np
 import pytest
+import torch
 import trimesh
 
-from finer.errors import FinerError
-
 from finer.bench.sdf import run_sdf_bench
+from finer.errors import FinerError
+from finer.tasks.sdf import SDFTask
 
 TINY = dict(steps=3, batch_size=200, pool_size=1000, surface_samples=1000, resolution=12, iou_resolution=12,
             chamfer_samples=300)
@@ -46,6 +48,17 @@ def test_meshes_whose_names_differ_only_by_extension_are_refused(tmp_path):
     trimesh.creation.box().export(meshes / "s.stl")
     with pytest.raises(FinerError, match="s.obj and s.stl: meshes whose names differ only by extension or case"):
         run_sdf_bench(meshes, models=["finer"], out=tmp_path / "b", settings=TINY, progress=False)
+    assert not (tmp_path / "b").exists()
+
+
+def test_meshes_whose_runs_would_share_a_name_are_refused_before_any_run(tmp_path):
+    meshes = tmp_path / "meshes"
+    meshes.mkdir()
+    trimesh.creation.icosphere(1).export(meshes / "ball.obj")
+    trimesh.creation.box().export(meshes / "ball-gauss.stl")  # with finer: ball-gauss-finer, as ball with gauss-finer
+    with pytest.raises(FinerError, match=r"two runs of this grid would both be named 'ball-gauss-finer' "
+                                         r"\(ball-gauss.stl with finer, ball.obj with gauss-finer\)"):
+        run_sdf_bench(meshes, models=["finer", "gauss-finer"], out=tmp_path / "b", settings=TINY, progress=False)
     assert not (tmp_path / "b").exists()
 
 
@@ -110,6 +123,12 @@ def test_the_command_takes_every_size_of_the_protocol(tmp_path, capsys):
                  "--pool-size", "100"]) == 2  # fewer points than a step takes: refused before any run
     assert "pool-size must be at least batch-size" in capsys.readouterr().err
     assert not (tmp_path / "c" / "runs").exists()
+    assert main(["bench", "sdf", str(meshes), "--models", "finer", "--out", str(tmp_path / "c"), *sizes,
+                 "--pool-size", "1", "--batch-size", "1"]) == 2  # half coarse, half fine: no half of one
+    assert "pool-size must be at least batch-size and 2 (half coarse points, half fine), got 1" in (
+        capsys.readouterr().err)
+    with pytest.raises(FinerError, match="needs coarse and fine points"):
+        SDFTask(np.zeros((1, 3)), np.zeros(1), torch.device("cpu"), batch_size=1)
 
 
 def test_a_model_listed_twice_is_refused_from_python_too(tmp_path):
