@@ -120,7 +120,8 @@ def evaluate_sdf(model, index: S.SurfaceIndex, true_mesh_unit, norm: S.Normaliza
     # evaluate the network once when the grids match and the whole grid is small (S.shares_grid)
     shared = S.evaluate_grid(model, resolution, device) if S.shares_grid(resolution, iou_resolution) else None
     iou = S.grid_iou(model, index, iou_resolution, device, values=shared, progress=progress)
-    surface = S.extract_surface(model, resolution, device, values=shared, progress=progress)
+    surface = S.extract_surface(model, resolution, device, values=shared, progress=progress,
+                                max_bytes=memory_budget(torch.device("cpu")))
     result: dict[str, Any] = {"iou": round(iou, 5), "chamfer": None, "vertices": 0, "faces": 0}
     if surface is not None:
         result["chamfer"] = S.chamfer_distance(surface, true_mesh_unit, chamfer_samples, seed)
@@ -191,6 +192,9 @@ def fit_sdf(cfg: SDFRunConfig, out: str | Path, *, progress: bool = True, overwr
         except KeyboardInterrupt:
             raise InterruptedRun(f"interrupted while measuring the surface; {out} keeps the network of step "
                                  f"{state.step} (checkpoint.pt), which `finer eval sdf {out}` measures") from None
+        except FinerError as exc:  # the surface too large to hold: the trained network is kept all the same
+            raise FinerError(f"{exc}; {out} keeps the network of step {state.step} (checkpoint.pt): `finer eval sdf "
+                             f"{out} --resolution N` measures it on another grid") from None
     return finished(state, out, metrics)
 
 

@@ -142,6 +142,24 @@ def test_grids_too_large_to_measure_are_refused_before_training(tmp_path, capsys
     assert not (tmp_path / "run").exists()
 
 
+def test_a_surface_too_large_to_hold_stops_measuring_and_keeps_the_network(tmp_path, capsys, monkeypatch):
+    """A fit that is far from smooth can have a surface of about one vertex a grid cell, many times what
+    the check before training allows for: its extraction stops with an error, not an out-of-memory kill."""
+    from finer.tasks import sdf as S
+
+    trimesh.creation.icosphere(subdivisions=2, radius=3.0).export(tmp_path / "ball.off")
+    monkeypatch.setattr(S, "SURFACE_BYTES_PER_VERTEX", 2**50)  # any surface outgrows the memory
+    out = tmp_path / "run"
+    assert main(["fit", "sdf", str(tmp_path / "ball.off"), "--out", str(out), *TINY]) == 2
+    err = capsys.readouterr().err
+    assert "the fitted surface is too large to extract on the" in err and "Traceback" not in err
+    assert f"{out} keeps the network of step 20 (checkpoint.pt): `finer eval sdf {out} --resolution N`" in err
+    assert json.loads((out / "metrics.json").read_text())["status"] == "failed"
+    assert not (out / "mesh.ply").exists()
+    monkeypatch.undo()
+    assert main(["eval", "sdf", str(out), "--resolution", "12", "--quiet"]) == 0  # the kept network measures
+
+
 def test_a_mesh_that_is_the_runs_own_mesh_ply_is_refused(tmp_path, capsys):
     out = tmp_path / "run"
     out.mkdir()

@@ -373,7 +373,9 @@ def measuring_memory(resolution: int, iou_resolution: int, area: float) -> int:
     the marching-cubes grid, one slab of the IoU grid, and the extracted surface, which marching
     cubes makes of about ``1.5 * area * resolution^2`` vertices (``area`` in the unit frame; measured on
     spheres) taken twice over, since a fit that is not yet smooth has more surface than the mesh;
-    about 250 bytes a vertex with its faces, while trimesh merges them."""
+    about 250 bytes a vertex with its faces, while trimesh merges them. A fit that is far from smooth can
+    have many times more (up to about one vertex a grid cell): :func:`extract_surface` stops such a
+    surface when it outgrows the memory a run may use, rather than refusing every grid in advance."""
     mc_slab = resolution**2 * (slab_depth(resolution, 1 << 23) + 1) * 48  # coordinates, values, scikit-image's copy
     iou_slab = max(1 << 22, iou_resolution**2) * 120  # float64 points, nearest samples, masks
     surface = 2 * 1.5 * area * resolution**2 * 250
@@ -381,20 +383,28 @@ def measuring_memory(resolution: int, iou_resolution: int, area: float) -> int:
     return int(max(mc_slab + surface, iou_slab) + shared)
 
 
+SURFACE_BYTES_PER_VERTEX = 600
+"""Host memory an extracted surface takes at its peak, per vertex with its faces (the slabs' pieces, their
+concatenation, and trimesh merging them; measured: a noisy fit's 3.9 M vertices, a process peak of 2.6 GB)."""
+
+
 def extract_surface(model, resolution: int, device, slab: int | None = None, values: np.ndarray | None = None,
-                    progress: bool = False):
+                    progress: bool = False, max_bytes: int | None = None):
     """Marching cubes (scikit-image) of the zero level set, slab by slab along z so a 512^3 field
     is never in memory at once; returns a trimesh in unit coordinates (None if no surface).
     ``values``: the whole grid, if already evaluated (small resolutions). ``progress``: a bar over
-    the slabs (a 1024^3 grid takes a CPU many minutes)."""
+    the slabs (a 1024^3 grid takes a CPU many minutes). ``max_bytes``: the memory the surface may take
+    (:data:`SURFACE_BYTES_PER_VERTEX` a vertex); a surface that outgrows it, as a fit that is not yet
+    smooth can (up to about one vertex per grid cell, where a smooth one has ``1.5 * area * resolution^2``),
+    stops the extraction with an error instead of the process running out of memory."""
     import trimesh
     from tqdm.auto import tqdm
 
     step = 2 * BOUND / (resolution - 1)
     slab = slab or slab_depth(resolution, 1 << 23)  # 32 slices up to 512^3, fewer above
+    starts = range(0, resolution - 1, slab)
     verts, faces, offset = [], [], 0
-    for z0 in tqdm(range(0, resolution - 1, slab), desc=f"surface {resolution}^3", disable=not progress,
-                   leave=False):
+    for done, z0 in enumerate(tqdm(starts, desc=f"surface {resolution}^3", disable=not progress, leave=False), 1):
         z1 = min(z0 + slab + 1, resolution)  # one shared slice with the next slab
         part = values[:, :, z0:z1] if values is not None else evaluate_grid(model, resolution, device, (z0, z1))
         found = _slab_surface(part, z0, step)
@@ -403,6 +413,12 @@ def extract_surface(model, resolution: int, device, slab: int | None = None, val
         verts.append(found[0])
         faces.append(found[1] + offset)
         offset += len(found[0])
+        if max_bytes is not None and offset * SURFACE_BYTES_PER_VERTEX > max_bytes:
+            raise FinerError(f"the fitted surface is too large to extract on the {resolution}^3 grid: "
+                             f"{offset:,} vertices after {done} of {len(starts)} slabs would take about "
+                             f"{offset * SURFACE_BYTES_PER_VERTEX / 2**30:.1f} GiB, more than the "
+                             f"{max_bytes / 2**30:.1f} GiB a run may use (a fit that is not yet smooth has far "
+                             "more surface than the mesh); measure it on a coarser grid")
     if not verts:
         return None
     mesh = trimesh.Trimesh(np.concatenate(verts), np.concatenate(faces), process=False)
