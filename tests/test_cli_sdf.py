@@ -83,6 +83,11 @@ def test_bad_meshes_give_one_line_errors(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "not a mesh" in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "o").exists()
+    (tmp_path / "nan.obj").write_text("v 0 0 0\nv 1 0 0\nv 0 nan 0\nv 0 0 1\nf 1 2 3\nf 1 2 4\n")
+    assert main(["fit", "sdf", str(tmp_path / "nan.obj"), "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert "has 1 vertices of its faces with non-finite coordinates (NaN or infinite)" in err
+    assert "Warning" not in err and len(err.strip().splitlines()) == 1
 
 
 def test_non_watertight_mesh_trains_and_says_how_inside_was_decided(tmp_path):
