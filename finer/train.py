@@ -378,7 +378,9 @@ def fit(
     trainer = trainer or TrainStep(model, task, cfg, optimizer_state)
     optimizer = trainer.optimizer
     schedule = exponential_decay(cfg.steps, cfg.lr_final_factor)
+    # the latest snapshot, whose own loss (the next step's) is not seen yet, and the one before, whose loss was
     good, good_step = _snapshot(model, optimizer), state.step
+    before: tuple[dict, int] | None = None
     pending: list[tuple[int, Tensor, float]] = []
     bar = tqdm(total=cfg.steps, initial=state.step, desc=desc, disable=not progress, dynamic_ncols=True, leave=False,
                mininterval=_bar_interval())
@@ -387,13 +389,16 @@ def fit(
     start = time.perf_counter()
 
     def flush() -> bool:
-        """Move pending losses to the history; False if one of them is bad."""
-        nonlocal good, good_step
+        """Move pending losses to the history; False if one of them is bad (the last good snapshot is then
+        the latest one whose own loss was seen good: the loss of step ``k + 1`` is the network of step ``k``'s)."""
+        nonlocal good, good_step, before
         losses = torch.stack([p[1] for p in pending]).cpu().tolist() if pending else []
         for (step, _, lr), loss in zip(pending, losses):
             if state.first_loss is None:
                 state.first_loss = loss
             if not math.isfinite(loss) or loss > cfg.divergence_factor * max(state.first_loss, 1e-12):
+                if step == good_step and before is not None:  # the latest snapshot is the network that failed
+                    good, good_step = before
                 state.status = "diverged"
                 at_start = step == 0 and not math.isfinite(loss)  # before any update: the network as built
                 state.message = (
@@ -405,6 +410,7 @@ def fit(
                 return False
             state.history.append({"step": step + 1, "loss": loss, **step_metrics(task, loss), "lr": lr})
         pending.clear()
+        before = good, good_step  # (its loss, the first pending one, was good)
         good, good_step = _snapshot(model, optimizer), state.step
         if state.history:
             last = state.history[-1]

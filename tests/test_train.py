@@ -43,6 +43,32 @@ def test_nan_stops_the_run_and_restores_the_last_good_state(astronaut_small):
         assert torch.equal(value, snap["model"][key])
 
 
+class NanGradientTask(ImageTask):
+    """A finite loss whose gradient is NaN at one step (an overflow in backward): the update after it
+    leaves NaN weights, and only the next loss shows it."""
+
+    nan_gradient_at = 10  # the 10th step: the last of a flush of log_every 5
+
+    def loss(self, pred, target):
+        self.calls = getattr(self, "calls", 0) + 1
+        if self.calls == self.nan_gradient_at:
+            pred.register_hook(lambda grad: grad * math.nan)
+        return super().loss(pred, target)
+
+
+def test_a_network_broken_by_the_step_before_a_flush_is_not_kept_as_good(astronaut_small):
+    net = build_model("finer", 2, 3, width=16, hidden_layers=1, seed=0)
+    task = NanGradientTask(astronaut_small, (-1.0, 1.0), torch.device("cpu"))
+    saved = []
+    state = fit(net, task, TrainConfig(steps=20, log_every=5, eval_every=0), progress=False,
+                on_checkpoint=lambda st, snap: saved.append((st.status, st.step, snap)))
+    assert state.status == "diverged" and "step 11" in state.message and "last good step 5" in state.message
+    assert state.step == 5 and [h["step"] for h in state.history] == [1, 2, 3, 4, 5]
+    assert all(torch.isfinite(v).all() for v in net.state_dict().values())  # step 10's weights were NaN
+    assert saved[-1][:2] == ("diverged", 5) and all(torch.isfinite(v).all() for v in saved[-1][2]["model"].values())
+    assert math.isfinite(task.evaluate(net)["psnr"])
+
+
 class BlowUpTask(ImageTask):
     """Targets 100 times larger from step 7 on: a finite loss about 10^4 times the first one."""
 
