@@ -116,24 +116,28 @@ def fit_image_folder(cfg: ImageRunConfig, directory, out, *, batch_signals: int,
     written = ["summary.json", *RUN_FILES, *(str(Path(p.stem) / name) for p in paths for name in RUN_FILES)]
     for path in paths:  # an --overwrite would delete it
         io.check_not_an_output(path, out, written, "image")
-    images = [img.load_image(p, crop=cfg.crop, size=cfg.size, alpha=cfg.alpha) for p in paths]  # all readable first
-    shapes = {im.shape for im in images}
-    if len(shapes) > 1 and batch_signals > 1:
-        listing = ", ".join(f"{p.name} {im.shape[0]}x{im.shape[1]}x{im.shape[2]}" for p, im in zip(paths, images))
-        channels = "" if len({im.shape[2] for im in images}) == 1 else (
+    # before anything is written (an --overwrite deletes the earlier fit): every image readable and within
+    # memory (read one at a time: a folder can be larger than the memory), the options, the device
+    device = resolve_device(cfg.device)
+    budget = img.memory_budget(device)
+    shapes = [img.load_image(p, crop=cfg.crop, size=cfg.size, alpha=cfg.alpha, max_bytes=budget).shape for p in paths]
+    probe = build_model(cfg.model, 2, shapes[0][-1], seed=cfg.seed, **cfg.model_options)
+    problem = cfg.cuda_graph and graph_problem(device)  # (the stacked tasks are full-batch; single runs check theirs)
+    if problem:
+        raise ConfigError(problem)
+    if len(set(shapes)) > 1 and batch_signals > 1:
+        listing = ", ".join(f"{p.name} {h}x{w}x{c}" for p, (h, w, c) in zip(paths, shapes))
+        channels = "" if len({c for *_, c in shapes}) == 1 else (
             "; their channels differ too (grey, RGB, RGBA): convert them or leave some out")
         raise FinerError("stacked networks (--batch-signals) need images of one shape; these differ (height x "
                          f"width x channels: {listing}): "
                          "--crop HxW makes them equal (--size only scales the longer side, keeping each aspect "
                          f"ratio){channels}; or drop --batch-signals to fit them one by one")
     if batch_signals == 1:  # nothing to stack: each image a full, resumable single run
-        del images
         return _fit_one_by_one(cfg, directory, paths, Path(out), progress=progress, overwrite=overwrite, log=log)
+    _check_stack_memory(probe.config, shapes[0], min(batch_signals, len(paths)), budget)
+    del probe
     out = Path(out)
-    device = resolve_device(cfg.device)
-    problem = cfg.cuda_graph and graph_problem(device)  # the stacked tasks are full-batch
-    if problem:
-        raise ConfigError(problem)
     _prepare_out(out, overwrite, kind="image folder")
     for folder in (out, *(out / p.stem for p in paths)):
         io.warn_stale_outputs(folder, "the network of the run this one overwrites")
@@ -143,7 +147,8 @@ def fit_image_folder(cfg: ImageRunConfig, directory, out, *, batch_signals: int,
     rows, total_seconds = [], 0.0
     for start in range(0, len(paths), batch_signals):
         group = list(range(start, min(start + batch_signals, len(paths))))
-        models = [build_model(cfg.model, 2, images[0].shape[-1], seed=cfg.seed, **cfg.model_options).to(device)
+        images = {i: img.load_image(paths[i], crop=cfg.crop, size=cfg.size, alpha=cfg.alpha) for i in group}
+        models = [build_model(cfg.model, 2, shapes[0][-1], seed=cfg.seed, **cfg.model_options).to(device)
                   for _ in group]
         fused = [apply_fused(m, cfg.fused, cfg.steps) for m in models][0]
         train_cfg = TrainConfig(steps=cfg.steps, lr=models[0].config.lr, eval_every=0, checkpoint_every=0,
@@ -161,6 +166,19 @@ def fit_image_folder(cfg: ImageRunConfig, directory, out, *, batch_signals: int,
                                    device))
             log(_said(rows[-1]))
     return _write_summary(out, directory, cfg, batch_signals, rows, total_seconds, str(device))
+
+
+def _check_stack_memory(mcfg, shape: tuple, count: int, budget: int) -> None:
+    """Refuse a stack of ``count`` full-batch fits of ``shape`` images that would not fit in ``budget``
+    bytes (a single fit would train on random batches instead; a stack cannot)."""
+    h, w, _ = shape
+    one = img.full_batch_bytes(h * w, mcfg.width, mcfg.hidden_layers + 1, mcfg.complex_weights)
+    if count * one > budget:
+        fits = budget // one
+        hint = (f"--batch-signals {fits} fits" if fits >= 2 else
+                "not even two fit: drop --batch-signals to fit the images one by one (on random batches if need be)")
+        raise FinerError(f"{count} stacked full-batch fits of {h}x{w} images need about {count * one / 2**30:.1f} GiB, "
+                         f"more than the {budget / 2**30:.1f} GiB a run may use; {hint}")
 
 
 def _write_summary(out: Path, directory, cfg: ImageRunConfig, batch_signals: int, rows: list[dict],

@@ -154,6 +154,33 @@ def test_batched_fit_errors(folder, tmp_path, capsys):
     assert "needs a folder" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("stack", [[], ["--batch-signals", "2"]], ids=["one-by-one", "stacked"])
+def test_a_refit_with_bad_options_keeps_the_earlier_fit(folder, tmp_path, capsys, stack):
+    out = tmp_path / "d"
+    base = ["fit", "image", str(folder), "--steps", "2", "--width", "8", "--hidden-layers", "1", "--eval-every", "0",
+            "--out", str(out), "--quiet", *stack]
+    assert main(base) == 0
+    kept = sorted(str(p.relative_to(out)) for p in out.rglob("*"))
+    for bad, message in ((["--option", "bogus=1"], "has no option bogus"),
+                         (["--cuda-graph", "--device", "cpu"], "a CUDA graph needs a CUDA device")):
+        assert main([*base, "--overwrite", *bad]) == 2
+        assert message in capsys.readouterr().err
+        assert sorted(str(p.relative_to(out)) for p in out.rglob("*")) == kept  # nothing deleted
+
+
+def test_a_stack_too_large_for_the_memory_is_refused_before_any_work(folder, tmp_path, capsys, monkeypatch):
+    import finer.tasks.image
+
+    one = finer.tasks.image.full_batch_bytes(24 * 24, 8, 2, False)  # the folder's 24x24 images, 8 wide, 2 layers
+    monkeypatch.setattr(finer.tasks.image, "memory_budget", lambda device: int(2.5 * one))
+    out = tmp_path / "d"
+    assert main(["fit", "image", str(folder), "--batch-signals", "3", "--width", "8", "--hidden-layers", "1",
+                 "--steps", "2", "--out", str(out), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "3 stacked full-batch fits of 24x24 images need about" in err and "--batch-signals 2 fits" in err
+    assert not out.exists()
+
+
 @pytest.mark.parametrize("name", ["finer", "gauss"])
 def test_stacked_fused_layers_keep_outputs_and_gradients(name):
     """Fused stacked layers (batched product, bias + kernel in one pass) against the plain stacked path."""
