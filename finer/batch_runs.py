@@ -220,9 +220,9 @@ def refresh_summary(run_dir: Path, metrics: dict) -> Path | None:
         return None
     rows[hits[0]] = {**_row(name, metrics), "resumed": time.strftime("%Y-%m-%d")}
     summary["diverged"] = [r["image"] for r in rows if r.get("status") == "diverged"]
-    summary["train_seconds"] = sum(r["seconds"] for r in rows)
+    summary["train_seconds"] = sum(io.stored_number(r["seconds"]) for r in rows)
     summary["images_per_second"] = len(rows) / max(summary["train_seconds"], 1e-12)
-    summary["mean_psnr"] = float(np.mean([r["psnr"] for r in rows]))
+    summary["mean_psnr"] = float(np.mean([io.stored_number(r["psnr"]) for r in rows]))  # ("inf": a constant image)
     io.write_json(path, summary)
     return path
 

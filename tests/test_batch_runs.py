@@ -255,6 +255,20 @@ def test_a_folder_without_batch_signals_is_fitted_one_by_one(folder, tmp_path, c
     assert row["steps"] == 6 and "resumed" in row
 
 
+def test_resuming_an_image_of_a_folder_whose_summary_holds_an_infinite_psnr(folder, tmp_path, capsys):
+    """A constant image fitted exactly has PSNR inf, stored as "inf" in the summary: a resume of another image
+    refreshes the totals all the same (the mean is then inf)."""
+    out = tmp_path / "f"
+    assert main(["fit", "image", str(folder), "--steps", "3", "--width", "8", "--hidden-layers", "1", "--quiet",
+                 "--out", str(out)]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    summary["runs"][1]["psnr"] = "inf"
+    (out / "summary.json").write_text(json.dumps(summary))
+    assert main(["resume", str(out / "00"), "--steps", "5", "--quiet"]) == 0
+    after = json.loads((out / "summary.json").read_text())
+    assert after["mean_psnr"] == "inf" and after["runs"][0]["steps"] == 5 and after["runs"][1]["psnr"] == "inf"
+
+
 def test_ctrl_c_in_a_folder_fit_exits_130_and_says_what_was_kept(folder, tmp_path, capsys, monkeypatch):
     import finer.batch_runs
     from finer.train import FitState
