@@ -56,15 +56,15 @@ def _white(im: Image.Image) -> float:
     return 255.0 if bits == 8 else 65535.0
 
 
-def to_float(im: Image.Image, white: float | None = None) -> np.ndarray:
+def to_float(im: Image.Image, white: float | None = None, source: str = "the image") -> np.ndarray:
     """PIL image -> float32 ``(H, W, C)`` array in [0, 1], keeping an alpha channel if present.
-    ``white``: of an integer-mode image, as :func:`_white` found it in the file (default: its own)."""
+    ``white``: of an integer-mode image, as :func:`_white` found it in the file (default: its own).
+    ``source``: what an error calls the image (a float image must hold finite values in [0, 1])."""
     if im.mode in ("I;16", "I;16B", "I;16L", "I"):
         arr = np.asarray(im, dtype=np.float64)
         return (np.clip(arr / (white or _white(im)), 0, 1)[..., None]).astype(np.float32)
     if im.mode == "F":
-        arr = np.asarray(im, dtype=np.float32)
-        return np.clip(arr, 0, 1)[..., None]
+        return _checked_float(np.asarray(im, dtype=np.float32), source)[..., None]
     has_alpha = im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info)
     if im.mode in ("L", "1"):
         im = im.convert("L")
@@ -150,11 +150,36 @@ def _sample_image(name: str) -> np.ndarray:
     import skimage.data
 
     fn = getattr(skimage.data, name, None)
-    if fn is None or not callable(fn):
+    if name.startswith("_") or fn is None or not callable(fn):
         raise FinerError(f"scikit-image has no sample image {name!r} (try skimage:astronaut)")
-    arr = np.asarray(fn())
-    arr = arr.astype(np.float32) / (255.0 if arr.dtype == np.uint8 else float(np.iinfo(arr.dtype).max))
+    try:
+        arr = np.asarray(fn())
+    except Exception as exc:  # a sample fetched on demand (needs pooch and the network), or not an image
+        first = str(exc).split(".")[0]
+        raise FinerError(f"scikit-image's {name!r} cannot be read as a sample image here ({type(exc).__name__}: "
+                         f"{first}); those that ship with it load offline, e.g. skimage:astronaut") from None
+    if not (arr.ndim == 2 or (arr.ndim == 3 and 1 <= arr.shape[-1] <= 4)) or arr.size == 0:
+        raise FinerError(f"scikit-image's {name!r} is not a 2-D image of up to 4 channels (shape {arr.shape})")
+    if arr.dtype == bool:
+        arr = arr.astype(np.float32)
+    elif np.issubdtype(arr.dtype, np.integer):
+        arr = np.clip(arr.astype(np.float32) / float(np.iinfo(arr.dtype).max), 0, 1)
+    else:
+        arr = _checked_float(arr.astype(np.float32), f"skimage:{name}")
     return arr[..., None] if arr.ndim == 2 else arr
+
+
+def _checked_float(arr: np.ndarray, source: str) -> np.ndarray:
+    """A float image's values, which must be finite and in [0, 1] (clipping others would make, say, a float
+    image of 0-255 values all white)."""
+    if not np.isfinite(arr).all():
+        raise FinerError(f"{source} is a float image with {int((~np.isfinite(arr)).sum())} non-finite values "
+                         "(NaN or infinite); repair or convert it")
+    low, high = float(arr.min()), float(arr.max())
+    if low < 0 or high > 1:
+        raise FinerError(f"{source} is a float image with values from {low:.4g} to {high:.4g}; float images are read "
+                         "as [0, 1] (convert it to 8 or 16 bits, or scale it into [0, 1])")
+    return arr
 
 
 def _read_file(path: Path, max_bytes: int | None) -> np.ndarray:
@@ -162,7 +187,9 @@ def _read_file(path: Path, max_bytes: int | None) -> np.ndarray:
         raise FinerError(f"image file not found: {path}")
     if path.is_dir():
         raise FinerError(f"expected an image file, got a directory: {path}")
-    guard, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None  # we check the size ourselves, before decoding
+    guard = Image.MAX_IMAGE_PIXELS
+    if max_bytes is not None:  # we check the size ourselves, before decoding; else PIL's guard stays
+        Image.MAX_IMAGE_PIXELS = None
     try:
         with Image.open(path) as im:
             w, h = im.size
@@ -174,8 +201,8 @@ def _read_file(path: Path, max_bytes: int | None) -> np.ndarray:
                 )
             im.load()
             white = _white(im) if im.mode.startswith("I") else None  # (the file's tags: before transposing)
-            return to_float(ImageOps.exif_transpose(im), white)  # as viewers show it (a phone's rotated JPEG)
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+            return to_float(ImageOps.exif_transpose(im), white, str(path))  # as viewers show it (a rotated JPEG)
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
         raise FinerError(f"cannot read image {path}: {exc}") from None
     finally:
         Image.MAX_IMAGE_PIXELS = guard  # the caller's process keeps PIL's own guard

@@ -120,7 +120,7 @@ def load_views(scene: str | Path, split: str, *, views: int | None = None, downs
             with Image.open(path) as im:
                 # 16-bit or float grey: scaled by its format, then read at 8 bits as the RGBA views are
                 if im.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
-                    im = Image.fromarray((to_float(im)[..., 0] * 255 + 0.5).astype(np.uint8), "L")
+                    im = Image.fromarray((to_float(im, source=str(path))[..., 0] * 255 + 0.5).astype(np.uint8), "L")
                 size = size or im.size
                 if im.size != size:
                     raise FinerError(f"view {path} is {im.width}x{im.height}, the split's first view "

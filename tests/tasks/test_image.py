@@ -84,6 +84,44 @@ def test_bad_files(tmp_path):
         img.load_image(tmp_path)
 
 
+def test_float_images_must_hold_finite_values_in_0_1(tmp_path):
+    ok = np.linspace(0, 1, 16, dtype=np.float32).reshape(4, 4)
+    Image.fromarray(ok, "F").save(tmp_path / "ok.tif")
+    np.testing.assert_allclose(img.load_image(tmp_path / "ok.tif")[..., 0], ok)
+    Image.fromarray(ok * 240 + 15, "F").save(tmp_path / "wide.tif")  # 0-255 floats: were clipped to all white
+    with pytest.raises(FinerError, match="wide.tif is a float image with values from 15 to 255; float images are "
+                                         "read as \\[0, 1\\]"):
+        img.load_image(tmp_path / "wide.tif")
+    bad = ok.copy()
+    bad[1, 2] = np.nan
+    Image.fromarray(bad, "F").save(tmp_path / "nan.tif")
+    with pytest.raises(FinerError, match="nan.tif is a float image with 1 non-finite values"):
+        img.load_image(tmp_path / "nan.tif")
+
+
+@pytest.mark.parametrize("name, shape", [("horse", (328, 400, 1)), ("shepp_logan_phantom", (400, 400, 1)),
+                                         ("camera", (512, 512, 1))])
+def test_scikit_image_samples_of_every_kind_are_read(name, shape):
+    arr = img.load_image(f"skimage:{name}")  # bool, float and 8-bit samples
+    assert arr.shape == shape and arr.dtype == np.float32 and arr.min() >= 0 and arr.max() == 1
+
+
+@pytest.mark.parametrize("name, message", [
+    ("lfw_subset", "is not a 2-D image of up to 4 channels \\(shape \\(200, 25, 25\\)\\)"),
+    ("file_hash", "cannot be read as a sample image here"), ("_fetch", "has no sample image"),
+    ("nonesuch", "has no sample image")])
+def test_scikit_image_names_that_are_no_sample_image_are_refused(name, message):
+    with pytest.raises(FinerError, match=message):
+        img.load_image(f"skimage:{name}")
+
+
+def test_without_a_memory_budget_pils_decompression_guard_applies(png_path, monkeypatch):
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)  # the 24x24 image is then a "bomb" to PIL
+    with pytest.raises(FinerError, match="cannot read image .*decompression bomb"):
+        img.load_image(png_path)
+    assert img.load_image(png_path, max_bytes=2**30).shape == (24, 24, 3)  # our own check instead
+
+
 def test_too_large_for_memory_is_refused_before_decoding(png_path):
     with pytest.raises(FinerError, match="more than the .* GiB available"):
         img.load_image(png_path, max_bytes=1000)
