@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,12 +25,12 @@ import torch
 from torch import Tensor
 
 from finer import io, plots
-from finer.errors import ConfigError, DivergedError, FinerError, InterruptedRun
+from finer.errors import ConfigError, DivergedError, FinerError, FinerWarning, InterruptedRun
 from finer.metrics import psnr, psnr_from_mse, ssim
 from finer.models import build_model, count_parameters, network_shape
 from finer.nn.fused import apply_fused
 from finer.nn.stacked import StackedMLP
-from finer.runs import RUN_FILES, ImageRunConfig, _prepare_out, resolve_device
+from finer.runs import RUN_FILES, ImageRunConfig, _prepare_out, precision_note, resolve_device
 from finer.tasks import image as img
 from finer.train import TrainConfig, fit, graph_problem
 
@@ -137,6 +138,9 @@ def fit_image_folder(cfg: ImageRunConfig, directory, out, *, batch_signals: int,
         return _fit_one_by_one(cfg, directory, paths, Path(out), progress=progress, overwrite=overwrite, log=log)
     _check_stack_memory(probe.config, shapes[0], min(batch_signals, len(paths)), budget)
     del probe
+    note = precision_note(cfg.precision, device)
+    if note:  # done otherwise than asked: a warning, as a single fit gives
+        warnings.warn(note, FinerWarning, stacklevel=2)
     out = Path(out)
     _prepare_out(out, overwrite, kind="image folder")
     for folder in (out, *(out / p.stem for p in paths)):
@@ -296,7 +300,9 @@ def _write_one(folder: Path, model, path: Path, image: np.ndarray, cfg: ImageRun
                "steps": state.step, "steps_planned": cfg.steps, "psnr": round(psnr(pred, image), 4),
                "ssim": round(ssim(pred, image), 5),
                "seconds": round(seconds, 3), "seconds_per_step": round(seconds / max(state.step, 1), 5),
-               "device": str(device), "fused": fused["fused"], "precision": cfg.precision, "image": str(path.resolve()),
+               "device": str(device), "fused": fused["fused"], "precision": cfg.precision,
+               **({"precision_note": note} if (note := precision_note(cfg.precision, device)) else {}),
+               "image": str(path.resolve()),
                "image_height": h, "image_width": w, "image_channels": c, "lr": mcfg.lr, "seed": cfg.seed,
                "batch_signals": group_size,
                "note": "trained with the other images of its group as one stacked network; seconds are the "

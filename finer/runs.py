@@ -198,6 +198,13 @@ def _prepare_out(out: Path, overwrite: bool, create: bool = True, resumable: boo
         out.mkdir(parents=True, exist_ok=True)
 
 
+def precision_note(precision: str, device: torch.device) -> str:
+    """What a run computes otherwise than its ``--precision`` says (empty if nothing): tf32 off CUDA."""
+    if precision == "tf32" and device.type != "cuda":
+        return "tf32 changes only CUDA matrix products: on the CPU this run computes in float32, as fp32 does"
+    return ""
+
+
 class _Run:
     """The pieces of one image run, shared by a fresh fit and a resumed one."""
 
@@ -228,8 +235,7 @@ class _Run:
                     f"a full batch of {h}x{w} pixels needs about {full / 2**30:.1f} GiB "
                     f"(> {budget / 2**30:.1f} GiB available): training on random batches of {self.batch_size} pixels"
                 )
-        self.precision_note = ("tf32 changes only CUDA matrix products: on the CPU this run computes in float32, "
-                               "as fp32 does" if cfg.precision == "tf32" and self.device.type != "cuda" else "")
+        self.precision_note = precision_note(cfg.precision, self.device)
         self.note = "; ".join(filter(None, [self.note, self.precision_note]))
         self.task = img.ImageTask(
             self.image,

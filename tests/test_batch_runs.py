@@ -168,6 +168,14 @@ def test_a_refit_with_bad_options_keeps_the_earlier_fit(folder, tmp_path, capsys
         assert sorted(str(p.relative_to(out)) for p in out.rglob("*")) == kept  # nothing deleted
 
 
+def test_a_stacked_fit_says_tf32_does_nothing_on_a_cpu_as_a_single_fit_does(folder, tmp_path, capsys):
+    out = tmp_path / "d"
+    assert main(["fit", "image", str(folder), "--batch-signals", "3", "--width", "8", "--hidden-layers", "1",
+                 "--steps", "2", "--precision", "tf32", "--device", "cpu", "--out", str(out), "--quiet"]) == 0
+    assert "warning: tf32 changes only CUDA matrix products" in capsys.readouterr().err
+    assert "float32, as fp32 does" in json.loads((out / "00" / "metrics.json").read_text())["precision_note"]
+
+
 def test_a_stack_too_large_for_the_memory_is_refused_before_any_work(folder, tmp_path, capsys, monkeypatch):
     import finer.tasks.image
 
