@@ -151,7 +151,8 @@ def fit_image_folder(cfg: ImageRunConfig, directory, out, *, batch_signals: int,
     rows, total_seconds = [], 0.0
     for start in range(0, len(paths), batch_signals):
         group = list(range(start, min(start + batch_signals, len(paths))))
-        images = {i: img.load_image(paths[i], crop=cfg.crop, size=cfg.size, alpha=cfg.alpha) for i in group}
+        images = {i: img.load_image(paths[i], crop=cfg.crop, size=cfg.size, alpha=cfg.alpha, max_bytes=budget)
+                  for i in group}
         models = [build_model(cfg.model, 2, shapes[0][-1], seed=cfg.seed, **cfg.model_options).to(device)
                   for _ in group]
         fused = [apply_fused(m, cfg.fused, cfg.steps) for m in models][0]

@@ -120,9 +120,16 @@ def evaluate_sdf(model, index: S.SurfaceIndex, true_mesh_unit, norm: S.Normaliza
     # evaluate the network once when the grids match and the whole grid is small (S.shares_grid)
     shared = S.evaluate_grid(model, resolution, device) if S.shares_grid(resolution, iou_resolution) else None
     iou = S.grid_iou(model, index, iou_resolution, device, values=shared, progress=progress)
-    surface = S.extract_surface(model, resolution, device, values=shared, progress=progress,
-                                max_bytes=memory_budget(torch.device("cpu")))
     result: dict[str, Any] = {"iou": round(iou, 5), "chamfer": None, "vertices": 0, "faces": 0}
+    try:
+        surface = S.extract_surface(model, resolution, device, values=shared, progress=progress,
+                                    max_bytes=memory_budget(torch.device("cpu")))
+        no_surface = (f"the network's SDF does not cross zero on the {resolution}^3 grid: no surface, so no "
+                      "mesh.ply and no Chamfer distance (train longer, or check the fit)")
+    except S.SurfaceTooLarge as exc:  # a result all the same: the IoU stands, the surface is not measured
+        surface, result["vertices"], result["faces"] = None, None, None
+        no_surface = (f"{exc}: no mesh.ply and no Chamfer distance; `finer eval sdf RUN --resolution N` measures "
+                      "the saved network on a coarser grid")
     if surface is not None:
         result["chamfer"] = S.chamfer_distance(surface, true_mesh_unit, chamfer_samples, seed)
         result.update(vertices=len(surface.vertices), faces=len(surface.faces))
@@ -134,8 +141,7 @@ def evaluate_sdf(model, index: S.SurfaceIndex, true_mesh_unit, norm: S.Normaliza
         io.atomic_write(out / "mesh.ply", lambda tmp: export.export(tmp, file_type="ply"))
     else:  # no surface: an earlier evaluation's mesh must not stay beside this result
         (out / "mesh.ply").unlink(missing_ok=True)
-        result["surface_note"] = (f"the network's SDF does not cross zero on the {resolution}^3 grid: no surface, "
-                                  "so no mesh.ply and no Chamfer distance (train longer, or check the fit)")
+        result["surface_note"] = no_surface
     render_meshes({"ground truth": true_mesh_unit, "fit": surface}, out / "render.png")
     return result
 
@@ -192,9 +198,6 @@ def fit_sdf(cfg: SDFRunConfig, out: str | Path, *, progress: bool = True, overwr
         except KeyboardInterrupt:
             raise InterruptedRun(f"interrupted while measuring the surface; {out} keeps the network of step "
                                  f"{state.step} (checkpoint.pt), which `finer eval sdf {out}` measures") from None
-        except FinerError as exc:  # the surface too large to hold: the trained network is kept all the same
-            raise FinerError(f"{exc}; {out} keeps the network of step {state.step} (checkpoint.pt): `finer eval sdf "
-                             f"{out} --resolution N` measures it on another grid") from None
     return finished(state, out, metrics)
 
 

@@ -68,7 +68,8 @@ def run_sdf_bench(directory, *, models, out, settings=None, device="auto", progr
             except InterruptedRun:  # not a result: a rerun fits it again
                 raise KeyboardInterrupt from None
             rows.append({"shape": path.stem, **{k: v for k, v in metrics.items() if k != "out"}})  # as metrics.json
-            chamfer = "none (no surface)" if metrics["chamfer"] is None else f"{metrics['chamfer']:.3e}"
+            chamfer = (f"{metrics['chamfer']:.3e}" if metrics["chamfer"] is not None else
+                       "none (surface too large to hold)" if metrics.get("vertices") is None else "none (no surface)")
             print(f"{path.stem:10s} {name:8s} chamfer {chamfer} IoU {metrics['iou']:.4f} "
                   f"{metrics['seconds_per_step']:.3f} s/step"
                   + (f" (diverged: {metrics.get('message', '')})" if metrics["status"] == "diverged" else ""),
@@ -135,6 +136,9 @@ def _write(out: Path, rows, models, meshes, settings) -> None:
         lines.append("| **mean** | " + " | ".join(means) + " |")
     if any(r["status"] == "diverged" for r in rows):
         lines += ["", "† the loss diverged; scored at the last good step, whose checkpoint the run keeps."]
+    if any(r.get("chamfer") is None for r in rows):
+        lines += ["", "A Chamfer distance of - in a finished run: no surface was measured (none crossed zero, or it "
+                      "was too large to hold; the run's `surface_note` says which); the means leave it out."]
     text = "\n".join(lines) + "\n"
     io.atomic_write(out / "summary.md", lambda tmp: Path(tmp).write_text(text))
 

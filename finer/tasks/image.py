@@ -117,7 +117,8 @@ def load_image(
         size: resize (anti-aliased) so that the longer side is ``size`` pixels.
         alpha: RGBA/LA images: ``"white"`` or ``"black"`` composite over that background
             (default white), ``"keep"`` fits the alpha channel too, ``"drop"`` ignores it.
-        max_bytes: refuse images whose decoded float array would exceed this many bytes.
+        max_bytes: refuse images whose decoded float array would exceed this many bytes (default: the
+            CPU's :func:`memory_budget`, half the available memory), before decoding them.
     Grey images have one channel, colour images three (four with ``alpha="keep"``).
     """
     if alpha not in ALPHA_CHOICES:
@@ -182,19 +183,19 @@ def _checked_float(arr: np.ndarray, source: str) -> np.ndarray:
     return arr
 
 
-def _read_file(path: Path, max_bytes: int | None) -> np.ndarray:
+def _read_file(path: Path, max_bytes: int | None = None) -> np.ndarray:
     if not path.exists():
         raise FinerError(f"image file not found: {path}")
     if path.is_dir():
         raise FinerError(f"expected an image file, got a directory: {path}")
-    guard = Image.MAX_IMAGE_PIXELS
-    if max_bytes is not None:  # we check the size ourselves, before decoding; else PIL's guard stays
-        Image.MAX_IMAGE_PIXELS = None
+    if max_bytes is None:
+        max_bytes = memory_budget(torch.device("cpu"))
+    guard, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None  # we check the size ourselves, before decoding
     try:
         with Image.open(path) as im:
             w, h = im.size
             needed = w * h * 4 * 4 * 3  # float32, up to 4 channels, a few copies while converting
-            if max_bytes is not None and needed > max_bytes:
+            if needed > max_bytes:
                 raise FinerError(
                     f"image {path} is {w}x{h} pixels: decoding it needs about {needed / 2**30:.1f} GiB, "
                     f"more than the {max_bytes / 2**30:.1f} GiB available; crop or downscale it first"
@@ -202,7 +203,7 @@ def _read_file(path: Path, max_bytes: int | None) -> np.ndarray:
             im.load()
             white = _white(im) if im.mode.startswith("I") else None  # (the file's tags: before transposing)
             return to_float(ImageOps.exif_transpose(im), white, str(path))  # as viewers show it (a rotated JPEG)
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
         raise FinerError(f"cannot read image {path}: {exc}") from None
     finally:
         Image.MAX_IMAGE_PIXELS = guard  # the caller's process keeps PIL's own guard

@@ -17,7 +17,7 @@ called 6,611 of 258,253 far grid points inside that the flood fill puts outside,
 then dutifully learned as tubes and blobs; on the watertight bunny both agree on every point.
 An open surface (nothing enclosed) is all outside away from its shell. The shell is grown by two
 sample spacings, and wider where that leaves gaps the fill would leak through (sparse samples); a
-closed mesh whose inside the fill still does not find is refused (see :meth:`SurfaceIndex._flood_fill`).
+closed mesh whose fill still leaks is refused (see :meth:`SurfaceIndex._flood_fill`).
 """
 
 from __future__ import annotations
@@ -138,14 +138,16 @@ class SurfaceIndex:
         grow = max(1, math.ceil(2 * self.spacing / voxel))
         self._fill(grow)
         if self._leaks(grow):
-            import trimesh
-
-            # the largest distance from the surface to its nearest sample, estimated on fresh samples
-            fresh, _ = trimesh.sample.sample_surface(mesh, min(len(self.points), 100_000), seed=seed + 7)
-            cover = float(self.tree.query(np.asarray(fresh), workers=_workers())[0].max())
-            wider = math.ceil(math.sqrt(3) * cover / voxel)
+            wider = math.ceil(math.sqrt(3) * self._cover(mesh, seed) / voxel)
             if wider > grow:
                 self._fill(wider)
+
+    def _cover(self, mesh, seed: int) -> float:
+        """The largest distance from the surface to its nearest sample, estimated on fresh samples."""
+        import trimesh
+
+        fresh, _ = trimesh.sample.sample_surface(mesh, min(len(self.points), 100_000), seed=seed + 7)
+        return float(self.tree.query(np.asarray(fresh), workers=_workers())[0].max())
 
     def _fill(self, grow: int) -> None:
         from scipy import ndimage
@@ -165,17 +167,12 @@ class SurfaceIndex:
         return np.count_nonzero(~filled & ~shell) > np.count_nonzero(filled)
 
     def _check_enclosed(self, mesh) -> None:
-        """A closed mesh whose volume the flood fill does not find (the interior and the inner half of
-        the shell less than half of it) was not sampled densely enough to close its shell: its ground
-        truth would be wrong, so it is refused."""
-        if not mesh.is_watertight or mesh.volume <= 0:
-            return
-        voxels = np.count_nonzero(self.interior) + np.count_nonzero(self.shell) / 2
-        found = voxels * (2 * BOUND / self.resolution) ** 3
-        if found < 0.5 * mesh.volume:
-            raise FinerError(f"the inside of this closed mesh (volume {mesh.volume:.4g} in the unit box) was not "
-                             f"found: {len(self.points)} surface samples leave gaps the flood fill leaks through; "
-                             "use more surface samples (--surface-samples)")
+        """A closed mesh whose fill still leaks (points just inside its samples come out outside more often
+        than inside) was not sampled densely enough to close its shell: its ground truth would be wrong, so
+        it is refused."""
+        if mesh.is_watertight and self._leaks(self.grow):
+            raise FinerError(f"the inside of this closed mesh was not found: {len(self.points)} surface samples leave "
+                             "gaps the flood fill leaks through; use more surface samples (--surface-samples)")
 
     def _voxels(self, q: np.ndarray) -> np.ndarray:
         return np.clip(np.floor((q + BOUND) / (2 * BOUND) * self.resolution).astype(np.int64), 0, self.resolution - 1)
@@ -372,24 +369,29 @@ def shares_grid(resolution: int, iou_resolution: int) -> bool:
     return resolution == iou_resolution <= 512
 
 
-def measuring_memory(resolution: int, iou_resolution: int, area: float) -> int:
-    """Bytes of host memory that measuring a fit takes at its peak, about: the larger of one slab of
-    the marching-cubes grid, one slab of the IoU grid, and the extracted surface, which marching
-    cubes makes of about ``1.5 * area * resolution^2`` vertices (``area`` in the unit frame; measured on
-    spheres) taken twice over, since a fit that is not yet smooth has more surface than the mesh;
-    about 250 bytes a vertex with its faces, while trimesh merges them. A fit that is far from smooth can
-    have many times more (up to about one vertex a grid cell): :func:`extract_surface` stops such a
-    surface when it outgrows the memory a run may use, rather than refusing every grid in advance."""
-    mc_slab = resolution**2 * (slab_depth(resolution, 1 << 23) + 1) * 48  # coordinates, values, scikit-image's copy
-    iou_slab = max(1 << 22, iou_resolution**2) * 120  # float64 points, nearest samples, masks
-    surface = 2 * 1.5 * area * resolution**2 * 250
-    shared = resolution**3 * 4 if shares_grid(resolution, iou_resolution) else 0  # the whole grid's values
-    return int(max(mc_slab + surface, iou_slab) + shared)
+class SurfaceTooLarge(FinerError):
+    """An extracted surface that would outgrow the memory a run may use (see :func:`extract_surface`)."""
 
 
 SURFACE_BYTES_PER_VERTEX = 600
 """Host memory an extracted surface takes at its peak, per vertex with its faces (the slabs' pieces, their
 concatenation, and trimesh merging them; measured: a noisy fit's 3.9 M vertices, a process peak of 2.6 GB)."""
+
+
+def measuring_memory(resolution: int, iou_resolution: int, area: float) -> int:
+    """Bytes of host memory that measuring a fit takes at its peak, about: the larger of one slab of
+    the marching-cubes grid, one slab of the IoU grid, and the extracted surface, which marching
+    cubes makes of about ``1.5 * area * resolution^2`` vertices (``area`` in the unit frame; measured on
+    spheres) taken twice over, since a fit that is not yet smooth has more surface than the mesh;
+    :data:`SURFACE_BYTES_PER_VERTEX` a vertex with its faces, while trimesh merges them. A fit that is
+    far from smooth can have many times more (up to about one vertex a grid cell): :func:`extract_surface`
+    stops such a surface when it outgrows the memory a run may use, rather than refusing every grid in
+    advance."""
+    mc_slab = resolution**2 * (slab_depth(resolution, 1 << 23) + 1) * 48  # coordinates, values, scikit-image's copy
+    iou_slab = max(1 << 22, iou_resolution**2) * 120  # float64 points, nearest samples, masks
+    surface = 2 * 1.5 * area * resolution**2 * SURFACE_BYTES_PER_VERTEX
+    shared = resolution**3 * 4 if shares_grid(resolution, iou_resolution) else 0  # the whole grid's values
+    return int(max(mc_slab + surface, iou_slab) + shared)
 
 
 def extract_surface(model, resolution: int, device, slab: int | None = None, values: np.ndarray | None = None,
@@ -418,11 +420,11 @@ def extract_surface(model, resolution: int, device, slab: int | None = None, val
         faces.append(found[1] + offset)
         offset += len(found[0])
         if max_bytes is not None and offset * SURFACE_BYTES_PER_VERTEX > max_bytes:
-            raise FinerError(f"the fitted surface is too large to extract on the {resolution}^3 grid: "
+            raise SurfaceTooLarge(f"the fitted surface is too large to extract on the {resolution}^3 grid: "
                              f"{offset:,} vertices after {done} of {len(starts)} slabs would take about "
                              f"{offset * SURFACE_BYTES_PER_VERTEX / 2**30:.1f} GiB, more than the "
                              f"{max_bytes / 2**30:.1f} GiB a run may use (a fit that is not yet smooth has far "
-                             "more surface than the mesh); measure it on a coarser grid")
+                             "more surface than the mesh)")
     if not verts:
         return None
     mesh = trimesh.Trimesh(np.concatenate(verts), np.concatenate(faces), process=False)

@@ -76,11 +76,17 @@ def test_sparse_samples_still_enclose_the_inside(samples):
 
 
 def test_a_closed_mesh_whose_inside_is_not_found_is_refused(monkeypatch):
-    monkeypatch.setattr(S.SurfaceIndex, "_leaks", lambda self, grow: False)  # no second, wider shell
+    monkeypatch.setattr(S.SurfaceIndex, "_cover", lambda self, mesh, seed: 0.0)  # no second, wider shell
     sphere = trimesh.creation.icosphere(subdivisions=4, radius=0.3)
-    with pytest.raises(FinerError, match="inside of this closed mesh .* not found: 3000 surface samples .* "
+    with pytest.raises(FinerError, match="inside of this closed mesh was not found: 3000 surface samples .* "
                                          "use more surface samples"):
         S.SurfaceIndex(sphere, 3_000, seed=0)
+    monkeypatch.undo()
+    # closed parts that overlap (their volumes add up to more than their union's): found, not refused
+    parts = [trimesh.creation.icosphere(subdivisions=3, radius=0.3).apply_translation([dx, 0, 0])
+             for dx in (-0.02, 0.0, 0.02)]
+    index = S.SurfaceIndex(trimesh.util.concatenate(parts), 50_000, seed=0)
+    assert index.signed_distance(np.zeros((1, 3)))[0] < -0.25
 
 
 def test_fast_occupancy_agrees_with_signed_distance(box):
