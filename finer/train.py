@@ -378,7 +378,7 @@ def fit(
     trainer = trainer or TrainStep(model, task, cfg, optimizer_state)
     optimizer = trainer.optimizer
     schedule = exponential_decay(cfg.steps, cfg.lr_final_factor)
-    # the latest snapshot, whose own loss (the next step's) is not seen yet, and the one before, whose loss was
+    # the latest snapshot, whose own loss (the next step's) is not seen yet, and the one before it, whose loss is
     good, good_step = _snapshot(model, optimizer), state.step
     before: tuple[dict, int] | None = None
     pending: list[tuple[int, Tensor, float]] = []
@@ -447,6 +447,11 @@ def fit(
             overhead += time.perf_counter() - t0
     bar.close()
     state.train_seconds += time.perf_counter() - start - overhead
+    if state.status == "running" and before is not None and not _all_finite(model):  # no later loss shows it
+        good, good_step = before
+        state.status = "diverged"
+        state.message = (f"the update of step {state.step} left non-finite weights; stopped, last good step "
+                         f"{good_step} (try a lower learning rate, or check the input)")
     if state.status == "diverged":
         model.load_state_dict(good["model"])
         state.step = good_step
@@ -464,6 +469,10 @@ def _bar_interval() -> float:
     notebook = any(cls.__module__ == "tqdm.notebook" for cls in tqdm.__mro__)  # what tqdm.auto chose
     interactive = notebook or (hasattr(sys.stderr, "isatty") and sys.stderr.isatty())
     return 0.1 if interactive else 30.0
+
+
+def _all_finite(model: nn.Module) -> bool:
+    return bool(torch.stack([torch.isfinite(p).all() for p in model.parameters()]).all())
 
 
 def _snapshot(model: nn.Module, optimizer: torch.optim.Optimizer) -> dict:

@@ -69,6 +69,16 @@ def test_a_network_broken_by_the_step_before_a_flush_is_not_kept_as_good(astrona
     assert math.isfinite(task.evaluate(net)["psnr"])
 
 
+def test_a_nan_gradient_at_the_last_step_is_caught_without_a_later_loss(astronaut_small):
+    net = build_model("finer", 2, 3, width=16, hidden_layers=1, seed=0)
+    task = NanGradientTask(astronaut_small, (-1.0, 1.0), torch.device("cpu"))
+    task.nan_gradient_at = 20
+    state = fit(net, task, TrainConfig(steps=20, log_every=5, eval_every=0), progress=False)
+    assert state.status == "diverged" and state.step == 15
+    assert "the update of step 20 left non-finite weights; stopped, last good step 15" in state.message
+    assert all(torch.isfinite(v).all() for v in net.state_dict().values())
+
+
 class BlowUpTask(ImageTask):
     """Targets 100 times larger from step 7 on: a finite loss about 10^4 times the first one."""
 

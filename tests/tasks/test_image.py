@@ -106,9 +106,15 @@ def test_scikit_image_samples_of_every_kind_are_read(name, shape):
     assert arr.shape == shape and arr.dtype == np.float32 and arr.min() >= 0 and arr.max() == 1
 
 
+def test_a_random_scikit_image_sample_is_the_same_image_at_every_read():
+    first = img.load_image("skimage:binary_blobs", size=64)  # a fit, its resume and its scores read it again
+    assert first.std() > 0.3 and np.array_equal(first, img.load_image("skimage:binary_blobs", size=64))
+
+
 @pytest.mark.parametrize("name, message", [
     ("lfw_subset", "is not a 2-D image of up to 4 channels \\(shape \\(200, 25, 25\\)\\)"),
     ("file_hash", "cannot be read as a sample image here"), ("_fetch", "has no sample image"),
+    ("stereo_motorcycle", "is not one image \\(it gives 3 arrays\\)"),
     ("nonesuch", "has no sample image")])
 def test_scikit_image_names_that_are_no_sample_image_are_refused(name, message):
     with pytest.raises(FinerError, match=message):
