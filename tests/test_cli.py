@@ -301,6 +301,31 @@ def test_eval_image_prints_metrics_as_json(tmp_path, capsys):
     assert "must match" in capsys.readouterr().err
 
 
+def test_every_command_takes_quiet_and_debug(tmp_path, capsys):
+    """A script passes --quiet (and --debug) to any command; none refuses them as unknown."""
+    import argparse
+
+    from finer.cli import build_parser
+
+    leaves = []
+
+    def walk(parser, where):
+        subs = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+        for action in subs:
+            for name, sub in action.choices.items():
+                walk(sub, f"{where} {name}")
+        if not subs:
+            leaves.append((where, {o for a in parser._actions for o in a.option_strings}))
+
+    walk(build_parser(), "finer")
+    assert len(leaves) > 15
+    assert [where for where, options in leaves if not {"--quiet", "--debug"} <= options] == []
+    out = tmp_path / "act"  # --quiet keeps the analysis's lines off stdout
+    assert main(["analyze", "activations", "--k", "1", "--width", "8", "--hidden-layers", "1", "--resolution", "8",
+                 "--out", str(out), "--quiet"]) == 0
+    assert capsys.readouterr().out == "" and any(out.iterdir())
+
+
 def test_every_choice_list_of_the_parser_is_the_librarys():
     """The parser (torch-free, for a fast --help) restates the library's choice lists; they must not drift."""
     import argparse

@@ -116,6 +116,7 @@ def _add_models(sub) -> None:
     """`finer models`."""
     p = sub.add_parser("models", help="list the registered models and their defaults")
     p.add_argument("--json", action="store_true", help="print the defaults as JSON")
+    p.add_argument("--quiet", action="store_true", help=argparse.SUPPRESS)  # (accepted as by every command)
     p.add_argument("--debug", action="store_true", help=argparse.SUPPRESS)
     p.set_defaults(run=commands.list_models)
 
@@ -210,6 +211,7 @@ def _add_eval(sub) -> None:
     p.add_argument("--alpha", choices=["white", "black", "drop"], default="white",
                    help="how an alpha channel is composited before comparing (default white)")
     p.add_argument("--no-lpips", action="store_true", help="skip LPIPS")
+    p.add_argument("--quiet", action="store_true", help="accepted as by every command (it prints only its JSON)")
     p.add_argument("--debug", action="store_true", help="show tracebacks")
     p.set_defaults(run=commands.eval_image)
 
@@ -275,6 +277,7 @@ def _add_analyze(sub) -> None:
     p.add_argument("--seed", type=_seed, default=0, help="random seed (default 0)")
     p.add_argument("--out", required=True, help="results folder (it may hold other files)")
     p.add_argument("--overwrite", action="store_true", help="replace an earlier NTK analysis in --out")
+    p.add_argument("--quiet", action="store_true", help="print nothing but errors (the results are in --out)")
     p.add_argument("--debug", action="store_true", help="show tracebacks")
     p.set_defaults(run=commands.analyze_ntk)
     p = an_sub.add_parser("activations", help="supplement Fig. 5: activation statistics at initialisation")
@@ -288,6 +291,7 @@ def _add_analyze(sub) -> None:
     p.add_argument("--seed", type=_seed, default=0, help="seed of the initialisation (default 0)")
     p.add_argument("--out", required=True, help="results folder (it may hold other files)")
     p.add_argument("--overwrite", action="store_true", help="replace an earlier activation analysis in --out")
+    p.add_argument("--quiet", action="store_true", help="print nothing but errors (the results are in --out)")
     p.add_argument("--debug", action="store_true", help="show tracebacks")
     p.set_defaults(run=commands.analyze_activations)
     p = an_sub.add_parser("neurons", help="first-layer neurons of a trained image model")
@@ -295,6 +299,7 @@ def _add_analyze(sub) -> None:
     p.add_argument("--count", type=_positive_int, default=64, help="neurons in the picture (default 64)")
     p.add_argument("--out", help="folder (default: CHECKPOINT_DIR/neurons)")
     p.add_argument("--overwrite", action="store_true", help="replace an earlier neuron analysis in that folder")
+    p.add_argument("--quiet", action="store_true", help="accepted as by every command (it prints only its JSON)")
     p.add_argument("--debug", action="store_true", help="show tracebacks")
     p.set_defaults(run=commands.analyze_neurons)
 
@@ -304,16 +309,18 @@ def _add_bench_grid(bench_sub) -> None:
     for name, help_text in (("images", "fit a folder of images with several models; write a table"),
                             ("width", "supplement Fig. 2: PSNR against hidden width (two hidden layers)")):
         p = bench_sub.add_parser(name, help=help_text)
+        sweep = name == "width"
         p.add_argument("directory", help="folder of images")
         p.add_argument("--models", default="finer,siren,gauss,wire,pemlp,official-finer",
                        help="comma-separated registry names; official-finer is the eager reference "
                             "(default finer,siren,gauss,wire,pemlp,official-finer)")
         p.add_argument("--preset", default="quick", choices=["quick", "paper"],
-                       help="quick: 256-px crops downscaled to 128, 3x128, 1000 steps; paper: 512^2, 3x256, 5000")
+                       help=("quick: 256-px crops downscaled to 128, 1000 steps; paper: 512^2, 5000 steps (the "
+                             "widths of --widths, two hidden layers)") if sweep else
+                            "quick: 256-px crops downscaled to 128, 3x128, 1000 steps; paper: 512^2, 3x256, 5000")
         p.add_argument("--steps", type=_positive_int, help="override the preset's steps")
         # a width sweep sets both itself (--widths; two hidden layers): there they are refused, not listed
         # (and defined, so that --width is not taken as an abbreviation of --widths)
-        sweep = name == "width"
         p.add_argument("--hidden-layers", type=_non_negative_int,
                        help=argparse.SUPPRESS if sweep else "override the preset's hidden layers")
         p.add_argument("--width", type=_positive_int,
@@ -356,6 +363,7 @@ def _add_bench_compare(bench_sub) -> None:
     p.add_argument("pairs", nargs="*", metavar="A:B", help="method pairs: mean/min/max of A - B, images A wins")
     p.add_argument("--lead", metavar="A", help="A's margin over the best other method on each image")
     p.add_argument("--json", action="store_true", help="print JSON (one object per comparison)")
+    p.add_argument("--quiet", action="store_true", help="accepted as by every command (it prints only its result)")
     p.add_argument("--debug", action="store_true", help="show tracebacks")
     p.set_defaults(run=commands.bench_compare)
 
