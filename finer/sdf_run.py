@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -16,7 +17,7 @@ from typing import Any, Callable
 import torch
 
 from finer import io
-from finer.errors import ConfigError, FinerError, InterruptedRun
+from finer.errors import ConfigError, FinerError, FinerWarning, InterruptedRun
 from finer.models import build_model, count_parameters, make_config, network_shape, plain_numbers
 from finer.nn.fused import apply_fused
 from finer.render3d import render_meshes
@@ -142,6 +143,7 @@ def evaluate_sdf(model, index: S.SurfaceIndex, true_mesh_unit, norm: S.Normaliza
     else:  # no surface: an earlier evaluation's mesh must not stay beside this result
         (out / "mesh.ply").unlink(missing_ok=True)
         result["surface_note"] = no_surface
+        warnings.warn(no_surface, FinerWarning, stacklevel=2)  # (also in metrics.json / eval.json)
     render_meshes({"ground truth": true_mesh_unit, "fit": surface}, out / "render.png")
     return result
 

@@ -100,7 +100,7 @@ def test_non_watertight_mesh_trains_and_says_how_inside_was_decided(tmp_path):
     assert metrics["watertight"] is False and "not watertight" in metrics["inside_outside"]
 
 
-def test_an_evaluation_without_a_surface_leaves_no_mesh_of_an_earlier_one(tmp_path):
+def test_an_evaluation_without_a_surface_leaves_no_mesh_of_an_earlier_one(tmp_path, capsys):
     import torch
 
     from finer.io import load_checkpoint, save_checkpoint
@@ -119,6 +119,7 @@ def test_an_evaluation_without_a_surface_leaves_no_mesh_of_an_earlier_one(tmp_pa
                  "--out", str(ev)]) == 0
     result = json.loads((ev / "eval.json").read_text())
     assert result["vertices"] == 0 and not (ev / "mesh.ply").exists() and "no surface" in result["surface_note"]
+    assert "warning: the network's SDF does not cross zero on the 16^3 grid" in capsys.readouterr().err
     # the measurement itself (which a fit's own evaluation also runs) leaves no earlier surface behind
     from finer.sdf_run import evaluate_sdf
     from finer.tasks import sdf as S

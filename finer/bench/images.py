@@ -427,8 +427,9 @@ def run_grid(plan, out: Path, device: str, progress: bool, on_row=None, executio
             row.update({k: io.stored_number(row[k]) for k in ("psnr", "ssim") if k in row})  # NaN/inf as measured
             mismatch = protocol_mismatch(row, protocol, digests[key])
             if mismatch:
-                raise FinerError(f"{record} is a run of another protocol or image ({mismatch}); write this grid to "
-                                 "another --out, or delete that folder's runs")
+                advice = ("--report-only reports the grid its options describe: give the options it was run with"
+                          if not train else "write this grid to another --out, or delete that folder's runs")
+                raise FinerError(f"{record} is a run of another protocol or image ({mismatch}); {advice}")
             done[record_name] = row
             partial.unlink(missing_ok=True)  # left if a run stopped between its record and this
             continue

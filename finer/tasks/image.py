@@ -140,6 +140,12 @@ def load_image(
             raise FinerError(f"size must be a positive integer, got {size!r}")
         scale = size / max(arr.shape[:2])
         shape = (max(1, round(arr.shape[0] * scale)), max(1, round(arr.shape[1] * scale)))
+        needed = shape[0] * shape[1] * arr.shape[2] * 8 * 3  # float64 while resizing, a few copies
+        budget = memory_budget(torch.device("cpu")) if max_bytes is None else max_bytes
+        if needed > budget:
+            raise FinerError(f"size {size} makes the {arr.shape[0]}x{arr.shape[1]} image {shape[0]}x{shape[1]} pixels, "
+                             f"about {needed / 2**30:.1f} GiB to resize, more than the {budget / 2**30:.1f} GiB "
+                             "available; choose a smaller size")
         if shape != arr.shape[:2]:
             from skimage.transform import resize
 

@@ -265,8 +265,11 @@ def test_a_rerun_with_other_settings_does_not_take_the_old_runs(image_dir, tmp_p
         changed = [*args]
         changed[changed.index(flag) + 1] = value
         assert main(changed) == 2
-        assert said in capsys.readouterr().err
+        err = capsys.readouterr().err
+        assert said in err and "write this grid to another --out" in err
         assert main([*changed, "--report-only"]) == 2
+        err = capsys.readouterr().err  # nothing to delete or move: the options were not the grid's
+        assert said in err and "give the options it was run with" in err and "delete" not in err
         assert (out / "summary.md").read_text() == summary  # the old grid's table stays as it was
     same = [*args]
     same[same.index("--crop") + 1] = "16x16"  # the same crop written otherwise: the same pixels, accepted

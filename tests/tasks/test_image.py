@@ -131,6 +131,10 @@ def test_without_a_memory_budget_the_cpus_applies(png_path, monkeypatch):
 def test_too_large_for_memory_is_refused_before_decoding(png_path):
     with pytest.raises(FinerError, match="more than the .* GiB available"):
         img.load_image(png_path, max_bytes=1000)
+    # an upscaling --size is checked before resizing (skimage:camera is 512x512)
+    with pytest.raises(FinerError, match="size 100000 makes the 512x512 image 100000x100000 pixels, about .* GiB to "
+                                         "resize, more than the .* GiB available; choose a smaller size"):
+        img.load_image("skimage:camera", size=100_000)
 
 
 def test_coordinate_grid():
