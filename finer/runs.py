@@ -163,7 +163,8 @@ def default_out_dir(cfg: ImageRunConfig) -> Path:
 
 
 KINDS = {"image": "an image run", "sdf": "an SDF run", "nerf": "a NeRF run",
-         "image folder": "a folder fit of images (summary.json)"}
+         "image folder": "a folder fit of images (summary.json)",
+         "benchmark": "a benchmark's results (results.json or width.json, runs/)"}
 
 
 def _folder_kind(out: Path) -> str | None:
@@ -171,7 +172,18 @@ def _folder_kind(out: Path) -> str | None:
     kind = _run_kind(out)
     if kind is None and isinstance(io.read_record(out / "summary.json").get("runs"), list):
         return "image folder"
+    if kind is None and any(isinstance(io.read_record(out / name).get("runs"), list)
+                            for name in ("results.json", "width.json")):
+        return "benchmark"
     return kind
+
+
+def check_bench_out(out: Path) -> None:
+    """A benchmark's ``--out`` must not be a run's folder (its tables and runs would mix with the run's files)."""
+    kind = _folder_kind(out) if Path(out).is_dir() else None
+    if kind not in (None, "benchmark"):
+        raise FinerError(f"--out {out} holds {KINDS[kind]}; a benchmark writes its tables and runs into a folder of "
+                         "its own: choose another --out")
 
 
 def _prepare_out(out: Path, overwrite: bool, create: bool = True, resumable: bool = False,

@@ -35,7 +35,7 @@ from finer.metrics import image_metrics, psnr_difference
 from finer.models import MODELS, build_model, count_parameters
 from finer.nn.fused import apply_fused
 from finer.nn.stacked import stack_problem
-from finer.runs import device_name, resolve_device
+from finer.runs import check_bench_out, device_name, resolve_device
 from finer.tasks.image import ImageTask, load_image, save_image
 from finer.train import FitState, TrainConfig, continued_fit, fit, fit_record
 
@@ -307,6 +307,7 @@ def _check_grid_names(directory, out: Path, jobs) -> None:
     every run's files (``runs/RECORD.partial.pt`` the longest) have names the file system takes, and no two
     runs share a name (``x-gauss.png`` with ``finer`` and ``x.png`` with ``gauss-finer``: one would replace
     the other's files)."""
+    check_bench_out(out)
     if out.resolve() == Path(directory).resolve():
         raise FinerError(f"--out {out} is the image folder: the grid's pictures would be taken for images when it "
                          "runs again; choose another folder (a subfolder is fine)")

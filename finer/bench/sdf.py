@@ -18,6 +18,7 @@ from finer import io
 from finer.bench import check_models, check_run_names
 from finer.errors import DivergedError, FinerError, InterruptedRun
 from finer.models import MODELS
+from finer.runs import check_bench_out
 from finer.sdf_run import SDFRunConfig, check_measuring_memory, fit_sdf
 from finer.tasks.sdf import load_mesh, normalize
 
@@ -46,6 +47,7 @@ def run_sdf_bench(directory, *, models, out, settings=None, device="auto", progr
     for path in meshes:  # so are unreadable meshes, and grids too large to measure on one of them
         check_measuring_memory(settings["resolution"], settings["iou_resolution"], normalize(load_mesh(path))[0].area)
     check_run_names([(_run_name(path, name), path, name) for name in models for path in meshes], "mesh")
+    check_bench_out(out)
     rows, skipped = [], 0
     for name in models:  # method-major: the first methods cover every shape early
         for path in meshes:

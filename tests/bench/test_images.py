@@ -253,6 +253,25 @@ def test_an_interrupted_run_continues_from_its_partial_state(astronaut_small, tm
         bench.run_one(dataclasses.replace(job(partial), seed=1))
 
 
+def test_a_benchmark_folder_and_a_run_folder_do_not_take_each_others_outputs(image_dir, tmp_path, capsys):
+    bench, run = tmp_path / "bench", tmp_path / "run"
+    assert main(["bench", "images", str(image_dir), "--models", "finer", "--limit", "1", "--steps", "2", "--width",
+                 "8", "--crop", "16", "--size", "16", "--out", str(bench), "--quiet"]) == 0
+    kept = sorted(str(p.relative_to(bench)) for p in bench.rglob("*"))
+    assert main(["fit", "image", str(image_dir / "00.png"), "--steps", "2", "--width", "8", "--out", str(bench),
+                 "--overwrite", "--quiet"]) == 2
+    assert "holds a benchmark's results (results.json or width.json, runs/)" in capsys.readouterr().err
+    assert sorted(str(p.relative_to(bench)) for p in bench.rglob("*")) == kept
+    assert main(["fit", "image", str(image_dir / "00.png"), "--steps", "2", "--width", "8", "--out", str(run),
+                 "--quiet"]) == 0
+    capsys.readouterr()
+    for command in (["images", str(image_dir), "--models", "finer"], ["width", str(image_dir), "--widths", "4"]):
+        assert main(["bench", *command, "--limit", "1", "--steps", "2", "--out", str(run), "--quiet"]) == 2
+        assert "holds an image run; a benchmark writes its tables and runs into a folder of its own" in (
+            capsys.readouterr().err)
+    assert not (run / "runs").exists()
+
+
 def test_a_rerun_with_other_settings_does_not_take_the_old_runs(image_dir, tmp_path, capsys):
     out = tmp_path / "bench"
     args = ["bench", "images", str(image_dir), "--models", "finer", "--limit", "1", "--steps", "3", "--width", "8",
