@@ -101,9 +101,23 @@ def sdf_model_options(model: str, overrides: dict[str, Any]) -> dict[str, Any]:
     return {**options, **overrides}
 
 
-def check_measuring_memory(resolution: int, iou_resolution: int, area: float) -> None:
-    """Refuse grids whose measurement would not fit in memory, before any training or evaluation."""
-    need, budget = S.measuring_memory(resolution, iou_resolution, area), memory_budget(torch.device("cpu"))
+SAMPLE_BYTES = {"surface_samples": 200, "pool_size": 120, "chamfer_samples": 150}
+"""Host memory per point, about: a ground-truth surface sample (coordinates, normal, KD-tree, sampling's
+temporaries), a training point (its coordinates and distance, on the host and the device), a Chamfer sample
+(on both surfaces, with their trees)."""
+
+
+def check_measuring_memory(resolution: int, iou_resolution: int, area: float, **samples: int) -> None:
+    """Refuse grids whose measurement, or sample counts (``surface_samples``, ``pool_size``,
+    ``chamfer_samples``: :data:`SAMPLE_BYTES`) whose arrays, would not fit in memory, before any training
+    or evaluation."""
+    budget = memory_budget(torch.device("cpu"))
+    held = sum(SAMPLE_BYTES[name] * count for name, count in samples.items())
+    if held > budget:
+        counts = ", ".join(f"{name.replace('_', '-')} {count}" for name, count in samples.items())
+        raise ConfigError(f"the sample counts ({counts}) need about {held / 2**30:.1f} GiB of memory, more than the "
+                          f"{budget / 2**30:.1f} GiB a run may use (half the available memory); lower them")
+    need = S.measuring_memory(resolution, iou_resolution, area)
     if need > budget:
         raise ConfigError(f"measuring the fit at resolution {resolution} (marching cubes) and iou-resolution "
                           f"{iou_resolution} needs about {need / 2**30:.1f} GiB of memory, more than the "
@@ -162,7 +176,8 @@ def fit_sdf(cfg: SDFRunConfig, out: str | Path, *, progress: bool = True, overwr
     model = build_model(cfg.model, 3, 1, seed=cfg.seed, **sdf_model_options(cfg.model, cfg.model_options)).to(device)
     fused = apply_fused(model, cfg.fused, cfg.steps)
     unit, norm = S.normalize(mesh)
-    check_measuring_memory(cfg.resolution, cfg.iou_resolution, unit.area)
+    check_measuring_memory(cfg.resolution, cfg.iou_resolution, unit.area, surface_samples=cfg.surface_samples,
+                           pool_size=cfg.pool_size, chamfer_samples=cfg.chamfer_samples)
     t0 = time.perf_counter()
     index = S.SurfaceIndex(unit, cfg.surface_samples, cfg.seed)
     points, sdf = S.training_pool(unit, index, cfg.pool_size, cfg.seed)
@@ -268,7 +283,8 @@ def eval_sdf(checkpoint: str | Path, mesh_path: str | Path | None = None, *, out
     mesh = S.load_mesh(mesh_path)
     unit = mesh.copy()
     unit.vertices = norm.to_unit(mesh.vertices)
-    check_measuring_memory(settings["resolution"], settings["iou_resolution"], unit.area)
+    check_measuring_memory(settings["resolution"], settings["iou_resolution"], unit.area,
+                           surface_samples=settings["surface_samples"], chamfer_samples=settings["chamfer_samples"])
     warning = _other_mesh(folder, mesh_path, task.get("mesh"))
     io.check_not_an_output(mesh_path, out, EVAL_FILES, "mesh")
     io.check_claim(out, EVAL_FILES, overwrite, "evaluation")  # (claimed once the measurements are in hand)

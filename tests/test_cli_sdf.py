@@ -146,6 +146,11 @@ def test_grids_too_large_to_measure_are_refused_before_training(tmp_path, capsys
     err = capsys.readouterr().err
     assert "resolution 100000" in err and "GiB" in err and "Traceback" not in err
     assert not (tmp_path / "run").exists()
+    assert main(["fit", "sdf", str(tmp_path / "ball.off"), "--out", str(tmp_path / "run"), *TINY,
+                 "--surface-samples", "300000000000"]) == 2  # (a count that once ran a machine out of memory)
+    err = capsys.readouterr().err
+    assert "the sample counts (surface-samples 300000000000, pool-size 5000, chamfer-samples 2000) need" in err
+    assert not (tmp_path / "run").exists()
 
 
 def test_a_surface_too_large_to_hold_is_not_measured_and_the_run_says_why(tmp_path, capsys, monkeypatch):
