@@ -15,6 +15,7 @@ import dataclasses
 import functools
 import hashlib
 import math
+import os
 import platform
 import statistics
 import time
@@ -374,6 +375,12 @@ class Execution:
     checkpoint_every: int = 250
     """Steps between writes of a run's state to ``OUT/runs/RECORD.partial.pt``, from which a rerun
     continues it (0: none; runs fitted as one stacked network start again)."""
+
+    def __post_init__(self):
+        most = 4 * (os.cpu_count() or 1)  # local worker processes; (a Ray cluster's are its own)
+        if self.executor == "local" and self.workers > most:
+            raise FinerError(f"workers {self.workers} is more than {most} processes, 4 per core of this machine; "
+                             "each run already uses the threads its worker gets")
 
 
 def protocol_mismatch(row: dict, protocol: Protocol, digest: str) -> str:

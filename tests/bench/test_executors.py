@@ -46,3 +46,15 @@ def test_ray_leaves_the_commands_sigterm_handler_in_place():
             seen.append((result, signal.getsignal(signal.SIGTERM)))
         assert signal.getsignal(signal.SIGTERM) is interrupt
     assert seen == [(0, interrupt)]
+
+
+def test_more_local_workers_than_four_a_core_are_refused(tmp_path, capsys):
+    import os
+
+    from finer.cli import main
+
+    too_many = 4 * (os.cpu_count() or 1) + 1
+    assert main(["bench", "images", str(tmp_path), "--models", "finer", "--workers", str(too_many), "--out",
+                 str(tmp_path / "b")]) == 2
+    assert f"workers {too_many} is more than" in capsys.readouterr().err and not (tmp_path / "b").exists()
+    assert main(["bench", "images", str(tmp_path), "--workers", "1000000000000", "--out", str(tmp_path / "b")]) == 2
