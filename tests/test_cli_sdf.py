@@ -88,6 +88,10 @@ def test_bad_meshes_give_one_line_errors(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "has 1 vertices of its faces with non-finite coordinates (NaN or infinite)" in err
     assert "Warning" not in err and len(err.strip().splitlines()) == 1
+    (tmp_path / "far.obj").write_text("v 0 0 0\nv 1 0 0\nv 0 1e300 0\nv 0 0 1\nf 1 2 3\nf 1 2 4\n")
+    assert main(["fit", "sdf", str(tmp_path / "far.obj"), "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert "has vertex coordinates up to 1e+300, too large to compute with" in err and "Warning" not in err
 
 
 def test_non_watertight_mesh_trains_and_says_how_inside_was_decided(tmp_path):

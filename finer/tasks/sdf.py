@@ -63,10 +63,14 @@ def load_mesh(path: str | os.PathLike):
         raise FinerError(f"{path} is empty or not a mesh (no vertices read)")
     if len(loaded.faces) == 0:
         raise FinerError(f"{path} has vertices but no faces (a point cloud?); a surface mesh is needed")
-    bad = ~np.isfinite(np.asarray(loaded.vertices)[np.unique(loaded.faces)]).all(axis=1)
+    used = np.asarray(loaded.vertices)[np.unique(loaded.faces)]
+    bad = ~np.isfinite(used).all(axis=1)
     if bad.any():
         raise FinerError(f"{path} has {int(bad.sum())} vertices of its faces with non-finite coordinates (NaN or "
                          "infinite); repair the mesh")
+    if np.abs(used).max() > 1e100:  # areas and normals overflow (their squares) long before float64's end
+        raise FinerError(f"{path} has vertex coordinates up to {np.abs(used).max():.3g}, too large to compute with; "
+                         "repair or rescale the mesh")
     if not loaded.area > 0:
         raise FinerError(f"{path} has zero surface area")
     # STL repeats each corner per face, OBJ per texture coordinate or normal: merged by position only,
