@@ -406,6 +406,9 @@ def bench_speed(args: argparse.Namespace) -> int:
         if Path(args.out).suffix.lower() == ".json":
             raise FinerError(f"--out {args.out}: the report's data are written beside the report as NAME.json, which "
                              "would overwrite the report itself; give the report another name (NAME.md)")
+        if Path(args.out).suffix.lower() != ".md":
+            raise FinerError(f"--out {args.out}: the report is Markdown; give it a name ending in .md (its data go "
+                             "beside it as NAME.json)")
         written = [Path(args.out), Path(args.out).with_suffix(".json"), Path(args.out).with_suffix(".profile.txt")]
         for path in written[:2]:
             io.check_out(path, folder=False)
@@ -413,6 +416,10 @@ def bench_speed(args: argparse.Namespace) -> int:
         if present and not args.overwrite:
             raise FinerError(f"{', '.join(present)}: an earlier report; choose another --out or pass --overwrite "
                              "to replace it")
+        data = io.read_record(written[1]) if written[1].is_file() else None
+        if present and (data is None or "gemm_floor_seconds_per_step" not in data):  # --overwrite: only a report
+            raise FinerError(f"{', '.join(present)}: not an earlier speed report (no {written[1].name} of one beside "
+                             "it); --overwrite replaces only that: choose another --out")
     if args.signals and args.signals_dir:
         from finer.bench.images import list_images
 

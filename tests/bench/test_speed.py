@@ -38,12 +38,22 @@ def test_an_earlier_report_is_kept_unless_overwrite(tmp_path, monkeypatch, capsy
     assert main(["bench", "speed", "--out", str(out), "--quiet"]) == 2
     assert "an earlier report; choose another --out or pass --overwrite" in capsys.readouterr().err
     assert out.read_text() == "an earlier report"
+    # --overwrite replaces an earlier speed report only: not a run's metrics.json, not a picture
+    assert main(["bench", "speed", "--out", str(out), "--overwrite", "--quiet"]) == 2
+    assert "not an earlier speed report (no speed.json of one beside it)" in capsys.readouterr().err
+    (tmp_path / "metrics.json").write_text('{"task": "image", "psnr": 30.0}')
+    assert main(["bench", "speed", "--out", str(tmp_path / "metrics.md"), "--overwrite", "--quiet"]) == 2
+    assert "not an earlier speed report" in capsys.readouterr().err
+    assert main(["bench", "speed", "--out", str(tmp_path / "pic.png"), "--overwrite", "--quiet"]) == 2
+    assert "the report is Markdown; give it a name ending in .md" in capsys.readouterr().err
     monkeypatch.undo()
+    out.with_suffix(".json").write_text('{"gemm_floor_seconds_per_step": 1.0}')  # an earlier report's data
     out.with_suffix(".profile.txt").write_text("an earlier report's profiles")
     assert main(["bench", "speed", "--size", "16", "--width", "8", "--hidden-layers", "1", "--steps", "1",
                  "--repeats", "1", "--warmup", "0", "--models", "finer", "--no-compile", "--identity-steps", "0",
                  "--signals", "0", "--out", str(out), "--overwrite", "--quiet"]) == 0
     assert "| finer |" in out.read_text() and not out.with_suffix(".profile.txt").exists()  # none stay
+    assert (tmp_path / "metrics.json").read_text() == '{"task": "image", "psnr": 30.0}'
 
 
 @pytest.mark.parametrize("models, message", [
