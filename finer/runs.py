@@ -178,12 +178,21 @@ def _folder_kind(out: Path) -> str | None:
     return kind
 
 
-def check_bench_out(out: Path) -> None:
-    """A benchmark's ``--out`` must not be a run's folder (its tables and runs would mix with the run's files)."""
-    kind = _folder_kind(out) if Path(out).is_dir() else None
+def check_bench_out(out: Path, bench: str) -> None:
+    """A benchmark's ``--out`` must not be a run's folder, nor hold another benchmark's results (``bench``:
+    this one's, ``images``, ``width`` or ``sdf``): tables and runs would mix, or replace the others'."""
+    out = Path(out)
+    kind = _folder_kind(out) if out.is_dir() else None
     if kind not in (None, "benchmark"):
         raise FinerError(f"--out {out} holds {KINDS[kind]}; a benchmark writes its tables and runs into a folder of "
                          "its own: choose another --out")
+    rows = io.read_record(out / "results.json").get("runs")
+    found = ("width" if isinstance(io.read_record(out / "width.json").get("runs"), list) else
+             None if not isinstance(rows, list) or not rows else
+             "sdf" if any(isinstance(r, dict) and "shape" in r for r in rows) else "images")
+    if found not in (None, bench):
+        raise FinerError(f"--out {out} holds the results of `finer bench {found}`; `finer bench {bench}` would "
+                         "replace or mix with its tables: choose another --out")
 
 
 def _prepare_out(out: Path, overwrite: bool, create: bool = True, resumable: bool = False,

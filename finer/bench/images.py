@@ -303,12 +303,12 @@ def list_images(directory, limit: int | None = None) -> list[Path]:
     return images
 
 
-def _check_grid_names(directory, out: Path, jobs) -> None:
+def _check_grid_names(directory, out: Path, jobs, bench: str) -> None:
     """Before any work: ``out`` is not the image folder (the grid's pictures would be images to a rerun),
     every run's files (``runs/RECORD.partial.pt`` the longest) have names the file system takes, and no two
     runs share a name (``x-gauss.png`` with ``finer`` and ``x.png`` with ``gauss-finer``: one would replace
     the other's files)."""
-    check_bench_out(out)
+    check_bench_out(out, bench)
     if out.resolve() == Path(directory).resolve():
         raise FinerError(f"--out {out} is the image folder: the grid's pictures would be taken for images when it "
                          "runs again; choose another folder (a subfolder is fine)")
@@ -494,7 +494,7 @@ def run_image_bench(directory, *, models, protocol: Protocol, seeds=(0,), limit=
     check_models(models, [*MODELS, REFERENCE])
     images, out, dev = list_images(directory, limit), Path(out), resolve_device(device)
     jobs = [(f"{p.stem}-{m}-s{s}", p, m, protocol, s) for p in images for m in models for s in seeds]
-    _check_grid_names(directory, out, jobs)
+    _check_grid_names(directory, out, jobs, "images")
     meta = _kept_conditions(_protocol_record(directory, images, protocol, seeds, dev, execution),
                             out / "results.json", report_only or _all_finished(jobs, out))
 
@@ -523,7 +523,7 @@ def run_width_bench(directory, *, models, widths, protocol: Protocol, seeds=(0,)
     protocol = dataclasses.replace(protocol, hidden_layers=2)
     jobs = [(f"{p.stem}-{m}-w{w}-s{s}", p, m, dataclasses.replace(protocol, width=w), s)
             for w in widths for p in images for m in models for s in seeds]
-    _check_grid_names(directory, out, jobs)
+    _check_grid_names(directory, out, jobs, "width")
     record = _protocol_record(directory, images, protocol, seeds, dev, execution)
     meta = _kept_conditions({**{k: v for k, v in record.items() if k != "width"}, "widths": list(widths)},
                             out / "width.json", report_only or _all_finished(jobs, out))

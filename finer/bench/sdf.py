@@ -48,7 +48,7 @@ def run_sdf_bench(directory, *, models, out, settings=None, device="auto", progr
         check_measuring_memory(settings["resolution"], settings["iou_resolution"], normalize(load_mesh(path))[0].area,
                                **{k: settings[k] for k in ("surface_samples", "pool_size", "chamfer_samples")})
     check_run_names([(_run_name(path, name), path, name) for name in models for path in meshes], "mesh")
-    check_bench_out(out)
+    check_bench_out(out, "sdf")
     rows, skipped = [], 0
     for name in models:  # method-major: the first methods cover every shape early
         for path in meshes:

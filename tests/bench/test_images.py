@@ -270,6 +270,22 @@ def test_a_benchmark_folder_and_a_run_folder_do_not_take_each_others_outputs(ima
         assert "holds an image run; a benchmark writes its tables and runs into a folder of its own" in (
             capsys.readouterr().err)
     assert not (run / "runs").exists()
+    import trimesh
+
+    from finer.bench.sdf import run_sdf_bench
+
+    meshes = tmp_path / "meshes"
+    meshes.mkdir()
+    trimesh.creation.icosphere(1).export(meshes / "ball.obj")
+    with pytest.raises(FinerError, match="holds the results of `finer bench images`; `finer bench sdf` would"):
+        run_sdf_bench(meshes, models=["finer"], out=bench, progress=False,
+                      settings=dict(steps=2, batch_size=100, pool_size=1000, surface_samples=1000, resolution=12,
+                                    iou_resolution=12, chamfer_samples=300))
+    assert sorted(str(p.relative_to(bench)) for p in bench.rglob("*")) == kept
+    capsys.readouterr()
+    assert main(["bench", "width", str(image_dir), "--widths", "4", "--limit", "1", "--steps", "2", "--out", str(bench),
+                 "--quiet"]) == 2
+    assert "holds the results of `finer bench images`; `finer bench width` would" in capsys.readouterr().err
 
 
 def test_a_rerun_with_other_settings_does_not_take_the_old_runs(image_dir, tmp_path, capsys):
