@@ -14,6 +14,7 @@ import statistics
 from pathlib import Path
 
 from finer import io
+from finer.bench import check_record
 from finer.errors import FinerError
 from finer.metrics import psnr_difference
 
@@ -35,7 +36,8 @@ def psnr_table(results: str | Path) -> dict[tuple[str, int, int], dict[str, floa
         raise FinerError(f"{path} holds the shapes of `finer bench sdf` (Chamfer and IoU, in its summary.md); "
                          "`finer bench compare` compares the PSNR of image grids")
     table: dict[tuple[str, int, int], dict[str, float]] = {}
-    for run in data["runs"]:
+    for i, run in enumerate(data["runs"]):
+        check_record(run, f"{path}: run {i + 1}", numbers=("psnr", "seed"), texts=("image", "model"))
         if run.get("psnr") is not None:  # ("inf" for an exact fit)
             table.setdefault((run["image"], run["seed"], run.get("width")), {})[run["model"]] = \
                 io.stored_number(run["psnr"])

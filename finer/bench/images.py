@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from finer import io
-from finer.bench import REFERENCE, check_models, check_run_names
+from finer.bench import REFERENCE, check_models, check_record, check_run_names
 from finer.bench.reference import OfficialFiner
 from finer.errors import CropError, FinerError
 from finer.bench.executors import execute, threads_per_worker
@@ -429,9 +429,8 @@ def run_grid(plan, out: Path, device: str, progress: bool, on_row=None, executio
                                 "or --crop): give --crop none to fit whole images, or a smaller --crop") from None
             digests[key] = image_digest(images[key])
         if record.exists():
-            row = io.read_json(record)
-            if not isinstance(row, dict):
-                raise FinerError(f"{record} is not a run record (a JSON object); delete it to fit that run again")
+            row = check_record(io.read_json(record), str(record), numbers=("psnr", "ssim", "steps"),
+                               texts=("model", "image", "status"))
             row.update({k: io.stored_number(row[k]) for k in ("psnr", "ssim") if k in row})  # NaN/inf as measured
             mismatch = protocol_mismatch(row, protocol, digests[key])
             if mismatch:

@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 
 from finer import io
-from finer.bench import check_models, check_run_names
+from finer.bench import check_models, check_record, check_run_names
 from finer.errors import DivergedError, FinerError, InterruptedRun
 from finer.models import MODELS
 from finer.runs import check_bench_out
@@ -49,6 +49,13 @@ def run_sdf_bench(directory, *, models, out, settings=None, device="auto", progr
                                **{k: settings[k] for k in ("surface_samples", "pool_size", "chamfer_samples")})
     check_run_names([(_run_name(path, name), path, name) for name in models for path in meshes], "mesh")
     check_bench_out(out, "sdf")
+    for name in models:  # finished runs' records, before any table is rewritten
+        for path in meshes:
+            done = out / "runs" / _run_name(path, name) / "metrics.json"
+            recorded = io.read_json(done) if done.exists() else {}
+            if isinstance(recorded, dict) and recorded.get("status") in FINISHED:
+                check_record(recorded, str(done), numbers=("chamfer", "iou", "seconds_per_step"),
+                             texts=("model", "status"))
     rows, skipped = [], 0
     for name in models:  # method-major: the first methods cover every shape early
         for path in meshes:
@@ -56,7 +63,7 @@ def run_sdf_bench(directory, *, models, out, settings=None, device="auto", progr
             done = run_dir / "metrics.json"
             cfg = SDFRunConfig(mesh=str(path), model=name, device=device, **settings)
             recorded = io.read_json(done) if done.exists() else {}
-            if recorded.get("status") in FINISHED:
+            if isinstance(recorded, dict) and recorded.get("status") in FINISHED:
                 mismatch = _protocol_mismatch(run_dir, cfg)
                 if mismatch:
                     raise FinerError(f"{run_dir} is a run of another protocol or mesh ({mismatch}); write this grid "

@@ -62,6 +62,22 @@ def test_missing_or_foreign_results(tmp_path):
         compare.psnr_table(tmp_path)
 
 
+@pytest.mark.parametrize("damage, message", [
+    ({"psnr": "high"}, "run 1: psnr 'high' is not a number"), ({"psnr": [1]}, "run 1: psnr \\[1\\] is not a number"),
+    ({"model": 5}, "run 1: model 5 is not a name"), ({"image": None}, "run 1: image None is not a name")])
+def test_damaged_runs_are_named_not_a_python_error(grid, capsys, damage, message):
+    data = json.loads((grid / "results.json").read_text())
+    data["runs"][0].update(damage)
+    (grid / "results.json").write_text(json.dumps(data))
+    with pytest.raises(FinerError, match=message):
+        compare.psnr_table(grid)
+    del data["runs"][0]["model"]
+    data["runs"][1] = 7
+    (grid / "results.json").write_text(json.dumps(data))
+    assert main(["bench", "compare", str(grid), "finer:siren"]) == 2
+    assert "run 1 is not a run record of a grid (it has no model)" in capsys.readouterr().err
+
+
 def test_a_width_sweep_compares_every_width_and_skips_runs_without_a_psnr(tmp_path, capsys):
     def run(width, model, psnr):
         return {"image": "a", "model": model, "seed": 0, "width": width, "psnr": psnr}

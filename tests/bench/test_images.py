@@ -288,6 +288,25 @@ def test_a_benchmark_folder_and_a_run_folder_do_not_take_each_others_outputs(ima
     assert "holds the results of `finer bench images`; `finer bench width` would" in capsys.readouterr().err
 
 
+def test_a_damaged_run_record_is_named_before_any_table_is_rewritten(image_dir, tmp_path, capsys):
+    out = tmp_path / "bench"
+    args = ["bench", "images", str(image_dir), "--models", "finer", "--limit", "1", "--steps", "2", "--width", "8",
+            "--crop", "16", "--size", "16", "--out", str(out), "--quiet"]
+    assert main(args) == 0
+    record = next((out / "runs").glob("*.json"))
+    tables = {name: (out / name).read_text() for name in ("results.json", "results.csv", "summary.md")}
+    row = json.loads(record.read_text())
+    for damage, message in (({"psnr": "high"}, "psnr 'high' is not a number"), ({"psnr": None, "ssim": "x"},
+                            "ssim 'x' is not a number")):
+        record.write_text(json.dumps({**row, **damage}))
+        assert main([*args, "--report-only"]) == 2
+        err = capsys.readouterr().err
+        assert f"{record}: {message}; delete the record to fit that run again" in err and "Error:" not in err
+        assert {name: (out / name).read_text() for name in tables} == tables
+    record.write_text(json.dumps({k: v for k, v in row.items() if k != "psnr"}))
+    assert main(args) == 2 and "(it has no psnr)" in capsys.readouterr().err
+
+
 def test_a_rerun_with_other_settings_does_not_take_the_old_runs(image_dir, tmp_path, capsys):
     out = tmp_path / "bench"
     args = ["bench", "images", str(image_dir), "--models", "finer", "--limit", "1", "--steps", "3", "--width", "8",

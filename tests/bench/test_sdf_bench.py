@@ -62,6 +62,24 @@ def test_meshes_whose_runs_would_share_a_name_are_refused_before_any_run(tmp_pat
     assert not (tmp_path / "b").exists()
 
 
+def test_a_damaged_run_record_stops_the_grid_before_any_table_is_rewritten(tmp_path):
+    meshes = tmp_path / "meshes"
+    meshes.mkdir()
+    trimesh.creation.icosphere(1).export(meshes / "ball.obj")
+    out = tmp_path / "b"
+    run_sdf_bench(meshes, models=["finer"], out=out, settings=TINY, progress=False)
+    metrics = out / "runs" / "ball-finer" / "metrics.json"
+    tables = {name: (out / name).read_text() for name in ("results.json", "results.csv", "summary.md")}
+    row = json.loads(metrics.read_text())
+    metrics.write_text(json.dumps({**row, "chamfer": "far"}))
+    with pytest.raises(FinerError, match="metrics.json: chamfer 'far' is not a number"):
+        run_sdf_bench(meshes, models=["finer"], out=out, settings=TINY, progress=False)
+    metrics.write_text(json.dumps({k: v for k, v in row.items() if k != "iou"}))
+    with pytest.raises(FinerError, match="it has no iou"):
+        run_sdf_bench(meshes, models=["finer", "siren"], out=out, settings=TINY, progress=False)
+    assert {name: (out / name).read_text() for name in tables} == tables
+
+
 def test_a_diverged_run_is_a_marked_result_and_an_interrupted_one_stops_the_grid(tmp_path, monkeypatch, capsys):
     import finer.bench.sdf
     from finer.cli import main
