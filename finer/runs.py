@@ -548,6 +548,12 @@ def render_checkpoint(checkpoint: str | Path, *, scale: float = 2.0, out: str | 
         if Path(out).resolve() in taken:
             raise FinerError(f"--out {out} is {taken[Path(out).resolve()]}, which a render would replace; "
                              "choose another file")
+        parent = Path(out).parent  # another run's files (a stacked folder fit's images: only metrics.json says)
+        other = _folder_kind(parent) or io.read_record(parent / "metrics.json").get("task") if parent.is_dir() else None
+        files = (*RUN_FILES, "render.png")  # (an SDF run's picture)
+        if isinstance(other, str) and other in KINDS and Path(out).name in files:
+            raise FinerError(f"--out {out} is a file of {KINDS[other]} in {Path(out).parent}, which a render would "
+                             "replace; choose another file")
     pred, _ = _reconstruct(checkpoint, scale, device, chunk, out, "finer render")
     out = Path(out) if out else folder / f"render_x{scale:g}.png"
     io.atomic_write(out, lambda tmp: img.save_image(pred, tmp))

@@ -359,3 +359,8 @@ def test_render_refuses_to_write_over_the_image_a_folder_fit_fitted(folder, tmp_
     assert main(["render", str(out / "00"), "--scale", "1", "--out", str(folder / "00.png")]) == 2
     assert "is the image this run was fitted to" in capsys.readouterr().err
     assert (folder / "00.png").read_bytes() == before
+    other = (out / "01" / "reconstruction.png").read_bytes()  # another image's run (its metrics.json says so)
+    assert main(["render", str(out / "00"), "--scale", "1", "--out", str(out / "01" / "reconstruction.png")]) == 2
+    assert "is a file of an image run in" in capsys.readouterr().err
+    assert (out / "01" / "reconstruction.png").read_bytes() == other
+    assert main(["render", str(out / "00"), "--scale", "1", "--out", str(out / "01" / "render_x1.png")]) == 0
