@@ -265,6 +265,11 @@ def eval_sdf(checkpoint: str | Path, mesh_path: str | Path | None = None, *, out
     recorded = _recorded_settings(folder)
     given = {"resolution": resolution, "iou_resolution": iou_resolution, "chamfer_samples": chamfer_samples,
              "surface_samples": surface_samples}
+    missing = [name for name in EVAL_DEFAULTS if name not in recorded and given.get(name) is None]
+    if missing and (folder / "checkpoint.pt").is_file():  # a run folder whose config.json is gone or damaged
+        warnings.warn(f"{folder / 'config.json'} records no {', '.join(missing)} (missing or unreadable): this "
+                      f"evaluation uses the defaults ({', '.join(f'{k} {EVAL_DEFAULTS[k]}' for k in missing)}), "
+                      "not necessarily the fit's", FinerWarning, stacklevel=2)
     settings = {name: given.get(name) if given.get(name) is not None else recorded.get(name, default)
                 for name, default in EVAL_DEFAULTS.items()}
     check_sizes(**{k: v for k, v in settings.items() if k != "seed"})

@@ -53,9 +53,17 @@ def test_fit_and_eval_sdf(tmp_path, capsys, monkeypatch):
     assert {p.name: p.read_bytes() for p in (out / "eval").iterdir()} == kept
     monkeypatch.chdir(tmp_path / "run")  # the run recorded its mesh's absolute path: found from any folder
     assert main(["eval", "sdf", str(out), "--overwrite"]) == 0  # no settings: the run's own mesh, grids, samples
-    again = json.loads(capsys.readouterr().out)
+    captured = capsys.readouterr()
+    again = json.loads(captured.out)
     assert (again["iou"], again["chamfer"]) == (metrics["iou"], metrics["chamfer"])
-    assert again["surface_samples"] == 5000 and again["resolution"] == 24
+    assert again["surface_samples"] == 5000 and again["resolution"] == 24 and "warning" not in captured.err
+    config = (out / "config.json").read_text()
+    (out / "config.json").write_text("{ damaged")  # its settings unknown: the defaults, said so
+    assert main(["eval", "sdf", str(out), "--overwrite", "--resolution", "16", "--iou-resolution", "16",
+                 "--surface-samples", "5000"]) == 0
+    assert "records no chamfer_samples, seed (missing or unreadable): this evaluation uses the defaults " \
+           "(chamfer_samples 300000, seed 0)" in capsys.readouterr().err
+    (out / "config.json").write_text(config)
     run_mesh = (out / "mesh.ply").read_bytes()
     assert main(["eval", "sdf", str(out), "--out", str(out), "--overwrite"]) == 2  # the run's own mesh.ply
     assert "holds a run (config.json, metrics.json, checkpoint.pt)" in capsys.readouterr().err
