@@ -432,7 +432,25 @@ def build_model(
         if isinstance(n, bool) or not isinstance(n, int) or n <= 0:
             raise ConfigError(f"{label} must be a positive integer, got {n!r}")
     cfg = make_config(name, **overrides)
+    _check_network_memory(cfg, in_features, out_features)
     return build_from_config(name, cfg, in_features, out_features, seed)
+
+
+def _check_network_memory(cfg: MLPConfig, in_features: int, out_features: int) -> None:
+    """Refuse, before allocating it, a network whose weights with their gradients and Adam's two moments
+    would not fit in the memory a run may use (a mistyped --width or n_freqs)."""
+    from finer.tasks.image import memory_budget
+
+    width, layers = cfg.hidden_width(), cfg.hidden_layers
+    first = in_features * (1 + 2 * getattr(cfg, "n_freqs", 0))  # (PE-MLP's encoding widens the first layer)
+    params = first * width + layers * width * width + width * out_features
+    need = params * 4 * (2 if cfg.complex_weights else 1) * 4
+    budget = memory_budget(torch.device("cpu"))
+    if need > budget:
+        raise ConfigError(f"a {cfg.hidden_layers} x {width} network of about {params:.3g} parameters needs about "
+                          f"{need / 2**30:.1f} GiB for its weights, gradients and Adam's state, more than the "
+                          f"{budget / 2**30:.1f} GiB a run may use; choose a smaller width"
+                          + (" or n_freqs" if hasattr(cfg, "n_freqs") else ""))
 
 
 def build_from_config(

@@ -277,3 +277,11 @@ def test_a_seeded_build_leaves_the_callers_random_stream_alone():
 def test_a_bad_name_or_seed_is_a_config_error(name, seed, message):
     with pytest.raises(finer.ConfigError, match=message):
         build_model(name, 2, 3, seed=seed)
+
+
+def test_a_network_too_large_for_the_memory_is_refused_before_it_is_allocated():
+    with pytest.raises(finer.ConfigError, match="a 3 x 300000 network of about 2.7e\\+11 parameters needs about "
+                                                ".* GiB for its weights, gradients and Adam's state, more than"):
+        build_model("finer", 2, 3, width=300_000)
+    with pytest.raises(finer.ConfigError, match="choose a smaller width or n_freqs"):
+        build_model("pemlp", 2, 3, n_freqs=10**12)
