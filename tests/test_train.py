@@ -2,6 +2,7 @@
 
 import contextlib
 import math
+import warnings
 
 import pytest
 import torch
@@ -27,12 +28,19 @@ class PoisonedTask(ImageTask):
         return (x, y * math.nan) if step >= self.poison_at else (x, y)
 
 
-def test_nan_stops_the_run_and_restores_the_last_good_state(astronaut_small):
+def _fit_saving(task_class, data):
+    """A small FINER fitted 20 steps (flushes every 5) on a ``task_class`` task; the net, the state and every
+    ``(status, step, snapshot)`` it checkpointed."""
     net = build_model("finer", 2, 3, width=16, hidden_layers=1, seed=0)
-    task = PoisonedTask(astronaut_small, (-1.0, 1.0), torch.device("cpu"))
+    task = task_class(data, (-1.0, 1.0), torch.device("cpu"))
     saved = []
     state = fit(net, task, TrainConfig(steps=20, log_every=5, eval_every=0), progress=False,
                 on_checkpoint=lambda st, snap: saved.append((st.status, st.step, snap)))
+    return net, task, state, saved
+
+
+def test_nan_stops_the_run_and_restores_the_last_good_state(astronaut_small):
+    net, _, state, saved = _fit_saving(PoisonedTask, astronaut_small)
     assert state.status == "diverged"
     assert "step 8" in state.message and "last good step 5" in state.message
     assert state.step == 5 and [h["step"] for h in state.history] == [1, 2, 3, 4, 5]
@@ -57,11 +65,7 @@ class NanGradientTask(ImageTask):
 
 
 def test_a_network_broken_by_the_step_before_a_flush_is_not_kept_as_good(astronaut_small):
-    net = build_model("finer", 2, 3, width=16, hidden_layers=1, seed=0)
-    task = NanGradientTask(astronaut_small, (-1.0, 1.0), torch.device("cpu"))
-    saved = []
-    state = fit(net, task, TrainConfig(steps=20, log_every=5, eval_every=0), progress=False,
-                on_checkpoint=lambda st, snap: saved.append((st.status, st.step, snap)))
+    net, task, state, saved = _fit_saving(NanGradientTask, astronaut_small)
     assert state.status == "diverged" and "step 11" in state.message and "last good step 5" in state.message
     assert state.step == 5 and [h["step"] for h in state.history] == [1, 2, 3, 4, 5]
     assert all(torch.isfinite(v).all() for v in net.state_dict().values())  # step 10's weights were NaN
@@ -488,9 +492,12 @@ def test_library_fits_print_nothing_and_warn_what_they_did_otherwise(tmp_path, p
     with pytest.warns(finer.FinerWarning, match="tf32 changes only CUDA matrix products"):
         finer.fit_image(cfg, tmp_path / "image", progress=False)
     trimesh.creation.icosphere(subdivisions=1).export(tmp_path / "ball.off")
-    fit_sdf(SDFRunConfig(mesh=str(tmp_path / "ball.off"), steps=2, batch_size=100, pool_size=1000,
-                         surface_samples=1000, resolution=12, iou_resolution=12, chamfer_samples=200,
-                         model_options={"width": 8}), tmp_path / "sdf", progress=False)
+    with warnings.catch_warnings(record=True) as seen:  # (2 steps: maybe no surface yet, which it warns of)
+        warnings.simplefilter("always")
+        fit_sdf(SDFRunConfig(mesh=str(tmp_path / "ball.off"), steps=2, batch_size=100, pool_size=1000,
+                             surface_samples=1000, resolution=12, iou_resolution=12, chamfer_samples=200,
+                             model_options={"width": 8}), tmp_path / "sdf", progress=False)
+    assert all(issubclass(w.category, finer.FinerWarning) for w in seen)
     assert capsys.readouterr().out == ""  # a caller's stdout is its own (the command prints these lines)
 
 
