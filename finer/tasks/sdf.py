@@ -141,10 +141,12 @@ class SurfaceIndex:
         voxel = 2 * BOUND / resolution
         grow = max(1, math.ceil(2 * self.spacing / voxel))
         self._fill(grow)
-        if self._leaks(grow):
+        self.leaks = self._leaks(grow)
+        if self.leaks:
             wider = math.ceil(math.sqrt(3) * self._cover(mesh, seed) / voxel)
             if wider > grow:
                 self._fill(wider)
+                self.leaks = self._leaks(wider)
 
     def _cover(self, mesh, seed: int) -> float:
         """The largest distance from the surface to its nearest sample, estimated on fresh samples."""
@@ -174,7 +176,7 @@ class SurfaceIndex:
         """A closed mesh whose fill still leaks (points just inside its samples come out outside more often
         than inside) was not sampled densely enough to close its shell: its ground truth would be wrong, so
         it is refused."""
-        if mesh.is_watertight and self._leaks(self.grow):
+        if self.leaks and mesh.is_watertight:
             raise FinerError(f"the inside of this closed mesh was not found: {len(self.points)} surface samples leave "
                              "gaps the flood fill leaks through; use more surface samples (--surface-samples)")
 
