@@ -419,6 +419,17 @@ def fit(
             bar.set_postfix(shown, refresh=False)
         return True
 
+    def weights_finite() -> bool:
+        """Whether the latest update left finite weights; if not, the fit has diverged (back to ``before``)."""
+        nonlocal good, good_step
+        if before is None or _all_finite(model):
+            return True
+        good, good_step = before
+        state.status = "diverged"
+        state.message = (f"the update of step {state.step} left non-finite weights; stopped, last good step "
+                         f"{good_step} (try a lower learning rate, or check the input)")
+        return False
+
     with _StopFlag() as stop:
         while state.step < cfg.steps:
             lr = cfg.lr * schedule(state.step)
@@ -442,16 +453,15 @@ def fit(
                 state.message = f"interrupted at step {state.step} of {cfg.steps}"
                 break
             if on_checkpoint and ckpt_due:  # with the training time so far, for a resume to carry on from
+                if not weights_finite():  # (the snapshot's own loss is not seen yet: a file must not keep NaN)
+                    break
                 on_checkpoint(replace(state, train_seconds=state.train_seconds + t0 - start - overhead),
                               good)
             overhead += time.perf_counter() - t0
     bar.close()
     state.train_seconds += time.perf_counter() - start - overhead
-    if state.status == "running" and before is not None and not _all_finite(model):  # no later loss shows it
-        good, good_step = before
-        state.status = "diverged"
-        state.message = (f"the update of step {state.step} left non-finite weights; stopped, last good step "
-                         f"{good_step} (try a lower learning rate, or check the input)")
+    if state.status == "running":  # no later loss shows a bad last update
+        weights_finite()
     if state.status == "diverged":
         model.load_state_dict(good["model"])
         state.step = good_step

@@ -83,6 +83,19 @@ def test_a_nan_gradient_at_the_last_step_is_caught_without_a_later_loss(astronau
     assert all(torch.isfinite(v).all() for v in net.state_dict().values())
 
 
+def test_no_checkpoint_holds_the_weights_of_a_bad_update_before_its_loss_is_seen(astronaut_small):
+    # the update of step 10 is NaN and a checkpoint is due at step 10, before step 11's loss shows it
+    net = build_model("finer", 2, 3, width=16, hidden_layers=1, seed=0)
+    task = NanGradientTask(astronaut_small, (-1.0, 1.0), torch.device("cpu"))
+    saved = []
+    state = fit(net, task, TrainConfig(steps=20, log_every=5, eval_every=0, checkpoint_every=10), progress=False,
+                on_checkpoint=lambda st, snap: saved.append((st.status, st.step, snap)))
+    assert state.status == "diverged" and state.step == 5
+    assert "the update of step 10 left non-finite weights; stopped, last good step 5" in state.message
+    assert [(status, step) for status, step, _ in saved] == [("diverged", 5)]
+    assert all(torch.isfinite(v).all() for v in saved[0][2]["model"].values())
+
+
 class BlowUpTask(ImageTask):
     """Targets 100 times larger from step 7 on: a finite loss about 10^4 times the first one."""
 
