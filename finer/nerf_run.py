@@ -235,9 +235,15 @@ def load_renderer(checkpoint, device) -> tuple[N.Renderer, dict]:
     return renderer.to(device).eval(), payload
 
 
+TURNTABLE_FILES = ("turntable.gif", "turntable_depth.gif")
+
+
 def render_nerf(checkpoint, *, frames: int = 60, out=None, device: str = "auto", scale: float = 1.0,
-                radius: float = 4.0311, elevation: float = 30.0, fps: int = 20, progress: bool = True) -> Path:
-    """A turntable around the scene: ``turntable.gif`` (colour) and ``turntable_depth.gif``; returns the first.
+                radius: float = 4.0311, elevation: float = 30.0, fps: int = 20, progress: bool = True,
+                overwrite: bool = False) -> Path:
+    """A turntable around the scene: ``turntable.gif`` (colour) and ``turntable_depth.gif`` in ``out``
+    (default: the run's ``turntable/``, whose earlier turntables are replaced; those of a given ``out`` only
+    with ``overwrite``); returns the first.
 
     Pillow stores consecutive identical frames once, with their durations summed, so a GIF of a scene that
     looks the same from several angles counts fewer frames than ``frames`` but plays for as long."""
@@ -254,7 +260,7 @@ def render_nerf(checkpoint, *, frames: int = 60, out=None, device: str = "auto",
         if Path(out).suffix.lower() in (".gif", ".png", ".jpg", ".mp4"):
             raise FinerError(f"--out {out} names a file; it is the folder that gets turntable.gif and "
                              "turntable_depth.gif")
-        io.check_out(out, folder=True)
+        io.check_claim(out, TURNTABLE_FILES, overwrite, "turntable")
     dev = resolve_device(device)
     renderer, payload = load_renderer(checkpoint, dev)
     cam = payload["camera"]
@@ -274,7 +280,7 @@ def render_nerf(checkpoint, *, frames: int = 60, out=None, device: str = "auto",
         d = _depth_picture(view, renderer.near, renderer.far)[..., 0]
         depth.append(Image.fromarray((d * 255 + 0.5).astype(np.uint8)))
     duration = max(1, round(1000 / fps))
-    for frames_, name in ((colour, "turntable.gif"), (depth, "turntable_depth.gif")):
+    for frames_, name in zip((colour, depth), TURNTABLE_FILES):
         io.atomic_write(out / name, lambda tmp, f=frames_: f[0].save(tmp, format="GIF", save_all=True,
                                                                        append_images=f[1:], duration=duration, loop=0))
     return out / "turntable.gif"

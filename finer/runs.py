@@ -532,10 +532,11 @@ def _reconstruct(checkpoint, scale, device, chunk, out=None, reader: str = "fine
 
 
 def render_checkpoint(checkpoint: str | Path, *, scale: float = 2.0, out: str | Path | None = None,
-                      device: str = "auto", chunk: int | None = None) -> Path:
+                      device: str = "auto", chunk: int | None = None, overwrite: bool = False) -> Path:
     """Render an image model at ``scale`` times its training resolution from the checkpoint alone, as a
-    PNG (default: ``render_xSCALE.png`` in the run folder); returns its path. The array itself:
-    :func:`reconstruct_image`. ``out`` may not be one of the run's own files nor the image it was fitted to."""
+    PNG (default: ``render_xSCALE.png`` in the run folder, replacing an earlier one); returns its path. The
+    array itself: :func:`reconstruct_image`. An existing ``out`` is replaced only with ``overwrite``, and never
+    when it is one of the run's own files or the image it was fitted to."""
     ckpt = Path(checkpoint)
     folder = ckpt if ckpt.is_dir() else ckpt.parent
     if out:
@@ -554,6 +555,9 @@ def render_checkpoint(checkpoint: str | Path, *, scale: float = 2.0, out: str | 
         if isinstance(other, str) and other in KINDS and Path(out).name in files:
             raise FinerError(f"--out {out} is a file of {KINDS[other]} in {Path(out).parent}, which a render would "
                              "replace; choose another file")
+        if Path(out).is_file() and not overwrite:
+            raise FinerError(f"--out {out} exists; choose another file or pass --overwrite (overwrite=True from "
+                             "Python) to replace it")
     pred, _ = _reconstruct(checkpoint, scale, device, chunk, out, "finer render")
     out = Path(out) if out else folder / f"render_x{scale:g}.png"
     io.atomic_write(out, lambda tmp: img.save_image(pred, tmp))

@@ -603,6 +603,14 @@ def test_render_refuses_what_it_cannot_write_before_rendering(png_path, tmp_path
         assert main(["render", str(run), "--scale", "1", "--out", str(path)]) == 2
         assert said in capsys.readouterr().err
     assert {path: path.read_bytes() for path in kept} == kept
+    # any other existing file is replaced only with --overwrite
+    mine = tmp_path / "holiday.png"
+    mine.write_bytes(b"not a render")
+    assert main(["render", str(run), "--scale", "1", "--out", str(mine)]) == 2
+    assert "exists; choose another file or pass --overwrite" in capsys.readouterr().err
+    assert mine.read_bytes() == b"not a render"
+    assert main(["render", str(run), "--scale", "1", "--out", str(mine), "--overwrite"]) == 0
+    assert Image.open(mine).size == Image.open(rgba).size
 
 
 def test_an_input_that_is_one_of_the_runs_own_files_is_refused(png_path, tmp_path, capsys):

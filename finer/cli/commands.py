@@ -270,13 +270,14 @@ def render(args: argparse.Namespace) -> int:
 
         out = render_nerf(target[0], frames=args.frames or 60, out=args.out, device=args.device,
                           scale=args.scale or 1.0, elevation=30.0 if args.elevation is None else args.elevation,
-                          progress=not args.quiet)
+                          progress=not args.quiet, overwrite=args.overwrite)
         print(out)
         out = out.with_name("turntable_depth.gif")
     else:
         from finer.runs import render_checkpoint
 
-        out = render_checkpoint(target[0], scale=args.scale or 2.0, out=args.out, device=args.device)
+        out = render_checkpoint(target[0], scale=args.scale or 2.0, out=args.out, device=args.device,
+                                overwrite=args.overwrite)
     print(out)
     return 0
 

@@ -255,6 +255,9 @@ def _add_render(sub) -> None:
     p.add_argument("--elevation", type=float, help="NeRF orbit elevation in degrees (default 30)")
     p.add_argument("--out", help="output PNG (image; default: render_xSCALE.png beside the checkpoint) or folder "
                                  "(NeRF; default: turntable/ beside the checkpoint)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace an existing --out file (a NeRF --out folder's turntables); the default place "
+                        "is replaced without it")
     _add_common(p)
     p.set_defaults(run=commands.render)
 

@@ -153,6 +153,16 @@ def test_a_few_training_steps_lower_the_loss_and_the_run_renders(tmp_path, capsy
     assert printed == [str(out / "turntable" / n) for n in ("turntable.gif", "turntable_depth.gif")]
     gif = Image.open(out / "turntable" / "turntable.gif")
     assert gif.size == (16, 16) and gif.n_frames >= 2  # (Pillow merges identical frames)
+    # a given --out folder's turntables are replaced only with --overwrite (the run's own turntable/ always)
+    assert main(["render", "nerf", str(out), "--frames", "2", "--out", str(tmp_path / "tt"), "--quiet"]) == 0
+    first = (tmp_path / "tt" / "turntable.gif").read_bytes()
+    assert main(["render", "nerf", str(out), "--frames", "3", "--out", str(tmp_path / "tt"), "--quiet"]) == 2
+    assert "holds an earlier turntable (turntable.gif, turntable_depth.gif)" in capsys.readouterr().err
+    assert (tmp_path / "tt" / "turntable.gif").read_bytes() == first
+    assert main(["render", "nerf", str(out), "--frames", "3", "--out", str(tmp_path / "tt"), "--overwrite",
+                 "--quiet"]) == 0
+    assert main(["render", "nerf", str(out), "--frames", "3", "--quiet"]) == 0
+    capsys.readouterr()
     assert main(["render", "nerf", str(tmp_path), "--quiet"]) == 2
     assert "checkpoint not found" in capsys.readouterr().err
     assert main(["render", "nerf", str(out), "--out", str(tmp_path / "tt.gif"), "--quiet"]) == 2
