@@ -168,8 +168,12 @@ KINDS = {"image": "an image run", "sdf": "an SDF run", "nerf": "a NeRF run",
 
 
 def _folder_kind(out: Path) -> str | None:
-    """The kind of run whose results ``out`` holds (a key of :data:`KINDS`), or None."""
+    """The kind of run whose results ``out`` holds (a key of :data:`KINDS`), or None. A run's config.json
+    names it, or else its metrics.json (a stacked fit's images have no config.json; one may be damaged)."""
     kind = _run_kind(out)
+    if kind is None:
+        task = io.read_record(out / "metrics.json").get("task")
+        kind = task if task in ("image", "sdf", "nerf") else None
     if kind is None and isinstance(io.read_record(out / "summary.json").get("runs"), list):
         return "image folder"
     if kind is None and any(isinstance(io.read_record(out / name).get("runs"), list)
@@ -549,10 +553,10 @@ def render_checkpoint(checkpoint: str | Path, *, scale: float = 2.0, out: str | 
         if Path(out).resolve() in taken:
             raise FinerError(f"--out {out} is {taken[Path(out).resolve()]}, which a render would replace; "
                              "choose another file")
-        parent = Path(out).parent  # another run's files (a stacked folder fit's images: only metrics.json says)
-        other = _folder_kind(parent) or io.read_record(parent / "metrics.json").get("task") if parent.is_dir() else None
+        parent = Path(out).parent  # another run's files
+        other = _folder_kind(parent) if parent.is_dir() else None
         files = (*RUN_FILES, "render.png")  # (an SDF run's picture)
-        if isinstance(other, str) and other in KINDS and Path(out).name in files:
+        if other is not None and Path(out).name in files:
             raise FinerError(f"--out {out} is a file of {KINDS[other]} in {Path(out).parent}, which a render would "
                              "replace; choose another file")
         if Path(out).is_file() and not overwrite:

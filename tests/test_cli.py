@@ -706,6 +706,12 @@ def test_overwriting_a_run_of_another_kind_is_refused(png_path, tmp_path, capsys
     capsys.readouterr()
     assert main(["fit", "nerf", str(tmp_path), "--out", str(image_run), "--overwrite"]) == 2
     assert "holds an image run; overwriting replaces a NeRF run only" in capsys.readouterr().err
+    # a damaged config.json: the run's metrics.json still says what it is
+    (sdf / "config.json").write_text('{"task": "sd')
+    (sdf / "metrics.json").write_text(json.dumps({"task": "sdf", "status": "complete"}))
+    assert main(["fit", "image", str(png_path), "--out", str(sdf), *common]) == 2
+    assert "holds an SDF run; overwriting replaces an image run only" in capsys.readouterr().err
+    assert sorted(p.name for p in sdf.iterdir()) == ["config.json", "metrics.json", "render.png"]
 
 
 def test_eval_image_refuses_images_too_large_to_measure_before_measuring(png_path, monkeypatch, capsys):
