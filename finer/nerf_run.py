@@ -113,6 +113,29 @@ def build_renderer(cfg: NeRFRunConfig | dict) -> N.Renderer:
     return N.Renderer(field_, samples=c["samples"], fine=c["fine"], seed=c["seed"])
 
 
+STEP_BYTES_PER_UNIT = 16
+"""Bytes a training step holds for each sample point, hidden unit and activated layer (twice that for
+complex layers): measured 12 on the CPU, fused, for FINER, Gauss and WIRE at the default width."""
+
+
+def _check_memory(renderer: N.Renderer, cfg: NeRFRunConfig, device: torch.device) -> None:
+    """Refuse, before training, a step (``rays x (samples + fine)`` points with gradients) or a rendering
+    pass (``chunk`` rays without) that would not fit in the memory a run may use."""
+    nets = [renderer.field.density, renderer.field.colour]
+    per_point = sum(net.config.hidden_width() * (net.config.hidden_layers + 1) * (2 if net.config.complex_weights
+                                                                                   else 1) for net in nets)
+    points = cfg.samples + cfg.fine
+    budget = memory_budget(device)
+    step = cfg.rays * points * per_point * STEP_BYTES_PER_UNIT
+    if step > budget:
+        raise FinerError(f"a step of {cfg.rays} rays x {points} samples needs about {step / 2**30:.1f} GiB "
+                         f"(> {budget / 2**30:.1f} GiB available); use fewer --rays, --samples or --fine")
+    render = (cfg.chunk or 0) * points * per_point * STEP_BYTES_PER_UNIT / 4  # (no gradients: a quarter)
+    if render > budget:
+        raise FinerError(f"rendering {cfg.chunk} rays x {points} samples at once needs about "
+                         f"{render / 2**30:.1f} GiB (> {budget / 2**30:.1f} GiB available); use a smaller chunk")
+
+
 def fit_nerf(cfg: NeRFRunConfig, out, *, progress: bool = True, overwrite: bool = False, log=io.quiet) -> dict:
     """Fit a Blender scene; returns the metrics (also in ``out/metrics.json``) and the run folder (``out``)."""
     cfg.validate()
@@ -139,6 +162,7 @@ def fit_nerf(cfg: NeRFRunConfig, out, *, progress: bool = True, overwrite: bool 
     if rays_note:
         warnings.warn(rays_note, FinerWarning, stacklevel=2)
         cfg = dataclasses.replace(cfg, rays=task.rays_per_step)  # the records state what was used
+    _check_memory(renderer, cfg, device)
     out.mkdir(parents=True, exist_ok=True)
     io.warn_stale_outputs(out, "the network of the run this one overwrites")
     # an overwritten run's files: none may pass for this run's

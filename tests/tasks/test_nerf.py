@@ -275,6 +275,21 @@ def test_a_diverging_nerf_fit_exits_3_like_the_other_tasks(tmp_path, capsys):
 
 
 
+def test_a_step_or_a_render_pass_too_large_for_memory_is_refused_before_training(tmp_path, capsys):
+    from finer.nerf_run import NeRFRunConfig, fit_nerf
+
+    scene = _scene(tmp_path / "ball")
+    out = tmp_path / "run"
+    assert main(["fit", "nerf", str(scene), "--views", "2", "--rays", "64", "--samples", "10000000", "--width", "16",
+                 "--out", str(out), "--quiet"]) == 2
+    assert "a step of 64 rays x 10000064 samples needs about" in capsys.readouterr().err
+    assert not out.exists()
+    with pytest.raises(FinerError, match="rendering 100000000000 rays x 8 samples at once needs about"):
+        fit_nerf(NeRFRunConfig(scene=str(scene), views=2, test_views=2, rays=64, samples=4, fine=4, width=16,
+                               chunk=10**11), out)
+    assert not out.exists()
+
+
 def test_depth_pictures_show_empty_space_as_far():
     """A ray through nothing has expected depth 0 with opacity 0: drawn black (far), not white (near);
     an opaque surface at the near plane is white, one halfway grey."""
