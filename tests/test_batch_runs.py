@@ -111,9 +111,11 @@ def test_a_folder_fit_keeps_going_past_an_image_that_diverges(folder, tmp_path, 
     for module in (finer.batch_runs, finer.runs):
         monkeypatch.setattr(module, "fit", functools.partial(fit, real=module.fit))
     out = tmp_path / "d"
-    assert main(["fit", "image", str(folder), "--steps", "6", "--width", "8", "--hidden-layers", "1", "--quiet",
+    assert main(["fit", "image", str(folder), "--steps", "6", "--width", "8", "--hidden-layers", "1",
                  "--eval-every", "0", "--out", str(out), *stacked]) == 3
-    err = capsys.readouterr().err
+    printed = capsys.readouterr()  # stdout holds the summary alone; the per-image lines go to stderr
+    err = printed.err
+    assert json.loads(printed.out)["images"] == 3 and "00.png" in err
     summary = json.loads((out / "summary.json").read_text())
     diverged = ["00.png", "01.png"] if stacked else ["00.png"]
     assert summary["diverged"] == diverged and summary["images"] == 3

@@ -18,8 +18,10 @@ def test_fit_and_eval_sdf(tmp_path, capsys, monkeypatch):
     mesh.export(tmp_path / "ball.off")
     out = tmp_path / "run"
     monkeypatch.chdir(tmp_path)
-    assert main(["fit", "sdf", "ball.off", "--out", str(out), *TINY]) == 0  # a relative path, recorded absolute
-    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert main(["fit", "sdf", "ball.off", "--out", str(out), *TINY[:-1]]) == 0  # a relative path, recorded absolute
+    printed = capsys.readouterr()
+    summary = json.loads(printed.out)  # stdout holds the result alone; the progress lines go to stderr
+    assert "ball.off: 320 faces, watertight: True" in printed.err
     assert summary["status"] == "complete" and 0 <= summary["iou"] <= 1 and summary["out"] == str(out)
     for name in ("config.json", "metrics.json", "curve.csv", "checkpoint.pt", "render.png"):
         assert (out / name).is_file(), name

@@ -290,8 +290,9 @@ def _check_out_folder(args: argparse.Namespace) -> None:
         io.check_out(args.out, folder=True)
 
 
-def _log(args: argparse.Namespace):
-    """Where a command's progress lines go: stdout, or nowhere with --quiet."""
+def _findings(args: argparse.Namespace):
+    """Where an analysis prints its findings as it goes (its only console output): stdout, or nowhere with
+    --quiet. (The commands that print a JSON result log to stderr: :func:`_log`.)"""
     from finer import io
 
     return io.quiet if args.quiet else print
@@ -303,7 +304,7 @@ def analyze_ntk(args: argparse.Namespace) -> int:
     _check_out_folder(args)
     run.analyze_ntk(args.out, models=_names(args.models), ks=_floats(args.k), width=args.width, points=args.points,
                     params=args.params, threshold=args.threshold, steps=args.steps, mc_samples=args.mc_samples,
-                    seed=args.seed, overwrite=args.overwrite, log=_log(args))
+                    seed=args.seed, overwrite=args.overwrite, log=_findings(args))
     return 0
 
 
@@ -314,7 +315,7 @@ def analyze_activations(args: argparse.Namespace) -> int:
     run.analyze_activations(args.out, ks=_floats(args.k, allow_default=True), layers=args.layers,
                             resolution=args.resolution, seed=args.seed, width=args.width,
                             hidden_layers=args.hidden_layers, overwrite=args.overwrite,
-                            log=_log(args))
+                            log=_findings(args))
     return 0
 
 

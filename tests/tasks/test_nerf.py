@@ -131,8 +131,9 @@ def test_a_few_training_steps_lower_the_loss_and_the_run_renders(tmp_path, capsy
     out = tmp_path / "run"
     assert main(["fit", "nerf", str(scene), "--model", "finer", "--views", "8", "--downscale", "1", "--steps", "300",
                  "--rays", "256", "--samples", "16", "--fine", "8", "--width", "32", "--lr", "2e-3",
-                 "--test-views", "2", "--out", str(out), "--quiet"]) == 0
-    assert json.loads(capsys.readouterr().out)["out"] == str(out)
+                 "--test-views", "2", "--out", str(out)]) == 0
+    printed = capsys.readouterr()  # stdout holds the result alone; the progress lines go to stderr
+    assert json.loads(printed.out)["out"] == str(out) and "8 training views of 16x16" in printed.err
     curve = [float(line.split(",")[1]) for line in (out / "curve.csv").read_text().splitlines()[1:]]
     assert np.mean(curve[-10:]) < 0.5 * np.mean(curve[:5])
     metrics = json.loads((out / "metrics.json").read_text())
