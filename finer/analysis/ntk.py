@@ -36,17 +36,22 @@ def plain_copy(model: nn.Module) -> nn.Module:
     return twin
 
 
-def empirical_ntk(model: nn.Module, x: Tensor, *, params: str = "all", chunk: int = 256) -> Tensor:
+def empirical_ntk(model: nn.Module, x: Tensor, *, params: str = "all", chunk: int = 256,
+                  dtype: torch.dtype | None = torch.float64) -> Tensor:
     """``(N, N)`` kernel ``sum_p J_p J_p^T`` of ``model`` at the points ``x`` ``(N, in_features)``.
 
     Jacobians are computed with ``torch.func`` (vmap over points, reverse mode over the
-    parameters), ``chunk`` points at a time, one parameter tensor at a time, so memory stays at
-    ``N x chunk`` plus one Jacobian block. A model with fused layers is measured on an unfused copy
-    (torch.func transforms do not see through their hand-written backward passes).
+    parameters), ``chunk`` points at a time; memory is the ``N x outputs x P`` Jacobian and the kernel.
+    The model is measured on a copy: unfused (torch.func transforms do not see through the fused layers'
+    hand-written backward passes) and in ``dtype`` (None: the model's own). Float64 by default: in float32
+    the kernel's rounding, about 1e-7 of its largest entries, gives eigenvalues of up to about 1e-3 where
+    the true ones are far smaller, and negative ones as large.
     """
     if not isinstance(chunk, int) or chunk < 1:
         raise ConfigError(f"chunk must be a positive integer, got {chunk!r}")
     model = plain_copy(model)
+    if dtype is not None:
+        model, x = model.to(dtype), x.to(dtype)
     selected = _selected(model, params)
     complex_names = {n for n, p in selected.items() if p.is_complex()}
     # complex weights (WIRE) count as two real parameters: differentiate their real views
@@ -128,6 +133,14 @@ def eigenvalues(kernel: Tensor) -> Tensor:
     return torch.linalg.eigvalsh(sym.double()).flip(0)
 
 
+def resolved(eigs: Tensor, kernel_dtype: torch.dtype = torch.float64) -> Tensor:
+    """The leading eigenvalues (largest first) that the kernel's rounding does not hide: those above
+    ``N x eps x`` the largest, ``eps`` the machine epsilon of the dtype the kernel was computed in (the
+    size of the errors of a computed eigenvalue); the rest are noise, some negative."""
+    floor = eigs.numel() * torch.finfo(kernel_dtype).eps * float(eigs[0])
+    return eigs[eigs > floor]
+
+
 def count_large(eigs: Tensor, threshold: float) -> int:
     """Number of eigenvalues above ``threshold``."""
     return int((eigs > threshold).sum())
@@ -136,8 +149,9 @@ def count_large(eigs: Tensor, threshold: float) -> int:
 def shallow_network(model: str, k: float | None, *, width: int = 256, omega: float = 1.0, seed: int = 0):
     """The supplement's network: 1-D input, one activated layer of ``width``, linear output.
 
-    As in the official NTK notebook: first-layer omega 1, final-layer init with omega 30,
-    first-layer bias ``U(-k, k)`` (FINER family; other methods keep their default bias).
+    As in the official NTK notebook: first-layer omega 1, final-layer init with omega 30, first-layer
+    bias ``U(-k, k)`` for the FINER family, and zero for the others and for ``k`` None (the notebook's
+    haiku layers start their biases at zero).
     """
     from finer.models import build_model, make_config
 
@@ -145,9 +159,14 @@ def shallow_network(model: str, k: float | None, *, width: int = 256, omega: flo
     fields = set(make_config(model).__dataclass_fields__)
     if "first_omega" in fields:
         options.update(first_omega=omega, hidden_omega=30.0)
-    if k is not None and "first_bias_scale" in fields:
+    with_k = k is not None and "first_bias_scale" in fields
+    if with_k:
         options["first_bias_scale"] = k
-    return build_model(model, 1, 1, seed=seed, **options)
+    net = build_model(model, 1, 1, seed=seed, **options)
+    if not with_k:
+        with torch.no_grad():
+            net.layers[0].linear.bias.zero_()
+    return net
 
 
 def ntk_grid(n: int = 1024) -> Tensor:

@@ -63,13 +63,18 @@ def analyze_ntk(out, *, models=("siren", "finer"), ks=(1.0, 5.0, 10.0, 20.0), wi
         raise FinerError(f"bias ranges k must be finite and >= 0, got {', '.join(f'{k:g}' for k in ks)}")
     if points < 2:
         raise FinerError(f"points must be at least 2 (a kernel's off-diagonal needs two), got {points}")
-    _cases(list(models), list(ks))  # unknown names, before any work
+    cases = _cases(list(models), list(ks))  # unknown names, before any work
+    labels = [_label(m, k) for m, k in cases]
+    alike = sorted({label for label in labels if labels.count(label) > 1})
+    if alike:
+        raise FinerError(f"bias ranges that print alike would share one row and one picture ({', '.join(alike)}); "
+                         "give ranges that differ in their first six digits")
     io.check_claim(out, NTK_FILES, overwrite, "NTK analysis")  # (claimed once the results are in hand)
     x = N.ntk_grid(points)
     y = sum_of_sines(x)
     rows, kernels, spectra, curves = [], {}, {}, {}
     early = min(100, steps)  # the step of the "early" loss column
-    for model, k in _cases(list(models), list(ks)):
+    for model, k in cases:
         net = N.shallow_network(model, k, width=width, seed=seed)
         K = N.empirical_ntk(net, x, params=params)
         label = _label(model, k)
@@ -77,19 +82,24 @@ def analyze_ntk(out, *, models=("siren", "finer"), ks=(1.0, 5.0, 10.0, 20.0), wi
             raise FinerError(f"the NTK of {label} overflows (entries beyond float range): its bias range is too "
                              "large for the network's arithmetic; give a smaller --k")
         eigs = N.eigenvalues(K)
-        kernels[label], spectra[label] = K.numpy(), eigs.clamp_min(1e-12).numpy()
+        kernels[label], spectra[label] = K.numpy(), N.resolved(eigs).numpy()
         curves[label] = fit_curve(N.shallow_network(model, k, width=width, seed=seed), x, y, steps=steps, lr=lr)
-        rows.append({"model": model, "k": k, "network": dataclasses.asdict(net.config),
-                     "diag_dominance": N.diag_dominance(K),
+        if not all(math.isfinite(v) for v in curves[label]):
+            raise FinerError(f"the 1-D fit of {label} overflows (its float32 network's values beyond float range): "
+                             "its bias range is too large for the network's arithmetic; give a smaller --k")
+        rows.append({"model": model, "k": k, "network": dataclasses.asdict(net.config), "params": params,
+                     "threshold": threshold, "diag_dominance": N.diag_dominance(K),
                      "n_large_eigenvalues": N.count_large(eigs, threshold), "largest_eigenvalue": float(eigs[0]),
                      "trace": float(K.trace()), "final_loss": curves[label][-1],
-                     f"loss_at_step_{early}": curves[label][early - 1]})
+                     f"loss_at_step_{early}": curves[label][early]})
         log(f"{label:16s} diag/off {rows[-1]['diag_dominance']:.3f}  eigenvalues > {threshold:g}: "
             f"{rows[-1]['n_large_eigenvalues']}  fit loss {curves[label][-1]:.2e}")
     # Eq. (5) is FINER's first-layer kernel: checked when FINER is among the models
     checks = _eq5_checks([k for m, k in _cases(["finer"], list(ks))], seed, mc_samples) if "finer" in models else []
     setting = {"points": points, "grid": "linspace(0, 1, points + 1)[:-1]", "width": width, "hidden_layers": 0,
                "first_omega": 1.0, "final_init_omega": 30.0, "params": params, "threshold": threshold,
+               "first_bias": "U(-k, k) for the FINER family; 0 for the other methods (the notebook's haiku default)",
+               "kernel_dtype": "float64",
                "finer_scale_grad": N.shallow_network("finer", 1.0, width=1).config.scale_grad,
                "finer_scale_grad_note": "False: the official code's kernel, the scale |z| + 1 detached; the Eq. (5) "
                                         "check uses the true derivative, 2|z| + 1 (scale_grad True)",
@@ -99,8 +109,10 @@ def analyze_ntk(out, *, models=("siren", "finer"), ks=(1.0, 5.0, 10.0, 20.0), wi
     io.write_json(out / "ntk.json", rows)
     io.write_json(out / "ntk_setting.json", {"setting": setting, "eq5_check": checks})
     _plot_kernels(kernels, out / "ntk_kernels.png")
-    _plot_lines(spectra, out / "ntk_eigenvalues.png", "eigenvalue index", "eigenvalue", logy=True, logx=True)
-    _plot_lines({k: np.asarray(v) for k, v in curves.items()}, out / "ntk_fit_loss.png", "step", "MSE", logy=True)
+    _plot_lines(spectra, out / "ntk_eigenvalues.png", "eigenvalue index", "eigenvalue", logy=True, logx=True,
+                first=1, title="NTK eigenvalues above the float64 rounding (N eps x the largest)")
+    _plot_lines({k: np.asarray(v) for k, v in curves.items()}, out / "ntk_fit_loss.png", "step (updates made)",
+                "MSE", logy=True, first=0)
     (out / "ntk.md").write_text(_ntk_markdown(rows, setting, checks))
     return rows
 
@@ -120,21 +132,30 @@ def _eq5_checks(ks, seed, samples, width=4096, points=48, seeds=4) -> list[dict]
 
 
 def _plot_kernels(kernels: dict, path: Path) -> None:
+    """The kernels side by side on one colour scale (shared by all panels, so their entries compare)."""
     n = len(kernels)
-    fig = Figure(figsize=(3 * n, 3.2), dpi=110)
+    fig = Figure(figsize=(3 * n + 0.8, 3.2), dpi=110)
     axes = fig.subplots(1, n, squeeze=False)
+    low = min(float(K.min()) for K in kernels.values())
+    high = max(float(K.max()) for K in kernels.values())
     for ax, (label, K) in zip(axes[0], kernels.items()):
-        ax.imshow(K, cmap="inferno")
+        shown = ax.imshow(K, cmap="inferno", vmin=low, vmax=high)
         ax.set_title(label, fontsize=9)
         ax.axis("off")
-    _save(fig, path)
+    fig.tight_layout()
+    fig.colorbar(shown, ax=list(axes[0]), shrink=0.8, label="K(x_i, x_j)")
+    io.atomic_write(path, lambda tmp: fig.savefig(tmp, format="png"))
 
 
-def _plot_lines(series: dict, path: Path, xlabel: str, ylabel: str, logy=False, logx=False) -> None:
+def _plot_lines(series: dict, path: Path, xlabel: str, ylabel: str, logy=False, logx=False, first=1,
+                title: str = "") -> None:
+    """Each series against its index, counted from ``first``."""
     fig = Figure(figsize=(6, 4), dpi=110)
     ax = fig.subplots()
+    if title:
+        ax.set_title(title, fontsize=9)
     for label, values in series.items():
-        ax.plot(np.arange(1, len(values) + 1), values, label=label, lw=1.2)
+        ax.plot(np.arange(first, len(values) + first), values, label=label, lw=1.2)
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     if logy:
@@ -151,16 +172,20 @@ def _ntk_markdown(rows, setting, checks) -> str:
     lines = [
         f"Setting: 1-D input, {setting['points']} points on [0, 1), one activated layer of width "
         f"{setting['width']} (SIREN and FINER: first omega 1, final-layer init omega 30; other methods "
-        f"keep their own defaults, in ntk.json's network), NTK over {setting['params']} "
-        f"parameters; eigenvalues counted above {setting['threshold']:g}. Fit: {setting['fit']['signal']}, "
-        f"Adam lr {setting['fit']['lr']}, {setting['fit']['steps']} full-batch steps.",
+        f"keep their own defaults, in ntk.json's network; first-layer bias U(-k, k) for the FINER family, 0 "
+        f"for the others, as in the official notebook), NTK over {setting['params']} parameters, computed in "
+        f"float64; FINER's derivative "
+        + ("with |z|+1 detached, as the official code trains it" if not setting["finer_scale_grad"] else
+           "the true one") + f"; eigenvalues counted above {setting['threshold']:g}. "
+        f"Fit: {setting['fit']['signal']}, Adam lr {setting['fit']['lr']}, {setting['fit']['steps']} full-batch "
+        "steps; the loss at step t is that after t updates.",
         "",
         f"| model | k | diag/off-diag | eigenvalues > threshold | largest eigenvalue | fit loss at step {early} "
         "| final fit loss |",
         "|---|---|---|---|---|---|---|",
     ]
     for r in rows:
-        k = "default" if r["k"] is None else f"{r['k']:g}"
+        k = "- (bias 0)" if r["k"] is None else f"{r['k']:g}"
         lines.append(f"| {r['model']} | {k} | {r['diag_dominance']:.3f} | {r['n_large_eigenvalues']} | "
                      f"{r['largest_eigenvalue']:.3g} | {r[f'loss_at_step_{early}']:.2e} | {r['final_loss']:.2e} |")
     if checks:
@@ -224,7 +249,7 @@ def analyze_activations(out, *, ks=(None, 1.0, 5.0, 10.0, 20.0), layers=2, resol
              "| mean frequency in x |",
              "|---|---|---|---|---|---|---|"]
     for r in rows:
-        k = "default" if r["k"] is None else f"{r['k']:g}"
+        k = "- (bias 0)" if r["k"] is None else f"{r['k']:g}"
         lines.append(f"| {k} | {r['layer']} | {r['z_abs_max']:.2f} | {r['max_freq_z']:.1f} | {r['max_freq_x']:.1f} "
                      f"| {r['p99_freq_x']:.1f} | {r['mean_freq_x']:.1f} |")
     (out / "activations.md").write_text("\n".join(lines) + "\n")

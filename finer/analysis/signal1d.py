@@ -17,7 +17,8 @@ def sum_of_sines(x: Tensor, frequencies=DEFAULT_FREQUENCIES) -> Tensor:
 
 
 def fit_curve(model: nn.Module, x: Tensor, y: Tensor, *, steps: int = 1000, lr: float = 1e-3) -> list[float]:
-    """Full-batch Adam on MSE at a constant learning rate; the loss at every step."""
+    """Full-batch Adam on MSE at a constant learning rate; the loss after every step: ``steps + 1`` values,
+    the first of the untrained network, the one at index ``t`` after ``t`` updates."""
     opt = torch.optim.Adam(model.parameters(), lr=lr)
     losses = []
     for _ in range(steps):
@@ -26,4 +27,6 @@ def fit_curve(model: nn.Module, x: Tensor, y: Tensor, *, steps: int = 1000, lr: 
         loss.backward()
         opt.step()
         losses.append(loss.detach())
+    with torch.no_grad():
+        losses.append(torch.mean((model(x) - y) ** 2))
     return torch.stack(losses).tolist()

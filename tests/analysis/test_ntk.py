@@ -9,21 +9,37 @@ from finer.models import build_model, count_parameters
 
 @pytest.mark.parametrize("name", ["finer", "siren", "gauss", "pemlp"])
 def test_empirical_ntk_equals_explicit_jacobian_product(name):
-    net = build_model(name, 1, 1, width=12, hidden_layers=1, seed=0)
-    x = torch.linspace(-1, 1, 9)[:, None]
+    net = build_model(name, 1, 1, width=12, hidden_layers=1, seed=0).double()
+    x = torch.linspace(-1, 1, 9, dtype=torch.float64)[:, None]
     J = N.explicit_jacobian(net, x)
-    torch.testing.assert_close(N.empirical_ntk(net, x, chunk=4), J @ J.T, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(N.empirical_ntk(net, x, chunk=4), J @ J.T, rtol=1e-10, atol=1e-10)
+
+
+def test_the_kernel_is_computed_in_float64_where_float32_rounding_would_make_eigenvalues():
+    """SIREN's small eigenvalues fall far below float32's rounding of the kernel: a float32 kernel shows
+    dozens above 1e-5 (and negative ones as large), the float64 one what per-point backward passes in
+    float64 give."""
+    net = N.shallow_network("siren", None, width=256)
+    x = N.ntk_grid(128)
+    J = N.explicit_jacobian(net.double(), x.double())
+    reference = N.count_large(N.eigenvalues(J @ J.T), 1e-5)
+    K = N.empirical_ntk(net, x)
+    assert K.dtype == torch.float64 and N.count_large(N.eigenvalues(K), 1e-5) == reference
+    rough = N.eigenvalues(N.empirical_ntk(net.float(), x, dtype=None))
+    assert N.count_large(rough, 1e-5) > reference + 10 and rough.min() < -1e-5
+    resolved = N.resolved(N.eigenvalues(K))
+    assert resolved.min() > 0 and len(resolved) >= reference
 
 
 def test_complex_weights_count_as_two_real_parameters():
     """WIRE's kernel sums over the real and imaginary part of every complex weight: it equals J J^T of the
     Jacobian by backward passes, whose columns for one complex weight match finite differences."""
-    net = build_model("wire", 1, 1, width=8, hidden_layers=1, seed=0)
-    x = torch.linspace(-1, 1, 6)[:, None]
+    net = build_model("wire", 1, 1, width=8, hidden_layers=1, seed=0).double()
+    x = torch.linspace(-1, 1, 6, dtype=torch.float64)[:, None]
     K = N.empirical_ntk(net, x)
     J = N.explicit_jacobian(net, x)
-    assert J.shape == (6, count_parameters(net)) and K.dtype == torch.float32
-    torch.testing.assert_close(K, J @ J.T, rtol=1e-4, atol=1e-4)
+    assert J.shape == (6, count_parameters(net)) and K.dtype == torch.float64
+    torch.testing.assert_close(K, J @ J.T, rtol=1e-10, atol=1e-10)
     w = net.layers[1].linear.weight
     column = sum(p.numel() * (2 if p.is_complex() else 1) for p in (net.layers[0].linear.weight,
                                                                    net.layers[0].linear.bias))
@@ -35,7 +51,7 @@ def test_complex_weights_count_as_two_real_parameters():
             w[0, 0] -= 2 * delta
             minus = net(x)
             w[0, 0] += delta
-        torch.testing.assert_close(J[:, column + part], ((plus - minus) / (2 * eps)).reshape(-1), rtol=2e-2, atol=2e-3)
+        torch.testing.assert_close(J[:, column + part], ((plus - minus) / (2 * eps)).reshape(-1), rtol=1e-4, atol=1e-6)
 
 
 def test_kernel_is_symmetric_positive_semidefinite():

@@ -7,7 +7,7 @@ import pytest
 from finer.cli import main
 
 
-def test_analyze_ntk_and_activations(tmp_path):
+def test_analyze_ntk_and_activations(tmp_path, capsys):
     assert main(["analyze", "ntk", "--points", "32", "--width", "32", "--steps", "5", "--k", "1,20",
                  "--mc-samples", "2000", "--out", str(tmp_path / "ntk")]) == 0
     rows = json.loads((tmp_path / "ntk" / "ntk.json").read_text())
@@ -18,6 +18,21 @@ def test_analyze_ntk_and_activations(tmp_path):
         assert (tmp_path / "ntk" / name).is_file()
     setting = json.loads((tmp_path / "ntk" / "ntk_setting.json").read_text())["setting"]
     assert setting["finer_scale_grad"] is False  # which FINER derivative the kernels are of, recorded
+    assert "detached" in (tmp_path / "ntk" / "ntk.md").read_text()  # and said beside the table
+    # the final loss is that of the network after its 5 updates, computed here again
+    import torch
+
+    from finer.analysis import ntk as N
+    from finer.analysis.signal1d import fit_curve, sum_of_sines
+
+    net, x = N.shallow_network("finer", 20.0, width=32), N.ntk_grid(32)
+    curve = fit_curve(net, x, sum_of_sines(x), steps=5)
+    with torch.no_grad():
+        after = float(torch.mean((net(x) - sum_of_sines(x)) ** 2))
+    assert len(curve) == 6 and curve[-1] == pytest.approx(after, rel=1e-6)
+    assert rows[2]["final_loss"] == pytest.approx(after, rel=1e-6) == rows[2]["loss_at_step_5"]
+    assert main(["analyze", "ntk", "--models", "finer", "--k", "1,1.0000001", "--out", str(tmp_path / "x")]) == 2
+    assert "bias ranges that print alike would share one row and one picture (finer k=1)" in capsys.readouterr().err
     # a folder holding other files (here the NTK's, as docs/results/analysis does) takes another analysis
     activations = ["analyze", "activations", "--resolution", "8", "--k", "default,5", "--out", str(tmp_path / "ntk")]
     assert main(activations) == 0
@@ -97,7 +112,10 @@ def test_an_ntk_that_overflows_is_named(tmp_path, capsys):
 
     assert main(["analyze", "ntk", "--models", "finer", "--k", "1e30", "--width", "8", "--points", "8", "--steps", "2",
                  "--mc-samples", "100", "--out", str(tmp_path / "ntk")]) == 2
-    assert "the NTK of finer k=1e+30 overflows" in capsys.readouterr().err
+    assert "the 1-D fit of finer k=1e+30 overflows" in capsys.readouterr().err  # (the float64 kernel does not)
+    assert main(["analyze", "ntk", "--models", "finer", "--k", "1e200", "--width", "8", "--points", "8", "--steps",
+                 "2", "--mc-samples", "100", "--out", str(tmp_path / "ntk")]) == 2
+    assert "the NTK of finer k=1e+200 overflows" in capsys.readouterr().err
 
 
 def test_analyze_ntk_from_python_takes_one_name_and_refuses_bad_sizes(tmp_path):
