@@ -50,8 +50,24 @@ def _earlier_outputs(out: Path, scene_views: list[str]) -> list[str]:
     if not views:
         views = [name for name in scene_views
                  if (out / "test" / f"{name}.png").is_file() and (out / "test" / f"{name}_depth.png").is_file()]
-    names = sorted({name for name in views if isinstance(name, str) and name and "/" not in name})
-    return [*RUN_FILES, *(f"test/{name}{end}" for name in names for end in (".png", "_depth.png"))]
+    return _outputs(sorted({name for name in views if isinstance(name, str) and name and "/" not in name}))
+
+
+def _outputs(test_views: list[str]) -> list[str]:
+    """The files of a NeRF run whose test views are ``test_views``, relative to its folder."""
+    return [*RUN_FILES, *(f"test/{name}{end}" for name in test_views for end in (".png", "_depth.png"))]
+
+
+def _check_scene_untouched(scene, out: Path, written: list[str], splits) -> None:
+    """Refuse an ``out`` where a file the run writes or removes (``written``, relative to ``out``) is one
+    of the scene's: its transforms files or the views it read (a scene folder named ``test`` inside ``out``
+    holds ``test/r_0.png`` as the run's test pictures do)."""
+    inputs = {Path(scene, f"transforms_{split}.json").resolve() for split in ("train", "test")}
+    inputs |= {Path(f).resolve() for views in splits for f in views.files}
+    for name in written:
+        if (out / name).resolve() in inputs:
+            raise FinerError(f"--out {out}: the run's {name} is the scene's {out / name}, which it would replace "
+                             "or delete; choose another --out")
 
 
 @dataclass
@@ -101,7 +117,8 @@ class NeRFRunConfig:
         fixed = {"width": "--width", "lr": "--lr", "seed": "--seed",
                  "hidden_layers": "no option: the networks' depths are fixed",
                  "in_features": "no option: the networks' inputs and outputs are the radiance field's",
-                 "out_features": "no option: the networks' inputs and outputs are the radiance field's"}
+                 "out_features": "no option: the networks' inputs and outputs are the radiance field's",
+                 "target_range": "no option: the colour network ends in a sigmoid, whose range is [0, 1]"}
         clash = sorted(set(self.model_options) & set(fixed))
         if clash:
             raise FinerError(f"--option {clash[0]}=... does not apply to a radiance field ({fixed[clash[0]]})")
@@ -113,9 +130,10 @@ def build_renderer(cfg: NeRFRunConfig | dict) -> N.Renderer:
     return N.Renderer(field_, samples=c["samples"], fine=c["fine"], seed=c["seed"])
 
 
-STEP_BYTES_PER_UNIT = 16
+STEP_BYTES_PER_UNIT = 20
 """Bytes a training step holds for each sample point, hidden unit and activated layer (twice that for
-complex layers): measured 12 on the CPU, fused, for FINER, Gauss and WIRE at the default width."""
+complex layers): measured on the CPU at the default width 12 with fused layers (FINER, Gauss, WIRE) and
+19 without (FINER)."""
 
 
 def _check_memory(renderer: N.Renderer, cfg: NeRFRunConfig, device: torch.device) -> None:
@@ -149,6 +167,8 @@ def fit_nerf(cfg: NeRFRunConfig, out, *, progress: bool = True, overwrite: bool 
     device = resolve_device(cfg.device)
     train = N.load_views(cfg.scene, "train", views=cfg.views, downscale=cfg.downscale)
     test = N.load_views(cfg.scene, "test", views=cfg.test_views, downscale=cfg.downscale)
+    _check_scene_untouched(cfg.scene, out, [*_earlier_outputs(out, N.split_names(cfg.scene, "test")),
+                                            *_outputs(test.names)], (train, test))
     asked = (("views", cfg.views, "train", train), ("test-views", cfg.test_views, "test", test))
     notes = [f"{flag} {n}: the {split} split of {cfg.scene} has {len(got.names)} views; using all of them"
              for flag, n, split, got in asked if n > len(got.names)]
@@ -293,7 +313,7 @@ def render_nerf(checkpoint, *, frames: int = 60, out=None, device: str = "auto",
     if need > budget:
         raise FinerError(f"{frames} frames of {w}x{h} need about {need / 2**30:.1f} GiB (> {budget / 2**30:.1f} GiB "
                          "available); use a smaller --scale or fewer --frames")
-    focal = cam["focal"] * scale
+    focal = cam["focal"] * w / cam["width"]  # (the width as rounded: the field of view stays the run's)
     ckpt = Path(checkpoint)
     out = Path(out) if out else (ckpt if ckpt.is_dir() else ckpt.parent) / "turntable"
     out.mkdir(parents=True, exist_ok=True)

@@ -266,10 +266,6 @@ def eval_sdf(checkpoint: str | Path, mesh_path: str | Path | None = None, *, out
     given = {"resolution": resolution, "iou_resolution": iou_resolution, "chamfer_samples": chamfer_samples,
              "surface_samples": surface_samples}
     missing = [name for name in EVAL_DEFAULTS if name not in recorded and given.get(name) is None]
-    if missing and (folder / "checkpoint.pt").is_file():  # a run folder whose config.json is gone or damaged
-        warnings.warn(f"{folder / 'config.json'} records no {', '.join(missing)} (missing or unreadable): this "
-                      f"evaluation uses the defaults ({', '.join(f'{k} {EVAL_DEFAULTS[k]}' for k in missing)}), "
-                      "not necessarily the fit's", FinerWarning, stacklevel=2)
     settings = {name: given.get(name) if given.get(name) is not None else recorded.get(name, default)
                 for name, default in EVAL_DEFAULTS.items()}
     check_sizes(**{k: v for k, v in settings.items() if k != "seed"})
@@ -280,6 +276,10 @@ def eval_sdf(checkpoint: str | Path, mesh_path: str | Path | None = None, *, out
                          "evaluation would replace; choose another folder (the default is the run's eval/)")
     model, payload = io.load_checkpoint(checkpoint, "sdf", "finer eval sdf")
     task = payload["task"]
+    if missing and (folder / "checkpoint.pt").is_file():  # an SDF run folder whose config.json is gone or damaged
+        warnings.warn(f"{folder / 'config.json'} records no {', '.join(missing)} (missing or unreadable): this "
+                      f"evaluation uses the defaults ({', '.join(f'{k} {EVAL_DEFAULTS[k]}' for k in missing)}), "
+                      "not necessarily the fit's", FinerWarning, stacklevel=2)
     if mesh_path is None:
         mesh_path = recorded.get("mesh") or task.get("mesh")  # (the checkpoint records it too)
         if not mesh_path:

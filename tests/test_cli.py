@@ -79,6 +79,8 @@ def test_default_image_and_models_listing(tmp_path, capsys):
         (["bench", "images", ".", "--seeds", "-1", "--out", "o"], "from 0 to 2^32 - 1"),
         (["fit", "nerf", "scene", "--samples", "2"], "takes samples >= 3; got samples 2 with fine 64"),
         (["fit", "nerf", "scene", "--option", "seed=1"], "--option seed=... does not apply to a radiance field"),
+        (["fit", "nerf", "scene", "--option", "target_range=0,255"], "--option target_range=... does not apply to a "
+                                                                     "radiance field (no option: the colour network"),
         (["fit", "nerf", "scene", "--option", "in_features=5"], "in_features=... does not apply"),
     ],
 )

@@ -6,6 +6,7 @@ import pytest
 import trimesh
 
 from finer.cli import main
+from finer.errors import FinerWarning
 from tests.conftest import SHARED
 
 TINY = ["--steps", "20", "--batch-size", "1000", "--pool-size", "5000", "--surface-samples", "5000",
@@ -140,8 +141,9 @@ def test_an_evaluation_without_a_surface_leaves_no_mesh_of_an_earlier_one(tmp_pa
 
     (ev / "mesh.ply").write_text("an earlier evaluation's surface")
     unit, norm = S.normalize(trimesh.load(tmp_path / "ball.off"))
-    again = evaluate_sdf(model, S.SurfaceIndex(unit, 5000, 0), unit, norm, resolution=16, iou_resolution=16,
-                         chamfer_samples=2000, device=torch.device("cpu"), out=ev)
+    with pytest.warns(FinerWarning, match="does not cross zero on the 16\\^3 grid"):
+        again = evaluate_sdf(model, S.SurfaceIndex(unit, 5000, 0), unit, norm, resolution=16, iou_resolution=16,
+                             chamfer_samples=2000, device=torch.device("cpu"), out=ev)
     assert again["vertices"] == 0 and not (ev / "mesh.ply").exists()
 
 
@@ -188,7 +190,9 @@ def test_a_surface_too_large_to_hold_is_not_measured_and_the_run_says_why(tmp_pa
     assert not (out / "mesh.ply").exists() and (out / "render.png").exists()
     settings = dict(steps=3, batch_size=200, pool_size=1000, surface_samples=1000, resolution=12, iou_resolution=10,
                     chamfer_samples=300)
-    rows = run_sdf_bench(meshes, models=["finer", "siren"], out=tmp_path / "b", settings=settings, progress=False)
+    with pytest.warns(FinerWarning, match="too large to extract on the 12\\^3 grid"):
+        rows = run_sdf_bench(meshes, models=["finer", "siren"], out=tmp_path / "b", settings=settings,
+                             progress=False)
     assert [r["chamfer"] for r in rows] == [None, None] and "surface too large to hold" in capsys.readouterr().out
     assert "no surface was measured" in (tmp_path / "b" / "summary.md").read_text()
     monkeypatch.undo()

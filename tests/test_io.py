@@ -44,6 +44,8 @@ def test_each_command_names_the_checkpoint_it_was_given_and_the_kind_it_reads(tm
     sdf = tmp_path / "sdf"
     io.save_checkpoint(sdf / "checkpoint.pt", model=net, extra={"model": net.state_dict(), "task": {"kind": "sdf"}})
     torch.save({"format": io.NERF_CHECKPOINT_FORMAT}, tmp_path / "nerf.pt")
+    (tmp_path / "nerf-run").mkdir()  # a run folder without config.json: no warning about SDF settings first
+    torch.save({"format": io.NERF_CHECKPOINT_FORMAT}, tmp_path / "nerf-run" / "checkpoint.pt")
     image = build_model("finer", 2, 3, width=8, hidden_layers=1)
     io.save_checkpoint(tmp_path / "image.pt", model=image,
                        extra={"model": image.state_dict(), "task": {"kind": "image"}})
@@ -57,6 +59,8 @@ def test_each_command_names_the_checkpoint_it_was_given_and_the_kind_it_reads(tm
         (["render", str(tmp_path / "nerf.pt")], "is a NeRF checkpoint (for `finer render nerf`), not an image "
                                                 "model's checkpoint, which `finer render` reads"),
         (["render", "nerf", str(tmp_path / "image.pt")], "image.pt is an image model's checkpoint, not a NeRF"),
+        (["eval", "sdf", str(tmp_path / "nerf-run")], "checkpoint.pt is a NeRF checkpoint (for `finer render nerf`), "
+                                                      "not an SDF model's checkpoint"),
         (["render", str(sdf)], "is an SDF model's checkpoint, not an image model's checkpoint, which `finer render` "
                                "reads (`finer render nerf` reads NeRF runs); an SDF run's folder holds its surface"),
     ]

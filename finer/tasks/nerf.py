@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -41,6 +41,8 @@ class Views:
     poses: np.ndarray
     focal: float
     names: list[str]
+    files: list[Path] = field(default_factory=list)
+    """The image files read, one a view (empty for views made otherwise)."""
 
     @property
     def height(self) -> int:
@@ -78,13 +80,28 @@ def _frame_pose(frame, index: int, meta_path: Path) -> np.ndarray:
     return pose
 
 
+VIEW_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
+"""Endings that make a frame's ``file_path`` a whole file name; any other path gets ``.png`` appended."""
+
+
+def view_file(scene: Path, file_path: str) -> tuple[Path, str]:
+    """The image file of a frame and the view's name. Blender scenes name their frames without the
+    ``.png``, which the official loaders always append (``./train/r_0`` is ``train/r_0.png``, and so is
+    ``./train/r_0.v1``, named ``r_0.v1``); a path that ends in an image suffix is taken as it is."""
+    path = Path(file_path)
+    if path.suffix.lower() in VIEW_SUFFIXES:
+        return scene / path, path.stem
+    return scene / f"{file_path}.png", path.name
+
+
 def split_names(scene: str | Path, split: str) -> list[str]:
     """The names of all the views of a split, as :func:`load_views` names them (empty if its file is unreadable)."""
     try:
         frames = json.loads((Path(scene) / f"transforms_{split}.json").read_text())["frames"]
     except (OSError, ValueError, KeyError, TypeError):
         return []
-    return [Path(f["file_path"]).stem for f in frames if isinstance(f, dict) and isinstance(f.get("file_path"), str)]
+    return [view_file(Path(scene), f["file_path"])[1] for f in frames
+            if isinstance(f, dict) and isinstance(f.get("file_path"), str)]
 
 
 def load_views(scene: str | Path, split: str, *, views: int | None = None, downscale: int = 1) -> Views:
@@ -109,13 +126,11 @@ def load_views(scene: str | Path, split: str, *, views: int | None = None, downs
         raise FinerError(f"downscale must be >= 1, got {downscale}")
     if not isinstance(frames, list) or not frames:
         raise FinerError(f"{meta_path} lists no frames")
-    images, poses, names, size = [], [], [], None
+    images, poses, names, files, size = [], [], [], [], None
     for i in spread(len(frames), views):
         frame = frames[i]
         pose = _frame_pose(frame, i, meta_path)
-        path = scene / frame["file_path"]
-        if not path.suffix:
-            path = path.with_suffix(".png")
+        path, name = view_file(scene, frame["file_path"])
         try:
             with Image.open(path) as im:
                 # 16-bit or float grey: scaled by its format, then read at 8 bits as the RGBA views are
@@ -136,13 +151,14 @@ def load_views(scene: str | Path, split: str, *, views: int | None = None, downs
             raise FinerError(f"cannot read view {path}: {exc}") from None
         images.append(rgba[..., :3] * rgba[..., 3:] + (1.0 - rgba[..., 3:]))  # on white
         poses.append(pose)
-        names.append(path.stem)
+        names.append(name)
+        files.append(path)
     repeated = sorted({name for name in names if names.count(name) > 1})
     if repeated:
         raise FinerError(f"{meta_path}: several views are named {', '.join(repeated)}; "
                          "their pictures and records would be confused: give the views distinct file names")
     width = images[0].shape[1]
-    return Views(np.stack(images), np.stack(poses), 0.5 * width / math.tan(0.5 * angle), names)
+    return Views(np.stack(images), np.stack(poses), 0.5 * width / math.tan(0.5 * angle), names, files)
 
 
 # -- rays and samples -------------------------------------------------------------------------------

@@ -103,6 +103,37 @@ def test_loader_composites_on_white_and_spreads_views(tmp_path):
         N.load_views(tmp_path / "nope", "train")
 
 
+def test_a_frame_path_gets_png_appended_as_the_official_loaders_do(tmp_path):
+    scene = _scene(tmp_path / "ball")
+    meta = json.loads((scene / "transforms_train.json").read_text())
+    (scene / "train" / "r_0.png").rename(scene / "train" / "r_0.v1.png")  # a dot in the name: not a suffix
+    (scene / "train" / "r_1.png").rename(scene / "train" / "r_1.jpg.png")
+    (scene / "train" / "r_2.png").rename(scene / "train" / "r_2.jpg")  # an image suffix: the file as named
+    for i, path in ((0, "./train/r_0.v1"), (1, "./train/r_1.jpg.png"), (2, "./train/r_2.jpg")):
+        meta["frames"][i]["file_path"] = path
+    (scene / "transforms_train.json").write_text(json.dumps(meta))
+    views = N.load_views(scene, "train", views=None)
+    assert views.names[:4] == ["r_0.v1", "r_1.jpg", "r_2", "r_3"] == N.split_names(scene, "train")[:4]
+    assert views.files[0] == scene / "train" / "r_0.v1.png" and views.files[2] == scene / "train" / "r_2.jpg"
+
+
+def test_a_scene_inside_the_out_folder_is_not_written_over(tmp_path, capsys):
+    """A scene folder named test/ inside --out holds test/r_0.png, as the run's own test pictures are named."""
+    root = tmp_path / "ds"
+    scene = _scene(root / "test")
+    meta = json.loads((scene / "transforms_test.json").read_text())
+    for frame in meta["frames"]:  # the views beside the transforms files, as some exports keep them
+        name = Path(frame["file_path"]).name
+        (scene / "test" / f"{name}.png").rename(scene / f"{name}.png")
+        frame["file_path"] = f"./{name}"
+    (scene / "transforms_test.json").write_text(json.dumps(meta))
+    before = (scene / "r_0.png").read_bytes()
+    assert main(["fit", "nerf", str(scene), "--views", "2", "--test-views", "2", "--steps", "1", "--rays", "16",
+                 "--samples", "4", "--fine", "0", "--width", "8", "--out", str(root), "--overwrite", "--quiet"]) == 2
+    assert "the run's test/r_0.png is the scene's" in capsys.readouterr().err
+    assert (scene / "r_0.png").read_bytes() == before and not (root / "config.json").exists()
+
+
 @pytest.mark.parametrize("edit, message", [
     (lambda meta: meta.update(frames=[]), "lists no frames"),
     (lambda meta: meta["frames"][0].pop("file_path"), "frame 0 has no file_path"),
@@ -126,7 +157,7 @@ def test_malformed_scenes_are_named_in_one_line(tmp_path, edit, message, capsys)
     assert not (tmp_path / "o").exists()
 
 
-def test_a_few_training_steps_lower_the_loss_and_the_run_renders(tmp_path, capsys):
+def test_a_few_training_steps_lower_the_loss_and_the_run_renders(tmp_path, capsys, monkeypatch):
     scene = _scene(tmp_path / "ball")
     out = tmp_path / "run"
     assert main(["fit", "nerf", str(scene), "--model", "finer", "--views", "8", "--downscale", "1", "--steps", "300",
@@ -172,6 +203,14 @@ def test_a_few_training_steps_lower_the_loss_and_the_run_renders(tmp_path, capsy
     assert "elevation is in degrees" in capsys.readouterr().err
     assert main(["render", "nerf", str(out), "--scale", "100000", "--out", str(tmp_path / "big"), "--quiet"]) == 2
     assert "use a smaller --scale or fewer --frames" in capsys.readouterr().err and not (tmp_path / "big").exists()
+    # a scale that rounds the size keeps the run's field of view: the focal follows the rounded width
+    seen, render_view = [], N.Renderer.render_view
+    monkeypatch.setattr(N.Renderer, "render_view", lambda self, h, w, focal, *rest: seen.append((h, w, focal))
+                        or render_view(self, h, w, focal, *rest))
+    assert main(["render", "nerf", str(out), "--scale", "0.3", "--frames", "1", "--out", str(tmp_path / "s"),
+                 "--quiet"]) == 0
+    focal = json.loads((out / "config.json").read_text())["focal"]
+    assert seen == [(5, 5, pytest.approx(focal * 5 / 16))]  # (0.3 x 16 = 4.8 pixels, drawn as 5)
 
 
 @pytest.mark.skipif(not LEGO.is_dir(), reason="the shared lego scene (../shared/data/nerf/lego) is absent")
