@@ -32,11 +32,16 @@ def neuron_grid(outputs: np.ndarray, count: int = 64) -> np.ndarray:
     return canvas
 
 
-def radial_spectrum(outputs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Mean power of the neurons' 2-D spectra per radial frequency (cycles per image side)."""
+def radial_spectrum(outputs: np.ndarray, chunk: int = 8) -> tuple[np.ndarray, np.ndarray]:
+    """Mean power of the neurons' 2-D spectra per radial frequency (cycles per image side), summed ``chunk``
+    units at a time (the complex spectra of all units at once take 4 times the outputs' memory)."""
     units, h, w = outputs.shape
-    centred = outputs - outputs.mean(axis=(1, 2), keepdims=True)
-    power = (np.abs(np.fft.fft2(centred)) ** 2).mean(axis=0)
+    power = np.zeros((h, w))
+    for start in range(0, units, chunk):
+        part = outputs[start:start + chunk].astype(np.float64)
+        part -= part.mean(axis=(1, 2), keepdims=True)
+        power += (np.abs(np.fft.fft2(part)) ** 2).sum(axis=0)
+    power /= units
     fy = np.fft.fftfreq(h) * h
     fx = np.fft.fftfreq(w) * w
     radius = np.sqrt(fy[:, None] ** 2 + fx[None, :] ** 2).round().astype(int)

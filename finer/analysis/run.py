@@ -18,7 +18,7 @@ from finer.analysis.neurons import first_layer_outputs, neuron_grid, radial_spec
 from finer.analysis.signal1d import fit_curve, sum_of_sines
 from finer.errors import FinerError
 from finer.models import MODELS, build_model, make_config
-from finer.tasks.image import coordinate_grid
+from finer.tasks.image import coordinate_grid, memory_budget
 
 
 def _save(fig, path: Path) -> None:
@@ -197,6 +197,14 @@ def _ntk_markdown(rows, setting, checks) -> str:
     return "\n".join(lines) + "\n"
 
 
+STATISTICS = {"z": "pre-activation z", "y": "activation y", "freq_z": "ω(2|z|+1)", "freq_x": "local frequency in x"}
+"""The distributions ``analyze activations`` draws, by their keys in :func:`layer_statistics`."""
+ACTIVATION_BYTES = 140
+"""Bytes ``analyze activations`` takes per grid point, unit and layer (measured 129 on the CPU between 64x64
+and 128x128, width 256, 2 layers): a layer's z, its derivatives along x and y, the four statistics, and
+NumPy's float64 copies for the histograms."""
+
+
 def analyze_activations(out, *, ks=(None, 1.0, 5.0, 10.0, 20.0), layers=2, resolution=128, seed=0, width=None,
                         hidden_layers=None, overwrite=False, log=io.quiet) -> list[dict]:
     """Fig. 5: distributions of z, y and local frequencies of the first layers of the image FINER
@@ -210,17 +218,25 @@ def analyze_activations(out, *, ks=(None, 1.0, 5.0, 10.0, 20.0), layers=2, resol
                          f"activated layers; give 1 to {activated}")
     out = Path(out)
     io.check_claim(out, ACTIVATION_FILES, overwrite, "activation analysis")  # (claimed once the results are in hand)
+    need, budget = resolution**2 * config.width * layers * ACTIVATION_BYTES, memory_budget(torch.device("cpu"))
+    if need > budget:
+        raise FinerError(f"the statistics of {layers} layers of width {config.width} on a {resolution}x{resolution} "
+                         f"grid need about {need / 2**30:.1f} GiB (> {budget / 2**30:.1f} GiB available); use a "
+                         "smaller --resolution")
     coords = coordinate_grid(resolution, resolution)
-    rows, stats = [], {}
+    rows, histograms = [], {}  # (the distributions as histograms: one k's tensors are held at a time)
     for k in ks:
         net = build_model("finer", 2, 3, seed=seed, **size, **({} if k is None else {"first_bias_scale": k}))
-        stats[k] = layer_statistics(net, coords, layers)
+        stats = layer_statistics(net, coords, layers)
         name = "k=default" if k is None else f"k={k:g}"
-        if not all(torch.isfinite(s[key]).all() for s in stats[k] for key in s):
+        if not all(torch.isfinite(s[key]).all() for s in stats for key in s):
             raise FinerError(f"the activation statistics of FINER {name} overflow (values beyond float range): its "
                              "bias range is too large for the network's arithmetic; give a smaller --k")
-        for i, s in enumerate(stats[k]):
+        histograms[k] = [{key: np.histogram(s[key].numpy(), bins=200, density=True) for key in STATISTICS}
+                         for s in stats]
+        for i, s in enumerate(stats):
             rows.append({"k": k, "layer": i + 1, "width": config.width, "hidden_layers": config.hidden_layers,
+                         "seed": seed, "resolution": resolution,
                          "z_abs_max": float(s["z"].abs().max()),
                          "max_freq_z": float(s["freq_z"].max()), "max_freq_x": float(s["freq_x"].max()),
                          "mean_freq_x": float(s["freq_x"].mean()),
@@ -231,12 +247,12 @@ def analyze_activations(out, *, ks=(None, 1.0, 5.0, 10.0, 20.0), layers=2, resol
     io.claim_outputs(out, ACTIVATION_FILES, overwrite, "activation analysis")
     fig = Figure(figsize=(16, 3.2 * layers), dpi=100)
     axes = fig.subplots(layers, 4, squeeze=False)
-    for k, layer_stats in stats.items():
+    for k, layer_histograms in histograms.items():
         label = "default" if k is None else f"k={k:g}"
-        for i, s in enumerate(layer_stats):
-            for j, (key, name) in enumerate([("z", "pre-activation z"), ("y", "activation y"),
-                                             ("freq_z", "ω(2|z|+1)"), ("freq_x", "local frequency in x")]):
-                axes[i][j].hist(s[key].numpy(), bins=200, histtype="step", density=True, label=label)
+        for i, h in enumerate(layer_histograms):
+            for j, (key, name) in enumerate(STATISTICS.items()):
+                density, edges = h[key]
+                axes[i][j].stairs(density, edges, label=label)
                 axes[i][j].set_title(f"layer {i + 1}: {name}", fontsize=9)
                 axes[i][j].set_yscale("log")
     axes[0][0].legend(fontsize=8)
@@ -244,12 +260,13 @@ def analyze_activations(out, *, ks=(None, 1.0, 5.0, 10.0, 20.0), layers=2, resol
     io.write_json(out / "activations.json", rows)
     lines = [f"FINER image network ({config.hidden_layers} x {config.width}, omega {config.first_omega:g}) at "
              f"initialisation, seed {seed}, on a "
-             f"{resolution}x{resolution} grid of [-1, 1]^2. Frequencies in radians per unit of input.", "",
+             f"{resolution}x{resolution} grid of [-1, 1]^2. ω(2\\|z\\|+1): the activation's frequency in "
+             "radians per unit of z; frequencies in x: radians per unit of input, ω(2\\|z\\|+1)·‖∇ₓz‖.", "",
              "| k | layer | max \\|z\\| | max ω(2\\|z\\|+1) | max frequency in x | 99th pct frequency in x "
              "| mean frequency in x |",
              "|---|---|---|---|---|---|---|"]
     for r in rows:
-        k = "- (bias 0)" if r["k"] is None else f"{r['k']:g}"
+        k = "default" if r["k"] is None else f"{r['k']:g}"
         lines.append(f"| {k} | {r['layer']} | {r['z_abs_max']:.2f} | {r['max_freq_z']:.1f} | {r['max_freq_x']:.1f} "
                      f"| {r['p99_freq_x']:.1f} | {r['mean_freq_x']:.1f} |")
     (out / "activations.md").write_text("\n".join(lines) + "\n")
@@ -257,6 +274,11 @@ def analyze_activations(out, *, ks=(None, 1.0, 5.0, 10.0, 20.0), layers=2, resol
 
 
 NEURON_FILES = ("neurons.png", "neuron_spectrum.png", "neurons.json")
+
+
+NEURON_BYTES = 16
+"""Bytes :func:`analyze_neurons` holds a neuron and pixel (measured 12.4 at 256x256, width 256): its float32
+output, the layer's output before the transpose that gives it, and the spectra of a few units at a time."""
 
 
 def analyze_neurons(checkpoint, out=None, *, count=64, overwrite=False) -> dict:
@@ -267,6 +289,12 @@ def analyze_neurons(checkpoint, out=None, *, count=64, overwrite=False) -> dict:
     ckpt = Path(checkpoint)
     out = Path(out) if out else (ckpt if ckpt.is_dir() else ckpt.parent) / "neurons"
     io.check_claim(out, NEURON_FILES, overwrite, "neuron analysis")  # (claimed once the results are in hand)
+    units, pixels = model.layers[0].linear.out_features, task["height"] * task["width"]
+    need, budget = units * pixels * NEURON_BYTES, memory_budget(torch.device("cpu"))
+    if need > budget:
+        raise FinerError(f"the {units} first-layer neurons of this run on its {task['width']}x{task['height']} "
+                         f"training grid need about {need / 2**30:.1f} GiB (> {budget / 2**30:.1f} GiB available); "
+                         "analyze a run fitted to a smaller image")
     outputs = first_layer_outputs(model.eval(), task["height"], task["width"], task["aspect"])
     grid = neuron_grid(outputs, count)
     freq, power = radial_spectrum(outputs)

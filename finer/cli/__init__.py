@@ -129,7 +129,8 @@ def _memory_hint(args) -> str:
         ("bench", "speed"): "use a smaller --size or --width, or fewer --signals",
         ("analyze", "ntk"): "use fewer --points or a smaller --width",
         ("analyze", "activations"): "use a smaller --resolution",
-        ("analyze", "neurons"): "use a smaller --count",
+        ("analyze", "neurons"): "the neurons are drawn on the run's whole training grid: analyze a run fitted to "
+                                "a smaller image",
     }
     hints[("bench", "width")] = hints[("bench", "images")]
     return hints.get(command, "use smaller sizes in this command's options")

@@ -42,6 +42,9 @@ def test_radial_spectrum_peaks_at_the_sinusoid_frequency():
     outputs = np.stack([np.sin(2 * np.pi * 5 * xx / w), np.cos(2 * np.pi * 5 * yy / h)])
     freq, power = radial_spectrum(outputs)
     assert freq[np.argmax(power)] == 5
+    # summed a unit at a time, as over all at once
+    mixed = np.random.default_rng(0).standard_normal((5, 12, 10))
+    np.testing.assert_allclose(radial_spectrum(mixed, chunk=2)[1], radial_spectrum(mixed, chunk=5)[1], rtol=1e-12)
 
 
 def test_neuron_grid_tiles_normalised_images():

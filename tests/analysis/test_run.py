@@ -37,7 +37,10 @@ def test_analyze_ntk_and_activations(tmp_path, capsys):
     activations = ["analyze", "activations", "--resolution", "8", "--k", "default,5", "--out", str(tmp_path / "ntk")]
     assert main(activations) == 0
     rows = json.loads((tmp_path / "ntk" / "activations.json").read_text())
-    assert len(rows) == 4 and rows[2]["k"] == 5.0
+    assert len(rows) == 4 and rows[2]["k"] == 5.0 and (rows[2]["seed"], rows[2]["resolution"]) == (0, 8)
+    assert "radians per unit of z" in (tmp_path / "ntk" / "activations.md").read_text()
+    assert main(["analyze", "activations", "--resolution", "100000", "--out", str(tmp_path / "big")]) == 2
+    assert "use a smaller --resolution" in capsys.readouterr().err and not (tmp_path / "big").exists()
 
 
 def test_an_earlier_analysis_is_replaced_only_with_overwrite(tmp_path, capsys):
@@ -61,7 +64,7 @@ def test_an_earlier_analysis_is_replaced_only_with_overwrite(tmp_path, capsys):
     assert "earlier NTK analysis" in capsys.readouterr().err
 
 
-def test_analyze_neurons_from_a_checkpoint(tmp_path, png_path, capsys):
+def test_analyze_neurons_from_a_checkpoint(tmp_path, png_path, capsys, monkeypatch):
     run = tmp_path / "run"
     assert main(["fit", "image", str(png_path), "--steps", "3", "--width", "16", "--out", str(run), "--quiet"]) == 0
     capsys.readouterr()
@@ -75,6 +78,12 @@ def test_analyze_neurons_from_a_checkpoint(tmp_path, png_path, capsys):
         capsys.readouterr().err
     assert (run / "neurons" / "neurons.json").read_bytes() == before
     assert main(["analyze", "neurons", str(run), "--count", "4", "--overwrite"]) == 0
+    import finer.analysis.run
+
+    monkeypatch.setattr(finer.analysis.run, "memory_budget", lambda device: 1000)
+    capsys.readouterr()
+    assert main(["analyze", "neurons", str(run), "--out", str(tmp_path / "n")]) == 2
+    assert "first-layer neurons of this run on its" in capsys.readouterr().err and not (tmp_path / "n").exists()
 
 
 @pytest.mark.parametrize("args, message", [
