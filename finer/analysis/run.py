@@ -44,6 +44,10 @@ def _cases(models: list[str], ks: list[float]) -> list[tuple[str, float | None]]
     return cases
 
 
+MAX_MC_SAMPLES = 10**9
+"""The most Monte-Carlo draws of Eq. (5) that ``analyze ntk`` takes (0.6 microseconds a draw on 2 cores)."""
+
+
 def analyze_ntk(out, *, models=("siren", "finer"), ks=(1.0, 5.0, 10.0, 20.0), width=256, points=1024,
                 params="all", threshold=1.0, steps=1000, lr=1e-3, seed=0, mc_samples=200_000,
                 overwrite=False, log=io.quiet) -> list[dict]:
@@ -63,6 +67,16 @@ def analyze_ntk(out, *, models=("siren", "finer"), ks=(1.0, 5.0, 10.0, 20.0), wi
         raise FinerError(f"bias ranges k must be finite and >= 0, got {', '.join(f'{k:g}' for k in ks)}")
     if points < 2:
         raise FinerError(f"points must be at least 2 (a kernel's off-diagonal needs two), got {points}")
+    if mc_samples > MAX_MC_SAMPLES:
+        raise FinerError(f"mc_samples {mc_samples}: at most {MAX_MC_SAMPLES:.0e} (about 10 minutes a bias range on "
+                         "2 CPU cores; the Monte-Carlo error falls only as one over the square root of the samples, "
+                         "and at the default 200000 it is already below the empirical kernel's own)")
+    # float64: the kernel, its symmetric copy and the eigen-solver's workspace; the Jacobian of all parameters
+    need = 8 * (4 * points**2 + points * (3 * width + 1) * 2)
+    budget = memory_budget(torch.device("cpu"))
+    if need > budget:
+        raise FinerError(f"an NTK of {points} points needs about {need / 2**30:.1f} GiB (> {budget / 2**30:.1f} GiB "
+                         "available); use fewer --points or a smaller --width")
     cases = _cases(list(models), list(ks))  # unknown names, before any work
     labels = [_label(m, k) for m, k in cases]
     alike = sorted({label for label in labels if labels.count(label) > 1})

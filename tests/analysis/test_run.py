@@ -90,6 +90,8 @@ def test_analyze_neurons_from_a_checkpoint(tmp_path, png_path, capsys, monkeypat
     (["--models", ","], "no models given"),
     (["--k", "inf"], "finite"),
     (["--points", "1"], "points must be at least 2"),
+    (["--points", "10000000"], "an NTK of 10000000 points needs about"),
+    (["--mc-samples", "1000000000000"], "mc_samples 1000000000000: at most 1e+09"),
     (["--models", "finer,nope"], "unknown model 'nope'"),
 ])
 def test_ntk_refuses_bad_settings_before_any_work(tmp_path, capsys, args, message):
