@@ -10,11 +10,11 @@ its first evaluation) takes no part.
 
 from __future__ import annotations
 
-import statistics
 from pathlib import Path
 
 from finer import io
 from finer.bench import check_record
+from finer.bench.images import mean
 from finer.errors import FinerError
 from finer.metrics import psnr_difference
 
@@ -47,7 +47,7 @@ def psnr_table(results: str | Path) -> dict[tuple[str, int, int], dict[str, floa
 def _stats(diffs: list[float]) -> dict:
     if not diffs:
         raise FinerError("no image was run by both methods")
-    return {"pairs": len(diffs), "ahead": sum(d > 0 for d in diffs), "mean": statistics.mean(diffs),
+    return {"pairs": len(diffs), "ahead": sum(d > 0 for d in diffs), "mean": mean(diffs),
             "min": min(diffs), "max": max(diffs)}
 
 

@@ -32,7 +32,7 @@ from finer.errors import CropError, FinerError
 from finer.bench.executors import execute, threads_per_worker
 from finer.bench.report import write_report
 from finer.lpips import available as lpips_available
-from finer.metrics import image_metrics, psnr_difference
+from finer.metrics import image_metrics, psnr, psnr_difference
 from finer.models import MODELS, build_model, count_parameters
 from finer.nn.fused import apply_fused
 from finer.nn.stacked import stack_problem
@@ -383,11 +383,17 @@ class Execution:
                              "each run already uses the threads its worker gets")
 
 
-def protocol_mismatch(row: dict, protocol: Protocol, digest: str) -> str:
+def protocol_mismatch(row: dict, protocol: Protocol, digest: str, image: np.ndarray | None = None,
+                      reconstruction: Path | None = None) -> str:
     """How a finished run's record differs from ``protocol`` on the image of digest ``digest`` (empty if
     it does not): a grid's runs are named by image file, method and seed only, so a rerun with other
     settings or other images must not take old runs as its own. Records written before they carried
-    the image's digest are compared on crop and size instead."""
+    the image's digest are compared on crop and size, and on ``image`` through the run's saved
+    ``reconstruction`` (:func:`_fits_its_image`)."""
+    if "image_digest" not in row and image is not None and reconstruction is not None:
+        other = _fits_its_image(row, image, reconstruction)
+        if other:
+            return other
     steps = row.get("steps", 0)
     planned = row.get("steps_planned", steps if row.get("status") == "complete" else max(steps, protocol.steps))
     recorded = {"steps": planned, "width": row.get("width"), "hidden_layers": row.get("hidden_layers")}
@@ -399,6 +405,28 @@ def protocol_mismatch(row: dict, protocol: Protocol, digest: str) -> str:
         wanted.update(crop=protocol.crop, size=protocol.size)
     return ", ".join(f"{k} {recorded[k]} where this grid has {wanted[k]}" for k in wanted
                      if str(recorded[k]) != str(wanted[k]))
+
+
+def _fits_its_image(row: dict, image: np.ndarray, reconstruction: Path) -> str:
+    """Whether a record without the image's digest is of ``image``: its saved reconstruction (8-bit) must
+    score on it about the PSNR the record states (within 3 dB, of at most 50: 8-bit rounding alone limits
+    a PNG to about 59 dB); empty if it does, or if there is no reconstruction to tell, else how it differs.
+    The natural and text sets share their file names: a reconstruction of the other set scores 5-15 dB. (A run
+    that learned little scores alike on any image, and is taken.)"""
+    recorded = io.stored_number(row.get("psnr"))
+    if not reconstruction.is_file() or not isinstance(recorded, (int, float)) or not math.isfinite(recorded):
+        return ""
+    try:
+        saved = load_image(reconstruction)
+    except (FinerError, OSError):
+        return ""
+    if saved.shape != image.shape:
+        return f"image of {saved.shape[1]}x{saved.shape[0]} where this grid's is {image.shape[1]}x{image.shape[0]}"
+    scored = psnr(saved, image)
+    if scored < min(recorded, 50.0) - 3.0:
+        return (f"its reconstruction scores {scored:.1f} dB on this grid's image where the run recorded "
+                f"{recorded:.1f} dB: another image of the same name")
+    return ""
 
 
 def run_grid(plan, out: Path, device: str, progress: bool, on_row=None, execution: Execution | None = None,
@@ -432,7 +460,8 @@ def run_grid(plan, out: Path, device: str, progress: bool, on_row=None, executio
             row = check_record(io.read_json(record), str(record), numbers=("psnr", "ssim", "steps"),
                                texts=("model", "image", "status"))
             row.update({k: io.stored_number(row[k]) for k in ("psnr", "ssim") if k in row})  # NaN/inf as measured
-            mismatch = protocol_mismatch(row, protocol, digests[key])
+            mismatch = protocol_mismatch(row, protocol, digests[key], images[key],
+                                         out / "runs" / f"{record_name}.png")
             if mismatch:
                 advice = ("--report-only reports the grid its options describe: give the options it was run with"
                           if not train else "write this grid to another --out, or delete that folder's runs")
@@ -573,8 +602,19 @@ def _protocol_line(p: dict) -> str:
             + ". PSNR/SSIM/LPIPS (AlexNet, v0.1) of the clipped prediction on [0, 1], mean ± std over runs.")
 
 
+def mean(values) -> float:
+    """The mean of measurements that may hold an exact fit's ``inf`` (the mean is then ``inf``) or a ``nan``
+    (SSIM of images under 3 pixels; the mean is then ``nan``): ``statistics.mean`` fails on both."""
+    values = list(values)
+    if all(math.isfinite(v) for v in values):
+        return statistics.mean(values)
+    return float(np.mean(values))
+
+
 def _mean_std(values: list[float]) -> tuple[float, float]:
-    return statistics.mean(values), (statistics.stdev(values) if len(values) > 1 else math.nan)
+    """Mean and standard deviation; no deviation (``nan``) of one value, or of values not all finite."""
+    spread = len(values) > 1 and all(math.isfinite(v) for v in values)
+    return mean(values), (statistics.stdev(values) if spread else math.nan)
 
 
 def summary_table(rows: list[dict], models: list[str], protocol: dict) -> str:
@@ -584,9 +624,19 @@ def summary_table(rows: list[dict], models: list[str], protocol: dict) -> str:
     best = best_counts(rows, models)
     for name, p, sp, s, ss, lp, slp, params, sps, n in summary_rows(rows, models):
         lpips_cell = f"{lp:.2e}{_pm(slp, '.1e')}" if lp is not None else "-"
+        diverged = sum(r["model"] == name and r.get("status") == "diverged" for r in rows)
+        runs = f"{n} ({diverged} †)" if diverged else f"{n}"
         lines.append(f"| {name} | {p:.2f}{_pm(sp, '.2f')} | {s:.4f}{_pm(ss, '.4f')} | {lpips_cell} | {params:,} | "
-                     f"{sps:.3f} | {n} | {best[name]} |")
-    return "\n".join(lines) + "\n" + BEST_NOTE + "\n"
+                     f"{sps:.3f} | {runs} | {best[name]} |")
+    return "\n".join(lines) + "\n" + BEST_NOTE + "\n" + _diverged_note(rows)
+
+
+def _diverged_note(rows: list[dict]) -> str:
+    """The footnote of the runs marked †, if any."""
+    if not any(r.get("status") == "diverged" for r in rows):
+        return ""
+    return ("\n† runs whose loss diverged: scored at their last good step and counted in the means as measured "
+            "(a rerun would diverge again); the training curves leave them out.\n")
 
 
 BEST_NOTE = ("\n*best on*: of the images (and seeds) that every method of the table has run, on how many "
@@ -634,7 +684,7 @@ def _per_image(rows: list[dict], model: str, width) -> dict:
     for r in rows:
         if r["model"] == model and r["width"] == width:
             per.setdefault(r["image"], []).append(r["psnr"])
-    return {image: statistics.mean(v) for image, v in per.items()}
+    return {image: mean(v) for image, v in per.items()}
 
 
 def width_table(rows: list[dict], models: list[str], widths, protocol: dict) -> str:
@@ -648,15 +698,17 @@ def width_table(rows: list[dict], models: list[str], widths, protocol: dict) -> 
     n_images = protocol.get("images")
     for w in widths:
         per = {m: _per_image(rows, m, w) for m in models}
-        cells = [(f"{statistics.mean(per[m].values()):.2f}" + ("" if len(per[m]) == n_images else f" ({len(per[m])})"))
-                 if per[m] else "-" for m in models]
+        diverged = {m for m in models if any(r["model"] == m and r["width"] == w and r.get("status") == "diverged"
+                                              for r in rows)}
+        cells = [(f"{mean(per[m].values()):.2f}" + ("" if len(per[m]) == n_images else f" ({len(per[m])})")
+                  + (" †" if m in diverged else "")) if per[m] else "-" for m in models]
         if lead:
             gaps, ahead, pairs = [], 0, 0
             for m in models:
                 common = set(per["finer"]) & set(per[m]) if m != "finer" else set()
                 if common:
                     diffs = [psnr_difference(per["finer"][i], per[m][i]) for i in common]
-                    gaps.append(statistics.mean(diffs))
+                    gaps.append(mean(diffs))
                     ahead += sum(d > 0 for d in diffs)
                     pairs += len(diffs)
             cells += [f"{min(gaps):+.2f}", f"{ahead}/{pairs}"] if gaps else ["-", "-"]
@@ -664,7 +716,7 @@ def width_table(rows: list[dict], models: list[str], widths, protocol: dict) -> 
     if lead:
         lines += ["", "FINER lead: FINER's mean PSNR minus that of the best other method, each over the images both "
                       "finished; FINER ahead on: (image, method) pairs where FINER's PSNR is higher."]
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines) + "\n" + _diverged_note(rows)
 
 
 def width_plot(rows: list[dict], models: list[str], widths, path: Path) -> None:
@@ -676,7 +728,7 @@ def width_plot(rows: list[dict], models: list[str], widths, path: Path) -> None:
     full = max((len(per) for per in cells.values()), default=0)
     partial = False
     for m in models:
-        pts = [(w, statistics.mean(cells[m, w].values()), len(cells[m, w])) for w in widths if (m, w) in cells]
+        pts = [(w, mean(cells[m, w].values()), len(cells[m, w])) for w in widths if (m, w) in cells]
         if not pts:
             continue
         (line,) = ax.plot([w for w, _, _ in pts], [p for _, p, _ in pts], "o-", label=m)

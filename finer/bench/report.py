@@ -24,12 +24,13 @@ def _png(fig) -> str:
 
 
 def curves_figure(rows: list[dict], models: list[str]) -> str | None:
-    """Mean training PSNR (unclipped, full batch) against step per method, over its runs."""
+    """Mean training PSNR (unclipped, full batch) against step per method, over its finished runs (a diverged
+    run's curve stops early: it is left out, not allowed to cut the others short)."""
     fig = Figure(figsize=(7, 4.2), dpi=110)
     ax = fig.subplots()
     drawn = False
     for name in models:
-        curves = [r["curve"] for r in rows if r["model"] == name and r.get("curve")]
+        curves = [r["curve"] for r in rows if r["model"] == name and r.get("curve") and r.get("status") != "diverged"]
         if not curves:
             continue
         length = min(len(c) for c in curves)
@@ -80,7 +81,7 @@ def crops_figure(target: np.ndarray, recons: dict[str, np.ndarray]) -> str:
 
 
 def _table_html(rows: list[dict], models: list[str]) -> str:
-    from finer.bench.images import BEST_NOTE, _pm, best_counts, summary_rows
+    from finer.bench.images import BEST_NOTE, _diverged_note, _pm, best_counts, summary_rows
 
     head = "<tr><th>rank</th><th>model</th><th>PSNR (dB)</th><th>SSIM</th><th>LPIPS</th><th>params</th>" \
            "<th>s/step</th><th>runs</th><th>best on</th></tr>"
@@ -88,11 +89,14 @@ def _table_html(rows: list[dict], models: list[str]) -> str:
     body = []
     for rank, (name, p, sp, s, ss, lp, slp, params, sps, n) in enumerate(summary_rows(rows, models), start=1):
         lp_cell = f"{lp:.2e}{_pm(slp, '.1e')}" if lp is not None else "–"
+        diverged = sum(r["model"] == name and r.get("status") == "diverged" for r in rows)
         body.append(f"<tr><td>{rank}</td><td>{html.escape(name)}</td><td>{p:.2f}{_pm(sp, '.2f')}</td>"
                     f"<td>{s:.4f}{_pm(ss, '.4f')}</td><td>{lp_cell}</td><td>{params:,}</td><td>{sps:.3f}</td>"
-                    f"<td>{n}</td><td>{best[name]}</td></tr>")
+                    f"<td>{n}{f' ({diverged} †)' if diverged else ''}</td><td>{best[name]}</td></tr>")
     note = html.escape(BEST_NOTE.strip()).replace("*best on*", "<em>best on</em>")
-    return f"<table>{head}{''.join(body)}</table><p>{note}</p>"
+    footnote = _diverged_note(rows).strip()
+    extra = f"<p>{html.escape(footnote)}</p>" if footnote else ""
+    return f"<table>{head}{''.join(body)}</table><p>{note}</p>{extra}"
 
 
 def write_report(out: Path, rows: list[dict], models: list[str], protocol: dict, images: list[Path]) -> Path:

@@ -49,13 +49,19 @@ def run_sdf_bench(directory, *, models, out, settings=None, device="auto", progr
                                **{k: settings[k] for k in ("surface_samples", "pool_size", "chamfer_samples")})
     check_run_names([(_run_name(path, name), path, name) for name in models for path in meshes], "mesh")
     check_bench_out(out, "sdf")
-    for name in models:  # finished runs' records, before any table is rewritten
+    for name in models:  # finished runs' records and settings, before any table is rewritten or run trained
         for path in meshes:
-            done = out / "runs" / _run_name(path, name) / "metrics.json"
+            run_dir = out / "runs" / _run_name(path, name)
+            done = run_dir / "metrics.json"
             recorded = io.read_json(done) if done.exists() else {}
             if isinstance(recorded, dict) and recorded.get("status") in FINISHED:
                 check_record(recorded, str(done), numbers=("chamfer", "iou", "seconds_per_step"),
                              texts=("model", "status"))
+                mismatch = _protocol_mismatch(run_dir, SDFRunConfig(mesh=str(path), model=name, device=device,
+                                                                    **settings))
+                if mismatch:
+                    raise FinerError(f"{run_dir} is a run of another protocol or mesh ({mismatch}); write this grid "
+                                     "to another --out, or delete that folder's runs")
     rows, skipped = [], 0
     for name in models:  # method-major: the first methods cover every shape early
         for path in meshes:
@@ -63,11 +69,7 @@ def run_sdf_bench(directory, *, models, out, settings=None, device="auto", progr
             done = run_dir / "metrics.json"
             cfg = SDFRunConfig(mesh=str(path), model=name, device=device, **settings)
             recorded = io.read_json(done) if done.exists() else {}
-            if isinstance(recorded, dict) and recorded.get("status") in FINISHED:
-                mismatch = _protocol_mismatch(run_dir, cfg)
-                if mismatch:
-                    raise FinerError(f"{run_dir} is a run of another protocol or mesh ({mismatch}); write this grid "
-                                     "to another --out, or delete that folder's runs")
+            if isinstance(recorded, dict) and recorded.get("status") in FINISHED:  # (its settings checked above)
                 rows.append({"shape": path.stem, **recorded})
                 skipped += 1
                 continue
@@ -117,9 +119,11 @@ def _fmt(value) -> str:
 
 
 def _write(out: Path, rows, models, meshes, settings) -> None:
+    planned = len(models) * len(meshes)
     protocol = {**settings, "hidden_layers": 2, "width": 256, "lr": 1e-4, "optimizer": "Adam (AMSGrad), constant lr",
                 "grad_clip": 1.0, "finer_k": 1.0, "machine": f"{platform.machine()}, {torch.get_num_threads()} threads",
-                "torch": torch.__version__, "date": time.strftime("%Y-%m-%d"), "runs_done": len(rows)}
+                "torch": torch.__version__, "date": time.strftime("%Y-%m-%d"), "runs_done": len(rows),
+                "runs_planned": planned}
     io.write_json(out / "results.json", {"protocol": protocol, "runs": rows})
     io.write_csv(out / "results.csv", rows)
     shapes = [m.stem for m in meshes]
@@ -129,7 +133,7 @@ def _write(out: Path, rows, models, meshes, settings) -> None:
         f"clip 1, FINER k = 1; marching cubes at {settings['resolution']}^3; Chamfer with "
         f"{settings['chamfer_samples']} samples per surface (normalised frame, longest side 0.9); IoU on a "
         f"{settings['iou_resolution']}^3 grid. {protocol['machine']}, torch {protocol['torch']}, {protocol['date']}; "
-        f"{len(rows)} runs.", "",
+        f"{len(rows)} runs" + (f" of {planned} planned" if len(rows) < planned else "") + ".", "",
         "Chamfer distance (lower is better):", "",
         "| shape | " + " | ".join(models) + " |", "|---|" + "---|" * len(models)]
     cell = {(r["shape"], r["model"]): r for r in rows}
@@ -142,10 +146,14 @@ def _write(out: Path, rows, models, meshes, settings) -> None:
         means = []
         for m in models:
             vals = [cell[(s, m)][key] for s in shapes if (s, m) in cell and cell[(s, m)][key] is not None]
-            means.append(fmt(statistics.mean(vals)) if vals else "-")
+            count = "" if len(vals) == len(shapes) else f" ({len(vals)} of {len(shapes)})"
+            means.append(fmt(statistics.mean(vals)) + count if vals else "-")
         lines.append("| **mean** | " + " | ".join(means) + " |")
     if any(r["status"] == "diverged" for r in rows):
         lines += ["", "† the loss diverged; scored at the last good step, whose checkpoint the run keeps."]
+    if len(rows) < planned:
+        lines += ["", "not run: the grid has not trained this run yet (rerun the command to finish it); a mean over "
+                      "fewer shapes than the grid's gives their count."]
     if any(r.get("chamfer") is None for r in rows):
         lines += ["", "A Chamfer distance of - in a finished run: no surface was measured (none crossed zero, or it "
                       "was too large to hold; the run's `surface_note` says which); the means leave it out."]
@@ -155,7 +163,7 @@ def _write(out: Path, rows, models, meshes, settings) -> None:
 
 def _cell(row, key: str, fmt) -> str:
     if row is None:
-        return "-"
+        return "not run"
     return fmt(row[key]) + (" †" if row["status"] == "diverged" else "")
 
 

@@ -333,6 +333,19 @@ def test_a_rerun_with_other_settings_does_not_take_the_old_runs(image_dir, tmp_p
     Image.fromarray(np.full((24, 24, 3), 77, np.uint8)).save(other / "00.png")
     assert main([args[0], args[1], str(other), *args[3:]]) == 2
     assert "pixels" in capsys.readouterr().err
+    # a record from before records named the pixels: its saved reconstruction tells the other image apart
+    record = out / "runs" / "00-finer-s0.json"
+    row = json.loads(record.read_text())
+    record.write_text(json.dumps({**{k: v for k, v in row.items() if k != "image_digest"}, "psnr": 40.0}))
+    # (a 3-step fit learns nothing; a good one, whose reconstruction is close to the image, is drawn here)
+    Image.fromarray((load_image(image_dir / "00.png", crop=16, size=16) * 255).round().astype(np.uint8)).save(
+        out / "runs" / "00-finer-s0.png")
+    negative = tmp_path / "negative"
+    negative.mkdir()
+    Image.fromarray(255 - np.asarray(Image.open(image_dir / "00.png"))).save(negative / "00.png")
+    assert main([args[0], args[1], str(negative), *args[3:]]) == 2
+    assert "another image of the same name" in capsys.readouterr().err
+    assert main(args) == 0 and "1 of 1 run already finished" in capsys.readouterr().out  # its own image: taken
     # a partial run of other settings stops the grid before anything trains
     torch.save({"format": io.BENCH_PARTIAL_FORMAT, "key": {"model": "siren"}}, out / "runs" / "00-siren-s0.partial.pt")
     assert main([*args[:3], "--models", "gauss,siren", *args[5:]]) == 2
@@ -456,6 +469,33 @@ def test_width_table_counts_two_exact_fits_as_a_tie():
     table = width_table(rows, ["finer", "siren"], [8], protocol)
     line = next(row for row in table.splitlines() if row.startswith("| 8"))
     assert "nan" not in line and "+0.50" in line and "1/2" in line  # the lead: mean of 0 (tie) and +1
+
+
+def test_tables_take_exact_fits_nan_ssim_and_mark_diverged_runs():
+    from finer.bench.images import summary_table, width_table
+    from finer.bench.report import _table_html, curves_figure
+
+    curve = [[1, 10.0], [2, 20.0], [3, 30.0]]
+    rows = [dict(model="finer", image="a", seed=0, width=8, psnr=math.inf, ssim=1.0, lpips=None, params=10,
+                 seconds_per_step=0.1, status="complete", curve=curve),
+            dict(model="finer", image="b", seed=0, width=8, psnr=30.0, ssim=math.nan, lpips=None, params=10,
+                 seconds_per_step=0.1, status="complete", curve=curve),
+            dict(model="siren", image="a", seed=0, width=8, psnr=20.0, ssim=0.5, lpips=None, params=10,
+                 seconds_per_step=0.1, status="diverged", curve=curve[:1]),
+            dict(model="siren", image="b", seed=0, width=8, psnr=25.0, ssim=0.6, lpips=None, params=10,
+                 seconds_per_step=0.1, status="complete", curve=curve)]
+    protocol = dict(images=2, directory="d", crop=None, size=None, hidden_layers=2, width=8, steps=3, seeds=[0],
+                    device="cpu", machine="m", torch="t", date="d", runs_done=4)
+    table = summary_table(rows, ["finer", "siren"], protocol)
+    lines = {line.split(" | ")[0]: line for line in table.splitlines() if line.startswith("| ")}
+    assert "| inf | nan |" in lines["| finer"]  # an exact fit's mean is inf, and no spread is made up
+    assert "22.50 ± 3.54" in lines["| siren"] and "| 2 (1 †) |" in lines["| siren"]
+    assert "† runs whose loss diverged" in table
+    assert "(1 †)" in _table_html(rows, ["finer", "siren"]) and "† runs whose loss diverged" in _table_html(
+        rows, ["finer", "siren"])
+    width = width_table(rows, ["finer", "siren"], [8], protocol)
+    assert "22.50 †" in width and "† runs whose loss diverged" in width
+    assert curves_figure(rows, ["finer", "siren"])  # (the diverged run's short curve left out: no cut to 1 step)
 
 
 def test_a_rerun_that_trains_nothing_keeps_the_run_conditions(tmp_path):

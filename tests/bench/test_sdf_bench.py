@@ -28,8 +28,13 @@ def test_sdf_grid_table_and_resume(tmp_path, capsys):
     printed = capsys.readouterr().out
     assert printed.count("IoU") == 0 and "4 of 4 runs were already finished" in printed  # skipped, and said so
     assert f"4 runs: {tmp_path / 'b' / 'summary.md'}" in printed
+    summary = (tmp_path / "b" / "summary.md").read_text()
     with pytest.raises(FinerError, match="another protocol or mesh \\(steps 3 where this grid has 4"):
-        run_sdf_bench(meshes, models=["finer"], out=tmp_path / "b", settings={**TINY, "steps": 4}, progress=False)
+        run_sdf_bench(meshes, models=["gauss", "finer"], out=tmp_path / "b", settings={**TINY, "steps": 4},
+                      progress=False)
+    # refused before anything trained (gauss comes first) or any table was rewritten
+    assert not (tmp_path / "b" / "runs" / "ball-gauss").exists()
+    assert (tmp_path / "b" / "summary.md").read_text() == summary
     config = tmp_path / "b" / "runs" / "ball-finer" / "config.json"
     recorded = json.loads(config.read_text())
     config.write_text(json.dumps({k: v for k, v in recorded.items() if k != "mesh_sha256"}))  # a run from before
@@ -120,6 +125,20 @@ def test_a_diverged_run_is_a_marked_result_and_an_interrupted_one_stops_the_grid
     err = capsys.readouterr().err
     assert f"finished runs are kept in {tmp_path / 'c'}/runs" in err and "fits the run it cut again" in err
     assert not (tmp_path / "c" / "runs" / "ball-finer").exists()  # the grid stopped at the cut run
+
+
+def test_an_unfinished_grid_counts_what_its_means_are_over(tmp_path):
+    from finer.bench.sdf import _write
+
+    meshes = [tmp_path / "ball.obj", tmp_path / "cube.obj"]
+    run = dict(status="complete", chamfer=0.01, iou=0.9, seconds_per_step=0.1)
+    rows = [{"shape": "ball", "model": "finer", **run}, {"shape": "cube", "model": "finer", **run},
+            {"shape": "ball", "model": "siren", **run, "chamfer": 0.03}]
+    _write(tmp_path, rows, ["finer", "siren"], meshes, TINY)
+    summary = (tmp_path / "summary.md").read_text()
+    assert "3 runs of 4 planned." in summary and "| cube | 1.000e-02 | not run |" in summary
+    assert "| **mean** | 1.000e-02 | 3.000e-02 (1 of 2) |" in summary and "not run: the grid has not trained" in summary
+    assert json.loads((tmp_path / "results.json").read_text())["protocol"]["runs_planned"] == 4
 
 
 def test_the_command_takes_every_size_of_the_protocol(tmp_path, capsys):
