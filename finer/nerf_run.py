@@ -130,10 +130,10 @@ def build_renderer(cfg: NeRFRunConfig | dict) -> N.Renderer:
     return N.Renderer(field_, samples=c["samples"], fine=c["fine"], seed=c["seed"])
 
 
-STEP_BYTES_PER_UNIT = 20
+STEP_BYTES_PER_UNIT = 28
 """Bytes a training step holds for each sample point, hidden unit and activated layer (twice that for
-complex layers): measured on the CPU at the default width 12 with fused layers (FINER, Gauss, WIRE) and
-19 without (FINER)."""
+complex layers), the most of the kinds of layers: measured on the CPU at the default width, FINER 12 compiled,
+19-20 plain and 23-25 fused without compiling; Gauss 20-22; WIRE 26 plain (counting its complex units twice)."""
 
 
 def _check_memory(renderer: N.Renderer, cfg: NeRFRunConfig, device: torch.device) -> None:

@@ -460,7 +460,7 @@ def fit(
             overhead += time.perf_counter() - t0
     bar.close()
     state.train_seconds += time.perf_counter() - start - overhead
-    if state.status == "running":  # no later loss shows a bad last update
+    if state.status in ("running", "interrupted"):  # no later loss shows a bad last update (nor a Ctrl-C's)
         weights_finite()
     if state.status == "diverged":
         model.load_state_dict(good["model"])

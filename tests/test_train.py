@@ -96,6 +96,27 @@ def test_no_checkpoint_holds_the_weights_of_a_bad_update_before_its_loss_is_seen
     assert all(torch.isfinite(v).all() for v in saved[0][2]["model"].values())
 
 
+def test_an_interrupted_fit_does_not_save_the_weights_of_a_bad_last_update(astronaut_small):
+    import os
+    import signal
+
+    class InterruptedAtTheBadStep(NanGradientTask):
+        def loss(self, pred, target):
+            out = super().loss(pred, target)
+            if self.calls == self.nan_gradient_at:  # Ctrl-C during the step whose update breaks the weights
+                os.kill(os.getpid(), signal.SIGINT)
+            return out
+
+    net = build_model("finer", 2, 3, width=16, hidden_layers=1, seed=0)
+    task = InterruptedAtTheBadStep(astronaut_small, (-1.0, 1.0), torch.device("cpu"))
+    saved = []
+    state = fit(net, task, TrainConfig(steps=20, log_every=5, eval_every=0, checkpoint_every=0), progress=False,
+                on_checkpoint=lambda st, snap: saved.append((st.status, st.step, snap)))
+    assert state.status == "diverged" and "the update of step 10 left non-finite weights" in state.message
+    assert [(status, step) for status, step, _ in saved] == [("diverged", 5)]
+    assert all(torch.isfinite(v).all() for v in saved[0][2]["model"].values())
+
+
 class BlowUpTask(ImageTask):
     """Targets 100 times larger from step 7 on: a finite loss about 10^4 times the first one."""
 

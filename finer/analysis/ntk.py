@@ -150,8 +150,9 @@ def shallow_network(model: str, k: float | None, *, width: int = 256, omega: flo
     """The supplement's network: 1-D input, one activated layer of ``width``, linear output.
 
     As in the official NTK notebook: first-layer omega 1, final-layer init with omega 30, first-layer
-    bias ``U(-k, k)`` for the FINER family, and zero for the others and for ``k`` None (the notebook's
-    haiku layers start their biases at zero).
+    bias ``U(-k, k)`` for the FINER family; zero for SIREN and PE-MLP, and for FINER with ``k`` None, as the
+    notebook's SIREN, FINER without a bias range, MLP and Fourier-feature networks start theirs (haiku's
+    default); the other methods keep their own initialisation.
     """
     from finer.models import build_model, make_config
 
@@ -163,10 +164,14 @@ def shallow_network(model: str, k: float | None, *, width: int = 256, omega: flo
     if with_k:
         options["first_bias_scale"] = k
     net = build_model(model, 1, 1, seed=seed, **options)
-    if not with_k:
+    if not with_k and model in ZERO_BIAS:
         with torch.no_grad():
             net.layers[0].linear.bias.zero_()
     return net
+
+
+ZERO_BIAS = ("siren", "pemlp", "finer")
+"""The methods whose first-layer bias the notebook starts at zero (FINER: when given no bias range)."""
 
 
 def ntk_grid(n: int = 1024) -> Tensor:

@@ -71,18 +71,21 @@ def analyze_ntk(out, *, models=("siren", "finer"), ks=(1.0, 5.0, 10.0, 20.0), wi
         raise FinerError(f"mc_samples {mc_samples}: at most {MAX_MC_SAMPLES:.0e} (about 10 minutes a bias range on "
                          "2 CPU cores; the Monte-Carlo error falls only as one over the square root of the samples, "
                          "and at the default 200000 it is already below the empirical kernel's own)")
-    # float64: the kernel, its symmetric copy and the eigen-solver's workspace; the Jacobian of all parameters
-    need = 8 * (4 * points**2 + points * (3 * width + 1) * 2)
-    budget = memory_budget(torch.device("cpu"))
-    if need > budget:
-        raise FinerError(f"an NTK of {points} points needs about {need / 2**30:.1f} GiB (> {budget / 2**30:.1f} GiB "
-                         "available); use fewer --points or a smaller --width")
     cases = _cases(list(models), list(ks))  # unknown names, before any work
     labels = [_label(m, k) for m, k in cases]
     alike = sorted({label for label in labels if labels.count(label) > 1})
     if alike:
         raise FinerError(f"bias ranges that print alike would share one row and one picture ({', '.join(alike)}); "
                          "give ranges that differ in their first six digits")
+    # float64: the kernel, its symmetric copy and the eigen-solver's workspace; the Jacobian of all parameters
+    # (complex ones twice), of the largest network of the analysis
+    largest = max(sum(p.numel() * (2 if p.is_complex() else 1)
+                      for p in N.shallow_network(m, k, width=width).parameters()) for m, k in cases)
+    need = 8 * (4 * points**2 + points * largest * 2)
+    budget = memory_budget(torch.device("cpu"))
+    if need > budget:
+        raise FinerError(f"an NTK of {points} points needs about {need / 2**30:.1f} GiB (> {budget / 2**30:.1f} GiB "
+                         "available); use fewer --points or a smaller --width")
     io.check_claim(out, NTK_FILES, overwrite, "NTK analysis")  # (claimed once the results are in hand)
     x = N.ntk_grid(points)
     y = sum_of_sines(x)
@@ -112,7 +115,8 @@ def analyze_ntk(out, *, models=("siren", "finer"), ks=(1.0, 5.0, 10.0, 20.0), wi
     checks = _eq5_checks([k for m, k in _cases(["finer"], list(ks))], seed, mc_samples) if "finer" in models else []
     setting = {"points": points, "grid": "linspace(0, 1, points + 1)[:-1]", "width": width, "hidden_layers": 0,
                "first_omega": 1.0, "final_init_omega": 30.0, "params": params, "threshold": threshold,
-               "first_bias": "U(-k, k) for the FINER family; 0 for the other methods (the notebook's haiku default)",
+               "first_bias": "U(-k, k) for the FINER family; 0 for SIREN and PE-MLP (the notebook's haiku default); "
+                             "the other methods' own initialisation",
                "kernel_dtype": "float64",
                "finer_scale_grad": N.shallow_network("finer", 1.0, width=1).config.scale_grad,
                "finer_scale_grad_note": "False: the official code's kernel, the scale |z| + 1 detached; the Eq. (5) "
@@ -187,7 +191,7 @@ def _ntk_markdown(rows, setting, checks) -> str:
         f"Setting: 1-D input, {setting['points']} points on [0, 1), one activated layer of width "
         f"{setting['width']} (SIREN and FINER: first omega 1, final-layer init omega 30; other methods "
         f"keep their own defaults, in ntk.json's network; first-layer bias U(-k, k) for the FINER family, 0 "
-        f"for the others, as in the official notebook), NTK over {setting['params']} parameters, computed in "
+        f"for SIREN and PE-MLP, as in the official notebook), NTK over {setting['params']} parameters, computed in "
         f"float64; FINER's derivative "
         + ("with |z|+1 detached, as the official code trains it" if not setting["finer_scale_grad"] else
            "the true one") + f"; eigenvalues counted above {setting['threshold']:g}. "
@@ -199,7 +203,7 @@ def _ntk_markdown(rows, setting, checks) -> str:
         "|---|---|---|---|---|---|---|",
     ]
     for r in rows:
-        k = "- (bias 0)" if r["k"] is None else f"{r['k']:g}"
+        k = ("- (bias 0)" if r["model"] in N.ZERO_BIAS else "- (default)") if r["k"] is None else f"{r['k']:g}"
         lines.append(f"| {r['model']} | {k} | {r['diag_dominance']:.3f} | {r['n_large_eigenvalues']} | "
                      f"{r['largest_eigenvalue']:.3g} | {r[f'loss_at_step_{early}']:.2e} | {r['final_loss']:.2e} |")
     if checks:

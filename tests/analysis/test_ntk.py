@@ -97,3 +97,13 @@ def test_the_ntk_of_a_fused_network_is_that_of_the_plain_one():
     torch.testing.assert_close(N.empirical_ntk(net, x), plain)
     with pytest.raises(finer.ConfigError, match="chunk must be a positive integer"):
         N.empirical_ntk(net, x, chunk=0)
+
+
+def test_the_shallow_networks_start_their_biases_as_the_official_notebook_does():
+    """Zero for SIREN, PE-MLP and FINER without a bias range (haiku's default there); U(-k, k) with one; the
+    other methods (WIRE's is normal in the notebook) keep their own initialisation."""
+    for model in ("siren", "pemlp", "finer"):
+        assert not N.shallow_network(model, None, width=16).layers[0].linear.bias.any()
+    bias = N.shallow_network("finer", 5.0, width=256).layers[0].linear.bias.detach()
+    assert 4.0 < float(bias.abs().max()) <= 5.0
+    assert N.shallow_network("wire", None, width=16).layers[0].linear.bias.any()
