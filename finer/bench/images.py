@@ -480,6 +480,11 @@ def run_grid(plan, out: Path, device: str, progress: bool, on_row=None, executio
         print(f"{len(done)} of {plural(len(plan), 'run')} already finished in {out / 'runs'}"
               + (": skipped" if train else ""), flush=True)
     order = {record_name: i for i, (record_name, *_) in enumerate(plan)}
+    others = sorted(p.stem for p in (out / "runs").glob("*.json") if p.stem not in order)
+    if others:  # (kept, not deleted: a grid with those options tabulates them again)
+        print(f"{plural(len(others), 'finished run')} in {out / 'runs'} not in this grid (other models, seeds, "
+              f"images or widths) left out of its tables: {', '.join(others[:4])}" + (", ..." if len(others) > 4
+                                                                                      else ""), flush=True)
 
     def ordered():
         return [done[k] for k in sorted(done, key=order.__getitem__)]
@@ -585,7 +590,8 @@ def plural(n: int, noun: str) -> str:
     return f"{n} {noun}" + ("" if n == 1 else "s")
 
 
-def _protocol_line(p: dict) -> str:
+def _protocol_line(p: dict, spread: bool = True) -> str:
+    """The protocol of a grid's table, in one sentence; ``spread``: its table gives mean ± std over runs."""
     crop = f"centre crop {p['crop']}" if p["crop"] else "whole images"
     size = f", resized to {p['size']}" if p["size"] else ""
     return (f"Protocol: {plural(p['images'], 'image')} from `{p['directory']}`, {crop}{size}, "
@@ -599,7 +605,8 @@ def _protocol_line(p: dict) -> str:
             + (f"; a method's runs fitted up to {p['batch_signals']} images at a time as one stacked network "
                "(a stacked run's seconds: its group's divided by the group's size)"
                if (p.get("batch_signals") or 1) > 1 else "")
-            + ". PSNR/SSIM/LPIPS (AlexNet, v0.1) of the clipped prediction on [0, 1], mean ± std over runs.")
+            + ". PSNR/SSIM/LPIPS (AlexNet, v0.1) of the clipped prediction on [0, 1]"
+            + (", mean ± std over runs." if spread else "."))
 
 
 def mean(values) -> float:
@@ -692,7 +699,7 @@ def width_table(rows: list[dict], models: list[str], widths, protocol: dict) -> 
     each difference taken over the images both have finished (so a grid in progress compares fairly)."""
     lead = "finer" in models and len(models) > 1
     head = "| width | " + " | ".join(models) + (" | FINER lead (dB) | FINER ahead on |" if lead else "")
-    lines = [_protocol_line({**protocol, "width": "varied"}), "",
+    lines = [_protocol_line({**protocol, "width": "varied"}, spread=False), "",
              "Mean PSNR (dB) over the images each method has finished (their count in brackets when not all):",
              "", head, "|---|" + "---|" * (len(models) + 2 * lead)]
     n_images = protocol.get("images")

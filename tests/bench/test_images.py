@@ -328,6 +328,10 @@ def test_a_rerun_with_other_settings_does_not_take_the_old_runs(image_dir, tmp_p
     same = [*args]
     same[same.index("--crop") + 1] = "16x16"  # the same crop written otherwise: the same pixels, accepted
     assert main(same) == 0 and "1 of 1 run already finished" in capsys.readouterr().out
+    assert main([*args, "--report-only", "--models", "siren"]) == 2  # (no finished siren run to report)
+    printed = capsys.readouterr().out  # the finer run is kept, and said to be left out
+    assert "1 finished run in" in printed and "not in this grid (other models, seeds, images or widths) left out of " \
+        "its tables: 00-finer-s0" in printed
     other = tmp_path / "other"  # other images under the same file names
     other.mkdir()
     Image.fromarray(np.full((24, 24, 3), 77, np.uint8)).save(other / "00.png")
@@ -494,7 +498,7 @@ def test_tables_take_exact_fits_nan_ssim_and_mark_diverged_runs():
     assert "(1 †)" in _table_html(rows, ["finer", "siren"]) and "† runs whose loss diverged" in _table_html(
         rows, ["finer", "siren"])
     width = width_table(rows, ["finer", "siren"], [8], protocol)
-    assert "22.50 †" in width and "† runs whose loss diverged" in width
+    assert "22.50 †" in width and "† runs whose loss diverged" in width and "± std" not in width  # (no spread shown)
     assert curves_figure(rows, ["finer", "siren"])  # (the diverged run's short curve left out: no cut to 1 step)
 
 
