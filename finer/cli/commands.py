@@ -384,6 +384,8 @@ def bench_compare(args: argparse.Namespace) -> int:
         a, sep, b = text.partition(":")
         if not sep or not a or not b:
             raise FinerError(f"a pair is written A:B (e.g. finer:siren), got {text!r}")
+        if a == b:
+            raise FinerError(f"{text}: a method compared with itself; name two methods")
         results.append(compare.pair(table, a, b))
     if args.lead:
         results.append(compare.lead(table, args.lead))

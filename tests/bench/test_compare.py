@@ -43,6 +43,7 @@ def test_cli_prints_text_or_json(grid, capsys):
 @pytest.mark.parametrize("args,message", [
     (["finer:wire"], "not in these results; they have: finer, gauss, siren"),
     (["finer"], "a pair is written A:B"),
+    (["finer:finer"], "finer:finer: a method compared with itself"),
     ([], "at least one pair"),
 ])
 def test_cli_errors(grid, capsys, args, message):
