@@ -87,7 +87,7 @@ def run_sdf_bench(directory, *, models, out, settings=None, device="auto", progr
                   + (f" (diverged: {metrics.get('message', '')})" if metrics["status"] == "diverged" else ""),
                   flush=True)
             _write(out, rows, models, meshes, settings)
-    _write(out, rows, models, meshes, settings)
+    _write(out, rows, models, meshes, settings, trained=skipped < len(rows))
     if skipped:
         print(f"{skipped} of {len(models) * len(meshes)} runs were already finished in {out / 'runs'}: skipped",
               flush=True)
@@ -118,12 +118,18 @@ def _fmt(value) -> str:
     return "-" if value is None else f"{value:.3e}"
 
 
-def _write(out: Path, rows, models, meshes, settings) -> None:
+def _write(out: Path, rows, models, meshes, settings, trained: bool = True) -> None:
+    """The grid's tables; ``trained``: this command trained a run (else the run conditions stay the earlier
+    tables', which describe the machine the runs were trained on)."""
     planned = len(models) * len(meshes)
+    conditions = {"machine": f"{platform.machine()}, {torch.get_num_threads()} threads", "torch": torch.__version__,
+                  "date": time.strftime("%Y-%m-%d")}
+    if not trained:
+        earlier = io.read_record(out / "results.json").get("protocol")
+        if isinstance(earlier, dict) and all(isinstance(earlier.get(k), str) for k in conditions):
+            conditions = {k: earlier[k] for k in conditions}
     protocol = {**settings, "hidden_layers": 2, "width": 256, "lr": 1e-4, "optimizer": "Adam (AMSGrad), constant lr",
-                "grad_clip": 1.0, "finer_k": 1.0, "machine": f"{platform.machine()}, {torch.get_num_threads()} threads",
-                "torch": torch.__version__, "date": time.strftime("%Y-%m-%d"), "runs_done": len(rows),
-                "runs_planned": planned}
+                "grad_clip": 1.0, "finer_k": 1.0, **conditions, "runs_done": len(rows), "runs_planned": planned}
     io.write_json(out / "results.json", {"protocol": protocol, "runs": rows})
     io.write_csv(out / "results.csv", rows)
     shapes = [m.stem for m in meshes]

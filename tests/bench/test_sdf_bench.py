@@ -23,8 +23,13 @@ def test_sdf_grid_table_and_resume(tmp_path, capsys):
     summary = (tmp_path / "b" / "summary.md").read_text()
     assert "| ball |" in summary and "| cube |" in summary and "**mean**" in summary
     assert (tmp_path / "b" / "runs" / "ball-finer" / "render.png").is_file()
-    assert len(json.loads((tmp_path / "b" / "results.json").read_text())["runs"]) == 4
+    results = json.loads((tmp_path / "b" / "results.json").read_text())
+    assert len(results["runs"]) == 4
+    results["protocol"].update(machine="the training machine", date="2026-01-01")
+    (tmp_path / "b" / "results.json").write_text(json.dumps(results))
     run_sdf_bench(meshes, models=["finer", "siren"], out=tmp_path / "b", settings=TINY, progress=False)
+    protocol = json.loads((tmp_path / "b" / "results.json").read_text())["protocol"]
+    assert (protocol["machine"], protocol["date"]) == ("the training machine", "2026-01-01")  # nothing trained here
     printed = capsys.readouterr().out
     assert printed.count("IoU") == 0 and "4 of 4 runs were already finished" in printed  # skipped, and said so
     assert f"4 runs: {tmp_path / 'b' / 'summary.md'}" in printed
