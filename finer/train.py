@@ -381,6 +381,7 @@ def fit(
     # the latest snapshot, whose own loss (the next step's) is not seen yet, and the one before it, whose loss is
     good, good_step = _snapshot(model, optimizer), state.step
     before: tuple[dict, int] | None = None
+    reverted = False  # the model goes back to ``good`` at the end (diverged, or interrupted after a bad update)
     pending: list[tuple[int, Tensor, float]] = []
     bar = tqdm(total=cfg.steps, initial=state.step, desc=desc, disable=not progress, dynamic_ncols=True, leave=False,
                mininterval=_bar_interval())
@@ -420,11 +421,17 @@ def fit(
         return True
 
     def weights_finite() -> bool:
-        """Whether the latest update left finite weights; if not, the fit has diverged (back to ``before``)."""
-        nonlocal good, good_step
+        """Whether the latest update left finite weights; if not, the fit goes back to ``before``: diverged, or,
+        when it was stopping for Ctrl-C, still interrupted (a caller's loop of fits must stop too)."""
+        nonlocal good, good_step, reverted
         if before is None or _all_finite(model):
             return True
         good, good_step = before
+        reverted = True
+        if state.status == "interrupted":
+            state.message += (f"; the update of that step left non-finite weights, so the run is kept at step "
+                              f"{good_step}, and a resume will meet them again (try a lower learning rate)")
+            return False
         state.status = "diverged"
         state.message = (f"the update of step {state.step} left non-finite weights; stopped, last good step "
                          f"{good_step} (try a lower learning rate, or check the input)")
@@ -462,14 +469,14 @@ def fit(
     state.train_seconds += time.perf_counter() - start - overhead
     if state.status in ("running", "interrupted"):  # no later loss shows a bad last update (nor a Ctrl-C's)
         weights_finite()
-    if state.status == "diverged":
+    if state.status == "diverged" or reverted:
         model.load_state_dict(good["model"])
         state.step = good_step
         state.history = [h for h in state.history if h["step"] <= good_step]
     elif state.status == "running":
         state.status = "complete"
     if on_checkpoint:
-        on_checkpoint(state, good if state.status == "diverged" else _snapshot(model, optimizer))
+        on_checkpoint(state, good if state.status == "diverged" or reverted else _snapshot(model, optimizer))
     return state
 
 

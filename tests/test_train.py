@@ -112,9 +112,12 @@ def test_an_interrupted_fit_does_not_save_the_weights_of_a_bad_last_update(astro
     saved = []
     state = fit(net, task, TrainConfig(steps=20, log_every=5, eval_every=0, checkpoint_every=0), progress=False,
                 on_checkpoint=lambda st, snap: saved.append((st.status, st.step, snap)))
-    assert state.status == "diverged" and "the update of step 10 left non-finite weights" in state.message
-    assert [(status, step) for status, step, _ in saved] == [("diverged", 5)]
+    # still interrupted (a loop of fits stops too), kept at the last good step
+    assert state.status == "interrupted" and state.step == 5 and [h["step"] for h in state.history] == [1, 2, 3, 4, 5]
+    assert "interrupted at step 10 of 20; the update of that step left non-finite weights" in state.message
+    assert [(status, step) for status, step, _ in saved] == [("interrupted", 5)]
     assert all(torch.isfinite(v).all() for v in saved[0][2]["model"].values())
+    assert all(torch.isfinite(v).all() for v in net.state_dict().values())
 
 
 class BlowUpTask(ImageTask):

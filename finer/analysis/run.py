@@ -78,9 +78,12 @@ def analyze_ntk(out, *, models=("siren", "finer"), ks=(1.0, 5.0, 10.0, 20.0), wi
         raise FinerError(f"bias ranges that print alike would share one row and one picture ({', '.join(alike)}); "
                          "give ranges that differ in their first six digits")
     # float64: the kernel, its symmetric copy and the eigen-solver's workspace; the Jacobian of all parameters
-    # (complex ones twice), of the largest network of the analysis
-    largest = max(sum(p.numel() * (2 if p.is_complex() else 1)
-                      for p in N.shallow_network(m, k, width=width).parameters()) for m, k in cases)
+    # (complex ones twice) of the largest network of the analysis, linear in the width with one hidden layer:
+    # counted on networks of width 8 and 16, not built at full width before a refusal
+    def count(m, k, w):
+        return sum(p.numel() * (2 if p.is_complex() else 1) for p in N.shallow_network(m, k, width=w).parameters())
+
+    largest = max(count(m, k, 8) + (count(m, k, 16) - count(m, k, 8)) * (width - 8) / 8 for m, k in cases)
     need = 8 * (4 * points**2 + points * largest * 2)
     budget = memory_budget(torch.device("cpu"))
     if need > budget:

@@ -384,16 +384,20 @@ class Execution:
 
 
 def protocol_mismatch(row: dict, protocol: Protocol, digest: str, image: np.ndarray | None = None,
-                      reconstruction: Path | None = None) -> str:
+                      reconstruction: Path | None = None, folders: tuple = ()) -> str:
     """How a finished run's record differs from ``protocol`` on the image of digest ``digest`` (empty if
     it does not): a grid's runs are named by image file, method and seed only, so a rerun with other
     settings or other images must not take old runs as its own. Records written before they carried
     the image's digest are compared on crop and size, and on ``image`` through the run's saved
-    ``reconstruction`` (:func:`_fits_its_image`)."""
+    ``reconstruction`` (:func:`_fits_its_image`), or, without one, on ``folders``: the image folder the
+    grid's earlier tables name and this grid's, which must have one name."""
     if "image_digest" not in row and image is not None and reconstruction is not None:
         other = _fits_its_image(row, image, reconstruction)
         if other:
             return other
+        earlier, now = folders or (None, None)
+        if not reconstruction.is_file() and earlier and now and Path(earlier).name != Path(now).name:
+            return f"recorded for the images of {earlier}, where this grid's are in {now}"
     steps = row.get("steps", 0)
     planned = row.get("steps_planned", steps if row.get("status") == "complete" else max(steps, protocol.steps))
     recorded = {"steps": planned, "width": row.get("width"), "hidden_layers": row.get("hidden_layers")}
@@ -411,7 +415,7 @@ def _fits_its_image(row: dict, image: np.ndarray, reconstruction: Path) -> str:
     """Whether a record without the image's digest is of ``image``: its saved reconstruction (8-bit) must
     score on it about the PSNR the record states (within 3 dB, of at most 50: 8-bit rounding alone limits
     a PNG to about 59 dB); empty if it does, or if there is no reconstruction to tell, else how it differs.
-    The natural and text sets share their file names: a reconstruction of the other set scores 5-15 dB. (A run
+    The natural and text sets share their file names: a reconstruction of the other set scores 2-15 dB. (A run
     that learned little scores alike on any image, and is taken.)"""
     recorded = io.stored_number(row.get("psnr"))
     if not reconstruction.is_file() or not isinstance(recorded, (int, float)) or not math.isfinite(recorded):
@@ -439,6 +443,11 @@ def run_grid(plan, out: Path, device: str, progress: bool, on_row=None, executio
     (:func:`run_stacked`; one executor task per group).
     """
     execution = execution or Execution()
+    earlier_folder = None  # the image folder that the grid's earlier tables name
+    for name in ("results.json", "width.json"):
+        recorded = io.read_record(out / name).get("protocol")
+        if isinstance(recorded, dict) and isinstance(recorded.get("directory"), str):
+            earlier_folder = recorded["directory"]
     done: dict[str, dict] = {}
     images: dict[tuple, np.ndarray] = {}
     jobs = []
@@ -461,7 +470,7 @@ def run_grid(plan, out: Path, device: str, progress: bool, on_row=None, executio
                                texts=("model", "image", "status"))
             row.update({k: io.stored_number(row[k]) for k in ("psnr", "ssim") if k in row})  # NaN/inf as measured
             mismatch = protocol_mismatch(row, protocol, digests[key], images[key],
-                                         out / "runs" / f"{record_name}.png")
+                                         out / "runs" / f"{record_name}.png", (earlier_folder, path.parent))
             if mismatch:
                 advice = ("--report-only reports the grid its options describe: give the options it was run with"
                           if not train else "write this grid to another --out, or delete that folder's runs")
@@ -638,12 +647,12 @@ def summary_table(rows: list[dict], models: list[str], protocol: dict) -> str:
     return "\n".join(lines) + "\n" + BEST_NOTE + "\n" + _diverged_note(rows)
 
 
-def _diverged_note(rows: list[dict]) -> str:
-    """The footnote of the runs marked †, if any."""
+def _diverged_note(rows: list[dict], curves: bool = True) -> str:
+    """The footnote of the runs marked †, if any; ``curves``: the table comes with training curves."""
     if not any(r.get("status") == "diverged" for r in rows):
         return ""
     return ("\n† runs whose loss diverged: scored at their last good step and counted in the means as measured "
-            "(a rerun would diverge again); the training curves leave them out.\n")
+            "(a rerun would diverge again)" + ("; the training curves leave them out" if curves else "") + ".\n")
 
 
 BEST_NOTE = ("\n*best on*: of the images (and seeds) that every method of the table has run, on how many "
@@ -723,7 +732,7 @@ def width_table(rows: list[dict], models: list[str], widths, protocol: dict) -> 
     if lead:
         lines += ["", "FINER lead: FINER's mean PSNR minus that of the best other method, each over the images both "
                       "finished; FINER ahead on: (image, method) pairs where FINER's PSNR is higher."]
-    return "\n".join(lines) + "\n" + _diverged_note(rows)
+    return "\n".join(lines) + "\n" + _diverged_note(rows, curves=False)
 
 
 def width_plot(rows: list[dict], models: list[str], widths, path: Path) -> None:

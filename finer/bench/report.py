@@ -23,23 +23,29 @@ def _png(fig) -> str:
     return "data:image/png;base64," + base64.b64encode(io.palette_png(fig)).decode("ascii")
 
 
-def curves_figure(rows: list[dict], models: list[str]) -> str | None:
-    """Mean training PSNR (unclipped, full batch) against step per method, over its finished runs (a diverged
-    run's curve stops early: it is left out, not allowed to cut the others short)."""
-    fig = Figure(figsize=(7, 4.2), dpi=110)
-    ax = fig.subplots()
-    drawn = False
+def mean_curves(rows: list[dict], models: list[str]) -> dict[str, tuple[list, np.ndarray, int]]:
+    """Per method with curves: the steps, the mean training PSNR at them and the number of runs averaged,
+    over its runs that did not diverge (a diverged run's curve stops early: it is left out, not allowed to cut
+    the others short)."""
+    means = {}
     for name in models:
         curves = [r["curve"] for r in rows if r["model"] == name and r.get("curve") and r.get("status") != "diverged"]
-        if not curves:
-            continue
-        length = min(len(c) for c in curves)
-        steps = [c[0] for c in curves[0][:length]]
-        mean = np.mean([[p[1] for p in c[:length]] for c in curves], axis=0)
-        ax.plot(steps, mean, lw=1.4, label=f"{name} ({len(curves)})")
-        drawn = True
-    if not drawn:
+        if curves:
+            length = min(len(c) for c in curves)
+            means[name] = ([c[0] for c in curves[0][:length]],
+                           np.mean([[p[1] for p in c[:length]] for c in curves], axis=0), len(curves))
+    return means
+
+
+def curves_figure(rows: list[dict], models: list[str]) -> str | None:
+    """Mean training PSNR (unclipped, full batch) against step per method (:func:`mean_curves`)."""
+    means = mean_curves(rows, models)
+    if not means:
         return None
+    fig = Figure(figsize=(7, 4.2), dpi=110)
+    ax = fig.subplots()
+    for name, (steps, mean, count) in means.items():
+        ax.plot(steps, mean, lw=1.4, label=f"{name} ({count})")
     ax.set_xlabel("step")
     ax.set_ylabel("training PSNR (dB), mean over runs")
     ax.grid(alpha=0.3)

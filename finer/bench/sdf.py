@@ -49,44 +49,43 @@ def run_sdf_bench(directory, *, models, out, settings=None, device="auto", progr
                                **{k: settings[k] for k in ("surface_samples", "pool_size", "chamfer_samples")})
     check_run_names([(_run_name(path, name), path, name) for name in models for path in meshes], "mesh")
     check_bench_out(out, "sdf")
-    for name in models:  # finished runs' records and settings, before any table is rewritten or run trained
-        for path in meshes:
+    plan = [(name, path) for name in models for path in meshes]  # method-major: the first methods cover all shapes
+    results: dict[tuple, dict] = {}  # the finished runs' records, read before any table is rewritten or run trained
+    for name, path in plan:
+        run_dir = out / "runs" / _run_name(path, name)
+        done = run_dir / "metrics.json"
+        recorded = io.read_json(done) if done.exists() else {}
+        if isinstance(recorded, dict) and recorded.get("status") in FINISHED:
+            check_record(recorded, str(done), numbers=("chamfer", "iou", "seconds_per_step"), texts=("model", "status"))
+            mismatch = _protocol_mismatch(run_dir, SDFRunConfig(mesh=str(path), model=name, device=device, **settings))
+            if mismatch:
+                raise FinerError(f"{run_dir} is a run of another protocol or mesh ({mismatch}); write this grid "
+                                 "to another --out, or delete that folder's runs")
+            results[name, path] = {"shape": path.stem, **recorded}
+    skipped = len(results)
+
+    def tabulated() -> list[dict]:  # every finished run, in the plan's order
+        return [results[key] for key in plan if key in results]
+
+    for name, path in plan:
+        if (name, path) not in results:
             run_dir = out / "runs" / _run_name(path, name)
-            done = run_dir / "metrics.json"
-            recorded = io.read_json(done) if done.exists() else {}
-            if isinstance(recorded, dict) and recorded.get("status") in FINISHED:
-                check_record(recorded, str(done), numbers=("chamfer", "iou", "seconds_per_step"),
-                             texts=("model", "status"))
-                mismatch = _protocol_mismatch(run_dir, SDFRunConfig(mesh=str(path), model=name, device=device,
-                                                                    **settings))
-                if mismatch:
-                    raise FinerError(f"{run_dir} is a run of another protocol or mesh ({mismatch}); write this grid "
-                                     "to another --out, or delete that folder's runs")
-    rows, skipped = [], 0
-    for name in models:  # method-major: the first methods cover every shape early
-        for path in meshes:
-            run_dir = out / "runs" / _run_name(path, name)
-            done = run_dir / "metrics.json"
             cfg = SDFRunConfig(mesh=str(path), model=name, device=device, **settings)
-            recorded = io.read_json(done) if done.exists() else {}
-            if isinstance(recorded, dict) and recorded.get("status") in FINISHED:  # (its settings checked above)
-                rows.append({"shape": path.stem, **recorded})
-                skipped += 1
-                continue
             try:
                 metrics = fit_sdf(cfg, run_dir, progress=progress, overwrite=True, log=lambda *_: None)
             except DivergedError as exc:  # a result of the method: recorded (scored at its last good step), not fatal
                 metrics = exc.metrics
             except InterruptedRun:  # not a result: a rerun fits it again
                 raise KeyboardInterrupt from None
-            rows.append({"shape": path.stem, **{k: v for k, v in metrics.items() if k != "out"}})  # as metrics.json
+            results[name, path] = {"shape": path.stem, **{k: v for k, v in metrics.items() if k != "out"}}
             chamfer = (f"{metrics['chamfer']:.3e}" if metrics["chamfer"] is not None else
                        "none (surface too large to hold)" if metrics.get("vertices") is None else "none (no surface)")
             print(f"{path.stem:10s} {name:8s} chamfer {chamfer} IoU {metrics['iou']:.4f} "
                   f"{metrics['seconds_per_step']:.3f} s/step"
                   + (f" (diverged: {metrics.get('message', '')})" if metrics["status"] == "diverged" else ""),
                   flush=True)
-            _write(out, rows, models, meshes, settings)
+            _write(out, tabulated(), models, meshes, settings)
+    rows = tabulated()
     _write(out, rows, models, meshes, settings, trained=skipped < len(rows))
     if skipped:
         print(f"{skipped} of {len(models) * len(meshes)} runs were already finished in {out / 'runs'}: skipped",

@@ -164,3 +164,24 @@ def test_ntk_rows_name_each_network_and_eq5_is_checked_only_with_finer(tmp_path)
     assert "Eq. (5)" not in (tmp_path / "a" / "ntk.md").read_text()
     assert main(["analyze", "ntk", "--models", "finer", *quick, "--out", str(tmp_path / "b")]) == 0
     assert len(json.loads((tmp_path / "b" / "ntk_setting.json").read_text())["eq5_check"]) == 1
+
+
+def test_the_ntk_memory_check_prices_the_largest_network(tmp_path, monkeypatch):
+    """At 2048 points FINER's kernel and Jacobian take about 0.15 GiB, PE-MLP's (a first layer widened by its
+    encoding) about 0.3: a budget between them refuses PE-MLP only."""
+    import finer.analysis.run as R
+    from finer.errors import FinerError
+
+    monkeypatch.setattr(R, "memory_budget", lambda device: 250 * 2**20)
+
+    class Passed(Exception):
+        pass
+
+    def passed(*args, **kwargs):
+        raise Passed
+
+    monkeypatch.setattr(R.io, "check_claim", passed)  # (the step after the memory check)
+    with pytest.raises(Passed):
+        R.analyze_ntk(tmp_path, models=["finer"], ks=[1.0], points=2048)
+    with pytest.raises(FinerError, match="an NTK of 2048 points needs about 0.3 GiB"):
+        R.analyze_ntk(tmp_path, models=["finer", "pemlp"], ks=[1.0], points=2048)

@@ -350,6 +350,9 @@ def test_a_rerun_with_other_settings_does_not_take_the_old_runs(image_dir, tmp_p
     assert main([args[0], args[1], str(negative), *args[3:]]) == 2
     assert "another image of the same name" in capsys.readouterr().err
     assert main(args) == 0 and "1 of 1 run already finished" in capsys.readouterr().out  # its own image: taken
+    (out / "runs" / "00-finer-s0.png").unlink()  # no reconstruction either: the folder the tables name tells
+    assert main([args[0], args[1], str(negative), *args[3:]]) == 2
+    assert f"recorded for the images of {image_dir}, where this grid's are in {negative}" in capsys.readouterr().err
     # a partial run of other settings stops the grid before anything trains
     torch.save({"format": io.BENCH_PARTIAL_FORMAT, "key": {"model": "siren"}}, out / "runs" / "00-siren-s0.partial.pt")
     assert main([*args[:3], "--models", "gauss,siren", *args[5:]]) == 2
@@ -477,7 +480,7 @@ def test_width_table_counts_two_exact_fits_as_a_tie():
 
 def test_tables_take_exact_fits_nan_ssim_and_mark_diverged_runs():
     from finer.bench.images import summary_table, width_table
-    from finer.bench.report import _table_html, curves_figure
+    from finer.bench.report import _table_html, curves_figure, mean_curves
 
     curve = [[1, 10.0], [2, 20.0], [3, 30.0]]
     rows = [dict(model="finer", image="a", seed=0, width=8, psnr=math.inf, ssim=1.0, lpips=None, params=10,
@@ -499,7 +502,10 @@ def test_tables_take_exact_fits_nan_ssim_and_mark_diverged_runs():
         rows, ["finer", "siren"])
     width = width_table(rows, ["finer", "siren"], [8], protocol)
     assert "22.50 †" in width and "† runs whose loss diverged" in width and "± std" not in width  # (no spread shown)
-    assert curves_figure(rows, ["finer", "siren"])  # (the diverged run's short curve left out: no cut to 1 step)
+    assert curves_figure(rows, ["finer", "siren"])
+    means = mean_curves(rows, ["finer", "siren"])  # the diverged run's 1-step curve left out, not cutting siren's
+    assert means["siren"][0] == [1, 2, 3] and means["siren"][2] == 1 and means["finer"][2] == 2
+    assert "curves leave them out" in table and "curves" not in width.split("†")[-1]  # (the width table has none)
 
 
 def test_a_rerun_that_trains_nothing_keeps_the_run_conditions(tmp_path):

@@ -132,6 +132,30 @@ def test_a_diverged_run_is_a_marked_result_and_an_interrupted_one_stops_the_grid
     assert not (tmp_path / "c" / "runs" / "ball-finer").exists()  # the grid stopped at the cut run
 
 
+def test_a_rerun_cut_short_keeps_every_finished_run_in_its_tables(tmp_path, monkeypatch):
+    import finer.bench.sdf
+    from finer.errors import InterruptedRun
+
+    meshes = tmp_path / "meshes"
+    meshes.mkdir()
+    trimesh.creation.icosphere(1).export(meshes / "ball.obj")
+    trimesh.creation.box().export(meshes / "cube.obj")
+    run_sdf_bench(meshes, models=["siren"], out=tmp_path / "b", settings=TINY, progress=False)
+    real_fit = finer.bench.sdf.fit_sdf
+
+    def fit(cfg, run_dir, **kwargs):  # finer fits the ball, then is interrupted on the cube
+        if "cube" in cfg.mesh:
+            raise InterruptedRun("interrupted at step 1 of 3")
+        return real_fit(cfg, run_dir, **kwargs)
+
+    monkeypatch.setattr(finer.bench.sdf, "fit_sdf", fit)
+    with pytest.raises(KeyboardInterrupt):
+        run_sdf_bench(meshes, models=["finer", "siren"], out=tmp_path / "b", settings=TINY, progress=False)
+    summary = (tmp_path / "b" / "summary.md").read_text()  # written after the ball: siren's runs are in it
+    assert "3 runs of 4 planned." in summary and "| cube | not run |" in summary
+    assert summary.count("not run |") == 2  # finer on the cube, in both tables; siren's cells hold numbers
+
+
 def test_an_unfinished_grid_counts_what_its_means_are_over(tmp_path):
     from finer.bench.sdf import _write
 
