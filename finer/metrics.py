@@ -8,12 +8,21 @@ import numpy as np
 from skimage.metrics import structural_similarity
 
 
+def _unit_range(*images) -> None:
+    """Refuse integer arrays (8-bit images, 0-255): the metrics take floats in [0, 1]."""
+    for image in images:
+        if np.issubdtype(np.asarray(image).dtype, np.integer):
+            raise ValueError(f"the metrics take float images in [0, 1], got {np.asarray(image).dtype} values "
+                             "(8-bit? divide by 255)")
+
+
 def psnr(pred: np.ndarray, target: np.ndarray, clip: bool = True) -> float:
     """Peak signal-to-noise ratio in dB of images with values in [0, 1].
 
     ``pred`` is clipped to [0, 1] first (the honest choice; the paper does not say whether it clips).
     A perfect reconstruction returns ``inf``.
     """
+    _unit_range(pred, target)
     pred = np.asarray(pred, dtype=np.float64)
     target = np.asarray(target, dtype=np.float64)
     if pred.shape != target.shape:
@@ -40,6 +49,7 @@ def ssim(pred: np.ndarray, target: np.ndarray) -> float:
 
     Images smaller than 7 pixels use the largest odd window that fits; below 3 pixels: NaN.
     """
+    _unit_range(pred, target)
     pred = np.clip(np.asarray(pred, dtype=np.float64), 0.0, 1.0)
     target = np.asarray(target, dtype=np.float64)
     if pred.shape != target.shape:

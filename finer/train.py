@@ -308,7 +308,7 @@ class TrainStep:
         with matmul_precision(self.cfg.precision, self.device):
             with autocast(self.cfg.precision, self.device, cache=self.recorder is None):  # the forward pass only
                 pred = self.model(x)
-            loss = self.task.loss(pred.float(), y)
+            loss = self.task.loss(pred.float() if pred.dtype in (torch.float16, torch.bfloat16) else pred, y)
             loss.backward()
         if self.cfg.grad_clip is not None:
             nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
@@ -364,6 +364,7 @@ def fit(
     ``cfg.lr`` is not the model's own: give ``TrainConfig(lr=model.config.lr, ...)`` for a registry model.
     """
     state = state or FitState()
+    state.status, state.message = "running", ""  # (a state continued after an interrupt or a divergence)
     if cfg.precision not in PRECISIONS:
         raise ConfigError(f"unknown precision {cfg.precision!r}; choose one of: {', '.join(PRECISIONS)}")
     device = next(iter(model.parameters())).device

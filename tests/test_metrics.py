@@ -36,6 +36,13 @@ def test_shape_mismatch_is_an_error():
         psnr(np.zeros((2, 2)), np.zeros((3, 3)))
 
 
+def test_8_bit_images_are_refused_not_scored_as_if_in_0_1():
+    eight = np.full((8, 8, 3), 200, np.uint8)
+    for metric in (psnr, ssim):
+        with pytest.raises(ValueError, match="got uint8 values \\(8-bit\\? divide by 255\\)"):
+            metric(eight, eight)
+
+
 def test_lpips_left_out_says_why():
     from finer.metrics import lpips_left_out
 

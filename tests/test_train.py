@@ -120,6 +120,36 @@ def test_an_interrupted_fit_does_not_save_the_weights_of_a_bad_last_update(astro
     assert all(torch.isfinite(v).all() for v in net.state_dict().values())
 
 
+def test_a_fit_continued_from_a_stopped_state_says_how_it_ended_itself(astronaut_small):
+    net = build_model("finer", 2, 3, width=16, hidden_layers=1, seed=0)
+    task = ImageTask(astronaut_small, (-1.0, 1.0), torch.device("cpu"))
+    state = FitState(step=4, status="interrupted", message="interrupted at step 4 of 10")
+    state = fit(net, task, TrainConfig(steps=10, eval_every=0), state=state, progress=False)
+    assert (state.status, state.message, state.step) == ("complete", "", 10)
+
+
+def test_a_float64_model_is_trained_on_a_float64_loss():
+    """Only half-precision predictions are raised to float32 for the loss: a float64 fit near convergence must
+    not see its residual rounded to float32."""
+    from finer.train import TrainStep
+
+    net = build_model("siren", 2, 1, width=8, hidden_layers=1, seed=0).double()
+    with torch.no_grad():  # outputs about 1, where float32's spacing (1e-7) is far above the residual
+        net.layers[-1].linear.bias.fill_(1.0)
+
+    class Exact:
+        def batch(self, step):
+            x = torch.rand(16, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+            with torch.no_grad():
+                return x, net(x) + 1e-9
+
+        def loss(self, pred, target):
+            return torch.mean((pred - target) ** 2)
+
+    loss = TrainStep(net, Exact(), TrainConfig(steps=1, eval_every=0))(0, 1e-12)
+    assert loss.dtype == torch.float64 and float(loss) == pytest.approx(1e-18, rel=1e-6, abs=0)
+
+
 class BlowUpTask(ImageTask):
     """Targets 100 times larger from step 7 on: a finite loss about 10^4 times the first one."""
 

@@ -49,6 +49,10 @@ def empirical_ntk(model: nn.Module, x: Tensor, *, params: str = "all", chunk: in
     """
     if not isinstance(chunk, int) or chunk < 1:
         raise ConfigError(f"chunk must be a positive integer, got {chunk!r}")
+    if not isinstance(x, Tensor) or x.dim() != 2:  # (a grid (H, W, 2) would sum each row's kernels as outputs)
+        got = f"shape {tuple(x.shape)}" if isinstance(x, Tensor) else type(x).__name__
+        raise ConfigError(f"x is a tensor of points (N, in_features), got {got}; flatten a grid with "
+                          "x.reshape(-1, in_features)")
     model = plain_copy(model)
     if dtype is not None:
         model, x = model.to(dtype), x.to(dtype)

@@ -106,6 +106,9 @@ class StackedMLP(nn.Module):
         h = self.encoding(coords)
         if h.dim() == 2:
             h = h.expand(self.count, *h.shape)
+        elif h.dim() != 3 or h.shape[0] != self.count:
+            raise FinerError(f"a stack of {self.count} networks takes coordinates (N, in) shared by all, or "
+                             f"(K={self.count}, N, in) one set a network; got {tuple(coords.shape)}")
         for weight, bias, activation, fused in zip(self.weights, self.biases, self.activations, self.fused_forwards):
             if fused is not None:  # batched products; bias and activation in one pass (and in backward)
                 h = fused(h, weight, bias)

@@ -329,10 +329,19 @@ class ImageTask:
         if image.size and not (image.min() >= 0.0 and image.max() <= 1.0):  # (also refuses NaN)
             raise ConfigError(f"ImageTask takes values in [0, 1], got {image.min()} to {image.max()} "
                               "(8-bit values? divide by 255)")
+        try:
+            low, high = (float(v) for v in self.target_range)
+        except (TypeError, ValueError):
+            low = high = math.nan
+        if not (math.isfinite(low) and math.isfinite(high) and low < high):
+            raise ConfigError(f"target_range is (low, high) with low < high, got {self.target_range!r}")
+        if self.batch_size is not None and (isinstance(self.batch_size, bool) or not isinstance(self.batch_size, int)
+                                            or self.batch_size < 1):
+            raise ConfigError(f"batch_size is a positive number of pixels, or None for all; got {self.batch_size!r}")
         h, w, c = image.shape
         self.height, self.width, self.channels = h, w, c
         self.coords = coordinate_grid(h, w, self.aspect).to(self.device)
-        pixels = torch.from_numpy(self.image.reshape(-1, c))
+        pixels = torch.from_numpy(np.ascontiguousarray(self.image).reshape(-1, c))  # (a view with negative strides)
         self.targets = to_range(pixels, *self.target_range).to(self.device)
         self.generator = torch.Generator(device=self.device).manual_seed(self.seed)
         n = h * w
@@ -353,6 +362,10 @@ class ImageTask:
         return self.coords[idx], self.targets[idx]
 
     def loss(self, pred: Tensor, target: Tensor) -> Tensor:
+        if pred.shape != target.shape:  # (broadcasting would fit 1 output to the mean of 3 channels, silently)
+            raise ConfigError(f"the model gives {pred.shape[-1]} outputs a pixel, the image has {target.shape[-1]} "
+                              f"channels (prediction {tuple(pred.shape)}, targets {tuple(target.shape)}); build the "
+                              "model with out_features equal to the image's channels")
         return torch.mean((pred - target) ** 2)
 
     def train_psnr(self, loss: float) -> float:

@@ -97,6 +97,8 @@ def test_the_ntk_of_a_fused_network_is_that_of_the_plain_one():
     torch.testing.assert_close(N.empirical_ntk(net, x), plain)
     with pytest.raises(finer.ConfigError, match="chunk must be a positive integer"):
         N.empirical_ntk(net, x, chunk=0)
+    with pytest.raises(finer.ConfigError, match=r"x is a tensor of points \(N, in_features\), got shape \(2, 8, 1\)"):
+        N.empirical_ntk(net, x.reshape(2, 8, 1))  # (a grid: each row's kernels would be summed as outputs)
 
 
 def test_the_shallow_networks_start_their_biases_as_the_official_notebook_does():

@@ -1,5 +1,7 @@
 """Image loading (grey, RGB, RGBA, 16-bit), crop/resize, coordinates, and bad files."""
 
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -174,6 +176,28 @@ def test_reading_an_image_leaves_pils_decompression_guard_in_place(png_path):
 def test_an_image_task_refuses_what_it_would_fit_wrongly(image, message):
     with pytest.raises(FinerError, match=message):
         img.ImageTask(image, (-1.0, 1.0), torch.device("cpu"))
+
+
+@pytest.mark.parametrize("options, message", [
+    (dict(target_range=(0, 0)), "low < high"), (dict(target_range=(1, -1)), "low < high"),
+    (dict(target_range=(0, math.inf)), "low < high"), (dict(target_range=(0,)), "low < high"),
+    (dict(batch_size=0), "batch_size is a positive number"), (dict(batch_size=-3), "batch_size is a positive"),
+    (dict(batch_size=2.5), "batch_size is a positive")])
+def test_an_image_task_refuses_ranges_and_batches_it_cannot_use(options, message):
+    with pytest.raises(FinerError, match=message):
+        img.ImageTask(np.zeros((4, 4, 3)), **{"target_range": (-1.0, 1.0), **options}, device=torch.device("cpu"))
+
+
+def test_an_image_task_takes_a_flipped_view_and_refuses_a_model_of_other_channels(astronaut_small):
+    from finer.models import build_model
+    from finer.train import TrainConfig, fit
+
+    bgr = astronaut_small[..., ::-1]  # a view with a negative stride (OpenCV's BGR to RGB)
+    task = img.ImageTask(bgr, (-1.0, 1.0), torch.device("cpu"))
+    torch.testing.assert_close(task.targets[:, 0], torch.from_numpy(astronaut_small[..., 2].reshape(-1)) * 2 - 1)
+    grey_net = build_model("finer", 2, 1, width=8, hidden_layers=1, seed=0)  # 1 output for 3 channels
+    with pytest.raises(FinerError, match="the model gives 1 outputs a pixel, the image has 3 channels"):
+        fit(grey_net, task, TrainConfig(steps=2, eval_every=0), progress=False)
 
 
 @pytest.mark.parametrize("field, value, message", [("image", np.zeros((4, 4, 3)), "image is a file path"),
