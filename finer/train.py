@@ -385,7 +385,7 @@ def fit(
     reverted = False  # the model goes back to ``good`` at the end (diverged, or interrupted after a bad update)
     pending: list[tuple[int, Tensor, float]] = []
     bar = tqdm(total=cfg.steps, initial=state.step, desc=desc, disable=not progress, dynamic_ncols=True, leave=False,
-               mininterval=_bar_interval())
+               mininterval=_bar_interval(), maxinterval=max(10.0, _bar_interval()))  # (tqdm's monitor: 10 s)
     shown: dict[str, str] = {}  # the bar's figures: the latest loss and training PSNR, and the latest evaluation
     overhead = 0.0  # seconds spent on evaluation and checkpoints, not training
     start = time.perf_counter()

@@ -212,7 +212,19 @@ def test_the_progress_bar_does_not_flood_a_log_file(astronaut_small, capsys, mon
         fit(net, task, TrainConfig(steps=300, log_every=1, eval_every=50), progress=True, desc="bar")
         return [line for line in capsys.readouterr().err.split("\r") if "bar" in line]
 
+    made = []
+    real_tqdm = finer.train.tqdm
+
+    class Recording(real_tqdm):
+        def __init__(self, *args, **kwargs):
+            made.append(kwargs)
+            super().__init__(*args, **kwargs)
+
+    monkeypatch.setattr(finer.train, "tqdm", Recording)
     assert 1 <= len(run()) <= 3  # stderr is not a terminal here: one line per 30 s, not per update
+    # nor one per 10 s: tqdm's monitor thread redraws a bar left alone for maxinterval (10 s by default)
+    assert made[0]["mininterval"] == 30.0 and made[0]["maxinterval"] >= 30.0
+    monkeypatch.setattr(finer.train, "tqdm", real_tqdm)
     monkeypatch.setattr(finer.train, "_bar_interval", lambda: 0.0)
     lines = run()
     assert len(lines) > 10
