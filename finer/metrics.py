@@ -54,6 +54,9 @@ def ssim(pred: np.ndarray, target: np.ndarray) -> float:
     target = np.asarray(target, dtype=np.float64)
     if pred.shape != target.shape:
         raise ValueError(f"shape mismatch: {pred.shape} vs {target.shape}")
+    if pred.ndim not in (2, 3) or pred.ndim == 3 and pred.shape[-1] > 4 >= pred.shape[0]:
+        raise ValueError(f"ssim takes one (H, W) or channels-last (H, W, C) image, got shape {pred.shape} (a batch, "
+                         "or channels first: move them last with np.moveaxis(image, 0, -1))")
     channel_axis = -1 if pred.ndim == 3 else None
     if pred.ndim == 3 and pred.shape[-1] == 1:
         pred, target, channel_axis = pred[..., 0], target[..., 0], None

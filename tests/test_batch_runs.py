@@ -30,6 +30,11 @@ def test_stacked_forward_is_each_model_forward():
         out = StackedMLP(models)(x)
         for k, m in enumerate(models):
             torch.testing.assert_close(out[k], m(x), rtol=1e-5, atol=1e-6)
+    from finer.errors import FinerWarning
+    from finer.nn.fused import fuse
+
+    with pytest.warns(FinerWarning, match="fuse its networks, then stack them"):
+        assert fuse(StackedMLP(models)) == 0
     with pytest.raises(FinerError, match="a stack of 3 networks takes coordinates .* got \\(2, 50, 2\\)"):
         StackedMLP(models)(torch.rand(2, 50, 2))  # one set of points a network, for 2 of the 3
 

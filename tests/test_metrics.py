@@ -36,6 +36,14 @@ def test_shape_mismatch_is_an_error():
         psnr(np.zeros((2, 2)), np.zeros((3, 3)))
 
 
+def test_ssim_refuses_a_batch_or_channels_first_rather_than_scoring_the_wrong_axes():
+    image = np.random.default_rng(0).random((32, 32, 3))
+    for wrong in (np.moveaxis(image, -1, 0), image[None]):
+        with pytest.raises(ValueError, match="channels-last \\(H, W, C\\) image"):
+            ssim(wrong, wrong)
+    assert ssim(image, image) == pytest.approx(1.0) and ssim(image[..., 0], image[..., 0]) == pytest.approx(1.0)
+
+
 def test_8_bit_images_are_refused_not_scored_as_if_in_0_1():
     eight = np.full((8, 8, 3), 200, np.uint8)
     for metric in (psnr, ssim):

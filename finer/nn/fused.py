@@ -645,7 +645,12 @@ def fuse(model: nn.Module, compile: bool = True) -> int:
     Layers fused before (perhaps in the other ``compile`` mode) are fused anew."""
     from finer.nn.layers import Layer
     from finer.nn.learnable import LearnableActivation
+    from finer.nn.stacked import StackedMLP
 
+    if isinstance(model, StackedMLP):  # (its layers are batched weights: it takes its networks' fused forms)
+        warnings.warn("fuse() does not reach into a StackedMLP: fuse its networks, then stack them", FinerWarning,
+                      stacklevel=2)
+        return 0
     unfuse(model)
     count = 0
     for module in model.modules():
