@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import statistics
 
 import numpy as np
 from skimage.metrics import structural_similarity
@@ -37,6 +38,15 @@ def psnr_from_mse(mse: float, data_range: float = 1.0) -> float:
     if not mse > 0.0:
         return math.inf if mse == 0.0 else math.nan
     return 10.0 * math.log10(data_range**2 / mse)
+
+
+def mean(values) -> float:
+    """The mean of measurements that may hold an exact fit's ``inf`` (the mean is then ``inf``) or a ``nan``
+    (SSIM of images under 3 pixels; the mean is then ``nan``): ``statistics.mean`` fails on both."""
+    values = list(values)
+    if all(math.isfinite(v) for v in values):
+        return statistics.mean(values)
+    return float(np.mean(values))
 
 
 def psnr_difference(a: float, b: float) -> float:

@@ -14,9 +14,8 @@ from pathlib import Path
 
 from finer import io
 from finer.bench import check_record
-from finer.bench.images import mean
 from finer.errors import FinerError
-from finer.metrics import psnr_difference
+from finer.metrics import mean, psnr_difference
 
 
 def psnr_table(results: str | Path) -> dict[tuple[str, int, int], dict[str, float]]:

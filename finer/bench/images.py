@@ -32,7 +32,7 @@ from finer.errors import CropError, FinerError
 from finer.bench.executors import execute, threads_per_worker
 from finer.bench.report import write_report
 from finer.lpips import available as lpips_available
-from finer.metrics import image_metrics, psnr, psnr_difference
+from finer.metrics import image_metrics, mean, psnr, psnr_difference
 from finer.models import MODELS, build_model, count_parameters
 from finer.nn.fused import apply_fused
 from finer.nn.stacked import stack_problem
@@ -616,15 +616,6 @@ def _protocol_line(p: dict, spread: bool = True) -> str:
                if (p.get("batch_signals") or 1) > 1 else "")
             + ". PSNR/SSIM/LPIPS (AlexNet, v0.1) of the clipped prediction on [0, 1]"
             + (", mean ± std over runs." if spread else "."))
-
-
-def mean(values) -> float:
-    """The mean of measurements that may hold an exact fit's ``inf`` (the mean is then ``inf``) or a ``nan``
-    (SSIM of images under 3 pixels; the mean is then ``nan``): ``statistics.mean`` fails on both."""
-    values = list(values)
-    if all(math.isfinite(v) for v in values):
-        return statistics.mean(values)
-    return float(np.mean(values))
 
 
 def _mean_std(values: list[float]) -> tuple[float, float]:
