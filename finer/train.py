@@ -364,7 +364,6 @@ def fit(
     ``cfg.lr`` is not the model's own: give ``TrainConfig(lr=model.config.lr, ...)`` for a registry model.
     """
     state = state or FitState()
-    state.status, state.message = "running", ""  # (a state continued after an interrupt or a divergence)
     if cfg.precision not in PRECISIONS:
         raise ConfigError(f"unknown precision {cfg.precision!r}; choose one of: {', '.join(PRECISIONS)}")
     device = next(iter(model.parameters())).device
@@ -377,6 +376,7 @@ def fit(
         raise ConfigError(f"eval_every {cfg.eval_every}: this {type(task).__name__} has no evaluate(model); "
                           "give it one, or set eval_every=0")
     trainer = trainer or TrainStep(model, task, cfg, optimizer_state)
+    state.status, state.message = "running", ""  # (a state continued after an interrupt or a divergence)
     optimizer = trainer.optimizer
     schedule = exponential_decay(cfg.steps, cfg.lr_final_factor)
     # the latest snapshot, whose own loss (the next step's) is not seen yet, and the one before it, whose loss is
