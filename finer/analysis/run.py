@@ -83,7 +83,10 @@ def analyze_ntk(out, *, models=("siren", "finer"), ks=(1.0, 5.0, 10.0, 20.0), wi
     def count(m, k, w):
         return sum(p.numel() * (2 if p.is_complex() else 1) for p in N.shallow_network(m, k, width=w).parameters())
 
-    largest = max(count(m, k, 8) + (count(m, k, 16) - count(m, k, 8)) * (width - 8) / 8 for m, k in cases)
+    largest = 0.0
+    for m, k in cases:
+        small = count(m, k, 8)
+        largest = max(largest, small + (count(m, k, 16) - small) * (width - 8) / 8)
     need = 8 * (4 * points**2 + points * largest * 2)
     budget = memory_budget(torch.device("cpu"))
     if need > budget:
