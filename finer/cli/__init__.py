@@ -30,6 +30,7 @@ PATH_ARGUMENTS = ("path", "scene", "mesh", "a", "b", "checkpoint", "run_dir", "d
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args, unknown = parser.parse_known_args(argv)
+    unknown = _trailing_positionals(args, unknown)
     if unknown:  # refused by the command's own parser, which names its own --help
         args.leaf.error(f"unrecognized arguments: {' '.join(unknown)}")
     for action in args.leaf._actions:  # an empty path ("" from an unset shell variable) would mean "."
@@ -91,6 +92,18 @@ def main(argv: Sequence[str] | None = None) -> int:
             return EXIT_ERROR
         print(f"error: {type(exc).__name__}: {exc} (rerun with --debug for the traceback)", file=sys.stderr)
         return 1
+
+
+def _trailing_positionals(args, unknown: list[str]) -> list[str]:
+    """Values left after an option for a command whose last positional takes many (`bench compare DIR --lead A
+    B:C`: argparse fills the pairs before it reaches --lead and leaves B:C over): they join that positional.
+    Returns what is still unknown."""
+    positionals = [a for a in args.leaf._actions if not a.option_strings]
+    if not unknown or not positionals or positionals[-1].nargs not in ("*", "+"):
+        return unknown
+    dest = positionals[-1].dest
+    setattr(args, dest, list(getattr(args, dest) or []) + [u for u in unknown if not u.startswith("-")])
+    return [u for u in unknown if u.startswith("-")]
 
 
 _FILE_SYSTEM_ERRORS = {errno.EROFS, errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM}

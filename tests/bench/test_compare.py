@@ -40,6 +40,14 @@ def test_cli_prints_text_or_json(grid, capsys):
     assert json.loads(capsys.readouterr().out)["ahead"] == 0
 
 
+def test_pairs_may_follow_an_option(grid, capsys):
+    assert main(["bench", "compare", str(grid), "--lead", "finer", "finer:siren", "--json", "siren:gauss"]) == 0
+    assert [json.loads(line)["pairs"] for line in capsys.readouterr().out.splitlines()] == [3, 2, 2]
+    with pytest.raises(SystemExit):  # an unknown option is still refused
+        main(["bench", "compare", str(grid), "--lead", "finer", "finer:siren", "--bogus"])
+    assert "unrecognized arguments: --bogus" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("args,message", [
     (["finer:wire"], "not in these results; they have: finer, gauss, siren"),
     (["finer"], "a pair is written A:B"),
