@@ -4,9 +4,24 @@ from __future__ import annotations
 
 from typing import Sequence
 
+import torch
 from torch import Tensor, nn
 
+from finer.errors import FinerError
 from finer.nn.layers import Layer
+
+
+def check_coordinates(coords, in_features: int) -> None:
+    """Refuse, with a message that says what to pass, coordinates that are not a floating tensor with
+    ``in_features`` in the last axis (PyTorch's own errors name a missing attribute or a matrix product)."""
+    if not isinstance(coords, Tensor):
+        raise FinerError(f"coordinates must be a torch.Tensor, got {type(coords).__module__}.{type(coords).__name__} "
+                         "(torch.as_tensor(x, dtype=torch.float32) converts an array)")
+    if not torch.is_floating_point(coords):
+        raise FinerError(f"coordinates must be floating point, got {coords.dtype} (coords.float())")
+    if coords.dim() == 0 or coords.shape[-1] != in_features:
+        raise FinerError(f"coordinates must have {in_features} values in the last axis (..., {in_features}), "
+                         f"got shape {tuple(coords.shape)}")
 
 
 class CoordinateMLP(nn.Module):
@@ -25,6 +40,7 @@ class CoordinateMLP(nn.Module):
         self.out_features = layers[-1].linear.out_features
 
     def forward(self, coords: Tensor) -> Tensor:
+        check_coordinates(coords, self.in_features)
         h = self.encoding(coords)
         for layer in self.layers:
             h = layer(h)

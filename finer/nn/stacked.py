@@ -21,7 +21,7 @@ from torch import Tensor, nn
 
 from finer.errors import FinerError
 from finer.nn.layers import affine, keeping_complex, plain_activation
-from finer.nn.mlp import CoordinateMLP
+from finer.nn.mlp import CoordinateMLP, check_coordinates
 
 
 def stack_problem(model) -> str | None:
@@ -80,6 +80,7 @@ class StackedMLP(nn.Module):
                                      "only networks of one method and the same options can be stacked")
         self.models = list(models)
         self.count = len(models)
+        self.in_features, self.out_features = first.in_features, first.out_features
         self.encoding = first.encoding
         self.activations = [layer.activation for layer in first.layers]
         # activations that are modules (SC-MLP's, with its frequencies as a buffer) move with the stack
@@ -103,6 +104,7 @@ class StackedMLP(nn.Module):
         return super()._apply(keeping_complex(fn), recurse)  # as Layer's
 
     def forward(self, coords: Tensor) -> Tensor:
+        check_coordinates(coords, self.in_features)
         h = self.encoding(coords)
         if h.dim() == 2:
             h = h.expand(self.count, *h.shape)
