@@ -31,7 +31,7 @@ def plain_copy(model: nn.Module) -> nn.Module:
 
     from finer.nn.fused import unfuse
 
-    twin = copy.deepcopy(model)  # (a fused layer copies as the plain one already: Layer.__getstate__)
+    twin = copy.deepcopy(model)  # (a deep copy keeps the fused layers: unfused below)
     unfuse(twin)
     return twin
 

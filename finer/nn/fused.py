@@ -189,6 +189,10 @@ class _Compiled:
         """Pickled as its plain kernel (compiled code stays in the process that compiled it)."""
         return _plain_kernel, (self.kernel,)
 
+    def __deepcopy__(self, memo):
+        """Shared by a deep copy (it holds no weights; pickling, above, gives the plain kernel)."""
+        return self
+
     @property
     def is_compiled(self) -> bool:
         """Whether calls go to a compiled version (compilation on and not failed)."""

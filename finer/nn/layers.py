@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import copy
 import functools
 from typing import Callable
 
@@ -102,6 +103,16 @@ def keeping_complex(fn: Callable[[Tensor], Tensor]) -> Callable[[Tensor], Tensor
     return convert
 
 
+def deepcopy_sharing(module: nn.Module, memo: dict, shared: tuple[str, ...]) -> nn.Module:
+    """A deep copy of ``module`` whose attributes named in ``shared`` are the original's objects (functions
+    and compiled kernels, which hold no weights), for a ``__deepcopy__`` that bypasses ``__getstate__``."""
+    twin = module.__class__.__new__(module.__class__)
+    memo[id(module)] = twin
+    for key, value in module.__dict__.items():
+        twin.__dict__[key] = value if key in shared else copy.deepcopy(value, memo)
+    return twin
+
+
 class Layer(nn.Module):
     """``y = activation(W x + b)`` with ``W`` of shape ``(out_features, in_features)``.
 
@@ -152,6 +163,12 @@ class Layer(nn.Module):
             state["activation"] = plain_activation(state["activation"])
         state["fused_forward"] = None
         return state
+
+    def __deepcopy__(self, memo):
+        """``copy.deepcopy``: a copy as it is, fused or not (pickling, above, gives the plain layer); the
+        fused forward and a function activation are shared, as they hold no weights."""
+        return deepcopy_sharing(self, memo, ("fused_forward",) + (
+            () if isinstance(self.activation, nn.Module) else ("activation",)))
 
     def _apply(self, fn, recurse=True):
         return super()._apply(keeping_complex(fn), recurse)  # WIRE's complex weights follow dtype casts

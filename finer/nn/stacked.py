@@ -20,7 +20,7 @@ import torch
 from torch import Tensor, nn
 
 from finer.errors import FinerError
-from finer.nn.layers import affine, keeping_complex, plain_activation
+from finer.nn.layers import affine, deepcopy_sharing, keeping_complex, plain_activation
 from finer.nn.mlp import CoordinateMLP, check_coordinates
 
 
@@ -99,6 +99,10 @@ class StackedMLP(nn.Module):
         state["activations"] = [plain_activation(a) for a in state["activations"]]
         state["fused_forwards"] = [None] * len(state["fused_forwards"])
         return state
+
+    def __deepcopy__(self, memo):
+        """``copy.deepcopy``: a copy as it is, fused or not, as Layer's."""
+        return deepcopy_sharing(self, memo, ("fused_forwards",))
 
     def _apply(self, fn, recurse=True):
         return super()._apply(keeping_complex(fn), recurse)  # as Layer's

@@ -581,6 +581,39 @@ def test_a_fused_network_pickles_as_the_plain_one(name):
     assert pickle_round_trip(_Compiled(kernel, False)) is kernel  # (a learnable activation's compiled function)
 
 
+@pytest.mark.parametrize("name", ["finer", "wire", "gauss-finer", "metasin"])
+def test_a_deep_copy_stays_fused_and_owns_its_weights(name):
+    """copy.deepcopy (a snapshot of the best model, an EMA twin) copies the model as it is: fused layers stay
+    fused, with the same values and gradients, and the weights are the copy's own; a stack likewise."""
+    import copy
+
+    import finer
+    from finer.nn.fused import _Compiled, fuse
+    from finer.nn.stacked import StackedMLP
+
+    x = torch.rand(32, 2, generator=torch.Generator().manual_seed(1)) * 2 - 1
+    nets = [finer.build_model(name, 2, 3, width=16, hidden_layers=1, seed=s) for s in range(2)]
+    for net in nets:
+        fuse(net, compile=False)
+    for model in (nets[0], StackedMLP(nets)) if name != "metasin" else nets[:1]:  # (learnable: no stack)
+        twin = copy.deepcopy(model)
+        forwards = (lambda m: [layer.fused_forward for layer in m.layers]) if model is nets[0] else (
+            lambda m: m.fused_forwards)
+        assert forwards(twin) == forwards(model)
+        model(x).square().mean().backward()
+        twin(x).square().mean().backward()
+        for p, q in zip(model.parameters(), twin.parameters(), strict=True):
+            assert p is not q and p.data_ptr() != q.data_ptr()
+            torch.testing.assert_close(q.grad, p.grad, rtol=0, atol=0)
+        with torch.no_grad():
+            next(twin.parameters()).add_(1.0)
+        assert not torch.equal(twin(x), model(x))
+    if name == "finer":
+        assert sum(f is not None for f in forwards(twin)) == 2  # the two sine layers (the last is linear)
+        compiled = _Compiled(finer.nn.activations.finer, False)
+        assert copy.deepcopy(compiled) is compiled  # (a learnable activation's compiled function is shared)
+
+
 def pickle_round_trip(value):
     import pickle
 
