@@ -354,6 +354,11 @@ def _complex_parts(z: Tensor, real_weights: bool, out: int | None = None) -> tup
     return a, b
 
 
+def _at_least_float32(z: Tensor) -> Tensor:
+    """``z`` in float32 if it is of a narrower floating type."""
+    return z.float() if z.dtype in (torch.bfloat16, torch.float16) else z
+
+
 def _complex_layer_kernels(kernel: Kernel, real_weights: bool) -> tuple[Callable, Callable]:
     """The two passes of a fused layer with a complex kernel (WIRE's Gabor family), as
     :func:`_layer_kernels`'s: the pre-activation comes in split layout ``[a | b]`` (a real product,
@@ -365,17 +370,21 @@ def _complex_layer_kernels(kernel: Kernel, real_weights: bool) -> tuple[Callable
     row: the compiler's CPU code reads the interleaved parts of a complex tensor (a stride of 2)
     several times slower, which was the cost of fusing the activation alone."""
 
+    # A layer with real weights in a model cast to bfloat16 (no autocast: its bias is bfloat16 too) computes
+    # its activation in float32, as the plain layer's complex64 one does (there is no bfloat16 complex type).
     def value(z: Tensor, bias: Tensor, **params) -> Tensor:
-        yr, yi = kernel(*_complex_parts(z + bias, real_weights), **params)[:2]
+        yr, yi = kernel(*_complex_parts(_at_least_float32(z + bias), real_weights), **params)[:2]
         return torch.stack([yr, yi], -1)
 
     def grad(grad_y: Tensor, z: Tensor, bias: Tensor, **params) -> tuple[Tensor, Tensor]:
-        _, _, ra, rb, ia, ib = kernel(*_complex_parts(z + bias, real_weights, grad_y.shape[-2]), **params)
+        zb = z + bias
+        _, _, ra, rb, ia, ib = kernel(*_complex_parts(_at_least_float32(zb), real_weights, grad_y.shape[-2]),
+                                      **params)
         gr, gi = grad_y[..., 0], grad_y[..., 1]
         grad_z = gr * ra + gi * ia
         if not real_weights:
             grad_z = torch.cat([grad_z, gr * rb + gi * ib], -1)
-        return grad_z, grad_z.sum(-2, keepdim=True)
+        return grad_z.to(zb.dtype), grad_z.sum(-2, keepdim=True)
 
     kind = "real" if real_weights else "complex"
     return _own_code(value, f"{kernel.__name__}_{kind}_value"), _own_code(grad, f"{kernel.__name__}_{kind}_grad")

@@ -452,6 +452,29 @@ def test_fused_wire_first_layer_follows_the_mixed_precision_rule():
         torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-4 * b.abs().max().item())
 
 
+@pytest.mark.parametrize("name", ["wire", "wire-finer"])
+def test_fused_wire_cast_to_bfloat16_computes_its_activation_in_float32(name):
+    """A model cast to bfloat16 (no autocast) runs fused: its first layer (real weights, a complex output) adds
+    its bfloat16 product and bias and computes the Gabor in float32, as the plain layer's complex64 one does
+    (it had failed in view_as_complex, which takes no bfloat16); backward gives bfloat16 weight gradients."""
+    model = finer.build_model(name, 2, 3, width=16, hidden_layers=1, seed=0)
+    F.fuse(model, compile=False)
+    model = model.to(torch.bfloat16)
+    x = (torch.rand(50, 2, generator=torch.Generator().manual_seed(0)) * 2 - 1).bfloat16()
+    first = model.layers[0]
+    w, b = first.linear.weight, first.linear.bias
+    z = (x @ w.T + b).float()  # the product and the bias in bfloat16, the Gabor in float32
+    expected = first.activation.keywords["reference"](z, **{k: v for k, v in first.activation.keywords.items()
+                                                            if k not in ("reference", "runner")})
+    got = first(x)
+    assert got.dtype == torch.complex64
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6)
+    y = model(x)
+    assert y.dtype == torch.float32
+    y.square().mean().backward()
+    assert w.grad.dtype == torch.bfloat16 and all(p.grad.isfinite().all() for p in model.parameters())
+
+
 @pytest.mark.parametrize("compile", [False, True], ids=["eager", "compiled"])
 @pytest.mark.parametrize("stacked", [False, True], ids=["flat", "stacked"])
 def test_mixed_precision_handoff_changes_types_not_values(compile, stacked):
