@@ -11,6 +11,7 @@ official code (:mod:`finer.bench.reference`), trained by the same loop on the sa
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import functools
 import hashlib
@@ -209,7 +210,8 @@ def _row(job: Job, model, pred: np.ndarray, status: str, steps: int, seconds: fl
         "seconds": seconds, "seconds_per_step": seconds / max(steps, 1), "threads": torch.get_num_threads(),
         "lr": lr, "width": protocol.width, "hidden_layers": protocol.hidden_layers, "crop": protocol.crop,
         "size": protocol.size, "image_height": job.image.shape[0], "image_width": job.image.shape[1],
-        "device": str(device), "fused": fused["fused"], **extra, "curve": curve,
+        "device": str(device), "processor": device_name(torch.device(device)), "fused": fused["fused"], **extra,
+        "curve": curve,
     }
 
 
@@ -541,7 +543,7 @@ def run_image_bench(directory, *, models, protocol: Protocol, seeds=(0,), limit=
                             out / "results.json", report_only or _all_finished(jobs, out))
 
     def write(rows) -> list[Path]:
-        done = {**meta, "runs_done": len(rows), "runs_planned": len(jobs)}
+        done = {**meta, "runs_done": len(rows), "runs_planned": len(jobs), **_mixed_devices(rows)}
         io.write_csv(out / "results.csv", [_flat(r) for r in rows])
         io.write_json(out / "results.json", {"protocol": done, "runs": rows})
         text = summary_table(rows, models, done)
@@ -571,7 +573,7 @@ def run_width_bench(directory, *, models, widths, protocol: Protocol, seeds=(0,)
                             out / "width.json", report_only or _all_finished(jobs, out))
 
     def write(rows) -> list[Path]:
-        done = {**meta, "runs_done": len(rows), "runs_planned": len(jobs)}
+        done = {**meta, "runs_done": len(rows), "runs_planned": len(jobs), **_mixed_devices(rows)}
         io.write_csv(out / "width.csv", [_flat(r) for r in rows])
         io.write_json(out / "width.json", {"protocol": done, "runs": rows})
         text = width_table(rows, models, widths, done)
@@ -583,6 +585,17 @@ def run_width_bench(directory, *, models, widths, protocol: Protocol, seeds=(0,)
                         fused=fused)
     _say_written(rows, write(rows))
     return rows
+
+
+def _mixed_devices(rows: list[dict]) -> dict:
+    """``{"mixed_devices": ["cpu, PROCESSOR: 12 runs", ...]}`` where the rows were trained on more than one
+    device or processor (a grid continued on another machine), else nothing: the protocol's machine is
+    then that of the last command only, and the seconds of the runs do not compare."""
+    counts = collections.Counter(", ".join(str(r[k]) for k in ("device", "processor") if r.get(k)) or "not recorded"
+                                 for r in rows)
+    if len(counts) < 2:
+        return {}
+    return {"mixed_devices": [f"{where}: {plural(n, 'run')}" for where, n in sorted(counts.items())]}
 
 
 def _say_written(rows: list[dict], paths: list[Path]) -> None:
@@ -611,6 +624,8 @@ def _protocol_line(p: dict, spread: bool = True) -> str:
                else f"run conditions {p['machine']}; ")
             + plural(p["runs_done"], "run")
             + (f" of {p['runs_planned']} planned" if p.get("runs_planned", p["runs_done"]) != p["runs_done"] else "")
+            + (f" (trained on more than one device: {'; '.join(p['mixed_devices'])}; their seconds do not compare)"
+               if p.get("mixed_devices") else "")
             + (f"; a method's runs fitted up to {p['batch_signals']} images at a time as one stacked network "
                "(a stacked run's seconds: its group's divided by the group's size)"
                if (p.get("batch_signals") or 1) > 1 else "")

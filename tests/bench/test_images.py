@@ -108,6 +108,26 @@ def test_report_only_writes_the_table_of_the_finished_runs(image_dir, tmp_path, 
     assert "no finished runs" in capsys.readouterr().err
 
 
+def test_a_grid_continued_on_another_device_says_so(image_dir, tmp_path):
+    """A run finished elsewhere (here: its record says a GPU) and one trained now: the table names both, as the
+    protocol's machine is only the last command's and the seconds do not compare."""
+    out = tmp_path / "grid"
+    common = ["--steps", "2", "--width", "4", "--crop", "none", "--size", "12", "--limit", "1", "--out", str(out),
+              "--quiet"]
+    assert main(["bench", "images", str(image_dir), "--models", "finer", *common]) == 0
+    text = (out / "summary.md").read_text()
+    assert "more than one device" not in text
+    (record,) = (out / "runs").glob("*.json")
+    row = json.loads(record.read_text())
+    assert row["processor"]  # each run records what it was trained on
+    record.write_text(json.dumps({**row, "device": "cuda", "processor": "NVIDIA H200"}))
+    assert main(["bench", "images", str(image_dir), "--models", "finer,siren", *common]) == 0
+    here = next(r for r in json.loads((out / "results.json").read_text())["runs"] if r["model"] == "siren")
+    text = (out / "summary.md").read_text()
+    assert (f"(trained on more than one device: cpu, {here['processor']}: 1 run; cuda, NVIDIA H200: 1 run; their "
+            "seconds do not compare)") in text
+
+
 def test_width_table_compares_methods_on_the_same_images():
     from finer.bench.images import width_table
 
