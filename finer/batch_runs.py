@@ -121,7 +121,13 @@ def fit_image_folder(cfg: ImageRunConfig, directory, out, *, batch_signals: int,
     # memory (read one at a time: a folder can be larger than the memory), the options, the device
     device = resolve_device(cfg.device)
     budget = img.memory_budget(device)
-    shapes = [img.load_image(p, crop=cfg.crop, size=cfg.size, alpha=cfg.alpha, max_bytes=budget).shape for p in paths]
+    decoded, shapes, kept_bytes, keep = {}, [], 0, img.memory_budget(torch.device("cpu")) // 16
+    for i, path in enumerate(paths):
+        image = img.load_image(path, crop=cfg.crop, size=cfg.size, alpha=cfg.alpha, max_bytes=budget)
+        shapes.append(image.shape)
+        if kept_bytes + image.nbytes <= keep:  # kept for the fit (not decoded again) while they take little memory
+            decoded[i], kept_bytes = image, kept_bytes + image.nbytes
+        del image
     probe = build_model(cfg.model, 2, shapes[0][-1], seed=cfg.seed, **cfg.model_options)
     problem = cfg.cuda_graph and graph_problem(device)  # (the stacked tasks are full-batch; single runs check theirs)
     if problem:
@@ -135,6 +141,7 @@ def fit_image_folder(cfg: ImageRunConfig, directory, out, *, batch_signals: int,
                          "--crop HxW makes them equal (--size only scales the longer side, keeping each aspect "
                          f"ratio){channels}; or drop --batch-signals to fit them one by one")
     if batch_signals == 1:  # nothing to stack: each image a full, resumable single run
+        decoded.clear()
         return _fit_one_by_one(cfg, directory, paths, Path(out), progress=progress, overwrite=overwrite, log=log)
     _check_stack_memory(probe.config, shapes[0], min(batch_signals, len(paths)), budget)
     del probe
@@ -151,7 +158,8 @@ def fit_image_folder(cfg: ImageRunConfig, directory, out, *, batch_signals: int,
     rows, total_seconds = [], 0.0
     for start in range(0, len(paths), batch_signals):
         group = list(range(start, min(start + batch_signals, len(paths))))
-        images = {i: img.load_image(paths[i], crop=cfg.crop, size=cfg.size, alpha=cfg.alpha, max_bytes=budget)
+        images = {i: decoded.pop(i) if i in decoded else
+                  img.load_image(paths[i], crop=cfg.crop, size=cfg.size, alpha=cfg.alpha, max_bytes=budget)
                   for i in group}
         models = [build_model(cfg.model, 2, shapes[0][-1], seed=cfg.seed, **cfg.model_options).to(device)
                   for _ in group]

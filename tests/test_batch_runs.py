@@ -185,6 +185,18 @@ def test_a_stacked_fit_says_tf32_does_nothing_on_a_cpu_as_a_single_fit_does(fold
     assert "float32, as fp32 does" in json.loads((out / "00" / "metrics.json").read_text())["precision_note"]
 
 
+def test_a_stacked_folder_fit_decodes_each_image_once(folder, tmp_path, monkeypatch):
+    """The images read to check the folder before any work (shapes, memory) are the ones fitted."""
+    import finer.tasks.image
+
+    calls = []
+    load = finer.tasks.image.load_image
+    monkeypatch.setattr(finer.tasks.image, "load_image", lambda path, **kw: calls.append(path) or load(path, **kw))
+    assert main(["fit", "image", str(folder), "--batch-signals", "2", "--width", "8", "--hidden-layers", "1",
+                 "--steps", "2", "--out", str(tmp_path / "d"), "--quiet"]) == 0
+    assert sorted(p.name for p in calls) == ["00.png", "01.png", "02.png"]
+
+
 def test_a_stack_too_large_for_the_memory_is_refused_before_any_work(folder, tmp_path, capsys, monkeypatch):
     import finer.tasks.image
 
