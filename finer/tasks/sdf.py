@@ -15,6 +15,11 @@ normals cannot fool. The official normal test alone mislabels far points whose n
 on a small inner component or a non-manifold fold: on the Stanford dragon (1,473 components) it
 called 6,611 of 258,253 far grid points inside that the flood fill puts outside, which the network
 then dutifully learned as tubes and blobs; on the watertight bunny both agree on every point.
+Each region the fill finds enclosed takes the side that the normals of the samples nearest its border give
+by majority: the inside of a solid, or the cavity of a hollow one (an inner surface facing into it), which
+the fill alone called inside (on the shared bunny, armadillo and dragon this changes 0, 3 and 1 of 256^3
+voxels). A mesh of bodies that overlap is read as given: near a surface buried inside another body the
+sign is that surface's own (the union's surface would take a mesh boolean).
 An open surface (nothing enclosed) is all outside away from its shell. The shell is grown by two
 sample spacings, and wider where that leaves gaps the fill would leak through (sparse samples); a
 closed mesh whose fill still leaks is refused (see :meth:`SurfaceIndex._flood_fill`).
@@ -35,7 +40,8 @@ from torch import Tensor
 from finer.errors import FinerError
 
 SIGN_METHOD = ("near the surface: normal of the nearest surface sample (official approach); "
-               "away from it: flood fill of a 256^3 voxel grid from the border")
+               "away from it: flood fill of a 256^3 voxel grid from the border, each enclosed region on the side "
+               "the normals along its border give by majority")
 OCCUPANCY_RESOLUTION = 256
 HALF_EXTENT = 0.45
 BOUND = 0.5
@@ -162,7 +168,29 @@ class SurfaceIndex:
         shell[tuple(self._voxels(self.points).T)] = True
         self.grow = grow
         self.shell = ndimage.binary_dilation(shell, iterations=grow)
-        self.interior = ndimage.binary_fill_holes(self.shell) & ~self.shell
+        self.interior = self._sided(ndimage.binary_fill_holes(self.shell) & ~self.shell)
+
+    def _sided(self, enclosed: np.ndarray, most: int = 200_000) -> np.ndarray:
+        """The voxels of ``enclosed`` (cut off from the border by the shell) that are inside: each connected
+        region of them takes the side that the normals of the samples nearest to its voxels along the shell
+        give by majority (``most`` of those voxels at most). A region is the inside of a solid, or a cavity of
+        a hollow one (an inner surface whose normals face into it), which the fill alone calls inside too."""
+        from scipy import ndimage
+
+        labels, count = ndimage.label(enclosed)
+        if count == 0:
+            return enclosed
+        rim = np.flatnonzero(enclosed & ndimage.binary_dilation(self.shell))
+        rim = rim[:: max(1, math.ceil(len(rim) / most))]
+        centres = (np.stack(np.unravel_index(rim, enclosed.shape), -1) + 0.5) * (2 * BOUND / self.resolution) - BOUND
+        _, idx = self.nearest(centres)
+        along = np.einsum("ij,ij->i", centres - self.points[idx], self.normals[idx])
+        region = labels.ravel()[rim]
+        votes = np.bincount(region, weights=(along < 0).astype(np.float64), minlength=count + 1)
+        seen = np.bincount(region, minlength=count + 1)
+        outside = votes < seen / 2  # (a region with no voxel along the shell, if any, stays inside)
+        outside[0] = True
+        return enclosed & ~outside[labels]
 
     def _leaks(self, grow: int) -> bool:
         """Whether points just past the shell on the inner side of the samples (along their normals) are

@@ -61,6 +61,23 @@ def test_far_signs_are_not_fooled_by_a_stray_component():
     assert (by_normal != truth[far]).sum() > 100  # the official test alone gets these wrong
 
 
+def test_the_cavity_of_a_hollow_solid_is_outside():
+    """A ball with a spherical cavity (an inner surface whose normals face into it): the flood fill alone
+    called the cavity inside, as enclosed; its region takes the side its bounding normals give."""
+    outer = trimesh.creation.icosphere(subdivisions=4, radius=0.4)
+    inner = trimesh.creation.icosphere(subdivisions=4, radius=0.2)
+    inner.invert()
+    index = S.SurfaceIndex(trimesh.util.concatenate([outer, inner]), 100_000, seed=0)
+    pts = np.random.default_rng(2).uniform(-0.45, 0.45, (6000, 3))
+    r = np.linalg.norm(pts, axis=1)
+    true = np.maximum(r - 0.4, 0.2 - r)  # the shell between the spheres is the solid
+    clear = np.abs(true) > 0.03
+    assert (true[clear & (r < 0.2)] > 0).sum() > 100
+    np.testing.assert_allclose(index.signed_distance(np.zeros((1, 3))), [0.2], atol=3e-3)
+    assert np.array_equal(index.signed_distance(pts[clear]) < 0, true[clear] < 0)
+    assert np.array_equal(S.inside(index, pts[clear], near=0.05), true[clear] < 0)
+
+
 @pytest.mark.parametrize("samples", [3_000, 20_000])
 def test_sparse_samples_still_enclose_the_inside(samples):
     """Few surface samples leave gaps wider than their mean spacing; a shell grown by the spacing alone
