@@ -84,6 +84,14 @@ class SDFRunConfig:
 GRIDS = ("resolution", "iou_resolution")
 
 
+def _surface_index(unit, samples: int, seed: int, mesh_path) -> S.SurfaceIndex:
+    """The ground truth's :class:`~finer.tasks.sdf.SurfaceIndex`; a refusal names the mesh (a benchmark fits many)."""
+    try:
+        return S.SurfaceIndex(unit, samples, seed)
+    except FinerError as exc:
+        raise FinerError(f"{mesh_path}: {exc}") from None
+
+
 def check_sizes(**sizes: Any) -> None:
     """Counts must be positive integers, and grids (``resolution``, ``iou_resolution``) at least 8 a side."""
     for name, value in sizes.items():
@@ -179,7 +187,7 @@ def fit_sdf(cfg: SDFRunConfig, out: str | Path, *, progress: bool = True, overwr
     check_measuring_memory(cfg.resolution, cfg.iou_resolution, unit.area, surface_samples=cfg.surface_samples,
                            pool_size=cfg.pool_size, chamfer_samples=cfg.chamfer_samples)
     t0 = time.perf_counter()
-    index = S.SurfaceIndex(unit, cfg.surface_samples, cfg.seed)
+    index = _surface_index(unit, cfg.surface_samples, cfg.seed, cfg.mesh)
     points, sdf = S.training_pool(unit, index, cfg.pool_size, cfg.seed)
     prep = time.perf_counter() - t0
     log(f"{Path(cfg.mesh).name}: {len(mesh.faces)} faces, watertight: {mesh.is_watertight}; "
@@ -293,7 +301,7 @@ def eval_sdf(checkpoint: str | Path, mesh_path: str | Path | None = None, *, out
     warning = _other_mesh(folder, mesh_path, task.get("mesh"))
     io.check_not_an_output(mesh_path, out, EVAL_FILES, "mesh")
     io.check_claim(out, EVAL_FILES, overwrite, "evaluation")  # (claimed once the measurements are in hand)
-    index = S.SurfaceIndex(unit, settings["surface_samples"], settings["seed"])
+    index = _surface_index(unit, settings["surface_samples"], settings["seed"], mesh_path)
     result = {"checkpoint": str(checkpoint), "mesh": str(mesh_path), "model": payload["method"],
               "steps": payload["fit"]["step"], "fit_status": payload["fit"].get("status"), **settings,
               "inside_outside": S.SIGN_METHOD,

@@ -290,3 +290,14 @@ def test_sigterm_while_training_stops_after_the_step_and_says_what_is_kept(tmp_p
     assert metrics["status"] == "interrupted" and 5 <= metrics["steps"] < 20
     assert f"keeps the network of step {metrics['steps']}" in err and "--overwrite" in err
     assert (out / "checkpoint.pt").is_file()
+
+
+def test_a_mesh_whose_inside_is_not_found_is_named_in_the_refusal(tmp_path, capsys, monkeypatch):
+    import finer.tasks.sdf
+
+    monkeypatch.setattr(finer.tasks.sdf.SurfaceIndex, "_cover", lambda self, mesh, seed: 0.0)  # no wider shell
+    trimesh.creation.icosphere(subdivisions=4, radius=1.0).export(tmp_path / "ball.obj")
+    out = tmp_path / "run"
+    assert main(["fit", "sdf", str(tmp_path / "ball.obj"), "--out", str(out), *TINY, "--surface-samples", "3000"]) == 2
+    assert f"error: {tmp_path / 'ball.obj'}: the inside of this closed mesh was not found" in capsys.readouterr().err
+    assert not (out / "metrics.json").exists()

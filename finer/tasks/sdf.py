@@ -48,7 +48,8 @@ BOUND = 0.5
 
 
 def load_mesh(path: str | os.PathLike):
-    """Read any mesh trimesh reads (OBJ, PLY, STL, OFF, ...); clear errors for non-meshes."""
+    """Read any mesh trimesh reads (OBJ, PLY, STL, OFF, ...); clear errors for non-meshes. Corners at one
+    position are merged, and the faces wound one way, facing out (:func:`_oriented`)."""
     import trimesh
 
     path = Path(path)
@@ -69,7 +70,12 @@ def load_mesh(path: str | os.PathLike):
         raise FinerError(f"{path} is empty or not a mesh (no vertices read)")
     if len(loaded.faces) == 0:
         raise FinerError(f"{path} has vertices but no faces (a point cloud?); a surface mesh is needed")
-    used = np.asarray(loaded.vertices)[np.unique(loaded.faces)]
+    faces = np.asarray(loaded.faces)
+    if faces.min() < 0 or faces.max() >= len(loaded.vertices):
+        bad = faces.min() if faces.min() < 0 else faces.max()
+        raise FinerError(f"cannot read mesh {path}: a face refers to vertex {bad}, and there are "
+                         f"{len(loaded.vertices)} (numbered from 0)")
+    used = np.asarray(loaded.vertices)[np.unique(faces)]
     bad = ~np.isfinite(used).all(axis=1)
     if bad.any():
         raise FinerError(f"{path} has {int(bad.sum())} vertices of its faces with non-finite coordinates (NaN or "
@@ -80,9 +86,37 @@ def load_mesh(path: str | os.PathLike):
     if not loaded.area > 0:
         raise FinerError(f"{path} has zero surface area")
     # STL repeats each corner per face, OBJ per texture coordinate or normal: merged by position only,
-    # a closed mesh is watertight
-    loaded.merge_vertices(merge_tex=True, merge_norm=True)
-    return loaded
+    # a closed mesh is watertight. Positions equal to 8 digits of the mesh's size (trimesh's own tolerance,
+    # 1e-8, is absolute: it merged a mesh a few 1e-8 across into a handful of vertices)
+    extent = float(np.ptp(used, axis=0).max())
+    loaded.merge_vertices(merge_tex=True, merge_norm=True, digits_vertex=8 - math.floor(math.log10(extent)))
+    return _oriented(loaded, path)
+
+
+def _oriented(mesh, path: Path):
+    """``mesh`` with its faces wound one way (where they were not) and, closed, facing out (where its
+    volume is negative: inside out); each repair said in a warning. The signs of the ground truth come
+    from the face normals."""
+    import warnings
+
+    import trimesh
+
+    from finer.errors import FinerWarning
+
+    rewound = not mesh.is_winding_consistent
+    if rewound:
+        trimesh.repair.fix_winding(mesh)
+    inside_out = mesh.is_watertight and mesh.volume < 0
+    if inside_out:
+        mesh.invert()
+    if rewound:
+        warnings.warn(f"{path}: its faces were not all wound the same way (their normals disagree across "
+                      "edges); rewound to agree with their neighbours" + (
+                          ", facing outward" if mesh.is_watertight else ""), FinerWarning, stacklevel=3)
+    elif inside_out:
+        warnings.warn(f"{path} is inside out (its faces face inward: negative volume); turned to face "
+                      "outward", FinerWarning, stacklevel=3)
+    return mesh
 
 
 @dataclass

@@ -216,6 +216,46 @@ def test_bad_meshes(tmp_path):
         S.load_mesh(tmp_path / "missing.stl")
 
 
+def test_a_face_that_names_a_missing_vertex_is_refused(tmp_path):
+    header = "ply\nformat ascii 1.0\nelement vertex 3\nproperty float x\nproperty float y\nproperty float z\n"
+    (tmp_path / "bad.ply").write_text(header + "element face 1\nproperty list uchar int vertex_indices\n"
+                                      "end_header\n0 0 0\n1 0 0\n0 1 0\n3 0 1 50\n")
+    with pytest.raises(FinerError, match="cannot read mesh .*bad.ply: a face refers to vertex 50, and there are 3"):
+        S.load_mesh(tmp_path / "bad.ply")
+
+
+@pytest.mark.parametrize("size", [3e-8, 1e-9, 1e6])
+def test_a_mesh_in_any_units_keeps_its_vertices(tmp_path, size):
+    """Corners are merged to 8 digits of the mesh's size (trimesh's 1e-8 is absolute: a sphere 3e-8 across
+    lost three quarters of its vertices and was no longer closed; 1e-9 across failed with a division by 0)."""
+    sphere = trimesh.creation.icosphere(subdivisions=3, radius=size / 2)
+    sphere.export(tmp_path / "small.stl")  # STL: every corner repeated, to be merged
+    mesh = S.load_mesh(tmp_path / "small.stl")
+    assert len(mesh.vertices) == len(sphere.vertices) and mesh.is_watertight
+
+
+def test_a_mesh_inside_out_or_wound_both_ways_is_turned_to_face_out(tmp_path):
+    from finer.errors import FinerWarning
+
+    inverted = trimesh.creation.icosphere(subdivisions=3, radius=0.3)
+    inverted.invert()
+    inverted.export(tmp_path / "inverted.obj")
+    mixed = trimesh.creation.icosphere(subdivisions=3, radius=0.3)
+    mixed.faces[::2] = mixed.faces[::2, ::-1]  # every other face the other way round
+    mixed.export(tmp_path / "mixed.obj")
+    with pytest.warns(FinerWarning, match="inverted.obj is inside out .* turned to face outward"):
+        a = S.load_mesh(tmp_path / "inverted.obj")
+    with pytest.warns(FinerWarning, match="mixed.obj: its faces were not all wound the same way .*, facing outward"):
+        b = S.load_mesh(tmp_path / "mixed.obj")
+    for mesh in (a, b):
+        assert mesh.is_winding_consistent and mesh.volume == pytest.approx(4 / 3 * np.pi * 0.3**3, rel=0.05)
+        index = S.SurfaceIndex(mesh, 20_000, seed=0)
+        pts = np.random.default_rng(3).uniform(-0.45, 0.45, (2000, 3))
+        true = np.linalg.norm(pts, axis=1) - 0.3
+        clear = np.abs(true) > 0.02
+        assert np.array_equal(index.signed_distance(pts[clear]) < 0, true[clear] < 0)
+
+
 def test_a_closed_mesh_whose_file_repeats_corners_is_watertight(tmp_path):
     trimesh.creation.box().export(tmp_path / "box.stl")  # STL stores three corners per face
     assert not trimesh.load(tmp_path / "box.stl", process=False).is_watertight
