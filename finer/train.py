@@ -186,10 +186,15 @@ def step_metrics(task: Task, loss: float) -> dict[str, float]:
 class _StopFlag:
     """Turns Ctrl-C (SIGINT), and SIGTERM within :func:`finer.launch.sigterm_interrupts`, into a request to stop after
     the current step (main thread only); a second signal aborts at once. A signal the process ignores
-    stays ignored."""
+    stays ignored. The same signal again within :data:`REPEAT_SECONDS` is the same request: ``timeout``
+    sends its signal to the command and then to the command's process group, and while the process waits
+    on another (the compiler's workers) the two can arrive as two."""
+
+    REPEAT_SECONDS = 0.25
 
     def __init__(self):
         self.requested = False
+        self._first: tuple[int, float] | None = None
         self._previous: dict = {}
 
     def __enter__(self):
@@ -201,9 +206,12 @@ class _StopFlag:
         return self
 
     def _handle(self, signum, frame):
+        now = time.monotonic()
         if self.requested:
+            if self._first and self._first[0] == signum and now - self._first[1] < self.REPEAT_SECONDS:
+                return
             raise KeyboardInterrupt
-        self.requested = True
+        self.requested, self._first = True, (signum, now)
 
     def __exit__(self, *exc):
         for signum, previous in self._previous.items():

@@ -1,6 +1,7 @@
 """The generic loop: schedule, NaN guard with the last good state kept, resume equivalence."""
 
 import contextlib
+import functools
 import math
 import warnings
 
@@ -118,6 +119,36 @@ def test_an_interrupted_fit_does_not_save_the_weights_of_a_bad_last_update(astro
     assert [(status, step) for status, step, _ in saved] == [("interrupted", 5)]
     assert all(torch.isfinite(v).all() for v in saved[0][2]["model"].values())
     assert all(torch.isfinite(v).all() for v in net.state_dict().values())
+
+
+@pytest.mark.parametrize("pause", [0.0, 0.4], ids=["one-stop-sent-twice", "a-second-stop"])
+def test_a_signal_repeated_at_once_is_one_stop_and_a_later_one_aborts(astronaut_small, pause):
+    """`timeout` sends its signal to the command and then to its process group: two at once are one request
+    to stop after the step; a second signal later (the user insisting) aborts at once."""
+    import os
+    import signal
+    import time
+
+    class TwoSignals(ImageTask):
+        calls = 0
+
+        def loss(self, pred, target):
+            self.calls += 1
+            if self.calls == 3:
+                os.kill(os.getpid(), signal.SIGINT)
+                time.sleep(pause)
+                os.kill(os.getpid(), signal.SIGINT)
+            return super().loss(pred, target)
+
+    net = build_model("finer", 2, 3, width=16, hidden_layers=1, seed=0)
+    task = TwoSignals(astronaut_small, (-1.0, 1.0), torch.device("cpu"))
+    run = functools.partial(fit, net, task, TrainConfig(steps=10, eval_every=0), progress=False)
+    if pause:
+        with pytest.raises(KeyboardInterrupt):
+            run()
+    else:
+        state = run()
+        assert state.status == "interrupted" and state.step == 3
 
 
 def test_a_fit_continued_from_a_stopped_state_says_how_it_ended_itself(astronaut_small):
