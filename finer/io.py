@@ -242,9 +242,10 @@ def failure_recorded(metrics_path: str | os.PathLike) -> Iterator[None]:
         metrics = read_record(metrics_path)
         if metrics.get("status") == "running":
             interrupted = isinstance(exc, (KeyboardInterrupt, InterruptedRun))
-            metrics.pop("stage", None)
+            stage = metrics.pop("stage", None)
+            message = (str(exc) or "interrupted") if interrupted else f"{type(exc).__name__}: {exc}"
             metrics.update(status="interrupted" if interrupted else "failed",
-                           message=(str(exc) or "interrupted") if interrupted else f"{type(exc).__name__}: {exc}")
+                           message=message + (f" (while {stage} after step {metrics.get('steps')})" if stage else ""))
             write_json(metrics_path, metrics)
         raise
 

@@ -314,7 +314,7 @@ class _Run:
         if state.status == "running":
             self.write_metrics(state, final=False)
 
-    def write_metrics(self, state: FitState, final: bool) -> dict[str, Any]:
+    def write_metrics(self, state: FitState, final: bool, stage: str | None = None) -> dict[str, Any]:
         h, w, c = self.image.shape
         metrics: dict[str, Any] = {
             "task": "image",
@@ -350,6 +350,8 @@ class _Run:
                        title=f"{self.cfg.model} on {Path(metrics['image']).name}")
         if state.message:
             metrics["message"] = state.message
+        if stage:
+            metrics["stage"] = stage
         io.write_json(self.out / "metrics.json", metrics)
         return metrics
 
@@ -367,6 +369,8 @@ class _Run:
                 progress=self.progress,
                 desc=f"{self.cfg.model}",
             )
+            if state.status == "complete":  # stopped while scoring: it says so at its last step (resume scores it)
+                self.write_metrics(state, final=False, stage="scoring")
             metrics = self.write_metrics(state, final=True)
         return finished(state, self.out, metrics, f"continue with `finer resume {self.out}`")
 
@@ -467,7 +471,10 @@ def resume_image(run_dir: str | Path, *, steps: int | None = None, progress: boo
     _, payload = io.load_checkpoint(run_dir / "checkpoint.pt")
     _check_resumable(run_dir, run, recorded, payload)
     done = payload["fit"]["step"]
-    stopped_at_the_end = done == cfg.steps and payload["fit"].get("status") == "interrupted"  # resumed: completed
+    # stopped during its last step, or after it while scoring (the checkpoint complete, metrics.json not):
+    # resumed, it is completed (scored) without training
+    stopped_at_the_end = done == cfg.steps and (payload["fit"].get("status") == "interrupted" or (
+        payload["fit"].get("status") == "complete" and _recorded_status(run_dir) in ("interrupted", "failed")))
     if done >= cfg.steps and not stopped_at_the_end:
         raise FinerError(f"{run_dir} already reached step {done}" + (f" of {cfg.steps}" if steps is None else "")
                          + f"; pass --steps with more than {done} to train longer")
@@ -476,13 +483,17 @@ def resume_image(run_dir: str | Path, *, steps: int | None = None, progress: boo
     state = continued_fit(payload["fit"])
     io.warn_stale_outputs(run_dir, f"the network of step {done} or an earlier one")
     io.write_json(run_dir / "config.json", run.resolved())
-    metrics = run.run(state, payload["optimizer"])
-    if metrics.get("status") == "complete":
-        from finer.batch_runs import refresh_summary  # (it imports this module)
+    from finer.batch_runs import refresh_summary  # (it imports this module)
 
-        summary = refresh_summary(run_dir, metrics)
-        if summary:
-            metrics["summary"] = str(summary)
+    try:
+        metrics = run.run(state, payload["optimizer"])
+    except (InterruptedRun, DivergedError) as ended:  # an image of a folder fit: its row says so too
+        if ended.metrics.get("psnr") is not None:
+            refresh_summary(run_dir, ended.metrics)
+        raise
+    summary = refresh_summary(run_dir, metrics)
+    if summary:
+        metrics["summary"] = str(summary)
     return metrics
 
 

@@ -284,6 +284,21 @@ def test_a_folder_without_batch_signals_is_fitted_one_by_one(folder, tmp_path, c
     assert row["steps"] == 6 and "resumed" in row
 
 
+def test_a_resume_of_a_folder_image_stopped_again_updates_its_row(folder, tmp_path, capsys):
+    """Ctrl-C during `finer resume OUT/IMAGE`: the image's row of summary.json says interrupted, at the step
+    and score its folder now holds (it kept the earlier, finished numbers)."""
+    from tests.test_train import ctrl_c_at_step
+
+    out = tmp_path / "f"
+    assert main(["fit", "image", str(folder), "--steps", "3", "--width", "8", "--hidden-layers", "1", "--quiet",
+                 "--out", str(out)]) == 0
+    with ctrl_c_at_step(10):
+        assert main(["resume", str(out / "01"), "--steps", "40", "--quiet"]) == 130
+    metrics = json.loads((out / "01" / "metrics.json").read_text())
+    row = next(r for r in json.loads((out / "summary.json").read_text())["runs"] if r["image"] == "01.png")
+    assert (row["status"], row["steps"], row["psnr"]) == ("interrupted", 11, metrics["psnr"]) and metrics["steps"] == 11
+
+
 def test_resuming_an_image_of_a_folder_whose_summary_holds_an_infinite_psnr(folder, tmp_path, capsys):
     """A constant image fitted exactly has PSNR inf, stored as "inf" in the summary: a resume of another image
     refreshes the totals all the same (the mean is then inf)."""

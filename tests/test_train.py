@@ -631,6 +631,36 @@ def test_a_fit_stopped_during_its_last_step_stops_the_callers_loop_and_resume_co
         finer.resume_image(tmp_path / "run", progress=False)  # now finished: refused as before
 
 
+@pytest.mark.parametrize("stop", [KeyboardInterrupt, OSError], ids=["ctrl-c", "error"])
+def test_a_fit_stopped_while_scoring_says_so_and_resume_scores_it(tmp_path, png_path, monkeypatch, stop):
+    """After the last step the checkpoint says complete; a stop while the final scores and pictures are written
+    left metrics.json at step 0, and resume refused the run as finished."""
+    import json
+
+    import finer
+    import finer.runs
+
+    cfg = finer.ImageRunConfig(image=str(png_path), steps=5, eval_every=0, model_options={"width": 8})
+
+    def stopped(*args, **kwargs):
+        raise stop("stopped")
+
+    original = finer.runs.psnr_curve
+    monkeypatch.setattr(finer.runs, "psnr_curve", stopped)
+    with pytest.raises(stop):
+        finer.fit_image(cfg, tmp_path / "run", progress=False)
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert (metrics["status"], metrics["steps"]) == ("interrupted" if stop is KeyboardInterrupt else "failed", 5)
+    assert "(while scoring after step 5)" in metrics["message"] and "stage" not in metrics
+    weights = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=False)["model"]
+    monkeypatch.setattr(finer.runs, "psnr_curve", original)
+    metrics = finer.resume_image(tmp_path / "run", progress=False)
+    assert (metrics["status"], metrics["steps"]) == ("complete", 5) and metrics["psnr"] > 0
+    assert (tmp_path / "run" / "psnr_curve.png").is_file()
+    after = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=False)["model"]
+    assert all(torch.equal(weights[k], after[k]) for k in weights)  # no step was trained
+
+
 def test_a_task_needs_only_batch_and_loss():
     """The smallest task a user writes: a 1-D function, no step_metrics, no evaluate (eval_every 0)."""
     class Line:
