@@ -42,7 +42,10 @@ from finer.tasks.image import ImageTask, load_image, save_image
 from finer.train import FitState, TrainConfig, continued_fit, fit, fit_record
 
 CURVE_EVERY = 10  # steps between the points of each run's recorded training-PSNR curve
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}
+IMAGE_SUFFIXES = {".png", ".apng", ".jpg", ".jpeg", ".jpe", ".jfif", ".bmp", ".tif", ".tiff", ".webp", ".gif", ".pgm",
+                  ".ppm", ".pbm", ".pnm", ".pfm", ".tga", ".qoi", ".jp2", ".j2k", ".avif"}
+"""The files of a folder taken as its images: the common formats PIL reads (a single image may be any file it
+reads; a folder's other files, such as notes or data, are left alone)."""
 PARTIAL_SUFFIX = ".partial.pt"
 
 

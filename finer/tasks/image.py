@@ -47,12 +47,17 @@ def _parse_hw(value: int | str | tuple[int, int], what: str) -> tuple[int, int]:
 def _white(im: Image.Image) -> float:
     """The value of white of an integer-mode (``I``, ``I;16``) image, from its format, not its content:
     65535 for 16-bit images (PNG, and PGM, which PIL scales to 16 bits), 255 for a TIFF of 8-bit samples;
-    wider TIFF integers have no white, and are refused."""
-    bits = getattr(im, "tag_v2", {}).get(258) if im.mode == "I" else 16  # TIFF BitsPerSample
+    wider or signed TIFF integers have no white, and are refused."""
+    tags = getattr(im, "tag_v2", {}) if im.mode == "I" else {}
+    bits = tags.get(258) if im.mode == "I" else 16  # TIFF BitsPerSample
     bits = bits[0] if isinstance(bits, tuple) and bits else bits
     if isinstance(bits, int) and bits > 16:
         raise ValueError(f"its samples are {bits}-bit integers, whose white is not defined; save it with 8- or "
                          "16-bit samples (or floats in [0, 1])")
+    kind = tags.get(339)  # TIFF SampleFormat: 2 for signed integers
+    if (kind[0] if isinstance(kind, tuple) and kind else kind) == 2:
+        raise ValueError("its samples are signed integers, whose white is not defined; save it with unsigned 8- "
+                         "or 16-bit samples (or floats in [0, 1])")
     return 255.0 if bits == 8 else 65535.0
 
 
@@ -65,8 +70,11 @@ def to_float(im: Image.Image, white: float | None = None, source: str = "the ima
         return (np.clip(arr / (white or _white(im)), 0, 1)[..., None]).astype(np.float32)
     if im.mode == "F":
         return _checked_float(np.asarray(im, dtype=np.float32), source)[..., None]
-    has_alpha = im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info)
-    if im.mode in ("L", "1"):
+    # a colour key (a palette's transparent entry, or one grey level or colour of an L or RGB PNG) is alpha too
+    has_alpha = im.mode in ("RGBA", "LA", "PA") or (im.mode in ("P", "L", "RGB") and "transparency" in im.info)
+    if im.mode == "L" and has_alpha:
+        im = im.convert("LA")
+    elif im.mode in ("L", "1"):
         im = im.convert("L")
     elif im.mode == "LA":
         pass
@@ -236,7 +244,7 @@ def check_writable_as(path: str | os.PathLike, channels: int) -> None:
     import io as _io
 
     check_image_path(path)
-    mode = {1: "L", 3: "RGB"}.get(channels, "RGBA")  # grey + alpha is written as RGBA (save_image)
+    mode = {1: "L", 2: "LA", 3: "RGB"}.get(channels, "RGBA")  # as save_image writes it
     suffix = Path(path).suffix.lower()
     try:
         Image.new(mode, (1, 1)).save(_io.BytesIO(), format=Image.registered_extensions()[suffix])
@@ -245,14 +253,13 @@ def check_writable_as(path: str | os.PathLike, channels: int) -> None:
 
 
 def save_image(arr: np.ndarray, path: str | os.PathLike) -> None:
-    """Write a ``(H, W, C)`` array in [0, 1] as an 8-bit PNG (grey, RGB or RGBA); NaN is written as 0."""
+    """Write a ``(H, W, C)`` array in [0, 1] as an 8-bit PNG (grey, grey and alpha, RGB or RGBA); NaN is written
+    as 0."""
     arr = np.clip(np.nan_to_num(np.asarray(arr), nan=0.0), 0.0, 1.0)
     data = (arr * 255.0 + 0.5).astype(np.uint8)
     if data.ndim == 3 and data.shape[-1] == 1:
         data = data[..., 0]
-    elif data.ndim == 3 and data.shape[-1] == 2:  # grey + alpha
-        data = np.concatenate([data[..., :1]] * 3 + [data[..., 1:]], axis=-1)
-    Image.fromarray(data).save(path)
+    Image.fromarray(data).save(path)  # (H, W, 2): grey and alpha ("LA")
 
 
 # -- coordinates -----------------------------------------------------------------------------------

@@ -535,3 +535,18 @@ def test_a_rerun_that_trains_nothing_keeps_the_run_conditions(tmp_path):
             "--size", "8", "--width", "4", "--out", str(tmp_path / "b"), "--quiet"]
     assert main(args) == 0 and main([*args, "--workers", "2"]) == 0  # every run finished: nothing trained
     assert json.loads((tmp_path / "b" / "results.json").read_text())["protocol"]["workers"] == 1
+
+
+def test_a_folder_takes_the_common_image_formats_and_leaves_other_files(tmp_path):
+    from finer.bench.images import list_images
+
+    grey = Image.fromarray(np.arange(64, dtype=np.uint8).reshape(8, 8))
+    for name in ("a.pgm", "b.gif", "c.png", "d.tga"):
+        grey.save(tmp_path / name)
+    (tmp_path / "notes.txt").write_text("not an image")
+    (tmp_path / "data.h5").write_bytes(b"\x89HDF")
+    assert [p.name for p in list_images(tmp_path)] == ["a.pgm", "b.gif", "c.png", "d.tga"]
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "data.h5").write_bytes(b"\x89HDF")
+    with pytest.raises(FinerError, match="no images in"):
+        list_images(tmp_path / "other")

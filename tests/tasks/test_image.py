@@ -46,6 +46,13 @@ def test_grey_rgb_rgba_and_16_bit(tmp_path):
     Image.fromarray(dark.astype(np.int32)).save(tmp_path / "wide.tif")
     with pytest.raises(FinerError, match="wide.tif: its samples are 32-bit integers, whose white is not defined"):
         img.load_image(tmp_path / "wide.tif")
+    from PIL import TiffImagePlugin
+
+    signed = TiffImagePlugin.ImageFileDirectory_v2()
+    signed[339] = 2  # SampleFormat: signed integers (scaled by 65535 they lost half the range, and the negatives)
+    Image.fromarray(dark).save(tmp_path / "signed.tif", tiffinfo=signed)
+    with pytest.raises(FinerError, match="signed.tif: its samples are signed integers, whose white is not defined"):
+        img.load_image(tmp_path / "signed.tif")
 
 
 def test_an_exif_rotated_photo_is_read_as_it_is_shown(tmp_path):
@@ -223,3 +230,33 @@ def test_evaluation_chunks_follow_the_device_and_change_no_value():
         auto = img.predict_image(net, 80, 70, target_range=(-1.0, 1.0))  # 5600 pixels: two chunks
         whole = img.predict_image(net, 80, 70, target_range=(-1.0, 1.0), chunk=65536)
     np.testing.assert_allclose(auto, whole, atol=1e-6)
+
+
+def test_grey_and_alpha_is_written_as_it_was_read(tmp_path):
+    """A grey image with alpha, fitted with --alpha keep, is written as grey and alpha (it was written as RGBA,
+    which `finer eval image` could not compare with its grey source)."""
+    rng = np.random.default_rng(0)
+    data = np.stack([rng.integers(0, 256, (6, 5)), rng.integers(1, 256, (6, 5))], -1).astype(np.uint8)
+    img.save_image(data / 255.0, tmp_path / "la.png")
+    assert Image.open(tmp_path / "la.png").mode == "LA"
+    np.testing.assert_array_equal(img.load_image(tmp_path / "la.png", alpha="keep"), data / np.float32(255.0))
+    img.check_writable_as(tmp_path / "la.tif", 2)
+    with pytest.raises(FinerError, match="cannot write this LA image"):
+        img.check_writable_as(tmp_path / "la.jpg", 2)
+
+
+def test_a_colour_key_is_transparency(tmp_path):
+    """A PNG whose one colour (RGB) or grey level (L) is marked transparent is composited as any alpha (it was
+    read opaque unless it had a palette)."""
+    rgb = np.zeros((4, 4, 3), np.uint8)
+    rgb[0, 0] = [10, 20, 30]
+    Image.fromarray(rgb).save(tmp_path / "rgb.png", transparency=(0, 0, 0))
+    grey = np.zeros((4, 4), np.uint8)
+    grey[0, 0] = 200
+    Image.fromarray(grey).save(tmp_path / "grey.png", transparency=0)
+    for name, channels, corner in (("rgb.png", 3, [10, 20, 30]), ("grey.png", 1, [200])):
+        white = img.load_image(tmp_path / name)
+        assert white.shape == (4, 4, channels)
+        np.testing.assert_allclose(white[0, 0], np.array(corner) / 255.0, rtol=1e-6)
+        assert (white[1:] == 1.0).all()  # the keyed pixels: over white
+        assert img.load_image(tmp_path / name, alpha="keep").shape == (4, 4, channels + 1)
