@@ -15,11 +15,12 @@ normals cannot fool. The official normal test alone mislabels far points whose n
 on a small inner component or a non-manifold fold: on the Stanford dragon (1,473 components) it
 called 6,611 of 258,253 far grid points inside that the flood fill puts outside, which the network
 then dutifully learned as tubes and blobs; on the watertight bunny both agree on every point.
-Each region the fill finds enclosed takes the side that the normals of the samples nearest its border give
-by majority: the inside of a solid, or the cavity of a hollow one (an inner surface facing into it), which
-the fill alone called inside (on the shared bunny, armadillo and dragon this changes 0, 3 and 1 of 256^3
-voxels). A mesh of bodies that overlap is read as given: near a surface buried inside another body the
-sign is that surface's own (the union's surface would take a mesh boolean).
+A region the fill finds enclosed only by surfaces within the solid (nested) takes the side that the
+normals of the samples nearest its border give by majority: the cavity of a hollow solid (an inner surface
+facing into it) is outside, which the fill alone called inside; the regions next to the outer surfaces stay
+inside whatever their normals (see :meth:`SurfaceIndex._sided`). A mesh of bodies that overlap is read as
+given: near a surface buried inside another body the sign is that surface's own (the union's surface would
+take a mesh boolean).
 An open surface (nothing enclosed) is all outside away from its shell. The shell is grown by two
 sample spacings, and wider where that leaves gaps the fill would leak through (sparse samples); a
 closed mesh whose fill still leaks is refused (see :meth:`SurfaceIndex._flood_fill`).
@@ -40,16 +41,17 @@ from torch import Tensor
 from finer.errors import FinerError
 
 SIGN_METHOD = ("near the surface: normal of the nearest surface sample (official approach); "
-               "away from it: flood fill of a 256^3 voxel grid from the border, each enclosed region on the side "
-               "the normals along its border give by majority")
+               "away from it: flood fill of a 256^3 voxel grid from the border, a region enclosed only by "
+               "surfaces within the solid on the side the normals along its border give by majority")
 OCCUPANCY_RESOLUTION = 256
 HALF_EXTENT = 0.45
 BOUND = 0.5
 
 
-def load_mesh(path: str | os.PathLike):
+def load_mesh(path: str | os.PathLike, orient: bool = True):
     """Read any mesh trimesh reads (OBJ, PLY, STL, OFF, ...); clear errors for non-meshes. Corners at one
-    position are merged, and the faces wound one way, facing out (:func:`_oriented`)."""
+    position are merged, and a closed mesh's faces wound one way, facing out (:func:`_oriented`; ``orient``
+    False: as they are, for a check that needs only the surface, such as its area)."""
     import trimesh
 
     path = Path(path)
@@ -90,29 +92,35 @@ def load_mesh(path: str | os.PathLike):
     # 1e-8, is absolute: it merged a mesh a few 1e-8 across into a handful of vertices)
     extent = float(np.ptp(used, axis=0).max())
     loaded.merge_vertices(merge_tex=True, merge_norm=True, digits_vertex=8 - math.floor(math.log10(extent)))
-    return _oriented(loaded, path)
+    return _oriented(loaded, path) if orient else loaded
 
 
 def _oriented(mesh, path: Path):
-    """``mesh`` with its faces wound one way (where they were not) and, closed, facing out (where its
-    volume is negative: inside out); each repair said in a warning. The signs of the ground truth come
-    from the face normals."""
+    """``mesh``, closed, with its faces wound one way (where they were not) and facing out (where its volume
+    is negative: inside out); each repair said in a warning. The signs of the ground truth near the surface
+    come from the face normals. An open mesh is left as it is (rewound from an arbitrary first face, a piece
+    can come out all facing in, and nothing tells which way is out), with a warning where its faces disagree."""
     import warnings
 
     import trimesh
 
     from finer.errors import FinerWarning
 
-    rewound = not mesh.is_winding_consistent
-    if rewound:
+    consistent = mesh.is_winding_consistent
+    if not mesh.is_watertight:
+        if not consistent:
+            warnings.warn(f"{path}: its faces are not all wound the same way (their normals disagree across edges) "
+                          "and it is not closed, so which way is out is unknown; left as it is: near each face the "
+                          "sign follows that face's normal", FinerWarning, stacklevel=3)
+        return mesh
+    if not consistent:
         trimesh.repair.fix_winding(mesh)
-    inside_out = mesh.is_watertight and mesh.volume < 0
+    inside_out = mesh.volume < 0
     if inside_out:
         mesh.invert()
-    if rewound:
+    if not consistent:
         warnings.warn(f"{path}: its faces were not all wound the same way (their normals disagree across "
-                      "edges); rewound to agree with their neighbours" + (
-                          ", facing outward" if mesh.is_watertight else ""), FinerWarning, stacklevel=3)
+                      "edges); rewound to agree with their neighbours, facing outward", FinerWarning, stacklevel=3)
     elif inside_out:
         warnings.warn(f"{path} is inside out (its faces face inward: negative volume); turned to face "
                       "outward", FinerWarning, stacklevel=3)
@@ -205,16 +213,29 @@ class SurfaceIndex:
         self.interior = self._sided(ndimage.binary_fill_holes(self.shell) & ~self.shell)
 
     def _sided(self, enclosed: np.ndarray, most: int = 200_000) -> np.ndarray:
-        """The voxels of ``enclosed`` (cut off from the border by the shell) that are inside: each connected
-        region of them takes the side that the normals of the samples nearest to its voxels along the shell
-        give by majority (``most`` of those voxels at most). A region is the inside of a solid, or a cavity of
-        a hollow one (an inner surface whose normals face into it), which the fill alone calls inside too."""
+        """The voxels of ``enclosed`` (cut off from the border by the shell) that are inside.
+
+        A connected region of them that touches a piece of the shell the outside touches is inside, as the
+        fill says, whatever the normals: the solid of a body, also one facing inward or double-sided. A
+        region that only a piece of shell within the solid encloses (nested) takes the side that the normals
+        of the samples nearest to its voxels along the shell give by majority (``most`` of those voxels at
+        most): the cavity of a hollow solid (an inner surface facing into it) is outside, a body within a
+        body inside. Where the walls of a hollow solid are thinner than the shell, its cavity touches the
+        outer piece of shell and is inside, as with the fill alone."""
         from scipy import ndimage
 
         labels, count = ndimage.label(enclosed)
         if count == 0:
             return enclosed
-        rim = np.flatnonzero(enclosed & ndimage.binary_dilation(self.shell))
+        outside = ~(enclosed | self.shell)  # (the fill's outside: reached from the border)
+        pieces, _ = ndimage.label(self.shell)
+        outer = np.isin(pieces, np.unique(pieces[ndimage.binary_dilation(outside) & self.shell]))
+        nested = np.ones(count + 1, dtype=bool)
+        nested[np.unique(labels[ndimage.binary_dilation(outer) & enclosed])] = False
+        nested[0] = False
+        if not nested.any():
+            return enclosed
+        rim = np.flatnonzero(nested[labels] & ndimage.binary_dilation(self.shell))
         rim = rim[:: max(1, math.ceil(len(rim) / most))]
         centres = (np.stack(np.unravel_index(rim, enclosed.shape), -1) + 0.5) * (2 * BOUND / self.resolution) - BOUND
         _, idx = self.nearest(centres)
@@ -222,9 +243,8 @@ class SurfaceIndex:
         region = labels.ravel()[rim]
         votes = np.bincount(region, weights=(along < 0).astype(np.float64), minlength=count + 1)
         seen = np.bincount(region, minlength=count + 1)
-        outside = votes < seen / 2  # (a region with no voxel along the shell, if any, stays inside)
-        outside[0] = True
-        return enclosed & ~outside[labels]
+        cavity = nested & (votes < seen / 2)
+        return enclosed & ~cavity[labels]
 
     def _leaks(self, grow: int) -> bool:
         """Whether points just past the shell on the inner side of the samples (along their normals) are

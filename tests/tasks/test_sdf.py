@@ -78,6 +78,33 @@ def test_the_cavity_of_a_hollow_solid_is_outside():
     assert np.array_equal(S.inside(index, pts[clear], near=0.05), true[clear] < 0)
 
 
+@pytest.mark.parametrize("case", ["double-sided", "inverted-body", "body-in-body"])
+def test_a_body_keeps_its_inside_whatever_its_normals(case):
+    """The regions next to the outer surfaces are inside as the fill says, whatever the normals: a closed mesh
+    with every face also reversed, a separate body facing inward. A nested body facing outward is inside."""
+    ball = trimesh.creation.icosphere(subdivisions=4, radius=0.25)
+    if case == "double-sided":
+        mesh = trimesh.Trimesh(ball.vertices, np.concatenate([ball.faces, ball.faces[:, ::-1]]), process=False)
+        centres, radii = [np.zeros(3)], [0.25]
+    elif case == "inverted-body":
+        small = trimesh.creation.icosphere(subdivisions=4, radius=0.1).apply_translation([0.33, 0, 0])
+        small.invert()
+        mesh = trimesh.util.concatenate([ball.copy().apply_translation([-0.1, 0, 0]), small])
+        centres, radii = [np.array([-0.1, 0, 0]), np.array([0.33, 0, 0])], [0.25, 0.1]
+    else:  # a ball inside a larger one, both facing out: nothing there is a cavity
+        big = trimesh.creation.icosphere(subdivisions=4, radius=0.42)
+        mesh = trimesh.util.concatenate([big, ball])
+        centres, radii = [np.zeros(3)], [0.42]
+    index = S.SurfaceIndex(mesh, 100_000, seed=0)
+    pts = np.random.default_rng(4).uniform(-0.45, 0.45, (6000, 3))
+    true = np.min([np.linalg.norm(pts - c, axis=1) - r for c, r in zip(centres, radii)], axis=0)
+    near = np.min([np.abs(np.linalg.norm(pts - c, axis=1) - r) for c, r in zip(centres, radii)]
+                  + ([np.abs(np.linalg.norm(pts, axis=1) - 0.25)] if case == "body-in-body" else []), axis=0)
+    clear = near > 0.03
+    assert (true[clear] < 0).sum() > 100
+    assert np.array_equal(S.inside(index, pts[clear], near=0.05), true[clear] < 0)
+
+
 @pytest.mark.parametrize("samples", [3_000, 20_000])
 def test_sparse_samples_still_enclose_the_inside(samples):
     """Few surface samples leave gaps wider than their mean spacing; a shell grown by the spacing alone
@@ -254,6 +281,23 @@ def test_a_mesh_inside_out_or_wound_both_ways_is_turned_to_face_out(tmp_path):
         true = np.linalg.norm(pts, axis=1) - 0.3
         clear = np.abs(true) > 0.02
         assert np.array_equal(index.signed_distance(pts[clear]) < 0, true[clear] < 0)
+
+
+def test_an_open_mesh_wound_both_ways_is_left_as_it_is(tmp_path):
+    """Rewound from an arbitrary first face, an open piece could come out all facing in (one flipped face of a
+    sphere with a hole turned the whole solid into outside); it is left, with a warning, and keeps its inside."""
+    from finer.errors import FinerWarning
+
+    sphere = trimesh.creation.icosphere(subdivisions=3, radius=0.3)
+    faces = np.delete(sphere.faces, 0, axis=0)
+    faces[63] = faces[63, ::-1]
+    trimesh.Trimesh(sphere.vertices, faces, process=False).export(tmp_path / "open.obj")
+    with pytest.warns(FinerWarning, match="open.obj: its faces are not all wound the same way .* left as it is"):
+        mesh = S.load_mesh(tmp_path / "open.obj")
+    assert np.array_equal(mesh.faces, faces)
+    index = S.SurfaceIndex(mesh, 50_000, seed=0)
+    np.testing.assert_allclose(index.signed_distance(np.array([[0, 0, 0], [0.15, 0, 0], [0, 0.42, 0]])),
+                               [-0.3, -0.15, 0.12], atol=5e-3)
 
 
 def test_a_closed_mesh_whose_file_repeats_corners_is_watertight(tmp_path):
