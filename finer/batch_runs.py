@@ -125,7 +125,7 @@ def fit_image_folder(cfg: ImageRunConfig, directory, out, *, batch_signals: int,
     for i, path in enumerate(paths):
         image = img.load_image(path, crop=cfg.crop, size=cfg.size, alpha=cfg.alpha, max_bytes=budget)
         shapes.append(image.shape)
-        if kept_bytes + image.nbytes <= keep:  # kept for the fit (not decoded again) while they take little memory
+        if kept_bytes + image.nbytes <= keep:  # kept for the fit (not decoded again): 1/32 of the available memory
             decoded[i], kept_bytes = image, kept_bytes + image.nbytes
         del image
     probe = build_model(cfg.model, 2, shapes[0][-1], seed=cfg.seed, **cfg.model_options)

@@ -471,10 +471,10 @@ def resume_image(run_dir: str | Path, *, steps: int | None = None, progress: boo
     _, payload = io.load_checkpoint(run_dir / "checkpoint.pt")
     _check_resumable(run_dir, run, recorded, payload)
     done = payload["fit"]["step"]
-    # stopped during its last step, or after it while scoring (the checkpoint complete, metrics.json not):
-    # resumed, it is completed (scored) without training
+    # stopped during its last step, or after it while scoring (the checkpoint complete, metrics.json not: stopped,
+    # failed, or still "running" where the process was killed): resumed, it is completed (scored) without training
     stopped_at_the_end = done == cfg.steps and (payload["fit"].get("status") == "interrupted" or (
-        payload["fit"].get("status") == "complete" and _recorded_status(run_dir) in ("interrupted", "failed")))
+        payload["fit"].get("status") == "complete" and _recorded_status(run_dir) != "complete"))
     if done >= cfg.steps and not stopped_at_the_end:
         raise FinerError(f"{run_dir} already reached step {done}" + (f" of {cfg.steps}" if steps is None else "")
                          + f"; pass --steps with more than {done} to train longer")

@@ -661,6 +661,21 @@ def test_a_fit_stopped_while_scoring_says_so_and_resume_scores_it(tmp_path, png_
     assert all(torch.equal(weights[k], after[k]) for k in weights)  # no step was trained
 
 
+def test_a_fit_killed_while_scoring_is_scored_by_resume(tmp_path, png_path):
+    """Killed outright while scoring (SIGKILL, out of memory), metrics.json still says running at its last step."""
+    import json
+
+    import finer
+
+    cfg = finer.ImageRunConfig(image=str(png_path), steps=3, eval_every=0, model_options={"width": 8})
+    finer.fit_image(cfg, tmp_path / "run", progress=False)
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    (tmp_path / "run" / "metrics.json").write_text(json.dumps({**metrics, "status": "running", "stage": "scoring",
+                                                               "psnr": None}))
+    resumed = finer.resume_image(tmp_path / "run", progress=False)
+    assert (resumed["status"], resumed["steps"], resumed["psnr"]) == ("complete", 3, metrics["psnr"])
+
+
 def test_a_task_needs_only_batch_and_loss():
     """The smallest task a user writes: a 1-D function, no step_metrics, no evaluate (eval_every 0)."""
     class Line:

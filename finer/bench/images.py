@@ -594,8 +594,8 @@ def _mixed_devices(rows: list[dict]) -> dict:
     """``{"mixed_devices": ["cpu, PROCESSOR: 12 runs", ...]}`` where the rows were trained on more than one
     device or processor (a grid continued on another machine), else nothing: the protocol's machine is
     then that of the last command only, and the seconds of the runs do not compare."""
-    counts = collections.Counter(", ".join(str(r[k]) for k in ("device", "processor") if r.get(k)) or "not recorded"
-                                 for r in rows)
+    keys = ("device", "processor") if all(r.get("processor") for r in rows) else ("device",)  # (older rows: none)
+    counts = collections.Counter(", ".join(str(r[k]) for k in keys if r.get(k)) or "not recorded" for r in rows)
     if len(counts) < 2:
         return {}
     return {"mixed_devices": [f"{where}: {plural(n, 'run')}" for where, n in sorted(counts.items())]}

@@ -700,11 +700,18 @@ def fuse(model: nn.Module, compile: bool = True) -> int:
 
 
 def unfuse(model: nn.Module) -> int:
-    """Undo :func:`fuse` (e.g. before a double-backward analysis); returns the count."""
-    from finer.nn.layers import Layer
+    """Undo :func:`fuse` (e.g. before a double-backward analysis), also in a
+    :class:`~finer.nn.stacked.StackedMLP` (the fused forms its networks gave it); returns the count."""
+    from finer.nn.layers import Layer, plain_activation
+    from finer.nn.stacked import StackedMLP
 
     count = 0
     for module in model.modules():
+        if isinstance(module, StackedMLP):
+            count += sum(f is not None for f in module.fused_forwards)
+            module.fused_forwards = [None] * len(module.fused_forwards)
+            module.activations = [plain_activation(a) for a in module.activations]
+            continue
         act = getattr(module, "activation", None)
         if isinstance(module, Layer) and isinstance(getattr(act, "fn", None), _Compiled):
             act.fn = act.fn.kernel

@@ -102,7 +102,9 @@ class StackedMLP(nn.Module):
 
     def __deepcopy__(self, memo):
         """``copy.deepcopy``: a copy as it is, fused or not, as Layer's."""
-        return deepcopy_sharing(self, memo, ("fused_forwards",))
+        twin = deepcopy_sharing(self, memo, ("fused_forwards",))
+        twin.fused_forwards = list(self.fused_forwards)  # its own list (of the same shared forwards)
+        return twin
 
     def _apply(self, fn, recurse=True):
         return super()._apply(keeping_complex(fn), recurse)  # as Layer's

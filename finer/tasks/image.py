@@ -47,17 +47,12 @@ def _parse_hw(value: int | str | tuple[int, int], what: str) -> tuple[int, int]:
 def _white(im: Image.Image) -> float:
     """The value of white of an integer-mode (``I``, ``I;16``) image, from its format, not its content:
     65535 for 16-bit images (PNG, and PGM, which PIL scales to 16 bits), 255 for a TIFF of 8-bit samples;
-    wider or signed TIFF integers have no white, and are refused."""
-    tags = getattr(im, "tag_v2", {}) if im.mode == "I" else {}
-    bits = tags.get(258) if im.mode == "I" else 16  # TIFF BitsPerSample
+    wider TIFF integers have no white, and are refused (signed ones too, as the file is read)."""
+    bits = getattr(im, "tag_v2", {}).get(258) if im.mode == "I" else 16  # TIFF BitsPerSample
     bits = bits[0] if isinstance(bits, tuple) and bits else bits
     if isinstance(bits, int) and bits > 16:
         raise ValueError(f"its samples are {bits}-bit integers, whose white is not defined; save it with 8- or "
                          "16-bit samples (or floats in [0, 1])")
-    kind = tags.get(339)  # TIFF SampleFormat: 2 for signed integers
-    if (kind[0] if isinstance(kind, tuple) and kind else kind) == 2:
-        raise ValueError("its samples are signed integers, whose white is not defined; save it with unsigned 8- "
-                         "or 16-bit samples (or floats in [0, 1])")
     return 255.0 if bits == 8 else 65535.0
 
 
@@ -223,6 +218,10 @@ def _read_file(path: Path, max_bytes: int | None = None) -> np.ndarray:
                 )
             im.load()
             white = _white(im) if im.mode.startswith("I") else None  # (the file's tags: before transposing)
+            kind = getattr(im, "tag_v2", {}).get(339)  # TIFF SampleFormat, 2: signed integers (int8 read as L)
+            if (kind[0] if isinstance(kind, tuple) and kind else kind) == 2:
+                raise ValueError("its samples are signed integers, whose white is not defined; save it with "
+                                 "unsigned 8- or 16-bit samples (or floats in [0, 1])")
             return to_float(ImageOps.exif_transpose(im), white, str(path))  # as viewers show it (a rotated JPEG)
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
         raise FinerError(f"cannot read image {path}: {exc}") from None
@@ -241,15 +240,11 @@ def check_image_path(path: str | os.PathLike) -> None:
 def check_writable_as(path: str | os.PathLike, channels: int) -> None:
     """Refuse, before any work, a format that cannot hold an image of ``channels`` channels (JPEG has no
     alpha), by writing a 1 x 1 image of that kind to memory."""
-    import io as _io
-
     check_image_path(path)
-    mode = {1: "L", 2: "LA", 3: "RGB"}.get(channels, "RGBA")  # as save_image writes it
-    suffix = Path(path).suffix.lower()
-    try:
-        Image.new(mode, (1, 1)).save(_io.BytesIO(), format=Image.registered_extensions()[suffix])
-    except (OSError, KeyError, ValueError) as exc:
-        raise FinerError(f"cannot write this {mode} image to {path} ({exc}); use .png") from None
+    modes = {1: ["L"], 2: ["LA", "RGBA"], 3: ["RGB"]}.get(channels, ["RGBA"])  # as save_image writes it
+    if not any(_takes(path, mode) for mode in modes):
+        raise FinerError(f"cannot write this {modes[0]} image to {path}: the {Path(path).suffix} format has no "
+                         f"{' or '.join(modes)} images; use .png")
 
 
 def save_image(arr: np.ndarray, path: str | os.PathLike) -> None:
@@ -259,7 +254,20 @@ def save_image(arr: np.ndarray, path: str | os.PathLike) -> None:
     data = (arr * 255.0 + 0.5).astype(np.uint8)
     if data.ndim == 3 and data.shape[-1] == 1:
         data = data[..., 0]
+    if data.ndim == 3 and data.shape[-1] == 2 and not _takes(path, "LA"):  # (BMP, PPM, QOI hold no grey and alpha)
+        data = np.concatenate([data[..., :1]] * 3 + [data[..., 1:]], axis=-1)
     Image.fromarray(data).save(path)  # (H, W, 2): grey and alpha ("LA")
+
+
+def _takes(path: str | os.PathLike, mode: str) -> bool:
+    """Whether the format of ``path``'s extension can hold an image of ``mode`` (PIL writes a 1 x 1 one)."""
+    import io as _io
+
+    try:
+        Image.new(mode, (1, 1)).save(_io.BytesIO(), format=Image.registered_extensions()[Path(path).suffix.lower()])
+    except (OSError, KeyError, ValueError):
+        return False
+    return True
 
 
 # -- coordinates -----------------------------------------------------------------------------------

@@ -120,6 +120,10 @@ def test_a_grid_continued_on_another_device_says_so(image_dir, tmp_path):
     (record,) = (out / "runs").glob("*.json")
     row = json.loads(record.read_text())
     assert row["processor"]  # each run records what it was trained on
+    record.write_text(json.dumps({k: v for k, v in row.items() if k != "processor"}))  # a run recorded before that
+    assert main(["bench", "images", str(image_dir), "--models", "finer", "--report-only", *common]) == 0
+    assert main(["bench", "images", str(image_dir), "--models", "finer,siren", *common]) == 0
+    assert "more than one device" not in (out / "summary.md").read_text()  # same device: not taken for two
     record.write_text(json.dumps({**row, "device": "cuda", "processor": "NVIDIA H200"}))
     assert main(["bench", "images", str(image_dir), "--models", "finer,siren", *common]) == 0
     here = next(r for r in json.loads((out / "results.json").read_text())["runs"] if r["model"] == "siren")

@@ -633,6 +633,14 @@ def test_a_deep_copy_stays_fused_and_owns_its_weights(name):
         assert not torch.equal(twin(x), model(x))
     if name == "finer":
         assert sum(f is not None for f in forwards(twin)) == 2  # the two sine layers (the last is linear)
+        assert twin.fused_forwards is not model.fused_forwards  # (the stack's list is its own)
+        from finer.nn.fused import unfuse
+
+        fused_out = twin(x)
+        assert unfuse(twin) == 2 and twin.fused_forwards == [None] * 3  # a stack unfuses too
+        assert all("reference" not in getattr(a, "keywords", {}) for a in twin.activations)
+        assert model.fused_forwards[0] is not None  # (not the original)
+        torch.testing.assert_close(twin(x), fused_out, rtol=1e-5, atol=1e-6)
         compiled = _Compiled(finer.nn.activations.finer, False)
         assert copy.deepcopy(compiled) is compiled  # (a learnable activation's compiled function is shared)
 

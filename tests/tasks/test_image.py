@@ -53,6 +53,9 @@ def test_grey_rgb_rgba_and_16_bit(tmp_path):
     Image.fromarray(dark).save(tmp_path / "signed.tif", tiffinfo=signed)
     with pytest.raises(FinerError, match="signed.tif: its samples are signed integers, whose white is not defined"):
         img.load_image(tmp_path / "signed.tif")
+    Image.fromarray(np.full((4, 4), 255, np.uint8)).save(tmp_path / "signed8.tif", tiffinfo=signed)  # -1 as int8
+    with pytest.raises(FinerError, match="signed8.tif: its samples are signed integers"):
+        img.load_image(tmp_path / "signed8.tif")  # (PIL reads int8 samples as 8-bit grey: -1 was white)
 
 
 def test_an_exif_rotated_photo_is_read_as_it_is_shown(tmp_path):
@@ -241,8 +244,11 @@ def test_grey_and_alpha_is_written_as_it_was_read(tmp_path):
     assert Image.open(tmp_path / "la.png").mode == "LA"
     np.testing.assert_array_equal(img.load_image(tmp_path / "la.png", alpha="keep"), data / np.float32(255.0))
     img.check_writable_as(tmp_path / "la.tif", 2)
-    with pytest.raises(FinerError, match="cannot write this LA image"):
+    with pytest.raises(FinerError, match="cannot write this LA image to .*la.jpg: the .jpg format has no LA or RGBA"):
         img.check_writable_as(tmp_path / "la.jpg", 2)
+    img.check_writable_as(tmp_path / "la.bmp", 2)  # no grey and alpha there: written as RGBA
+    img.save_image(data / 255.0, tmp_path / "la.bmp")
+    assert Image.open(tmp_path / "la.bmp").size == (5, 6)
 
 
 def test_a_colour_key_is_transparency(tmp_path):
