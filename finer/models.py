@@ -431,9 +431,17 @@ def build_model(
     for label, n in (("in_features", in_features), ("out_features", out_features)):
         if isinstance(n, bool) or not isinstance(n, int) or n <= 0:
             raise ConfigError(f"{label} must be a positive integer, got {n!r}")
+    cfg = check_buildable(name, in_features, out_features, **overrides)
+    return build_from_config(name, cfg, in_features, out_features, seed)
+
+
+def check_buildable(name: str, in_features: int, out_features: int, **overrides: Any) -> MLPConfig:
+    """The config :func:`build_model` would build, with its refusals (unknown method or option, a value out of
+    range, a network too large for the memory), without building it: a grid checks every network it will
+    train before it trains the first."""
     cfg = make_config(name, **overrides)
     _check_network_memory(cfg, in_features, out_features)
-    return build_from_config(name, cfg, in_features, out_features, seed)
+    return cfg
 
 
 def _check_network_memory(cfg: MLPConfig, in_features: int, out_features: int) -> None:

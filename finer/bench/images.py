@@ -34,7 +34,7 @@ from finer.bench.executors import execute, threads_per_worker
 from finer.bench.report import write_report
 from finer.lpips import available as lpips_available
 from finer.metrics import image_metrics, mean, psnr, psnr_difference
-from finer.models import MODELS, build_model, count_parameters
+from finer.models import MODELS, build_model, check_buildable, count_parameters
 from finer.nn.fused import apply_fused
 from finer.nn.stacked import stack_problem
 from finer.runs import check_bench_out, device_name, resolve_device
@@ -276,6 +276,17 @@ def stackable(name: str) -> bool:
     return stack_problem(build_model(name, 2, 3, width=4, hidden_layers=1)) is None
 
 
+@functools.lru_cache(maxsize=None)
+def fusable(name: str) -> bool:
+    """Whether ``--fused`` changes anything for method ``name`` (PE-MLP's ReLU and the official code have no
+    fused layers)."""
+    if name not in MODELS:
+        return False
+    from finer.nn.fused import fuse
+
+    return fuse(build_model(name, 2, 3, width=4, hidden_layers=1), compile=True) > 0  # (nothing compiled: not run)
+
+
 def group_jobs(jobs: list[Job], batch_signals: int) -> list[list[Job]]:
     """Jobs in groups of up to ``batch_signals`` runs sharing method, seed, protocol and image shape
     (in plan order); methods that cannot be stacked run alone."""
@@ -306,6 +317,21 @@ def list_images(directory, limit: int | None = None) -> list[Path]:
         raise FinerError(f"no images in {directory}")
     io.check_unique_stems(images, "images")
     return images
+
+
+def _device(device: str, report_only: bool) -> torch.device:
+    """The device runs train on; a report trains none (its conditions are the runs' own): the CPU, whatever
+    the command asks (a grid trained on a GPU is reported where there is none)."""
+    return torch.device("cpu") if report_only else resolve_device(device)
+
+
+def _check_networks(jobs) -> None:
+    """Before any run: every network of the grid can be built (a setting one method refuses, such as WIRE at
+    width 1, or a width too large for the memory, is an error now, not after the other runs trained).
+    The official code's network is checked as FINER's, of the same shape."""
+    for model, width, layers in sorted({(model, protocol.width, protocol.hidden_layers)
+                                        for _, _, model, protocol, _ in jobs}):
+        check_buildable("finer" if model == REFERENCE else model, 2, 3, width=width, hidden_layers=layers)
 
 
 def _check_grid_names(directory, out: Path, jobs, bench: str) -> None:
@@ -539,14 +565,16 @@ def run_image_bench(directory, *, models, protocol: Protocol, seeds=(0,), limit=
     """``finer bench images``: methods x images x seeds at one protocol (``report_only``: write the
     table and report from the finished runs, train nothing)."""
     check_models(models, [*MODELS, REFERENCE])
-    images, out, dev = list_images(directory, limit), Path(out), resolve_device(device)
+    images, out, dev = list_images(directory, limit), Path(out), _device(device, report_only)
     jobs = [(f"{p.stem}-{m}-s{s}", p, m, protocol, s) for p in images for m in models for s in seeds]
     _check_grid_names(directory, out, jobs, "images")
+    if not report_only:
+        _check_networks(jobs)
     meta = _kept_conditions(_protocol_record(directory, images, protocol, seeds, dev, execution),
                             out / "results.json", report_only or _all_finished(jobs, out))
 
     def write(rows) -> list[Path]:
-        done = {**meta, "runs_done": len(rows), "runs_planned": len(jobs), **_mixed_devices(rows)}
+        done = {**meta, "runs_done": len(rows), "runs_planned": len(jobs), **_as_trained(rows, meta)}
         io.write_csv(out / "results.csv", [_flat(r) for r in rows])
         io.write_json(out / "results.json", {"protocol": done, "runs": rows})
         text = summary_table(rows, models, done)
@@ -566,17 +594,19 @@ def run_width_bench(directory, *, models, widths, protocol: Protocol, seeds=(0,)
     """``finer bench width`` (supplement Fig. 2): PSNR against hidden width with two hidden layers
     (``report_only``: write the table and plot from the finished runs, train nothing)."""
     check_models(models, [*MODELS, REFERENCE])
-    images, out, dev = list_images(directory, limit), Path(out), resolve_device(device)
+    images, out, dev = list_images(directory, limit), Path(out), _device(device, report_only)
     protocol = dataclasses.replace(protocol, hidden_layers=2)
     jobs = [(f"{p.stem}-{m}-w{w}-s{s}", p, m, dataclasses.replace(protocol, width=w), s)
             for w in widths for p in images for m in models for s in seeds]
     _check_grid_names(directory, out, jobs, "width")
+    if not report_only:
+        _check_networks(jobs)
     record = _protocol_record(directory, images, protocol, seeds, dev, execution)
     meta = _kept_conditions({**{k: v for k, v in record.items() if k != "width"}, "widths": list(widths)},
                             out / "width.json", report_only or _all_finished(jobs, out))
 
     def write(rows) -> list[Path]:
-        done = {**meta, "runs_done": len(rows), "runs_planned": len(jobs), **_mixed_devices(rows)}
+        done = {**meta, "runs_done": len(rows), "runs_planned": len(jobs), **_as_trained(rows, meta)}
         io.write_csv(out / "width.csv", [_flat(r) for r in rows])
         io.write_json(out / "width.json", {"protocol": done, "runs": rows})
         text = width_table(rows, models, widths, done)
@@ -590,15 +620,30 @@ def run_width_bench(directory, *, models, widths, protocol: Protocol, seeds=(0,)
     return rows
 
 
-def _mixed_devices(rows: list[dict]) -> dict:
-    """``{"mixed_devices": ["cpu, PROCESSOR: 12 runs", ...]}`` where the rows were trained on more than one
-    device or processor (a grid continued on another machine), else nothing: the protocol's machine is
-    then that of the last command only, and the seconds of the runs do not compare."""
+def _as_trained(rows: list[dict], meta: dict) -> dict:
+    """What the rows say of how they were trained, where the protocol record (the last command's) would not:
+    ``mixed_devices`` (``["cpu, PROCESSOR: 12 runs", ...]``) where they were trained on more than one device or
+    processor (a grid continued on another machine: their seconds do not compare); ``mixed_fused``
+    (``["wire: off 2, compile 4", ...]``) where a method's runs were trained with fused layers and without
+    (a grid continued with another --fused: the same arithmetic, rounded otherwise); ``batch_signals`` where
+    fewer images were stacked than the command allowed (images of other shapes, methods that do not stack)."""
+    out: dict = {}
     keys = ("device", "processor") if all(r.get("processor") for r in rows) else ("device",)  # (older rows: none)
     counts = collections.Counter(", ".join(str(r[k]) for k in keys if r.get(k)) or "not recorded" for r in rows)
-    if len(counts) < 2:
-        return {}
-    return {"mixed_devices": [f"{where}: {plural(n, 'run')}" for where, n in sorted(counts.items())]}
+    if len(counts) > 1:
+        out["mixed_devices"] = [f"{where}: {plural(n, 'run')}" for where, n in sorted(counts.items())]
+    fused: dict = {}
+    for r in rows:
+        if r.get("fused") and fusable(r["model"]):
+            fused.setdefault(r["model"], collections.Counter())[r["fused"]] += 1
+    mixed = [f"{m}: " + ", ".join(f"{mode} {n}" for mode, n in sorted(c.items())) for m, c in fused.items() if len(c) > 1]
+    if mixed:
+        out["mixed_fused"] = mixed
+    allowed = meta.get("batch_signals") or 1
+    stacked = max((r.get("batch_signals") or 1 for r in rows), default=1)
+    if allowed > 1 and stacked < allowed:
+        out["batch_signals"] = stacked
+    return out
 
 
 def _say_written(rows: list[dict], paths: list[Path]) -> None:
@@ -629,6 +674,8 @@ def _protocol_line(p: dict, spread: bool = True) -> str:
             + (f" of {p['runs_planned']} planned" if p.get("runs_planned", p["runs_done"]) != p["runs_done"] else "")
             + (f" (trained on more than one device: {'; '.join(p['mixed_devices'])}; their seconds do not compare)"
                if p.get("mixed_devices") else "")
+            + (f" (fused layers for some runs of a method, not for others: {'; '.join(p['mixed_fused'])}; the same "
+               "arithmetic, rounded otherwise)" if p.get("mixed_fused") else "")
             + (f"; a method's runs fitted up to {p['batch_signals']} images at a time as one stacked network "
                "(a stacked run's seconds: its group's divided by the group's size)"
                if (p.get("batch_signals") or 1) > 1 else "")
@@ -651,7 +698,7 @@ def summary_table(rows: list[dict], models: list[str], protocol: dict) -> str:
         lpips_cell = f"{lp:.2e}{_pm(slp, '.1e')}" if lp is not None else "-"
         diverged = sum(r["model"] == name and r.get("status") == "diverged" for r in rows)
         runs = f"{n} ({diverged} †)" if diverged else f"{n}"
-        lines.append(f"| {name} | {p:.2f}{_pm(sp, '.2f')} | {s:.4f}{_pm(ss, '.4f')} | {lpips_cell} | {params:,} | "
+        lines.append(f"| {name} | {p:.2f}{_pm(sp, '.2f')} | {s:.4f}{_pm(ss, '.4f')} | {lpips_cell} | {params} | "
                      f"{sps:.3f} | {runs} | {best[name]} |")
     return "\n".join(lines) + "\n" + BEST_NOTE + "\n" + _diverged_note(rows)
 
@@ -687,8 +734,8 @@ def _pm(std: float, fmt: str) -> str:
 
 
 def summary_rows(rows: list[dict], models: list[str]) -> list[tuple]:
-    """Per model: name, PSNR mean/std, SSIM mean/std, LPIPS mean/std (None when not measured), params,
-    seconds per step, runs; models ranked by mean PSNR."""
+    """Per model: name, PSNR mean/std, SSIM mean/std, LPIPS mean/std (None when not measured), params (text: a
+    range where the runs' counts differ), seconds per step, runs; models ranked by mean PSNR."""
     out = []
     for name in models:
         sel = [r for r in rows if r["model"] == name]
@@ -698,18 +745,18 @@ def summary_rows(rows: list[dict], models: list[str]) -> list[tuple]:
         s, ss = _mean_std([r["ssim"] for r in sel])
         lp_values = [r["lpips"] for r in sel if r.get("lpips") is not None]
         lp, slp = _mean_std(lp_values) if len(lp_values) == len(sel) else (None, None)
-        out.append((name, p, sp, s, ss, lp, slp, sel[0]["params"], statistics.mean(r["seconds_per_step"] for r in sel),
+        counts = sorted({r["params"] for r in sel})  # (grey and colour images: fewer outputs, fewer parameters)
+        params = f"{counts[0]:,}" + (f"–{counts[-1]:,}" if len(counts) > 1 else "")
+        out.append((name, p, sp, s, ss, lp, slp, params, statistics.mean(r["seconds_per_step"] for r in sel),
                     len(sel)))
     return sorted(out, key=lambda t: -t[1])
 
 
-def _per_image(rows: list[dict], model: str, width) -> dict:
-    """PSNR per image (seeds averaged) of ``model`` at ``width``."""
-    per: dict = {}
-    for r in rows:
-        if r["model"] == model and r["width"] == width:
-            per.setdefault(r["image"], []).append(r["psnr"])
-    return {image: mean(v) for image, v in per.items()}
+def _per_run(rows: list[dict], model: str, width) -> dict:
+    """PSNR per run, ``(image, seed) -> psnr``, of ``model`` at ``width``: methods are compared on the runs both
+    have finished, as `bench compare` does (per image with its seeds averaged, a method with more seeds
+    finished than another was set against it)."""
+    return {(r["image"], r.get("seed", 0)): r["psnr"] for r in rows if r["model"] == model and r["width"] == width}
 
 
 def width_table(rows: list[dict], models: list[str], widths, protocol: dict) -> str:
@@ -717,15 +764,17 @@ def width_table(rows: list[dict], models: list[str], widths, protocol: dict) -> 
     each difference taken over the images both have finished (so a grid in progress compares fairly)."""
     lead = "finer" in models and len(models) > 1
     head = "| width | " + " | ".join(models) + (" | FINER lead (dB) | FINER ahead on |" if lead else "")
+    seeds = len(protocol.get("seeds") or [0])
+    runs = "images" if seeds == 1 else "runs (image and seed)"
     lines = [_protocol_line({**protocol, "width": "varied"}, spread=False), "",
-             "Mean PSNR (dB) over the images each method has finished (their count in brackets when not all):",
+             f"Mean PSNR (dB) over the {runs} each method has finished (their count in brackets when not all):",
              "", head, "|---|" + "---|" * (len(models) + 2 * lead)]
-    n_images = protocol.get("images")
+    planned = (protocol.get("images") or 0) * seeds
     for w in widths:
-        per = {m: _per_image(rows, m, w) for m in models}
+        per = {m: _per_run(rows, m, w) for m in models}
         diverged = {m for m in models if any(r["model"] == m and r["width"] == w and r.get("status") == "diverged"
                                               for r in rows)}
-        cells = [(f"{mean(per[m].values()):.2f}" + ("" if len(per[m]) == n_images else f" ({len(per[m])})")
+        cells = [(f"{mean(per[m].values()):.2f}" + ("" if len(per[m]) == planned else f" ({len(per[m])})")
                   + (" †" if m in diverged else "")) if per[m] else "-" for m in models]
         if lead:
             gaps, ahead, pairs = [], 0, 0
@@ -739,8 +788,9 @@ def width_table(rows: list[dict], models: list[str], widths, protocol: dict) -> 
             cells += [f"{min(gaps):+.2f}", f"{ahead}/{pairs}"] if gaps else ["-", "-"]
         lines.append(f"| {w} | " + " | ".join(cells) + " |")
     if lead:
-        lines += ["", "FINER lead: FINER's mean PSNR minus that of the best other method, each over the images both "
-                      "finished; FINER ahead on: (image, method) pairs where FINER's PSNR is higher."]
+        pair = "(image, method) pairs" if seeds == 1 else "(image, seed, method) triples"
+        lines += ["", f"FINER lead: FINER's mean PSNR minus that of the best other method, each over the {runs} both "
+                      f"finished; FINER ahead on: {pair} where FINER's PSNR is higher."]
     return "\n".join(lines) + "\n" + _diverged_note(rows, curves=False)
 
 
@@ -749,7 +799,7 @@ def width_plot(rows: list[dict], models: list[str], widths, path: Path) -> None:
 
     fig = Figure(figsize=(6, 4), dpi=110)
     ax = fig.subplots()
-    cells = {(m, w): per for m in models for w in widths if (per := _per_image(rows, m, w))}
+    cells = {(m, w): per for m in models for w in widths if (per := _per_run(rows, m, w))}
     full = max((len(per) for per in cells.values()), default=0)
     partial = False
     for m in models:
@@ -758,13 +808,13 @@ def width_plot(rows: list[dict], models: list[str], widths, path: Path) -> None:
             continue
         (line,) = ax.plot([w for w, _, _ in pts], [p for _, p, _ in pts], "o-", label=m)
         for w, p, n in pts:
-            if n < full:  # a mean over fewer images than the others: hollow, with its count
+            if n < full:  # a mean over fewer runs than the others: hollow, with its count
                 partial = True
                 ax.plot([w], [p], "o", markerfacecolor="white", markeredgecolor=line.get_color(), zorder=3)
                 ax.annotate(f"{n} of {full}", (w, p), textcoords="offset points", xytext=(4, -10), fontsize=7,
                             color=line.get_color())
     if partial:
-        ax.set_title("hollow: mean over fewer images (grid not finished)", fontsize=8)
+        ax.set_title("hollow: mean over fewer runs (grid not finished)", fontsize=8)
     ax.set_xscale("log", base=2)
     ax.set_xlabel("hidden width (2 hidden layers)")
     ax.set_ylabel("mean PSNR (dB)")

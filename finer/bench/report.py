@@ -97,7 +97,7 @@ def _table_html(rows: list[dict], models: list[str]) -> str:
         lp_cell = f"{lp:.2e}{_pm(slp, '.1e')}" if lp is not None else "–"
         diverged = sum(r["model"] == name and r.get("status") == "diverged" for r in rows)
         body.append(f"<tr><td>{rank}</td><td>{html.escape(name)}</td><td>{p:.2f}{_pm(sp, '.2f')}</td>"
-                    f"<td>{s:.4f}{_pm(ss, '.4f')}</td><td>{lp_cell}</td><td>{params:,}</td><td>{sps:.3f}</td>"
+                    f"<td>{s:.4f}{_pm(ss, '.4f')}</td><td>{lp_cell}</td><td>{params}</td><td>{sps:.3f}</td>"
                     f"<td>{n}{f' ({diverged} †)' if diverged else ''}</td><td>{best[name]}</td></tr>")
     note = html.escape(BEST_NOTE.strip()).replace("*best on*", "<em>best on</em>")
     footnote = _diverged_note(rows).strip()

@@ -38,7 +38,7 @@ from finer.bench.reference import OfficialFiner
 from finer.errors import FinerError
 from finer.launch import huge_pages_requested
 from finer.metrics import psnr
-from finer.models import MODELS, build_model
+from finer.models import MODELS, build_model, check_buildable
 from finer.nn.fused import fuse
 from finer.tasks.image import ImageTask, load_image, predict_image
 from finer.train import GRAPH_WARMUP, TrainConfig, TrainStep, fit, graph_problem
@@ -315,6 +315,10 @@ def run_speed(cfg: SpeedConfig, log=io.quiet) -> dict:
     if REFERENCE in cfg.methods:
         raise FinerError(f"{REFERENCE} is always timed, as the reference row: leave it out of the models")
     check_models(list(cfg.methods), list(MODELS))
+    for name in cfg.methods:  # a setting a method refuses (WIRE at width 1): now, not after the others compiled
+        check_buildable(name, 2, 3, width=cfg.width, hidden_layers=cfg.hidden_layers)
+    if cfg.signals:  # (the many-signals check fits FINER)
+        check_buildable("finer", 2, 3, width=cfg.signal_width, hidden_layers=cfg.hidden_layers)
     from finer.runs import device_name, resolve_device
 
     device = resolve_device(cfg.device)

@@ -345,9 +345,10 @@ def bench_grid(args: argparse.Namespace) -> int:
     common = dict(models=_names(args.models), protocol=protocol, seeds=seeds,
                   limit=args.limit, out=args.out, device=args.device, progress=not args.quiet, fused=args.fused,
                   report_only=args.report_only,
-                  execution=bench.Execution(executor=args.executor, workers=args.workers, address=args.address,
-                                            batch_signals=args.batch_signals,
-                                            checkpoint_every=args.checkpoint_every))
+                  # (a report trains nothing, on no device, with no workers: the runs' own conditions are reported)
+                  execution=bench.Execution() if args.report_only else bench.Execution(
+                      executor=args.executor, workers=args.workers, address=args.address,
+                      batch_signals=args.batch_signals, checkpoint_every=args.checkpoint_every))
     cut = ("fits the runs it cut again" if not args.checkpoint_every
            else "continues the runs it cut from their last saved state" + (
                "; stacked runs (--batch-signals) start again" if (args.batch_signals or 1) > 1 else ""))

@@ -90,6 +90,9 @@ def test_report_only_writes_the_table_of_the_finished_runs(image_dir, tmp_path, 
     assert main(["bench", "width", str(image_dir), "--models", "finer,siren", "--widths", "4,8", "--report-only",
                  "--workers", "2", "--batch-signals", "4", *common]) == 0
     assert sorted(p.name for p in (out / "runs").iterdir()) == records  # no run trained
+    # the options it was run with are taken, even where they would not train here (a GPU, more workers)
+    assert main(["bench", "width", str(image_dir), "--models", "finer,siren", "--widths", "4,8", "--report-only",
+                 "--device", "cuda", "--workers", "1000", *common]) == 0
     data = json.loads((out / "width.json").read_text())
     assert len(data["runs"]) == 1 and data["protocol"]["runs_planned"] == 4
     # the report describes how the runs were trained (one at a time, unstacked), not the report's command
@@ -144,6 +147,21 @@ def test_width_table_compares_methods_on_the_same_images():
                                                             "torch": "t", "date": "d", "runs_done": 3})
     # lead over the best: siren +1 on image a; pemlp (30+40)/2 - (20+50)/2 = 0 on a and b
     assert "| 16 | 35.00 | 29.00 (1) | 35.00 | +0.00 | 2/3 |" in text and "| 32 | - | - | - | - | - |" in text
+
+
+def test_width_table_compares_methods_on_the_same_seeds():
+    """A method with more seeds finished than another is compared on the runs both have (seed-averaged per image,
+    finer's two seeds were set against siren's one: +0.06 dB ahead where the matching runs say -0.05)."""
+    from finer.bench.images import width_table
+
+    rows = [dict(model="finer", width=8, image="a", seed=0, psnr=9.00), dict(model="finer", width=8, image="a", seed=1,
+                                                                              psnr=9.20),
+            dict(model="siren", width=8, image="a", seed=0, psnr=9.05)]
+    protocol = {"images": 1, "directory": "d", "steps": 1, "hidden_layers": 2, "crop": None, "size": None,
+                "seeds": [0, 1], "device": "cpu", "machine": "m", "torch": "t", "date": "d", "runs_done": 3}
+    text = width_table(rows, ["finer", "siren"], [8], protocol)
+    assert "| 8 | 9.10 | 9.05 (1) | -0.05 | 0/1 |" in text
+    assert "over the runs (image and seed) each method has finished" in text and "(image, seed, method) triples" in text
 
 
 def test_presets():
@@ -554,3 +572,37 @@ def test_a_folder_takes_the_common_image_formats_and_leaves_other_files(tmp_path
     (tmp_path / "other" / "data.h5").write_bytes(b"\x89HDF")
     with pytest.raises(FinerError, match="no images in"):
         list_images(tmp_path / "other")
+
+
+@pytest.mark.parametrize("bench,args,message", [
+    ("images", ["--models", "finer,siren,wire", "--width", "1"], "width 1 leaves 0 complex units"),
+    ("width", ["--models", "finer,official-finer", "--widths", "8,10000000"], "choose a smaller width"),
+])
+def test_a_network_the_grid_cannot_build_is_refused_before_any_run(image_dir, tmp_path, capsys, bench, args, message):
+    out = tmp_path / "grid"
+    assert main(["bench", bench, str(image_dir), *args, "--steps", "2", "--crop", "none", "--size", "12", "--limit",
+                 "1", "--out", str(out), "--quiet"]) == 2
+    assert message in capsys.readouterr().err
+    assert not (out / "runs").exists() or not list((out / "runs").iterdir())
+
+
+def test_the_tables_say_how_the_runs_were_trained_where_the_command_would_not(tmp_path, astronaut_small, capsys):
+    """Images of other shapes (one grey): nothing stacked although --batch-signals allowed it, and the methods'
+    parameter counts differ by image; a method's runs trained with and without fused layers are named."""
+    d = tmp_path / "mixed"
+    d.mkdir()
+    rgb = (astronaut_small * 255).round().astype(np.uint8)
+    Image.fromarray(rgb).save(d / "a.png")
+    Image.fromarray(rgb[:20, :, 0]).save(d / "b.png")  # grey, another shape
+    out = tmp_path / "grid"
+    common = ["--models", "finer", "--steps", "2", "--width", "8", "--crop", "none", "--size", "none", "--out",
+              str(out), "--quiet"]
+    assert main(["bench", "images", str(d), "--limit", "1", "--fused", "off", *common]) == 0
+    assert main(["bench", "images", str(d), "--batch-signals", "2", "--fused", "eager", *common]) == 0
+    text = (out / "summary.md").read_text()
+    assert "at a time as one stacked network" not in text  # no two images of one shape: nothing stacked
+    rows = json.loads((out / "results.json").read_text())["runs"]
+    low, high = sorted(r["params"] for r in rows)
+    assert low < high and f"| {low:,}–{high:,} |" in text
+    assert "(fused layers for some runs of a method, not for others: finer: eager 1, off 1;" in text
+    assert f"<td>{low:,}–{high:,}</td>" in (out / "report.html").read_text()

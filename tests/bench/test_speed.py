@@ -77,6 +77,17 @@ def test_too_few_signals_is_refused_before_any_timing(tmp_path, monkeypatch, cap
     assert "only 34 images of 128x128 available, 500 asked for" in capsys.readouterr().err
 
 
+def test_a_setting_a_method_refuses_is_refused_before_any_timing(monkeypatch, capsys):
+    import finer.bench.speed
+
+    def timing(*args, **kwargs):
+        raise AssertionError("timed before the methods' settings were checked")
+
+    monkeypatch.setattr(finer.bench.speed, "products_block", timing)
+    assert main(["bench", "speed", "--models", "finer,wire", "--width", "1", "--size", "8", "--quiet"]) == 2
+    assert "width 1 leaves 0 complex units" in capsys.readouterr().err
+
+
 def test_blocks_are_timed_round_by_round():
     from finer.bench.speed import interleaved_medians
 
