@@ -636,7 +636,8 @@ def _as_trained(rows: list[dict], meta: dict) -> dict:
     for r in rows:
         if r.get("fused") and fusable(r["model"]):
             fused.setdefault(r["model"], collections.Counter())[r["fused"]] += 1
-    mixed = [f"{m}: " + ", ".join(f"{mode} {n}" for mode, n in sorted(c.items())) for m, c in fused.items() if len(c) > 1]
+    mixed = [f"{m}: " + ", ".join(f"{mode} {n}" for mode, n in sorted(c.items()))
+             for m, c in fused.items() if len(c) > 1]
     if mixed:
         out["mixed_fused"] = mixed
     allowed = meta.get("batch_signals") or 1

@@ -45,7 +45,8 @@ def run_sdf_bench(directory, *, models, out, settings=None, device="auto", progr
     settings = {**QUICK, **(settings or {})}
     SDFRunConfig(mesh=str(meshes[0]), **settings).validate()  # bad settings: refused before any run
     for path in meshes:  # so are unreadable meshes, and grids too large to measure on one of them
-        check_measuring_memory(settings["resolution"], settings["iou_resolution"], normalize(load_mesh(path, orient=False))[0].area,
+        area = normalize(load_mesh(path, orient=False))[0].area
+        check_measuring_memory(settings["resolution"], settings["iou_resolution"], area,
                                **{k: settings[k] for k in ("surface_samples", "pool_size", "chamfer_samples")})
     check_run_names([(_run_name(path, name), path, name) for name in models for path in meshes], "mesh")
     check_bench_out(out, "sdf")
