@@ -35,7 +35,7 @@ bench-foundation: shared-data $(STAMP)
 	$(BIN)/finer bench images ../shared/data/images/div2k_train --preset quick --limit 4 \
 		--models finer,official-finer,siren,gauss,pemlp,wire --out docs/results/foundation-images --quiet
 
-# The SDF comparison recorded in docs/results/sdf (about an hour on 2 CPU cores).
+# The SDF comparison recorded in docs/results/sdf (about 25 minutes on 2 CPU cores, by docs/results/sdf/README.md).
 bench-sdf: shared-data $(STAMP)
 	$(BIN)/finer bench sdf ../shared/data/meshes --models finer,siren,gauss,pemlp,wire --out docs/results/sdf --quiet
 
