@@ -273,7 +273,7 @@ def stackable(name: str) -> bool:
     """Whether runs of method ``name`` can be fitted several at once (``--batch-signals``)."""
     if name == REFERENCE:
         return False
-    return stack_problem(build_model(name, 2, 3, width=4, hidden_layers=1)) is None
+    return stack_problem(build_model(name, 2, 3, width=4, hidden_layers=1, seed=0)) is None
 
 
 @functools.lru_cache(maxsize=None)
@@ -282,9 +282,12 @@ def fusable(name: str) -> bool:
     fused layers)."""
     if name not in MODELS:
         return False
-    from finer.nn.fused import fuse
+    from finer.nn.fused import kernel_call
+    from finer.nn.learnable import LearnableActivation
 
-    return fuse(build_model(name, 2, 3, width=4, hidden_layers=1), compile=True) > 0  # (nothing compiled: not run)
+    model = build_model(name, 2, 3, width=4, hidden_layers=1, seed=0)
+    return any(kernel_call(layer.activation) is not None or isinstance(layer.activation, LearnableActivation)
+               for layer in model.layers)
 
 
 def group_jobs(jobs: list[Job], batch_signals: int) -> list[list[Job]]:
@@ -625,12 +628,15 @@ def _as_trained(rows: list[dict], meta: dict) -> dict:
     ``mixed_devices`` (``["cpu, PROCESSOR: 12 runs", ...]``) where they were trained on more than one device or
     processor (a grid continued on another machine: their seconds do not compare); ``mixed_fused``
     (``["wire: off 2, compile 4", ...]``) where a method's runs were trained with fused layers and without
-    (a grid continued with another --fused: the same arithmetic, rounded otherwise); ``batch_signals`` where
-    fewer images were stacked than the command allowed (images of other shapes, methods that do not stack)."""
+    (a grid continued with another --fused: the same arithmetic, rounded otherwise); ``batch_signals``: the
+    most images stacked in one fit, where that is not what the command allowed (images of other shapes, methods
+    that do not stack, or a grid stacked earlier and continued without)."""
     out: dict = {}
-    keys = ("device", "processor") if all(r.get("processor") for r in rows) else ("device",)  # (older rows: none)
-    counts = collections.Counter(", ".join(str(r[k]) for k in keys if r.get(k)) or "not recorded" for r in rows)
-    if len(counts) > 1:
+    devices = {r.get("device") for r in rows}
+    processors = {(r.get("device"), r["processor"]) for r in rows if r.get("processor")}  # (older rows: none)
+    if len(devices) > 1 or len(processors) > 1:
+        counts = collections.Counter(", ".join(str(r[k]) for k in ("device", "processor") if r.get(k))
+                                     or "not recorded" for r in rows)
         out["mixed_devices"] = [f"{where}: {plural(n, 'run')}" for where, n in sorted(counts.items())]
     fused: dict = {}
     for r in rows:
@@ -642,7 +648,7 @@ def _as_trained(rows: list[dict], meta: dict) -> dict:
         out["mixed_fused"] = mixed
     allowed = meta.get("batch_signals") or 1
     stacked = max((r.get("batch_signals") or 1 for r in rows), default=1)
-    if allowed > 1 and stacked < allowed:
+    if stacked != allowed and (allowed > 1 or stacked > 1):  # (stacked earlier, continued unstacked: said too)
         out["batch_signals"] = stacked
     return out
 
@@ -762,7 +768,8 @@ def _per_run(rows: list[dict], model: str, width) -> dict:
 
 def width_table(rows: list[dict], models: list[str], widths, protocol: dict) -> str:
     """Mean PSNR per width and method; with FINER in the grid, its lead over the best other method,
-    each difference taken over the images both have finished (so a grid in progress compares fairly)."""
+    each difference taken over the runs (image and seed) both have finished (so a grid in progress compares
+    fairly)."""
     lead = "finer" in models and len(models) > 1
     head = "| width | " + " | ".join(models) + (" | FINER lead (dB) | FINER ahead on |" if lead else "")
     seeds = len(protocol.get("seeds") or [0])

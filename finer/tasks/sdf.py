@@ -15,10 +15,10 @@ normals cannot fool. The official normal test alone mislabels far points whose n
 on a small inner component or a non-manifold fold: on the Stanford dragon (1,473 components) it
 called 6,611 of 258,253 far grid points inside that the flood fill puts outside, which the network
 then dutifully learned as tubes and blobs; on the watertight bunny both agree on every point.
-A region the fill finds enclosed only by surfaces within the solid (nested) takes the side that the
-normals of the samples nearest its border give by majority: the cavity of a hollow solid (an inner surface
-facing into it) is outside, which the fill alone called inside; the regions next to the outer surfaces stay
-inside whatever their normals (see :meth:`SurfaceIndex._sided`). A mesh of bodies that overlap is read as
+A region the fill finds enclosed takes the side that the normals of the samples nearest its border give by
+majority: the cavity of a hollow solid (an inner surface facing into it) is outside, which the fill alone
+called inside. On an open mesh only the regions nested within the solid vote; those next to its outer
+surfaces stay inside whatever their normals (see :meth:`SurfaceIndex._sided`). A mesh of bodies that overlap is read as
 given: near a surface buried inside another body the sign is that surface's own (the union's surface would
 take a mesh boolean).
 An open surface (nothing enclosed) is all outside away from its shell. The shell is grown by two
@@ -41,8 +41,8 @@ from torch import Tensor
 from finer.errors import FinerError
 
 SIGN_METHOD = ("near the surface: normal of the nearest surface sample (official approach); "
-               "away from it: flood fill of a 256^3 voxel grid from the border, a region enclosed only by "
-               "surfaces within the solid on the side the normals along its border give by majority")
+               "away from it: flood fill of a 256^3 voxel grid from the border, each enclosed region (of an open "
+               "mesh: nested within the solid) on the side the normals along its border give by majority")
 OCCUPANCY_RESOLUTION = 256
 HALF_EXTENT = 0.45
 BOUND = 0.5
@@ -96,10 +96,12 @@ def load_mesh(path: str | os.PathLike, orient: bool = True):
 
 
 def _oriented(mesh, path: Path):
-    """``mesh``, closed, with its faces wound one way (where they were not) and facing out (where its volume
-    is negative: inside out); each repair said in a warning. The signs of the ground truth near the surface
-    come from the face normals. An open mesh is left as it is (rewound from an arbitrary first face, a piece
-    can come out all facing in, and nothing tells which way is out), with a warning where its faces disagree."""
+    """``mesh``, closed, with its faces wound one way (where they were not) and each body that lies inside no
+    other facing out (where its volume is negative: inside out); a body within another is left as it is, its
+    normals telling a cavity (facing in) from a body within a body. Each repair is said in a warning: the signs
+    of the ground truth come from the face normals. An open mesh is left as it is (rewound from an arbitrary
+    first face, a piece can come out all facing in, and nothing tells which way is out), with a warning where
+    its faces disagree."""
     import warnings
 
     import trimesh
@@ -115,16 +117,60 @@ def _oriented(mesh, path: Path):
         return mesh
     if not consistent:
         trimesh.repair.fix_winding(mesh)
-    inside_out = mesh.volume < 0
-    if inside_out:
-        mesh.invert()
+    turned = _turn_outer_bodies_out(mesh)
     if not consistent:
         warnings.warn(f"{path}: its faces were not all wound the same way (their normals disagree across "
                       "edges); rewound to agree with their neighbours, facing outward", FinerWarning, stacklevel=3)
-    elif inside_out:
-        warnings.warn(f"{path} is inside out (its faces face inward: negative volume); turned to face "
-                      "outward", FinerWarning, stacklevel=3)
+    elif turned:
+        warnings.warn(f"{path}" + (" is inside out (its faces face inward: negative volume)" if turned == "all" else
+                                   f": {turned} of its bodies face inward (negative volume) and lie inside no other")
+                      + "; turned to face outward", FinerWarning, stacklevel=3)
     return mesh
+
+
+def _turn_outer_bodies_out(mesh) -> str | int:
+    """Invert the bodies (connected pieces) of a closed ``mesh`` whose volume is negative and which lie inside
+    no other body (tested on up to 64 of their vertices by the other's winding number); returns ``"all"``
+    where that was the whole mesh, else how many were turned."""
+    import trimesh
+
+    labels = trimesh.graph.connected_component_labels(mesh.face_adjacency, node_count=len(mesh.faces))
+    tri = np.asarray(mesh.triangles, dtype=np.float64)
+    volumes = np.bincount(labels, weights=np.einsum("ij,ij->i", tri[:, 0], np.cross(tri[:, 1], tri[:, 2])) / 6)
+    inward = np.flatnonzero(volumes < 0)
+    if len(inward) == 0:
+        return 0
+    if len(volumes) == 1:
+        mesh.invert()
+        return "all"
+    faces = np.asarray(mesh.faces).copy()
+    turned = 0
+    for body in inward:
+        corners = np.unique(faces[labels == body])
+        probe = np.asarray(mesh.vertices)[corners[:: max(1, len(corners) // 64)]]
+        nested = any(np.all(np.abs(_winding_numbers(probe, tri[labels == other])) > 0.5)
+                     for other in range(len(volumes)) if other != body)
+        if not nested:
+            faces[labels == body] = faces[labels == body][:, ::-1]
+            turned += 1
+    if turned:
+        mesh.faces = faces
+    return turned
+
+
+def _winding_numbers(points: np.ndarray, triangles: np.ndarray) -> np.ndarray:
+    """The winding number of a closed surface of ``triangles (F, 3, 3)`` around each of ``points (N, 3)``: +-1
+    inside (the sign its orientation's), 0 outside (the solid angles of its triangles, van Oosterom and
+    Strackee's formula, summed over 4 pi)."""
+    out = np.empty(len(points))
+    for i, p in enumerate(points):
+        a, b, c = (triangles - p).transpose(1, 0, 2)
+        la, lb, lc = (np.linalg.norm(v, axis=1) for v in (a, b, c))
+        det = np.einsum("ij,ij->i", a, np.cross(b, c))
+        den = la * lb * lc + np.einsum("ij,ij->i", a, b) * lc + np.einsum("ij,ij->i", a, c) * lb \
+            + np.einsum("ij,ij->i", b, c) * la
+        out[i] = np.arctan2(det, den).sum() / (2 * np.pi)
+    return out
 
 
 @dataclass
@@ -173,6 +219,7 @@ class SurfaceIndex:
         self.coarse_step = max(1, samples // 50_000)
         self.coarse = cKDTree(self.points[:: self.coarse_step])
         self.coarse_spacing = math.sqrt(mesh.area / len(self.coarse.data))
+        self.watertight = bool(mesh.is_watertight)  # its normals face out (load_mesh): every enclosed region votes
         self._flood_fill(OCCUPANCY_RESOLUTION, mesh, seed)
         self._check_enclosed(mesh)
 
@@ -210,28 +257,31 @@ class SurfaceIndex:
         shell[tuple(self._voxels(self.points).T)] = True
         self.grow = grow
         self.shell = ndimage.binary_dilation(shell, iterations=grow)
-        self.interior = self._sided(ndimage.binary_fill_holes(self.shell) & ~self.shell)
+        self.enclosed = ndimage.binary_fill_holes(self.shell) & ~self.shell
+        self.interior = self._sided(self.enclosed)
 
     def _sided(self, enclosed: np.ndarray, most: int = 200_000) -> np.ndarray:
         """The voxels of ``enclosed`` (cut off from the border by the shell) that are inside.
 
-        A connected region of them that touches a piece of the shell the outside touches is inside, as the
-        fill says, whatever the normals: the solid of a body, also one facing inward or double-sided. A
-        region that only a piece of shell within the solid encloses (nested) takes the side that the normals
-        of the samples nearest to its voxels along the shell give by majority (``most`` of those voxels at
-        most): the cavity of a hollow solid (an inner surface facing into it) is outside, a body within a
-        body inside. Where the walls of a hollow solid are thinner than the shell, its cavity touches the
-        outer piece of shell and is inside, as with the fill alone."""
+        A connected region of them takes the side that the normals of the samples nearest to its voxels
+        along the shell give by majority (``most`` of those voxels at most): the cavity of a hollow solid (an
+        inner surface facing into it) is outside, a body within a body inside. Every region votes on a closed
+        (watertight) mesh, whose faces :func:`load_mesh` turned to face out, so a cavity behind a wall thinner
+        than the shell is outside too. On an open mesh (a scan: inner pieces and folds facing any way, a
+        double-sided surface) a region that touches a piece of the shell the outside touches is inside, as
+        the fill says, whatever the normals; only the regions nested within the solid vote."""
         from scipy import ndimage
 
         labels, count = ndimage.label(enclosed)
         if count == 0:
             return enclosed
-        outside = ~(enclosed | self.shell)  # (the fill's outside: reached from the border)
-        pieces, _ = ndimage.label(self.shell)
-        outer = np.isin(pieces, np.unique(pieces[ndimage.binary_dilation(outside) & self.shell]))
+        if not self.watertight:
+            outside = ~(enclosed | self.shell)  # (the fill's outside: reached from the border)
+            pieces, _ = ndimage.label(self.shell)
+            outer = np.isin(pieces, np.unique(pieces[ndimage.binary_dilation(outside) & self.shell]))
         nested = np.ones(count + 1, dtype=bool)
-        nested[np.unique(labels[ndimage.binary_dilation(outer) & enclosed])] = False
+        if not self.watertight:
+            nested[np.unique(labels[ndimage.binary_dilation(outer) & enclosed])] = False
         nested[0] = False
         if not nested.any():
             return enclosed
@@ -248,11 +298,15 @@ class SurfaceIndex:
 
     def _leaks(self, grow: int) -> bool:
         """Whether points just past the shell on the inner side of the samples (along their normals) are
-        more often outside than inside: the fill leaked (or the surface encloses nothing)."""
+        more often outside the fill than in what it enclosed: the fill leaked (or the surface encloses nothing).
+        (What it enclosed, not the inside: behind a wall thinner than the shell lies a cavity.)"""
         step = max(1, len(self.points) // 4000)
         q = self.points[::step] - self.normals[::step] * ((grow + 1.5) * 2 * BOUND / self.resolution)
-        filled, shell = self.flood_fill_answer(q)
-        return np.count_nonzero(~filled & ~shell) > np.count_nonzero(filled)
+        v = self._voxels(q)
+        in_box = np.all(np.abs(q) <= BOUND, axis=1)
+        enclosed = self.enclosed[v[:, 0], v[:, 1], v[:, 2]] & in_box
+        shell = self.shell[v[:, 0], v[:, 1], v[:, 2]] & in_box
+        return np.count_nonzero(~enclosed & ~shell) > np.count_nonzero(enclosed)
 
     def _check_enclosed(self, mesh) -> None:
         """A closed mesh whose fill still leaks (points just inside its samples come out outside more often

@@ -606,3 +606,16 @@ def test_the_tables_say_how_the_runs_were_trained_where_the_command_would_not(tm
     assert low < high and f"| {low:,}–{high:,} |" in text
     assert "(fused layers for some runs of a method, not for others: finer: eager 1, off 1;" in text
     assert f"<td>{low:,}–{high:,}</td>" in (out / "report.html").read_text()
+
+
+def test_run_conditions_are_read_from_the_runs():
+    from finer.bench.images import _as_trained
+
+    cpu = {"model": "finer", "device": "cpu"}
+    assert _as_trained([{**cpu, "batch_signals": 4}, cpu], {"batch_signals": 1}) == {"batch_signals": 4}
+    assert _as_trained([cpu, cpu], {"batch_signals": 16}) == {"batch_signals": 1}  # allowed, none stacked
+    assert _as_trained([cpu, {**cpu, "processor": "A"}], {}) == {}  # a row from before processors were recorded
+    assert _as_trained([cpu, {**cpu, "processor": "A"}, {**cpu, "processor": "B"}], {})["mixed_devices"] == [
+        "cpu: 1 run", "cpu, A: 1 run", "cpu, B: 1 run"]
+    assert _as_trained([{**cpu, "model": "pemlp", "fused": "compile"}, {**cpu, "model": "pemlp", "fused": "off"}],
+                       {}) == {}  # nothing of PE-MLP's is fused: an old record's "compile" changed nothing

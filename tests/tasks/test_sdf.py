@@ -6,7 +6,7 @@ import torch
 import trimesh
 from scipy.spatial.distance import cdist
 
-from finer.errors import FinerError
+from finer.errors import FinerError, FinerWarning
 from finer.tasks import sdf as S
 
 
@@ -61,27 +61,31 @@ def test_far_signs_are_not_fooled_by_a_stray_component():
     assert (by_normal != truth[far]).sum() > 100  # the official test alone gets these wrong
 
 
-def test_the_cavity_of_a_hollow_solid_is_outside():
+@pytest.mark.parametrize("inner_radius", [0.2, 0.39], ids=["thick-wall", "wall-thinner-than-the-shell"])
+def test_the_cavity_of_a_hollow_solid_is_outside(tmp_path, inner_radius):
     """A ball with a spherical cavity (an inner surface whose normals face into it): the flood fill alone
-    called the cavity inside, as enclosed; its region takes the side its bounding normals give."""
+    called the cavity inside, as enclosed; its region takes the side its bounding normals give, also behind
+    a wall thinner than the shell (the inner body lies inside the outer one: not turned as the mesh is read)."""
     outer = trimesh.creation.icosphere(subdivisions=4, radius=0.4)
-    inner = trimesh.creation.icosphere(subdivisions=4, radius=0.2)
+    inner = trimesh.creation.icosphere(subdivisions=4, radius=inner_radius)
     inner.invert()
-    index = S.SurfaceIndex(trimesh.util.concatenate([outer, inner]), 100_000, seed=0)
+    trimesh.util.concatenate([outer, inner]).export(tmp_path / "hollow.obj")
+    index = S.SurfaceIndex(S.load_mesh(tmp_path / "hollow.obj"), 100_000, seed=0)
     pts = np.random.default_rng(2).uniform(-0.45, 0.45, (6000, 3))
     r = np.linalg.norm(pts, axis=1)
-    true = np.maximum(r - 0.4, 0.2 - r)  # the shell between the spheres is the solid
-    clear = np.abs(true) > 0.03
-    assert (true[clear & (r < 0.2)] > 0).sum() > 100
-    np.testing.assert_allclose(index.signed_distance(np.zeros((1, 3))), [0.2], atol=3e-3)
+    true = np.maximum(r - 0.4, inner_radius - r)  # the shell between the spheres is the solid
+    clear = np.abs(true) > min(0.03, (0.4 - inner_radius) / 2 - 1e-3)
+    assert (true[clear & (r < inner_radius)] > 0).sum() > 100
+    np.testing.assert_allclose(index.signed_distance(np.zeros((1, 3))), [inner_radius], atol=3e-3)
     assert np.array_equal(index.signed_distance(pts[clear]) < 0, true[clear] < 0)
     assert np.array_equal(S.inside(index, pts[clear], near=0.05), true[clear] < 0)
 
 
 @pytest.mark.parametrize("case", ["double-sided", "inverted-body", "body-in-body"])
-def test_a_body_keeps_its_inside_whatever_its_normals(case):
-    """The regions next to the outer surfaces are inside as the fill says, whatever the normals: a closed mesh
-    with every face also reversed, a separate body facing inward. A nested body facing outward is inside."""
+def test_a_body_keeps_its_inside_whatever_its_normals(case, tmp_path):
+    """A surface whose every face is also there reversed (an open mesh to trimesh: its outer regions are inside
+    as the fill says); a separate body facing inward (turned out as the mesh is read); a body within a body,
+    both facing out (inside: not a cavity)."""
     ball = trimesh.creation.icosphere(subdivisions=4, radius=0.25)
     if case == "double-sided":
         mesh = trimesh.Trimesh(ball.vertices, np.concatenate([ball.faces, ball.faces[:, ::-1]]), process=False)
@@ -89,7 +93,9 @@ def test_a_body_keeps_its_inside_whatever_its_normals(case):
     elif case == "inverted-body":
         small = trimesh.creation.icosphere(subdivisions=4, radius=0.1).apply_translation([0.33, 0, 0])
         small.invert()
-        mesh = trimesh.util.concatenate([ball.copy().apply_translation([-0.1, 0, 0]), small])
+        trimesh.util.concatenate([ball.copy().apply_translation([-0.1, 0, 0]), small]).export(tmp_path / "two.obj")
+        with pytest.warns(FinerWarning, match="two.obj: 1 of its bodies face inward .* and lie inside no other"):
+            mesh = S.load_mesh(tmp_path / "two.obj")
         centres, radii = [np.array([-0.1, 0, 0]), np.array([0.33, 0, 0])], [0.25, 0.1]
     else:  # a ball inside a larger one, both facing out: nothing there is a cavity
         big = trimesh.creation.icosphere(subdivisions=4, radius=0.42)
@@ -262,7 +268,6 @@ def test_a_mesh_in_any_units_keeps_its_vertices(tmp_path, size):
 
 
 def test_a_mesh_inside_out_or_wound_both_ways_is_turned_to_face_out(tmp_path):
-    from finer.errors import FinerWarning
 
     inverted = trimesh.creation.icosphere(subdivisions=3, radius=0.3)
     inverted.invert()
@@ -286,7 +291,6 @@ def test_a_mesh_inside_out_or_wound_both_ways_is_turned_to_face_out(tmp_path):
 def test_an_open_mesh_wound_both_ways_is_left_as_it_is(tmp_path):
     """Rewound from an arbitrary first face, an open piece could come out all facing in (one flipped face of a
     sphere with a hole turned the whole solid into outside); it is left, with a warning, and keeps its inside."""
-    from finer.errors import FinerWarning
 
     sphere = trimesh.creation.icosphere(subdivisions=3, radius=0.3)
     faces = np.delete(sphere.faces, 0, axis=0)
