@@ -571,7 +571,7 @@ def run_image_bench(directory, *, models, protocol: Protocol, seeds=(0,), limit=
     images, out, dev = list_images(directory, limit), Path(out), _device(device, report_only)
     jobs = [(f"{p.stem}-{m}-s{s}", p, m, protocol, s) for p in images for m in models for s in seeds]
     _check_grid_names(directory, out, jobs, "images")
-    if not report_only:
+    if not report_only and not _all_finished(jobs, out):  # (a rerun with all its runs finished trains nothing)
         _check_networks(jobs)
     meta = _kept_conditions(_protocol_record(directory, images, protocol, seeds, dev, execution),
                             out / "results.json", report_only or _all_finished(jobs, out))
@@ -602,7 +602,7 @@ def run_width_bench(directory, *, models, widths, protocol: Protocol, seeds=(0,)
     jobs = [(f"{p.stem}-{m}-w{w}-s{s}", p, m, dataclasses.replace(protocol, width=w), s)
             for w in widths for p in images for m in models for s in seeds]
     _check_grid_names(directory, out, jobs, "width")
-    if not report_only:
+    if not report_only and not _all_finished(jobs, out):  # (a rerun with all its runs finished trains nothing)
         _check_networks(jobs)
     record = _protocol_record(directory, images, protocol, seeds, dev, execution)
     meta = _kept_conditions({**{k: v for k, v in record.items() if k != "width"}, "widths": list(widths)},

@@ -315,7 +315,9 @@ def run_speed(cfg: SpeedConfig, log=io.quiet) -> dict:
     if REFERENCE in cfg.methods:
         raise FinerError(f"{REFERENCE} is always timed, as the reference row: leave it out of the models")
     check_models(list(cfg.methods), list(MODELS))
-    for name in cfg.methods:  # a setting a method refuses (WIRE at width 1): now, not after the others compiled
+    # a setting a method refuses (WIRE at width 1): now, not after the others compiled; FINER's network is also
+    # the official code's and the identity check's
+    for name in dict.fromkeys(["finer", *cfg.methods]):
         check_buildable(name, 2, 3, width=cfg.width, hidden_layers=cfg.hidden_layers)
     if cfg.signals:  # (the many-signals check fits FINER)
         check_buildable("finer", 2, 3, width=cfg.signal_width, hidden_layers=cfg.hidden_layers)
