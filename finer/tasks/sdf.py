@@ -96,9 +96,9 @@ def load_mesh(path: str | os.PathLike, orient: bool = True):
 
 
 def _oriented(mesh, path: Path):
-    """``mesh``, closed, with its faces wound one way (where they were not) and each body that lies inside no
-    other facing out (where its volume is negative: inside out); a body within another is left as it is, its
-    normals telling a cavity (facing in) from a body within a body. Each repair is said in a warning: the signs
+    """``mesh``, closed, with its faces wound one way (where they were not) and each body that lies in the solid
+    of no other facing out (where its volume is negative: inside out); a body facing in within the solid is
+    left as it is, a cavity. Each repair is said in a warning: the signs
     of the ground truth come from the face normals. An open mesh is left as it is (rewound from an arbitrary
     first face, a piece can come out all facing in, and nothing tells which way is out), with a warning where
     its faces disagree."""
@@ -117,7 +117,7 @@ def _oriented(mesh, path: Path):
         return mesh
     if not consistent:
         trimesh.repair.fix_winding(mesh)
-    turned = _turn_outer_bodies_out(mesh)
+    turned, untested = _turn_outer_bodies_out(mesh)
     if not consistent:
         warnings.warn(f"{path}: its faces were not all wound the same way (their normals disagree across "
                       "edges); rewound to agree with their neighbours, facing outward", FinerWarning, stacklevel=3)
@@ -125,13 +125,23 @@ def _oriented(mesh, path: Path):
         warnings.warn(f"{path}" + (" is inside out (its faces face inward: negative volume)" if turned == "all" else
                                    f": {turned} of its bodies face inward (negative volume) and lie inside no other")
                       + "; turned to face outward", FinerWarning, stacklevel=3)
+    if untested:
+        warnings.warn(f"{path}: {untested} of its bodies face inward (negative volume) and were too many to test "
+                      "for lying inside another (a cavity) or not (inside out): left as they are", FinerWarning,
+                      stacklevel=3)
     return mesh
 
 
-def _turn_outer_bodies_out(mesh) -> str | int:
-    """Invert the bodies (connected pieces) of a closed ``mesh`` whose volume is negative and which lie inside
-    no other body (tested on up to 64 of their vertices by the other's winding number); returns ``"all"``
-    where that was the whole mesh, else how many were turned."""
+WINDING_BUDGET = 500_000_000
+"""Triangle evaluations :func:`_turn_outer_bodies_out` may spend (about ten seconds): the bodies facing inward
+are tested largest first while it lasts; the rest are left as they are, and the warning says how many."""
+
+
+def _turn_outer_bodies_out(mesh) -> tuple[str | int, int]:
+    """Invert the bodies (connected pieces) of a closed ``mesh`` whose volume is negative and which do not lie in
+    the solid of the others (the others' winding number, median over up to 16 of the body's vertices, below
+    1/2): an inside-out body, where a body facing in within the solid is a cavity and stays. Returns
+    (``"all"`` where that was the whole mesh, else how many were turned; how many were left untested)."""
     import trimesh
 
     labels = trimesh.graph.connected_component_labels(mesh.face_adjacency, node_count=len(mesh.faces))
@@ -139,23 +149,27 @@ def _turn_outer_bodies_out(mesh) -> str | int:
     volumes = np.bincount(labels, weights=np.einsum("ij,ij->i", tri[:, 0], np.cross(tri[:, 1], tri[:, 2])) / 6)
     inward = np.flatnonzero(volumes < 0)
     if len(inward) == 0:
-        return 0
+        return 0, 0
     if len(volumes) == 1:
         mesh.invert()
-        return "all"
+        return "all", 0
     faces = np.asarray(mesh.faces).copy()
-    turned = 0
-    for body in inward:
-        corners = np.unique(faces[labels == body])
-        probe = np.asarray(mesh.vertices)[corners[:: max(1, len(corners) // 64)]]
-        nested = any(np.all(np.abs(_winding_numbers(probe, tri[labels == other])) > 0.5)
-                     for other in range(len(volumes)) if other != body)
-        if not nested:
-            faces[labels == body] = faces[labels == body][:, ::-1]
+    turned = untested = spent = 0
+    for body in inward[np.argsort(volumes[inward])]:  # the largest (most negative) first
+        mine = labels == body
+        corners = np.unique(faces[mine])
+        probe = np.asarray(mesh.vertices)[corners[:: max(1, len(corners) // 16)]]
+        cost = len(probe) * int((~mine).sum())
+        if spent + cost > WINDING_BUDGET:
+            untested += 1
+            continue
+        spent += cost
+        if np.median(_winding_numbers(probe, tri[~mine])) < 0.5:
+            faces[mine] = faces[mine][:, ::-1]
             turned += 1
     if turned:
         mesh.faces = faces
-    return turned
+    return turned, untested
 
 
 def _winding_numbers(points: np.ndarray, triangles: np.ndarray) -> np.ndarray:

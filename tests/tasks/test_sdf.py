@@ -111,6 +111,26 @@ def test_a_body_keeps_its_inside_whatever_its_normals(case, tmp_path):
     assert np.array_equal(S.inside(index, pts[clear], near=0.05), true[clear] < 0)
 
 
+def test_a_ball_in_a_cavity_facing_in_is_turned_out_and_the_cavity_stays(tmp_path, monkeypatch):
+    """A hollow ball (its inner surface facing into the cavity) with a small ball floating in the cavity that
+    faces in: the small one lies in no solid (the others' winding numbers cancel there), so it is turned out;
+    the cavity's surface lies in the outer ball's solid, so it stays."""
+    outer = trimesh.creation.icosphere(subdivisions=4, radius=0.45)
+    cavity = trimesh.creation.icosphere(subdivisions=4, radius=0.35)
+    cavity.invert()
+    ball = trimesh.creation.icosphere(subdivisions=3, radius=0.1)
+    ball.invert()
+    trimesh.util.concatenate([outer, cavity, ball]).export(tmp_path / "nest.obj")
+    with pytest.warns(FinerWarning, match="nest.obj: 1 of its bodies face inward"):
+        mesh = S.load_mesh(tmp_path / "nest.obj")
+    index = S.SurfaceIndex(mesh, 100_000, seed=0)
+    q = np.array([[0, 0, 0], [0.2, 0, 0], [0.4, 0, 0]])
+    np.testing.assert_allclose(index.signed_distance(q), [-0.1, 0.1, -0.05], atol=4e-3)
+    monkeypatch.setattr(S, "WINDING_BUDGET", 0)  # a mesh of too many bodies facing in to test them all
+    with pytest.warns(FinerWarning, match="2 of its bodies face inward .* too many to test .* left as they are"):
+        S.load_mesh(tmp_path / "nest.obj")
+
+
 @pytest.mark.parametrize("samples", [3_000, 20_000])
 def test_sparse_samples_still_enclose_the_inside(samples):
     """Few surface samples leave gaps wider than their mean spacing; a shell grown by the spacing alone
