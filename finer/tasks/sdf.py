@@ -15,10 +15,11 @@ normals cannot fool. The official normal test alone mislabels far points whose n
 on a small inner component or a non-manifold fold: on the Stanford dragon (1,473 components) it
 called 6,611 of 258,253 far grid points inside that the flood fill puts outside, which the network
 then dutifully learned as tubes and blobs; on the watertight bunny both agree on every point.
-A region the fill finds enclosed takes the side that the normals of the samples nearest its border give by
-majority: the cavity of a hollow solid (an inner surface facing into it) is outside, which the fill alone
-called inside. On an open mesh only the regions nested within the solid vote; those next to its outer
-surfaces stay inside whatever their normals (see :meth:`SurfaceIndex._sided`). A mesh of bodies that overlap is read as
+A region the fill finds enclosed only by surfaces within the solid (nested) takes the side that the normals
+of the samples nearest its border give by majority: the cavity of a hollow solid (an inner surface facing
+into it) is outside, which the fill alone called inside; the regions next to the outer surfaces stay inside
+whatever their normals (see :meth:`SurfaceIndex._sided`; a cavity behind a wall thinner than the shell too).
+A mesh of bodies that overlap is read as
 given: near a surface buried inside another body the sign is that surface's own (the union's surface would
 take a mesh boolean).
 An open surface (nothing enclosed) is all outside away from its shell. The shell is grown by two
@@ -41,8 +42,8 @@ from torch import Tensor
 from finer.errors import FinerError
 
 SIGN_METHOD = ("near the surface: normal of the nearest surface sample (official approach); "
-               "away from it: flood fill of a 256^3 voxel grid from the border, each enclosed region (of an open "
-               "mesh: nested within the solid) on the side the normals along its border give by majority")
+               "away from it: flood fill of a 256^3 voxel grid from the border, a region nested within the "
+               "solid on the side the normals along its border give by majority")
 OCCUPANCY_RESOLUTION = 256
 HALF_EXTENT = 0.45
 BOUND = 0.5
@@ -132,9 +133,10 @@ def _oriented(mesh, path: Path):
     return mesh
 
 
-WINDING_BUDGET = 500_000_000
-"""Triangle evaluations :func:`_turn_outer_bodies_out` may spend (about ten seconds): the bodies facing inward
-are tested largest first while it lasts; the rest are left as they are, and the warning says how many."""
+WINDING_BUDGET = 60_000_000
+"""Triangle evaluations :func:`_turn_outer_bodies_out` may spend (about ten seconds on one core): the bodies
+facing inward are tested largest first while it lasts; the rest are left as they are, and the warning says
+how many."""
 
 
 def _turn_outer_bodies_out(mesh) -> tuple[str | int, int]:
@@ -147,12 +149,15 @@ def _turn_outer_bodies_out(mesh) -> tuple[str | int, int]:
     labels = trimesh.graph.connected_component_labels(mesh.face_adjacency, node_count=len(mesh.faces))
     tri = np.asarray(mesh.triangles, dtype=np.float64)
     volumes = np.bincount(labels, weights=np.einsum("ij,ij->i", tri[:, 0], np.cross(tri[:, 1], tri[:, 2])) / 6)
+    if volumes.sum() < 0:  # inside out as a whole (a hollow solid too: its cavity then faces in again)
+        mesh.invert()
+        volumes = -volumes
+        if not (volumes < 0).any():
+            return "all", 0
+        tri = np.asarray(mesh.triangles, dtype=np.float64)  # (the others' winding numbers: of the turned faces)
     inward = np.flatnonzero(volumes < 0)
     if len(inward) == 0:
         return 0, 0
-    if len(volumes) == 1:
-        mesh.invert()
-        return "all", 0
     faces = np.asarray(mesh.faces).copy()
     turned = untested = spent = 0
     for body in inward[np.argsort(volumes[inward])]:  # the largest (most negative) first
@@ -233,7 +238,6 @@ class SurfaceIndex:
         self.coarse_step = max(1, samples // 50_000)
         self.coarse = cKDTree(self.points[:: self.coarse_step])
         self.coarse_spacing = math.sqrt(mesh.area / len(self.coarse.data))
-        self.watertight = bool(mesh.is_watertight)  # its normals face out (load_mesh): every enclosed region votes
         self._flood_fill(OCCUPANCY_RESOLUTION, mesh, seed)
         self._check_enclosed(mesh)
 
@@ -277,25 +281,23 @@ class SurfaceIndex:
     def _sided(self, enclosed: np.ndarray, most: int = 200_000) -> np.ndarray:
         """The voxels of ``enclosed`` (cut off from the border by the shell) that are inside.
 
-        A connected region of them takes the side that the normals of the samples nearest to its voxels
+        A region that touches a piece of the shell the outside touches is inside, as the fill says, whatever
+        the normals: the solid of a body, also of bodies that overlap (a plate pierced by pins: the buried
+        surfaces' normals face into it), of an open scan's folds and inner pieces, of a double-sided surface.
+        A region nested within the solid takes the side that the normals of the samples nearest to its voxels
         along the shell give by majority (``most`` of those voxels at most): the cavity of a hollow solid (an
-        inner surface facing into it) is outside, a body within a body inside. Every region votes on a closed
-        (watertight) mesh, whose faces :func:`load_mesh` turned to face out, so a cavity behind a wall thinner
-        than the shell is outside too. On an open mesh (a scan: inner pieces and folds facing any way, a
-        double-sided surface) a region that touches a piece of the shell the outside touches is inside, as
-        the fill says, whatever the normals; only the regions nested within the solid vote."""
+        inner surface facing into it) is outside, a body within a body inside. A cavity behind a wall thinner
+        than the shell touches the outer piece of shell, and is inside, as with the fill alone."""
         from scipy import ndimage
 
         labels, count = ndimage.label(enclosed)
         if count == 0:
             return enclosed
-        if not self.watertight:
-            outside = ~(enclosed | self.shell)  # (the fill's outside: reached from the border)
-            pieces, _ = ndimage.label(self.shell)
-            outer = np.isin(pieces, np.unique(pieces[ndimage.binary_dilation(outside) & self.shell]))
+        outside = ~(enclosed | self.shell)  # (the fill's outside: reached from the border)
+        pieces, _ = ndimage.label(self.shell)
+        outer = np.isin(pieces, np.unique(pieces[ndimage.binary_dilation(outside) & self.shell]))
         nested = np.ones(count + 1, dtype=bool)
-        if not self.watertight:
-            nested[np.unique(labels[ndimage.binary_dilation(outer) & enclosed])] = False
+        nested[np.unique(labels[ndimage.binary_dilation(outer) & enclosed])] = False
         nested[0] = False
         if not nested.any():
             return enclosed
