@@ -318,10 +318,7 @@ class SurfaceIndex:
         (What it enclosed, not the inside: behind a wall thinner than the shell lies a cavity.)"""
         step = max(1, len(self.points) // 4000)
         q = self.points[::step] - self.normals[::step] * ((grow + 1.5) * 2 * BOUND / self.resolution)
-        v = self._voxels(q)
-        in_box = np.all(np.abs(q) <= BOUND, axis=1)
-        enclosed = self.enclosed[v[:, 0], v[:, 1], v[:, 2]] & in_box
-        shell = self.shell[v[:, 0], v[:, 1], v[:, 2]] & in_box
+        enclosed, shell = self._look_up(q, self.enclosed), self._look_up(q, self.shell)
         return np.count_nonzero(~enclosed & ~shell) > np.count_nonzero(enclosed)
 
     def _check_enclosed(self, mesh) -> None:
@@ -338,9 +335,12 @@ class SurfaceIndex:
     def flood_fill_answer(self, q: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """For points ``q``: whether the flood fill puts them inside (in an interior voxel) and whether they
         lie in the shell of voxels around the surface samples, where it cannot tell (both False outside the box)."""
+        return self._look_up(q, self.interior), self._look_up(q, self.shell)
+
+    def _look_up(self, q: np.ndarray, grid: np.ndarray) -> np.ndarray:
+        """The voxel values of ``grid`` at points ``q`` (False outside the box)."""
         v = self._voxels(q)
-        in_box = np.all(np.abs(q) <= BOUND, axis=1)
-        return (self.interior[v[:, 0], v[:, 1], v[:, 2]] & in_box), (self.shell[v[:, 0], v[:, 1], v[:, 2]] & in_box)
+        return grid[v[:, 0], v[:, 1], v[:, 2]] & np.all(np.abs(q) <= BOUND, axis=1)
 
     def is_inside(self, q: np.ndarray, idx: np.ndarray, along: np.ndarray | None = None) -> np.ndarray:
         """Inside test of points ``q`` whose nearest sample index is ``idx`` (see the module doc): in the shell
